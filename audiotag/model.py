@@ -1,0 +1,112 @@
+"""The ONNX model: one factory that builds the onnxruntime session, and the labels the file carries.
+
+onnxruntime is imported inside ``Model.__init__`` so that ``--help`` and ``--version`` never pay for it.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PROVIDERS_ENV = "AUDIOTAG_PROVIDERS"
+# Accelerators first; CPU always last so it is the fallback when nothing better is present.
+PREFERRED_PROVIDERS = (
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+)
+_SHORT_NAMES = {name.removesuffix("ExecutionProvider").lower(): name for name in PREFERRED_PROVIDERS}
+_SHORT_NAMES["directml"] = "DmlExecutionProvider"
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable or not an audiotag model."""
+
+
+def choose_providers(available: Sequence[str], requested: Optional[Sequence[str]] = None) -> list:
+    """Execution providers to use, best first.
+
+    ``requested`` (from ``--provider`` or ``AUDIOTAG_PROVIDERS``) is taken as given, in order, and each must be
+    available; names may be short ("cuda", "cpu"). Otherwise the preferred order filtered by availability.
+    """
+    if requested:
+        chosen = []
+        for name in requested:
+            full = _SHORT_NAMES.get(name.strip().lower(), name.strip())
+            if full not in available:
+                raise ModelError(f"execution provider {name!r} is not available (available: {', '.join(available)})")
+            if full not in chosen:
+                chosen.append(full)
+        return chosen
+    chosen = [name for name in PREFERRED_PROVIDERS if name in available]
+    return chosen or list(available)
+
+
+def requested_providers(cli_value: Optional[str] = None) -> Optional[list]:
+    """Provider names from the command line, else from the environment, else None (automatic)."""
+    value = cli_value or os.environ.get(PROVIDERS_ENV, "")
+    names = [name for name in value.split(",") if name.strip()]
+    return names or None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the .onnx file says about itself (written by scripts/export_model.py)."""
+
+    name: str
+    checkpoint_sha256: str
+    labels: tuple  # display names, index order
+    mids: tuple  # AudioSet machine ids, index order
+    frontend: dict  # settings the features must be computed with
+
+
+class Model:
+    """An onnxruntime session for an audiotag .onnx file; ``run`` is safe to call from many threads."""
+
+    def __init__(self, path: Path, providers: Optional[Sequence[str]] = None, threads: int = 0):
+        """``threads``: onnxruntime intra-op threads, 0 lets onnxruntime use every core."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # the graph is a chain: parallelism lives inside ops
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: ORT's warnings are not for our users
+        chosen = choose_providers(ort.get_available_providers(), providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as error:  # ORT raises several private exception types
+            raise ModelError(f"cannot load model {path}: {error}") from error
+        self.path = Path(path)
+        self.providers = self.session.get_providers()
+        self.info = _read_info(self.session, path)
+
+    def run(self, mels: np.ndarray):
+        """(batch, 128, frames) log-mels -> (logits (batch, 527), embeddings (batch, dim))."""
+        logits, embedding = self.session.run(["logits", "embedding"], {"melspec": mels[:, None]})
+        return logits, embedding
+
+
+def _read_info(session, path) -> ModelInfo:
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        info = ModelInfo(
+            name=meta["model_name"],
+            checkpoint_sha256=meta["checkpoint_sha256"],
+            labels=tuple(json.loads(meta["labels"])),
+            mids=tuple(json.loads(meta["mids"])),
+            frontend=json.loads(meta["frontend"]),
+        )
+    except (KeyError, ValueError) as error:
+        raise ModelError(f"{path} is not an audiotag model: metadata {error} missing or invalid") from error
+    widths = {output.name: output.shape[-1] for output in session.get_outputs()}
+    width = widths.get("logits")
+    if len(info.labels) != width or len(info.mids) != width:
+        raise ModelError(f"{path}: {len(info.labels)} labels but the model outputs {width} scores")
+    return info

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a checkout: .venv with audiotag and its dev tools, the frontend arrays, the exported model.
+# Idempotent: a second run only checks. The model is exported from the upstream checkpoint found in
+# $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt and class_labels_indices.csv), else downloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export]"
+.venv/bin/python scripts/make_frontend_assets.py
+if [ ! -f audiotag/assets/mn04_as.onnx ]; then
+    .venv/bin/python scripts/export_model.py
+fi
