@@ -32,9 +32,14 @@ class Audio:
 
 
 def load(path) -> Audio:
-    """Decode a file (or a file-like object) whole."""
+    """Decode a file whole. OSError (missing, a directory, unreadable) passes through with its own reason."""
+    with open(path, "rb") as file:
+        return _decode(file)
+
+
+def _decode(file) -> Audio:
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(file, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as error:
         raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
     except RuntimeError as error:  # soundfile raises plain RuntimeError for some malformed files
@@ -46,7 +51,7 @@ def load_bytes(data: bytes) -> Audio:
     """Decode a whole in-memory file (WAV, FLAC, OGG, MP3...)."""
     if not data:
         raise AudioError("no data")
-    return load(io.BytesIO(data))
+    return _decode(io.BytesIO(data))
 
 
 def load_raw(data: bytes, raw_format: str, rate: int, channels: int = 1) -> Audio:

@@ -2,7 +2,6 @@
 stderr as one line each (``audiotag: INPUT: what is wrong``)."""
 
 import argparse
-import json
 import sys
 
 from . import __version__
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, or - for stdin")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, or - for stdin")
     parser.add_argument("-k", "--top-k", type=_positive_int, default=10, metavar="N", help="labels per input (default 10)")
     parser.add_argument("-f", "--format", choices=("text", "json"), default="text", help="output format (default text)")
     raw = parser.add_argument_group("raw samples on stdin")
@@ -65,13 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
     engine.add_argument("--threads", type=_non_negative_int, default=0, metavar="N", help="onnxruntime threads (default 0: all cores)")
-    parser.add_argument("--version", action="version", version=f"audiotag {__version__}")
+    parser.add_argument("--version", action="store_true",
+                        help="print versions of audiotag, its model and onnxruntime, and the providers available")
+    parser.add_argument("--self-check", action="store_true",
+                        help="load every asset and tag a built-in test tone; exit 0 when all is sound")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.inputs or args.version or args.self_check):
+        parser.error("no input given (a file, or - for stdin)")
     if args.raw and not args.rate:
         parser.error("--raw needs --rate HZ")
     if args.inputs.count("-") > 1:
@@ -86,15 +90,22 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from . import audio
+    from . import audio, output
     from .model import ModelError, requested_providers
     from .tagger import TagOptions, Tagger
 
     try:
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
     except (ModelError, FileNotFoundError) as error:
+        if args.version:
+            print(f"audiotag {__version__}")
         _warn(str(error))
         return EXIT_MODEL
+    if args.version:
+        _emit(_version_text(tagger))
+        return EXIT_OK
+    if args.self_check:
+        return _self_check(tagger)
     options = TagOptions(top_k=args.top_k, window=args.window, hop=args.hop)
     failed = 0
     for path in args.inputs:
@@ -105,10 +116,39 @@ def _run(args) -> int:
             failed += 1
             _warn(f"{path}: {_reason(error)}")
             if args.format == "json":
-                _emit(json.dumps({"path": path, "error": _reason(error)}))
+                _emit(output.to_json(output.error_record(path, _reason(error))))
             continue
-        _emit(_format(path, clip, prediction, args.format, len(args.inputs) > 1))
+        rec = output.record(path, clip, prediction)
+        _emit(output.to_json(rec) if args.format == "json" else output.to_text(rec, len(args.inputs) > 1))
     return EXIT_INPUT_FAILED if failed else EXIT_OK
+
+
+def _version_text(tagger) -> str:
+    import onnxruntime
+
+    info = tagger.model.info
+    return "\n".join([
+        f"audiotag {__version__}",
+        f"model {info.name} (checkpoint sha256 {info.checkpoint_sha256}, {len(info.labels)} labels)",
+        f"onnxruntime {onnxruntime.__version__} (available providers: {', '.join(onnxruntime.get_available_providers())};"
+        f" in use: {', '.join(tagger.model.providers)})",
+    ])
+
+
+def _self_check(tagger) -> int:
+    """Tag a 1 kHz tone: the model must call it a beep or a sine wave. Proves assets, frontend and model agree."""
+    import numpy as np
+
+    from .tagger import TagOptions
+
+    rate = 32000
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(3 * rate) / rate)
+    labels = [tag.label for tag in tagger.tag(tone.astype(np.float32), rate, TagOptions(top_k=3)).tags]
+    if not {"Sine wave", "Beep, bleep"} <= set(labels):
+        _warn(f"self-check failed: a 1 kHz tone was tagged {labels}")
+        return EXIT_MODEL
+    _emit(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}")
+    return EXIT_OK
 
 
 def _read_input(path, args):
@@ -120,25 +160,6 @@ def _read_input(path, args):
             return audio.load_raw(data, args.raw, args.rate, args.channels)
         return audio.load_bytes(data)
     return audio.load(path)
-
-
-def _format(path, clip, prediction, fmt, with_header) -> str:
-    if fmt == "json":
-        return json.dumps(record(path, clip, prediction))
-    lines = [f"== {path}"] if with_header else []
-    lines += [f"{tag.score:.3f}  {tag.label}" for tag in prediction.tags]
-    return "\n".join(lines)
-
-
-def record(path, clip, prediction) -> dict:
-    """The JSON object for one tagged input (scripts and --format json rely on this shape)."""
-    return {
-        "path": path,
-        "duration": round(clip.duration, 6),
-        "sample_rate": clip.sample_rate,
-        "channels": clip.channels,
-        "tags": [{"label": t.label, "mid": t.mid, "index": t.index, "score": round(t.score, 6)} for t in prediction.tags],
-    }
 
 
 def _emit(text: str) -> None:
