@@ -51,7 +51,7 @@ def choose_providers(available: Sequence[str], requested: Optional[Sequence[str]
 def requested_providers(cli_value: Optional[str] = None) -> Optional[list]:
     """Provider names from the command line, else from the environment, else None (automatic)."""
     value = cli_value or os.environ.get(PROVIDERS_ENV, "")
-    names = [name for name in value.split(",") if name.strip()]
+    names = [name.strip() for name in value.split(",") if name.strip()]
     return names or None
 
 

@@ -30,10 +30,42 @@ def reference_arrays(record: dict, subdir: str = "") -> dict:
         return dict(arrays)
 
 
+def _binary() -> Path:
+    return Path(os.environ.get("AUDIOTAG_BINARY", REPO / "dist" / "audiotag"))
+
+
+# The commands the CLI suite runs against: the package always; the frozen binary when it has been built
+# (CI always builds it first, so there the suite covers both).
+CLI_COMMANDS = {"python": [sys.executable, "-m", "audiotag"]}
+if _binary().is_file():
+    CLI_COMMANDS["binary"] = [str(_binary())]
+
+
+class Cli:
+    """One way of starting audiotag, run as a user would: a clean environment and an empty working directory."""
+
+    def __init__(self, command, workdir: Path):
+        self.command = command
+        self.workdir = workdir
+
+    def __call__(self, *args, stdin: bytes = b"", env: dict = None, timeout: float = 300):
+        clean = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "LANG": "C.UTF-8"}
+        if self.command[0] == sys.executable:
+            clean["PYTHONPATH"] = str(REPO)  # the package under test, not whatever is installed
+        clean.update(env or {})
+        return subprocess.run([*self.command, *map(str, args)], input=stdin, capture_output=True,
+                              env=clean, cwd=self.workdir, timeout=timeout)
+
+
+@pytest.fixture(params=sorted(CLI_COMMANDS))
+def cli(request, tmp_path) -> Cli:
+    return Cli(CLI_COMMANDS[request.param], tmp_path)
+
+
 def run_cli(*args, stdin: bytes = b"", env=None) -> subprocess.CompletedProcess:
-    """Run `python -m audiotag` as a user would; stdout and stderr as text."""
+    """Run `python -m audiotag` from this checkout (for tests that are about the package, not the binary)."""
     return subprocess.run([sys.executable, "-m", "audiotag", *map(str, args)], input=stdin,
-                          capture_output=True, env=env, timeout=300)
+                          capture_output=True, env=env, timeout=300, cwd=REPO)
 
 
 @pytest.fixture(scope="session")
