@@ -1,20 +1,31 @@
-"""Decoding: files and byte streams to mono float32 samples at the model's rate.
+"""Decoding: files and streams to mono float32 blocks at the model's rate, never the whole file at once.
 
-soundfile (libsndfile, bundled in its wheel) decodes; soxr resamples with the same settings upstream's
-``librosa.load`` uses ("soxr_hq", float32 in), so resampled input gives upstream's features too.
+soundfile (libsndfile, bundled in its wheel) decodes; soxr resamples with the settings upstream's
+``librosa.load`` uses ("soxr_hq", float32 in). soxr's streaming resampler gives the same samples as its one-shot
+call, so decoding in blocks keeps peak memory flat and still reproduces upstream's waveform bit for bit.
+
+stdin cannot seek, so a WAV stream is parsed here (header, then plain PCM until EOF: streaming writers put a
+bogus size in the header) and FLAC/OGG streams are read into memory before libsndfile sees them.
 """
 
 import io
 import math
+import os
+import struct
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 import soundfile
 import soxr
 
 TARGET_RATE = 32000
+BLOCK_FRAMES = 1 << 16  # frames decoded per block: ~1.4 s at 48 kHz
+MIN_RATE, MAX_RATE = 1000, 768000  # beyond this a "rate" is a broken header, not audio
+MAX_CHANNELS = 1024  # libsndfile's own limit
+SAMPLE_LIMIT = np.float32(1e4)  # float files can hold anything; far beyond full scale only overflows the power
 RAW_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
-_RAW_SCALE = {"s16le": 32768.0, "s32le": 2147483648.0, "f32le": 1.0}
+_HOLD_BACK = 64  # resampled samples kept back until the end, so the total can be trimmed to librosa's length
 
 
 class AudioError(ValueError):
@@ -23,7 +34,7 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class Audio:
-    """Mono float32 samples at TARGET_RATE, plus what the source was."""
+    """A whole decoded clip: mono float32 samples at TARGET_RATE, plus what the source was."""
 
     samples: np.ndarray
     sample_rate: int  # of the source
@@ -31,65 +42,254 @@ class Audio:
     duration: float  # seconds, of the source
 
 
-def load(path) -> Audio:
-    """Decode a file whole. OSError (missing, a directory, unreadable) passes through with its own reason."""
-    with open(path, "rb") as file:
-        return _decode(file)
+class Stream:
+    """An open input: its rate and channel count are known at once, its length once it has been read."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], rate: int, channels: int, closer=None):
+        _check_format(rate, channels)
+        self.rate = rate
+        self.channels = channels
+        self.frames = 0  # source frames read so far; the total once ``samples()`` is exhausted
+        self._blocks = blocks  # (frames, channels) float32
+        self._closer = closer
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.rate
+
+    def samples(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at TARGET_RATE, ``ceil(frames * 32000 / rate)`` samples in all (as librosa)."""
+        resampler = None
+        if self.rate != TARGET_RATE:
+            resampler = soxr.ResampleStream(self.rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+        finite = 0
+        held = np.zeros(0, np.float32)
+        out_total = 0
+        try:
+            for block in self._blocks:
+                if len(block) == 0:
+                    continue
+                self.frames += len(block)
+                mono = _downmix(block)
+                finite_mask = np.isfinite(mono)
+                finite += int(np.count_nonzero(finite_mask))
+                mono = _sanitise(mono, finite_mask)
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono)
+                held = np.concatenate([held, mono])
+                if len(held) > _HOLD_BACK:
+                    out, held = held[:-_HOLD_BACK], held[-_HOLD_BACK:]
+                    out_total += len(out)
+                    yield out
+            if resampler is not None:
+                held = np.concatenate([held, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
+        finally:
+            self.close()
+        if self.frames == 0:
+            raise AudioError("no audio samples")
+        if finite == 0:
+            raise AudioError("no valid samples: every sample is NaN or infinite")
+        wanted = math.ceil(self.frames * TARGET_RATE / self.rate) - out_total
+        yield np.pad(held[:wanted], (0, max(0, wanted - len(held))))
+
+    def read(self) -> Audio:
+        """The whole clip in memory (for clips the caller wants whole, e.g. one pass over the file)."""
+        samples = np.concatenate(list(self.samples()))
+        return Audio(samples, self.rate, self.channels, self.duration)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
 
 
-def _decode(file) -> Audio:
+def open_file(path) -> Stream:
+    """Open an audio file for block decoding. OSError (missing, a directory, unreadable) passes through."""
+    file = open(path, "rb")
     try:
-        data, rate = soundfile.read(file, dtype="float32", always_2d=True)
-    except soundfile.LibsndfileError as error:
-        raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
-    except RuntimeError as error:  # soundfile raises plain RuntimeError for some malformed files
-        raise AudioError(f"cannot decode: {error}") from error
-    return from_array(data, rate)
+        if os.fstat(file.fileno()).st_size == 0:
+            raise AudioError("empty file")
+        return _open_soundfile(file, file.close)
+    except BaseException:
+        file.close()
+        raise
+
+
+def open_bytes(data: bytes) -> Stream:
+    """Open a whole in-memory file (WAV, FLAC, OGG, MP3...)."""
+    if not data:
+        raise AudioError("no data")
+    return _open_soundfile(io.BytesIO(data), None)
+
+
+def open_raw(binary, raw_format: str, rate: int, channels: int = 1) -> Stream:
+    """Headerless little-endian interleaved samples from a binary file object, read as they arrive."""
+    _check_format(rate, channels)
+    return Stream(_pcm_blocks(binary, np.dtype(RAW_FORMATS[raw_format]), channels), rate, channels)
+
+
+def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
+    """A stream on stdin: raw samples when ``raw_format`` is given, else a sniffed WAV, FLAC or OGG stream."""
+    if raw_format:
+        return open_raw(binary, raw_format, rate, channels)
+    head = _read_exactly(binary, 12)
+    if not head:
+        raise AudioError("no data")
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return _open_wav_stream(binary)
+    if head[:4] in (b"fLaC", b"OggS"):
+        return open_bytes(head + binary.read())
+    raise AudioError("not a WAV, FLAC or OGG stream (for headerless samples give --raw FORMAT --rate HZ)")
+
+
+def load(path) -> Audio:
+    """Decode a whole file."""
+    return open_file(path).read()
 
 
 def load_bytes(data: bytes) -> Audio:
-    """Decode a whole in-memory file (WAV, FLAC, OGG, MP3...)."""
-    if not data:
-        raise AudioError("no data")
-    return _decode(io.BytesIO(data))
-
-
-def load_raw(data: bytes, raw_format: str, rate: int, channels: int = 1) -> Audio:
-    """Headerless little-endian interleaved samples."""
-    dtype = np.dtype(RAW_FORMATS[raw_format])
-    frame_bytes = dtype.itemsize * channels
-    usable = len(data) - len(data) % frame_bytes  # a cut-off last frame is dropped, not an error
-    if usable == 0:
-        raise AudioError("no data")
-    samples = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32) / np.float32(_RAW_SCALE[raw_format])
-    return from_array(samples.reshape(-1, channels), rate)
+    """Decode a whole in-memory file."""
+    return open_bytes(data).read()
 
 
 def from_array(data: np.ndarray, rate: int) -> Audio:
-    """(frames, channels) or (frames,) samples at ``rate`` -> mono float32 at TARGET_RATE."""
+    """(frames, channels) or (frames,) samples at ``rate`` -> a clip at TARGET_RATE."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 1:
         data = data[:, None]
-    if data.shape[0] == 0:
-        raise AudioError("no audio samples")
-    if rate <= 0:
-        raise AudioError(f"invalid sample rate {rate}")
-    channels = data.shape[1]
-    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
-    return Audio(resample(mono, rate), rate, channels, data.shape[0] / rate)
+    if data.ndim != 2:
+        raise AudioError(f"samples must be (frames,) or (frames, channels), got shape {data.shape}")
+    blocks = (data[i:i + BLOCK_FRAMES] for i in range(0, len(data), BLOCK_FRAMES))
+    return Stream(blocks, int(rate), data.shape[1]).read()
 
 
-def resample(samples: np.ndarray, rate: int) -> np.ndarray:
-    """To TARGET_RATE as librosa 0.11 does: soxr "HQ", then trimmed or padded to ceil(n * 32000 / rate)."""
-    if rate == TARGET_RATE:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    out = soxr.resample(samples, rate, TARGET_RATE, quality="HQ")
-    length = math.ceil(len(samples) * TARGET_RATE / rate)
-    if len(out) < length:
-        out = np.pad(out, (0, length - len(out)))
-    return np.ascontiguousarray(out[:length], dtype=np.float32)
+def _open_soundfile(file, closer) -> Stream:
+    try:
+        sound = soundfile.SoundFile(file)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
+    kind = f"{sound.format} {sound.subtype}"
+
+    def close():
+        sound.close()
+        if closer:
+            closer()
+
+    def blocks():
+        while True:
+            try:
+                block = sound.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as error:
+                raise AudioError(f"cannot decode {kind}: {_sndfile_reason(error)}") from error
+            if len(block) == 0:
+                return
+            yield block
+
+    try:
+        return Stream(blocks(), sound.samplerate, sound.channels, close)
+    except AudioError:
+        close()
+        raise
+
+
+def _open_wav_stream(binary) -> Stream:
+    """Parse a RIFF/WAVE header from a non-seekable stream; the samples follow as plain PCM."""
+    fmt = None
+    while True:
+        header = _read_exactly(binary, 8)
+        if len(header) < 8:
+            raise AudioError("WAV stream ends before its data chunk")
+        chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if chunk == b"data":
+            break
+        if size > 1 << 20:
+            raise AudioError(f"WAV stream has an implausible {chunk!r} chunk of {size} bytes")
+        body = _read_exactly(binary, size + (size & 1))
+        if chunk == b"fmt ":
+            fmt = body[:size]
+    if fmt is None or len(fmt) < 16:
+        raise AudioError("WAV stream has no valid fmt chunk before its data")
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
+        tag = struct.unpack("<H", fmt[24:26])[0]
+    dtype = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}.get((tag, bits))
+    if dtype is None:
+        raise AudioError(f"WAV stream encoding not supported (format tag {tag:#x}, {bits} bits)")
+    # Streaming writers cannot know the size: 0 and 0xFFFFFFFF mean "until the end of the stream".
+    limit = None if size in (0, 0xFFFFFFFF) else size
+    return Stream(_pcm_blocks(binary, dtype, channels, limit), rate, channels)
+
+
+def _pcm_blocks(binary, dtype, channels: int, limit: Optional[int] = None) -> Iterator[np.ndarray]:
+    """Interleaved little-endian PCM from a stream, as (frames, channels) float32 blocks; a cut-off frame is dropped."""
+    width = 3 if dtype == "i3" else np.dtype(dtype).itemsize
+    frame_bytes = width * channels
+    pending = b""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        want = BLOCK_FRAMES * frame_bytes if remaining is None else min(remaining, BLOCK_FRAMES * frame_bytes)
+        chunk = binary.read1(want) if hasattr(binary, "read1") else binary.read(want)
+        if not chunk:
+            break
+        if remaining is not None:
+            remaining -= len(chunk)
+        pending += chunk
+        usable = len(pending) - len(pending) % frame_bytes
+        if usable:
+            yield _pcm_to_float(pending[:usable], dtype).reshape(-1, channels)
+            pending = pending[usable:]
+
+
+def _pcm_to_float(data: bytes, dtype) -> np.ndarray:
+    """PCM bytes to float32 in [-1, 1), scaled as libsndfile scales them."""
+    if dtype == "i3":  # 24-bit: widen to int32 by putting the three bytes on top
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        wide = np.zeros((len(raw), 4), np.uint8)
+        wide[:, 1:] = raw
+        return (wide.view("<i4")[:, 0] / np.float32(2 ** 31)).astype(np.float32)
+    samples = np.frombuffer(data, dtype)
+    if dtype == "u1":
+        return ((samples.astype(np.float32) - 128) / np.float32(128)).astype(np.float32)
+    if samples.dtype.kind == "i":
+        return (samples / np.float32(2 ** (8 * samples.dtype.itemsize - 1))).astype(np.float32)
+    return samples.astype(np.float32)
+
+
+def _downmix(block: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,): the mean over channels, as librosa.to_mono."""
+    if block.shape[1] == 1:
+        return np.ascontiguousarray(block[:, 0], dtype=np.float32)
+    return block.mean(axis=1, dtype=np.float32)
+
+
+def _sanitise(mono: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """NaN and infinite samples become silence; absurd magnitudes are clipped (they would overflow the power)."""
+    if not finite.all():
+        mono = np.where(finite, mono, np.float32(0))
+    if np.abs(mono).max(initial=0) > SAMPLE_LIMIT:
+        mono = np.clip(mono, -SAMPLE_LIMIT, SAMPLE_LIMIT)
+    return mono
+
+
+def _check_format(rate, channels) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"unsupported sample rate {rate} Hz (supported: {MIN_RATE}..{MAX_RATE})")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"unsupported channel count {channels} (supported: 1..{MAX_CHANNELS})")
+
+
+def _read_exactly(binary, size: int) -> bytes:
+    """Up to ``size`` bytes: fewer only at the end of the stream (pipes return short reads)."""
+    parts = []
+    while size > 0:
+        chunk = binary.read(size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
 
 
 def _sndfile_reason(error) -> str:
     """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix."""
-    return getattr(error, "error_string", None) or str(error)
+    return (getattr(error, "error_string", None) or str(error)).strip()

@@ -1,8 +1,8 @@
 """The Tagger: samples in, ranked AudioSet labels out.
 
 Clips up to one window (10 s) go through the model in one pass, as upstream does. Longer clips are cut into
-windows with a hop, every window goes through the model in one batch, and a label's clip score is its highest
-window score, so a short event in a long file still shows.
+windows with a hop (``windows.py``); a label's clip score is its highest window score, so a short event in a
+long file still shows, and the clip's embedding is the mean of its windows' embeddings.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +14,11 @@ import numpy as np
 from . import audio, frontend
 from .assets import DEFAULT_MODEL, asset_path
 from .model import Model, ModelError
+from .windows import windows
+
+# Below this many samples at 32 kHz a clip is tiled (repeated) up to it before the frontend sees it.
+SHORT_CLIP_SAMPLES = frontend.MIN_SAMPLES
+MAX_BATCH = 16  # windows per model call: larger batches stop paying off on a CPU and only cost memory
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,15 @@ class TagOptions:
     top_k: int = 10  # labels per result
     window: float = 10.0  # seconds per model pass (the length the model was trained on); 0 = whole clip
     hop: float = 5.0  # seconds between window starts for clips longer than a window
+    segments: bool = False  # keep each window's top-k as well
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window * frontend.SAMPLE_RATE))
+
+    @property
+    def hop_samples(self) -> int:
+        return max(1, int(round(self.hop * frontend.SAMPLE_RATE)))
 
 
 @dataclass(frozen=True)
@@ -35,9 +49,9 @@ class Tag:
 
 @dataclass(frozen=True)
 class Segment:
-    start: float  # seconds
+    start: float  # seconds into the clip (at 32 kHz, i.e. of the source too)
     end: float
-    tags: list
+    tags: list  # of Tag, best first
 
 
 @dataclass(frozen=True)
@@ -47,21 +61,46 @@ class Prediction:
     tags: list  # of Tag, best first
     logits: np.ndarray  # (527,), per-label max over windows
     embedding: np.ndarray  # pooled features, mean over windows
-    segments: list = field(default_factory=list)  # of Segment, one per window
+    segments: list = field(default_factory=list)  # of Segment, when asked for
 
 
-def window_starts(n_samples: int, window: int, hop: int) -> list:
-    """Window start offsets covering n samples; the last window ends at the clip's end."""
-    if window <= 0 or n_samples <= window:
-        return [0]
-    starts = list(range(0, n_samples - window + 1, hop))
-    if starts[-1] + window < n_samples:
-        starts.append(n_samples - window)
-    return starts
+def model_input(samples: np.ndarray) -> np.ndarray:
+    """One window's samples -> its log-mel, after the short-clip rule."""
+    if len(samples) == 0:
+        raise audio.AudioError("no audio samples")
+    if len(samples) < SHORT_CLIP_SAMPLES:
+        samples = np.resize(samples, SHORT_CLIP_SAMPLES)  # np.resize repeats the clip to fill
+    return frontend.log_mel(samples)
+
+
+class Accumulator:
+    """Combines the window results of one clip as they arrive, in any order."""
+
+    def __init__(self, tagger: "Tagger", options: "TagOptions"):
+        self.tagger, self.options = tagger, options
+        self.logits = None
+        self.embedding_sum = None
+        self.count = 0
+        self.segments = []
+
+    def add(self, start: int, length: int, logits: np.ndarray, embedding: np.ndarray) -> Segment:
+        self.logits = logits.copy() if self.logits is None else np.maximum(self.logits, logits)
+        self.embedding_sum = embedding.astype(np.float64) if self.embedding_sum is None else self.embedding_sum + embedding
+        self.count += 1
+        segment = Segment(start / frontend.SAMPLE_RATE, (start + length) / frontend.SAMPLE_RATE,
+                          self.tagger.top_tags(logits, self.options.top_k))
+        if self.options.segments:
+            self.segments.append(segment)
+        return segment
+
+    def prediction(self) -> Prediction:
+        embedding = (self.embedding_sum / self.count).astype(np.float32)
+        segments = sorted(self.segments, key=lambda s: s.start)
+        return Prediction(self.tagger.top_tags(self.logits, self.options.top_k), self.logits, embedding, segments)
 
 
 class Tagger:
-    """Loads the model once; ``tag`` may be called from several threads at once."""
+    """Loads the model once; ``tag`` and ``predict`` may be called from several threads at once."""
 
     def __init__(self, model_path: Optional[Path] = None, *, providers: Optional[Sequence[str]] = None,
                  threads: int = 0):
@@ -74,21 +113,26 @@ class Tagger:
             raise ModelError(f"{self.model.path} expects frontend {found}, this audiotag computes {expected}")
 
     def tag(self, samples: np.ndarray, sample_rate: int, options: TagOptions = TagOptions()) -> Prediction:
-        """Tag (frames,) or (frames, channels) samples at any rate."""
+        """Tag (frames,) or (frames, channels) float samples at any rate."""
         return self.predict(audio.from_array(samples, sample_rate), options)
 
     def predict(self, clip: audio.Audio, options: TagOptions = TagOptions()) -> Prediction:
-        samples = clip.samples
-        window = int(round(options.window * frontend.SAMPLE_RATE))
-        hop = max(1, int(round(options.hop * frontend.SAMPLE_RATE)))
-        starts = window_starts(len(samples), window, hop)
-        span = len(samples) if len(starts) == 1 else window
-        mels = np.stack([frontend.log_mel(samples[start:start + span]) for start in starts])
-        logits, embeddings = self.model.run(mels)
-        segments = [Segment(start / frontend.SAMPLE_RATE, (start + span) / frontend.SAMPLE_RATE,
-                            self.top_tags(row, options.top_k)) for start, row in zip(starts, logits)]
-        clip_logits = logits.max(axis=0)
-        return Prediction(self.top_tags(clip_logits, options.top_k), clip_logits, embeddings.mean(axis=0), segments)
+        """Tag a decoded clip, in batches of windows."""
+        accumulator = Accumulator(self, options)
+        batch = []
+        for start, samples in windows([clip.samples], options.window_samples, options.hop_samples):
+            batch.append((start, len(samples), model_input(samples)))
+            if len(batch) == MAX_BATCH:
+                self._run(batch, accumulator)
+                batch = []
+        if batch:
+            self._run(batch, accumulator)
+        return accumulator.prediction()
+
+    def _run(self, batch, accumulator) -> None:
+        logits, embeddings = self.model.run(np.stack([mel for _, _, mel in batch]))
+        for (start, length, _), row, embedding in zip(batch, logits, embeddings):
+            accumulator.add(start, length, row, embedding)
 
     def top_tags(self, logits: np.ndarray, k: int) -> list:
         """The k highest-scoring labels, best first (ties broken by index, so output is stable)."""
