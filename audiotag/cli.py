@@ -1,8 +1,11 @@
-"""Command line: parse, dispatch, format. The work is done by ``Tagger``; results go to stdout, problems to
-stderr as one line each (``audiotag: INPUT: what is wrong``)."""
+"""Command line: parse, dispatch, format. The work is done by ``Tagger`` and ``pipeline``; results go to stdout
+(or ``-o``), problems to stderr as one line each (``audiotag: INPUT: what is wrong``)."""
 
 import argparse
+import os
+import signal
 import sys
+import time
 
 from . import __version__
 
@@ -10,60 +13,82 @@ EXIT_OK = 0
 EXIT_INPUT_FAILED = 1  # at least one input could not be tagged; the others were
 EXIT_USAGE = 2  # bad command line
 EXIT_MODEL = 3  # the model or its assets cannot be loaded
-EXIT_INTERRUPTED = 130  # Ctrl-C
-EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`): like a process killed by SIGPIPE
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`), as if killed by SIGPIPE
+EXIT_TERMINATED = 143  # SIGTERM
 
 EPILOG = """\
-input:
-  FILE     any file libsndfile decodes: WAV, FLAC, OGG Vorbis/Opus, MP3 (any rate, any channel count)
-  -        a WAV/FLAC/OGG stream on stdin; with --raw, headerless samples
+inputs:
+  FILE     any file libsndfile decodes: WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF... (any rate, any channel count)
+  DIR      every audio file below it (by extension, case-insensitive), in sorted order
+  -        a WAV/FLAC/OGG stream on stdin; with --raw, headerless samples (consumed as they arrive)
 
-output (text): one line per label, "SCORE  LABEL", best first; with several inputs a "== INPUT" line heads each.
-output (json): one object per input per line:
-  {"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1,
-   "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
-  or {"path": "b.wav", "error": "..."} for an input that could not be tagged.
+output formats (default: text on a terminal, jsonl otherwise):
+  text   "SCORE  LABEL" lines, best first; "== INPUT" heads each input when there are several
+  jsonl  one object per input per line ("json" is the same):
+           {"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1,
+            "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
+         or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window
+  csv, tsv  one row per label: path,duration,sample_rate,channels,rank,label,mid,index,score,error
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1).
+Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
+score being its best window's.
 
 exit status:
   0    every input was tagged
-  1    some input could not be tagged (the others were; see stderr)
+  1    some input could not be tagged (the others were; one line each on stderr)
   2    bad command line
   3    the model or its assets could not be loaded
-  130  interrupted;  141  stdout closed early
+  130  interrupted (SIGINT), 143 terminated (SIGTERM): what was written is complete; --resume carries on
+  141  stdout was closed early
 
 environment:
-  AUDIOTAG_PROVIDERS   onnxruntime execution providers, comma-separated (e.g. "cuda,cpu"); default: automatic
+  AUDIOTAG_PROVIDERS   onnxruntime execution providers, comma-separated (e.g. "cuda,cpu"); default automatic:
+                       CUDA, ROCm, MIGraphX, CoreML, DirectML, then CPU, whichever are available
 
 examples:
   audiotag clip.wav
-  audiotag --format json a.mp3 b.flac > tags.jsonl
-  arecord -f S16_LE -r 16000 -c 1 | audiotag - --raw s16le --rate 16000
+  audiotag /data/crawl -o tags.jsonl --resume --embeddings emb/
+  crawler | audiotag --files-from - -o tags.jsonl
+  arecord -f S16_LE -r 16000 -c 1 | audiotag - --raw s16le --rate 16000 --segments
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiotag",
-        description="Print the most likely AudioSet labels (527 classes) for audio files or stdin.",
+        description="Print the most likely AudioSet labels (527 classes) for audio files, directories or stdin.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, or - for stdin")
-    parser.add_argument("-k", "--top-k", type=_positive_int, default=10, metavar="N", help="labels per input (default 10)")
-    parser.add_argument("-f", "--format", choices=("text", "json"), default="text", help="output format (default text)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, directory, or - for stdin")
+    parser.add_argument("--files-from", metavar="LIST", help="also read input paths, one per line, from LIST (- for stdin)")
+    parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per input (default 10)")
+    out = parser.add_argument_group("output")
+    out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
+                     help="output format (default: text on a terminal, else jsonl)")
+    out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
+    out.add_argument("--resume", action="store_true",
+                     help="with -o: skip inputs already recorded in FILE and append the rest")
+    out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
+    out.add_argument("--segments", action="store_true", help="also print each window's tags as soon as it is done")
+    out.add_argument("--progress", action="store_true", help="show a progress bar on stderr (default: when stderr is a terminal)")
+    out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("raw samples on stdin")
     raw.add_argument("--raw", choices=("s16le", "s32le", "f32le"), help="stdin carries headerless little-endian samples")
-    raw.add_argument("--rate", type=_positive_int, metavar="HZ", help="sample rate of --raw input (required with --raw)")
-    raw.add_argument("--channels", type=_positive_int, default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
+    raw.add_argument("--rate", type=_number(int, 1), metavar="HZ", help="sample rate of --raw input (required with --raw)")
+    raw.add_argument("--channels", type=_number(int, 1), default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
     windows = parser.add_argument_group("long recordings")
-    windows.add_argument("--window", type=_non_negative_float, default=10.0, metavar="SEC",
-                         help="seconds per model pass (default 10); 0 = the whole clip in one pass, as upstream")
-    windows.add_argument("--hop", type=_positive_float, default=5.0, metavar="SEC", help="seconds between windows (default 5)")
+    windows.add_argument("--window", type=_number(float, 0), default=10.0, metavar="SEC",
+                         help="seconds per model pass (default 10); 0 = the whole file in one pass, as upstream")
+    windows.add_argument("--hop", type=_number(float, 0.01), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
-    engine.add_argument("--threads", type=_non_negative_int, default=0, metavar="N", help="onnxruntime threads (default 0: all cores)")
+    engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
+                        help="inputs decoded in parallel (default: all cores)")
+    engine.add_argument("--threads", type=_number(int, 0), default=0, metavar="N",
+                        help="onnxruntime intra-op threads (default 0: all cores)")
     parser.add_argument("--version", action="store_true",
                         help="print versions of audiotag, its model and onnxruntime, and the providers available")
     parser.add_argument("--self-check", action="store_true",
@@ -74,25 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.inputs or args.version or args.self_check):
-        parser.error("no input given (a file, or - for stdin)")
+    if not (args.inputs or args.files_from or args.version or args.self_check):
+        parser.error("no input given (a file, a directory, - for stdin, or --files-from LIST)")
     if args.raw and not args.rate:
         parser.error("--raw needs --rate HZ")
-    if args.inputs.count("-") > 1:
+    if (args.inputs.count("-") + (args.files_from == "-")) > 1:
         parser.error("stdin (-) can be read only once")
+    if args.resume and not args.output:
+        parser.error("--resume needs -o FILE")
+    args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
+    if args.resume and args.format == "text":
+        parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except _Terminated:
+        return EXIT_TERMINATED
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
 
 
 def _run(args) -> int:
-    from . import audio, output
     from .model import ModelError, requested_providers
-    from .tagger import TagOptions, Tagger
+    from .tagger import Tagger
 
     try:
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
@@ -102,25 +134,120 @@ def _run(args) -> int:
         _warn(str(error))
         return EXIT_MODEL
     if args.version:
-        _emit(_version_text(tagger))
+        print(_version_text(tagger), flush=True)
         return EXIT_OK
     if args.self_check:
         return _self_check(tagger)
-    options = TagOptions(top_k=args.top_k, window=args.window, hop=args.hop)
-    failed = 0
-    for path in args.inputs:
-        try:
-            clip = _read_input(path, args)
-            prediction = tagger.predict(clip, options)
-        except (audio.AudioError, OSError) as error:
-            failed += 1
-            _warn(f"{path}: {_reason(error)}")
-            if args.format == "json":
-                _emit(output.to_json(output.error_record(path, _reason(error))))
-            continue
-        rec = output.record(path, clip, prediction)
-        _emit(output.to_json(rec) if args.format == "json" else output.to_text(rec, len(args.inputs) > 1))
-    return EXIT_INPUT_FAILED if failed else EXIT_OK
+    if args.verbose:
+        _warn(f"execution providers: {', '.join(tagger.model.providers)}; jobs {args.jobs}, "
+              f"onnxruntime threads {args.threads or 'all cores'}")
+    return _tag_inputs(args, tagger)
+
+
+def _tag_inputs(args, tagger) -> int:
+    import threading
+
+    from . import audio, inputs, output, pipeline
+    from .tagger import TagOptions
+
+    batch_mode = len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
+    done = output.recorded_paths(args.output, args.format) if args.resume else set()
+    try:
+        writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
+    except OSError as error:
+        _warn(f"{args.output}: {(error.strerror or str(error)).lower()}")
+        return EXIT_USAGE
+    lock = threading.Lock()  # segments are written by worker threads, clip records by this one
+
+    def on_segment(name, segment):
+        with lock:
+            writer.write(output.segment_record(name, segment))
+
+    def open_input(name):
+        if name == "-":
+            return audio.open_stdin(sys.stdin.buffer, args.raw, args.rate, args.channels)
+        return audio.open_file(name)
+
+    items = inputs.expand(args.inputs)
+    if args.files_from:
+        items = _chain(items, _list_source(args.files_from, inputs))
+    items = (item for item in items if item.name not in done)
+    options = TagOptions(top_k=args.top_k, window=args.window, hop=args.hop, segments=args.segments)
+    progress = _progress_bar(args)
+    counts = {"ok": 0, "failed": 0, "audio": 0.0}
+    started = time.perf_counter()
+    try:
+        for outcome in pipeline.run(items, open_input, tagger, options, args.jobs,
+                                    on_segment if args.segments else None):
+            if outcome.error is None and args.embeddings:
+                outcome = _save_embedding(outcome, args.embeddings)
+            if outcome.error is not None:
+                counts["failed"] += 1
+                _warn(f"{outcome.name}: {outcome.error}", progress)
+            else:
+                counts["ok"] += 1
+                counts["audio"] += outcome.duration
+            with lock:
+                writer.write(output.record(outcome), header=batch_mode)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(errors=counts["failed"], refresh=False)
+    finally:
+        if progress is not None:
+            progress.close()
+        if args.output:
+            writer.close()
+    if batch_mode or args.verbose:
+        _summary(counts, time.perf_counter() - started)
+    return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _list_source(name, inputs):
+    if name == "-":
+        return inputs.read_list(sys.stdin)
+    try:
+        handle = open(name, encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise SystemExit(_usage_exit(f"--files-from {name}: {(error.strerror or str(error)).lower()}"))
+    return inputs.read_list(handle)
+
+
+def _chain(*iterables):
+    for iterable in iterables:
+        yield from iterable
+
+
+def _save_embedding(outcome, directory):
+    """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file."""
+    import numpy as np
+
+    relative = outcome.name.lstrip(os.sep).replace("..", "__") if outcome.name != "-" else "stdin"
+    target = os.path.join(directory, relative + ".npy")
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        partial = target + ".part"
+        with open(partial, "wb") as file:
+            np.save(file, outcome.prediction.embedding, allow_pickle=False)
+        os.replace(partial, target)
+    except OSError as error:
+        outcome.error = f"cannot save embedding {target}: {(error.strerror or str(error)).lower()}"
+    return outcome
+
+
+def _progress_bar(args):
+    if not (args.progress or sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit="file", dynamic_ncols=True, file=sys.stderr, disable=False)
+
+
+def _summary(counts, seconds) -> None:
+    files = counts["ok"] + counts["failed"]
+    rate = files / seconds if seconds > 0 else 0.0
+    realtime = counts["audio"] / seconds if seconds > 0 else 0.0
+    _warn(f"{files} inputs: {counts['ok']} ok, {counts['failed']} failed in {seconds:.1f} s "
+          f"({rate:.1f} files/s, {realtime:.0f}x realtime)")
 
 
 def _version_text(tagger) -> str:
@@ -147,68 +274,47 @@ def _self_check(tagger) -> int:
     if not {"Sine wave", "Beep, bleep"} <= set(labels):
         _warn(f"self-check failed: a 1 kHz tone was tagged {labels}")
         return EXIT_MODEL
-    _emit(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}")
+    print(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}", flush=True)
     return EXIT_OK
 
 
-def _read_input(path, args):
-    from . import audio
-
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        if args.raw:
-            return audio.load_raw(data, args.raw, args.rate, args.channels)
-        return audio.load_bytes(data)
-    return audio.load(path)
+class _Terminated(Exception):
+    pass
 
 
-def _emit(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def _terminate(signum, frame):
+    raise _Terminated()
 
 
-def _warn(message: str) -> None:
+def _warn(message: str, progress=None) -> None:
+    if progress is not None:
+        progress.write(f"audiotag: {message}", file=sys.stderr)
+        return
     sys.stderr.write(f"audiotag: {message}\n")
     sys.stderr.flush()
 
 
-def _reason(error) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
-    return str(error)
+def _usage_exit(message: str) -> int:
+    _warn(message)
+    return EXIT_USAGE
 
 
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot raise again."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(kind, minimum):
+    """An argparse type: a number of ``kind`` no smaller than ``minimum``, with a message that says so."""
 
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
 
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return parse

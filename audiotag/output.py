@@ -1,31 +1,132 @@
-"""Result records and their formats. One record shape everywhere: CLI, batch output and distributed rows."""
+"""Result records, their formats, and a crash-safe writer.
 
+One record shape everywhere (CLI, batch output, distributed rows). A record is written with a single ``write``
+of whole lines and flushed at once, so a killed run leaves at most one torn line at the end of the file, which
+``--resume`` cuts off before it carries on.
+"""
+
+import csv
+import io
 import json
+import os
+from typing import Optional
+
+FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
+TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "rank", "label", "mid", "index", "score", "error")
 
 
-def record(path: str, clip, prediction) -> dict:
-    """The JSON object for one tagged input (scripts rely on this shape)."""
+def record(outcome) -> dict:
+    """The JSON object for one input (scripts rely on this shape)."""
+    if outcome.error is not None:
+        return {"path": outcome.name, "error": outcome.error}
     return {
-        "path": path,
-        "duration": round(clip.duration, 6),
-        "sample_rate": clip.sample_rate,
-        "channels": clip.channels,
-        "tags": [{"label": t.label, "mid": t.mid, "index": t.index, "score": round(t.score, 6)}
-                 for t in prediction.tags],
+        "path": outcome.name,
+        "duration": round(outcome.duration, 6),
+        "sample_rate": outcome.sample_rate,
+        "channels": outcome.channels,
+        "tags": tags_json(outcome.prediction.tags),
     }
 
 
-def error_record(path: str, message: str) -> dict:
-    """The JSON object for an input that could not be tagged."""
-    return {"path": path, "error": message}
+def tags_json(tags) -> list:
+    return [{"label": t.label, "mid": t.mid, "index": t.index, "score": round(t.score, 6)} for t in tags]
 
 
-def to_json(rec: dict) -> str:
-    return json.dumps(rec, ensure_ascii=False)
+def segment_record(name: str, segment) -> dict:
+    """A window's result, written as soon as it is known (``--segments``); it has "start", a clip record not."""
+    return {"path": name, "start": round(segment.start, 3), "end": round(segment.end, 3),
+            "tags": tags_json(segment.tags)}
 
 
-def to_text(rec: dict, header: bool) -> str:
-    """Human-readable: "SCORE  LABEL" lines, best first, under a "== PATH" line when there are several inputs."""
+def format_record(rec: dict, fmt: str, header: bool = True) -> str:
+    """Whole lines, newline-terminated."""
+    if fmt in ("jsonl", "json"):
+        return json.dumps(rec, ensure_ascii=False) + "\n"
+    if fmt == "text":
+        return _text(rec, header)
+    return _table_rows(rec, "," if fmt == "csv" else "\t")
+
+
+def table_header(fmt: str) -> str:
+    return _table_line(TABLE_COLUMNS, "," if fmt == "csv" else "\t")
+
+
+def _text(rec: dict, header: bool) -> str:
+    if "start" in rec:
+        tags = ", ".join(f"{t['label']} {t['score']:.3f}" for t in rec["tags"])
+        return f"{rec['path']} [{rec['start']:.1f}-{rec['end']:.1f}s] {tags}\n"
+    if "error" in rec:
+        return ""  # text is for people: the error is already on stderr
     lines = [f"== {rec['path']}"] if header else []
-    lines += [f"{tag['score']:.3f}  {tag['label']}" for tag in rec["tags"]]
-    return "\n".join(lines)
+    lines += [f"{t['score']:.3f}  {t['label']}" for t in rec["tags"]]
+    return "\n".join(lines) + "\n"
+
+
+def _table_rows(rec: dict, delimiter: str) -> str:
+    if "start" in rec:
+        return ""  # tables hold one kind of row: clips
+    base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", "")]
+    if "error" in rec:
+        return _table_line(base + ["", "", "", "", "", rec["error"]], delimiter)
+    return "".join(_table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], ""], delimiter)
+                   for rank, t in enumerate(rec["tags"], 1))
+
+
+def _table_line(values, delimiter: str) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=delimiter, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def recorded_paths(path: str, fmt: str) -> set:
+    """Inputs already recorded in an output file, after cutting off a torn last line (for --resume)."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, "rb+") as file:
+        data = file.read()
+        complete = data.rfind(b"\n") + 1  # a killed writer can leave only the last line torn
+        if fmt in ("jsonl", "json"):
+            # The last complete line may still be unparsable if the disk lost the tail: drop it too.
+            lines = data[:complete].splitlines(keepends=True)
+            while lines and not _parses(lines[-1]):
+                complete -= len(lines.pop())
+        if complete < len(data):
+            file.truncate(complete)
+        text = data[:complete].decode("utf-8", errors="replace")
+    if fmt in ("jsonl", "json"):
+        records = (json.loads(line) for line in text.splitlines() if line.strip())
+        return {r["path"] for r in records if "start" not in r}
+    rows = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+    return {row[0] for row in rows if row and row[0] != "path"}
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+class Writer:
+    """Writes formatted records to a file or stdout, one flushed write per record."""
+
+    def __init__(self, fmt: str, path: Optional[str] = None, append: bool = False, stream=None):
+        self.fmt = fmt
+        self._file = open(path, "a" if append else "w", encoding="utf-8", newline="") if path else stream
+        self._owned = path is not None
+        if fmt in ("csv", "tsv") and not (append and self._file.tell() > 0):
+            self._write(table_header(fmt))
+
+    def write(self, rec: dict, header: bool = True) -> None:
+        self._write(format_record(rec, self.fmt, header))
+
+    def _write(self, text: str) -> None:
+        if text:
+            self._file.write(text)
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            os.fsync(self._file.fileno())  # the results are the product: make them durable before exit 0
+            self._file.close()

@@ -23,7 +23,10 @@ def assert_one_line_error(result, code, *fragments):
 def test_missing_file(cli):
     result = cli("no-such.wav")
     assert_one_line_error(result, EXIT_INPUT_FAILED, "no-such.wav", "no such file")
-    assert result.stdout == b""
+    assert json.loads(result.stdout) == {"path": "no-such.wav", "error": "no such file or directory"}
+    text = cli("--format", "text", "no-such.wav")
+    assert_one_line_error(text, EXIT_INPUT_FAILED, "no such file")
+    assert text.stdout == b""  # text output is for results only
 
 
 def test_not_audio(cli, tmp_path):
@@ -32,8 +35,9 @@ def test_not_audio(cli, tmp_path):
     assert_one_line_error(cli(text), EXIT_INPUT_FAILED, "notes.mp3", "cannot decode")
 
 
-def test_directory_given_as_file(cli, tmp_path):
-    assert_one_line_error(cli(tmp_path), EXIT_INPUT_FAILED, str(tmp_path))
+def test_directory_without_audio(cli, tmp_path):
+    (tmp_path / "readme.txt").write_text("no audio here")
+    assert_one_line_error(cli(tmp_path), EXIT_INPUT_FAILED, str(tmp_path), "no audio files")
 
 
 def test_empty_stdin(cli):

@@ -1,0 +1,80 @@
+"""What to tag: command-line operands, directories walked in sorted order, and paths read from a list or a pipe.
+
+Everything is lazy, so tagging starts before a directory walk or a piped list has ended. Problems found on the way
+(unreadable directories, symlink loops) become inputs carrying an error, reported like any bad file.
+"""
+
+import os
+from typing import Iterable, Iterator, TextIO
+
+from .pipeline import Input
+
+# Extensions of the formats libsndfile decodes, matched case-insensitively when walking directories.
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1",
+    ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".voc", ".sd2", ".sf", ".htk", ".pvf", ".xi", ".wve",
+})
+
+
+def is_audio_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
+
+
+def expand(operands: Iterable[str]) -> Iterator[Input]:
+    """Operands as given: "-" and files are inputs themselves, directories yield their audio files."""
+    for operand in operands:
+        if operand != "-" and os.path.isdir(operand):
+            found = False
+            for item in walk(operand):
+                found = True
+                yield item
+            if not found:
+                yield Input(operand, error="no audio files in this directory")
+        else:
+            yield Input(operand)
+
+
+def walk(top: str) -> Iterator[Input]:
+    """Audio files below ``top``, sorted by name at every level; follows symlinks, reports loops."""
+    visited = set()
+
+    def visit(directory: str) -> Iterator[Input]:
+        try:
+            identity = _identity(directory)
+            if identity in visited:
+                yield Input(directory, error="symlink loop: directory already visited")
+                return
+            visited.add(identity)
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as error:
+            yield Input(directory, error=f"cannot read directory: {(error.strerror or str(error)).lower()}")
+            return
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError as error:
+                yield Input(entry.path, error=(error.strerror or str(error)).lower())
+                continue
+            if is_dir:
+                yield from visit(entry.path)
+            elif is_audio_name(entry.name):
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    yield Input(entry.path, error="broken symlink")
+                else:
+                    yield Input(entry.path)
+
+    yield from visit(top)
+
+
+def read_list(lines: TextIO) -> Iterator[Input]:
+    """Paths one per line (blank lines skipped); each line is taken as soon as it arrives."""
+    for line in iter(lines.readline, ""):
+        path = line.rstrip("\r\n")
+        if path.strip():
+            yield from expand([path])
+
+
+def _identity(directory: str):
+    stat = os.stat(directory)
+    return stat.st_dev, stat.st_ino

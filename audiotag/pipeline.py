@@ -1,0 +1,181 @@
+"""Tagging many inputs at full machine speed.
+
+Decoding, resampling and the frontend run in worker threads (libsndfile, soxr and numpy's FFT release the GIL).
+Every window goes to one ``Batcher``, whose thread runs the model on all the windows waiting, up to MAX_BATCH of
+one length, as one batch: a busy machine makes large batches across files, an idle one answers at once (a live
+stream's windows are not held back waiting for company). One onnxruntime session serves everything.
+
+Outcomes come back in input order; inputs may arrive slowly (paths piped in by a crawler), and work on each starts
+as soon as it arrives.
+"""
+
+import collections
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from . import audio
+from .tagger import MAX_BATCH, Accumulator, Prediction, Segment, TagOptions, Tagger, model_input
+from .windows import windows
+
+WINDOWS_IN_FLIGHT = 2 * MAX_BATCH  # per input: bounds the memory a long file holds while the model catches up
+
+
+@dataclass(frozen=True)
+class Input:
+    """One thing to tag: a path, or "-" for stdin; ``error`` when it was known to be bad before opening."""
+
+    name: str
+    error: Optional[str] = None
+
+
+@dataclass
+class Outcome:
+    """What became of one input: a prediction and where it came from, or an error message."""
+
+    name: str
+    prediction: Optional[Prediction] = None
+    sample_rate: int = 0
+    channels: int = 0
+    duration: float = 0.0  # seconds of audio
+    error: Optional[str] = None
+    timings: Optional[dict] = None  # seconds spent per stage in this input's worker
+
+
+class Batcher:
+    """Runs the model for many producers: ``submit`` a log-mel, get a Future of (logits, embedding)."""
+
+    def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH):
+        self._model = tagger.model
+        self._max_batch = max_batch
+        self._queue = queue.Queue()
+        self.model_seconds = 0.0
+        self.batches = 0
+        self.windows = 0
+        threading.Thread(target=self._loop, name="audiotag-model", daemon=True).start()
+
+    def submit(self, mel: np.ndarray) -> Future:
+        future = Future()
+        self._queue.put((mel, future))
+        return future
+
+    def _loop(self) -> None:
+        held = collections.deque()  # windows of another length, first in line for the next batch
+        while True:
+            first = held.popleft() if held else self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                (batch if item[0].shape == first[0].shape else held).append(item)
+            self._run(batch)
+
+    def _run(self, batch) -> None:
+        started = time.perf_counter()
+        try:
+            logits, embeddings = self._model.run(np.stack([mel for mel, _ in batch]))
+        except Exception as error:  # reported on each waiting input, never kills the thread
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        self.model_seconds += time.perf_counter() - started
+        self.batches += 1
+        self.windows += len(batch)
+        for (_, future), row, embedding in zip(batch, logits, embeddings):
+            future.set_result((row, embedding))
+
+
+def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
+               on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
+    """Tag an open stream window by window; returns (Prediction, timings). Memory stays flat with length."""
+    accumulator = Accumulator(tagger, options)
+    pending = collections.deque()
+    timings = {"decode": 0.0, "frontend": 0.0}
+
+    def settle(block: bool) -> None:
+        while pending and (block or pending[0][2].done()):
+            start, length, future = pending.popleft()
+            segment = accumulator.add(start, length, *future.result())
+            if on_segment is not None:
+                on_segment(segment)
+
+    clock = time.perf_counter()
+    for start, samples in windows(stream.samples(), options.window_samples, options.hop_samples):
+        now = time.perf_counter()
+        timings["decode"] += now - clock
+        mel = model_input(samples)
+        clock = time.perf_counter()
+        timings["frontend"] += clock - now
+        pending.append((start, len(samples), batcher.submit(mel)))
+        settle(block=len(pending) > WINDOWS_IN_FLIGHT)
+        settle(block=False)
+    timings["decode"] += time.perf_counter() - clock
+    settle(block=True)
+    return accumulator.prediction(), timings
+
+
+def tag_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Tagger, batcher: Batcher,
+              options: TagOptions, on_segment=None) -> Outcome:
+    """One input to one Outcome; every failure becomes an error message, never an exception."""
+    if item.error:
+        return Outcome(item.name, error=item.error)
+    stream = None
+    try:
+        stream = open_input(item.name)
+        callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
+        prediction, timings = tag_stream(stream, tagger, batcher, options, callback)
+    except (audio.AudioError, ValueError) as error:
+        return Outcome(item.name, error=str(error))
+    except OSError as error:
+        return Outcome(item.name, error=(error.strerror or str(error)).lower())
+    except MemoryError:
+        return Outcome(item.name, error="out of memory")
+    finally:
+        if stream is not None:
+            stream.close()
+    return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, timings=timings)
+
+
+def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagger: Tagger, options: TagOptions,
+        jobs: int, on_segment=None, batcher: Optional[Batcher] = None) -> Iterator[Outcome]:
+    """Outcomes in input order, ``jobs`` inputs in work at once."""
+    batcher = batcher or Batcher(tagger)
+    work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
+    ordered = queue.Queue()
+    feeder_error = []
+
+    def feed() -> None:
+        try:
+            for item in items:
+                future = Future()
+                ordered.put(future)
+                work.put((item, future))
+        except BaseException as error:  # e.g. the list of paths became unreadable
+            feeder_error.append(error)
+        finally:
+            ordered.put(None)
+            for _ in range(jobs):
+                work.put(None)
+
+    def work_loop() -> None:
+        while (entry := work.get()) is not None:
+            item, future = entry
+            try:
+                future.set_result(tag_input(item, open_input, tagger, batcher, options, on_segment))
+            except BaseException as error:  # a bug, not bad input: surface it in the main thread
+                future.set_exception(error)
+
+    threading.Thread(target=feed, name="audiotag-feed", daemon=True).start()
+    for index in range(jobs):
+        threading.Thread(target=work_loop, name=f"audiotag-worker-{index}", daemon=True).start()
+    while (future := ordered.get()) is not None:
+        yield future.result()
+    if feeder_error:
+        raise feeder_error[0]
