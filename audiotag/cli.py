@@ -112,14 +112,30 @@ def main(argv=None) -> int:
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _run(args)
+        code = _run(args)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
     except _Terminated:
-        return EXIT_TERMINATED
+        code = EXIT_TERMINATED
     except BrokenPipeError:
         _silence_stdout()
-        return EXIT_BROKEN_PIPE
+        code = EXIT_BROKEN_PIPE
+    return _finish(code)
+
+
+def _finish(code: int) -> int:
+    """Leave at once when worker threads may still be inside onnxruntime or libsndfile: letting the interpreter
+    tear them down aborts the process ("terminate called without an active exception")."""
+    import threading
+
+    if threading.active_count() == 1:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            _silence_stdout()
+    os._exit(code)
 
 
 def _run(args) -> int:

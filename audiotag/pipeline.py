@@ -133,6 +133,8 @@ def tag_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Ta
         prediction, timings = tag_stream(stream, tagger, batcher, options, callback)
     except (audio.AudioError, ValueError) as error:
         return Outcome(item.name, error=str(error))
+    except BrokenPipeError:
+        raise  # our stdout is gone (a --segments reader quit): the run ends, it is not this input's fault
     except OSError as error:
         return Outcome(item.name, error=(error.strerror or str(error)).lower())
     except MemoryError:
