@@ -200,11 +200,8 @@ def reference_mels(ref_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def verify(model: MobileNetV3, path: Path, ref_dir: Path | None, tolerance: float, ref_tolerance: float,
            ref_logits: bool = True) -> None:
     """Compare onnxruntime with the PyTorch module, and (if `ref_logits`) the module with upstream's logits."""
-    # One thread each: on these small per-clip runs, torch's and onnxruntime's thread pools spin against each
-    # other, and 2+2 threads made verification 2-4x slower than 1+1 on a 2-core machine.
-    torch.set_num_threads(1)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = 1  # see run(): one thread each
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run_both(mel: np.ndarray) -> tuple[float, np.ndarray]:
@@ -274,6 +271,9 @@ def run(args: argparse.Namespace) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
+    # The model is tiny: one thread each for torch and onnxruntime beats their spinning thread pools (verification
+    # took 2-4x longer with 2+2 threads on 2 cores, and 10x+ when another process was busy).
+    torch.set_num_threads(1)
     checkpoint_sha = sha256_of(checkpoint)
     if sha256 and checkpoint_sha != sha256:
         print(f"warning: {checkpoint} has sha256 {checkpoint_sha}, not the published {sha256}", file=sys.stderr)

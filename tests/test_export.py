@@ -29,6 +29,10 @@ LABELS = SHARED / "upstream" / "class_labels_indices.csv"
 CHECKPOINT_NAME, CHECKPOINT_SHA = export_model.CHECKPOINTS["mn04_as"]
 MAIN_CLIPS = ("music", "speech", "typing")
 
+# As in the export script: for this tiny model one thread is faster than torch's OpenMP pool, which also slows
+# down 10x+ when other processes compete for the CPU.
+torch.set_num_threads(1)
+
 
 def reference(clip: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(SHARED / "reference" / f"{clip}.npz") as data:
