@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
     signal.signal(signal.SIGTERM, _terminate)
+    if not args.verbose:
+        _quiet_native_stderr()
     try:
         code = _run(args)
     except KeyboardInterrupt:
@@ -313,6 +315,23 @@ def _warn(message: str, progress=None) -> None:
 def _usage_exit(message: str) -> int:
     _warn(message)
     return EXIT_USAGE
+
+
+def _quiet_native_stderr() -> None:
+    """Keep decoder libraries' own chatter (mpg123's "Warning: Xing stream size off...") off our stderr.
+
+    Python's stderr moves to a duplicate of file descriptor 2, and descriptor 2, where C libraries write, goes to
+    /dev/null; our one-line messages are unaffected. --verbose leaves everything as it is.
+    """
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = open(saved, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace",
+                          closefd=True)
+    except OSError:
+        pass  # no usable stderr: nothing to keep quiet
 
 
 def _silence_stdout() -> None:
