@@ -128,5 +128,7 @@ class Writer:
 
     def close(self) -> None:
         if self._owned:
-            os.fsync(self._file.fileno())  # the results are the product: make them durable before exit 0
+            self._file.flush()
+            if os.path.isfile(self._file.name):  # /dev/null or a pipe cannot be synced
+                os.fsync(self._file.fileno())  # the results are the product: durable before exit 0
             self._file.close()

@@ -1,0 +1,194 @@
+"""Batch mode: directories and path lists, output formats, resumable output, embeddings, parallel batching."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from audiotag import TagOptions, audio, inputs, pipeline
+from conftest import AUDIO, REPO
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """24 real clips of a few seconds in nested folders, mixed formats and case, plus non-audio files."""
+    root = tmp_path_factory.mktemp("corpus")
+    sources = sorted((AUDIO / "extra").glob("*.*"))
+    sources = [p for p in sources if p.suffix != ".csv"][:12]
+    for index, source in enumerate(sources):
+        clip = audio.load(source)
+        head = clip.samples[:3 * 32000]
+        folder = root / ("a" if index % 2 else "b") / ("deep" if index % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        soundfile.write(folder / f"clip{index:02d}.wav", head, 32000)
+        soundfile.write(folder / f"clip{index:02d}.FLAC", head[::-1].copy(), 32000, format="FLAC")
+    (root / "notes.txt").write_text("not audio")
+    (root / "a" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    return root
+
+
+def audio_files(root):
+    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+
+
+def records_of(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_directory_walk_is_sorted_recursive_and_by_extension(corpus):
+    walked = [item.name for item in inputs.expand([str(corpus)])]
+    assert sorted(walked) == audio_files(corpus) and len(walked) == 24
+    assert walked == sorted(walked, key=lambda p: [part for part in os.path.relpath(p, corpus).split(os.sep)])
+
+
+def test_symlink_loop_is_reported_not_fatal(tmp_path):
+    (tmp_path / "music").mkdir()
+    shutil.copy(AUDIO / "music.wav", tmp_path / "music" / "m.wav")
+    os.symlink(tmp_path, tmp_path / "music" / "loop")
+    items = list(inputs.expand([str(tmp_path)]))
+    assert [i.name for i in items if i.error is None] == [str(tmp_path / "music" / "m.wav")]
+    assert [i.error for i in items if i.error] == ["symlink loop: directory already visited"]
+
+
+def test_jobs_do_not_change_results_or_order(cli, corpus):
+    one = cli("--jobs", 1, "-k", 5, corpus)
+    two = cli("--jobs", 2, "--threads", 1, "-k", 5, corpus)
+    assert one.returncode == two.returncode == 0, one.stderr
+    assert one.stdout == two.stdout
+    records = records_of(one.stdout.decode())
+    assert [r["path"] for r in records] == [item.name for item in inputs.expand([str(corpus)])]
+    assert "24 inputs: 24 ok, 0 failed" in one.stderr.decode()
+
+
+def test_files_from_a_list_file(cli, corpus, tmp_path):
+    files = audio_files(corpus)[:5]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(files[:3]) + "\n\n" + "\n".join(files[3:]) + "\n")
+    result = cli("--files-from", listing)
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in records_of(result.stdout.decode())] == files
+
+
+def test_files_from_stdin_starts_before_the_list_ends(corpus):
+    files = audio_files(corpus)
+    process = subprocess.Popen([sys.executable, "-m", "audiotag", "--files-from", "-", "--format", "jsonl"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        process.stdin.write((files[0] + "\n").encode())
+        process.stdin.flush()
+        first = json.loads(process.stdout.readline())  # answered while the list is still open
+        assert first["path"] == files[0] and process.poll() is None
+        process.stdin.write((files[1] + "\n").encode())
+        process.stdin.close()
+        rest = records_of(process.stdout.read().decode())
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert [r["path"] for r in rest] == [files[1]]
+
+
+@pytest.mark.parametrize("fmt,delimiter", [("csv", ","), ("tsv", "\t")])
+def test_table_formats_parse(cli, corpus, fmt, delimiter):
+    bad = corpus.parent / "bad.wav"
+    bad.write_bytes(b"RIFFjunk")
+    result = cli("--format", fmt, "-k", 3, audio_files(corpus)[0], bad)
+    assert result.returncode == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout.decode()), delimiter=delimiter))
+    assert [r["rank"] for r in rows] == ["1", "2", "3", ""]
+    assert rows[0]["path"] == audio_files(corpus)[0] and float(rows[0]["score"]) > 0
+    assert rows[-1]["path"] == str(bad) and rows[-1]["error"].startswith("cannot decode")
+
+
+def test_output_file_and_embeddings(cli, corpus, tmp_path, tagger):
+    out = tmp_path / "tags.jsonl"
+    embeddings = tmp_path / "emb"
+    result = cli("-o", out, "--embeddings", embeddings, corpus)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""  # -o takes the results
+    records = records_of(out.read_text())
+    assert len(records) == 24
+    first = records[0]["path"]
+    saved = np.load(str(embeddings) + os.path.abspath(first) + ".npy") if os.path.isabs(first) else None
+    expected = tagger.predict(audio.load(first)).embedding
+    assert saved is not None and saved.shape == expected.shape and saved.dtype == np.float32
+    np.testing.assert_allclose(saved, expected, atol=1e-5)
+
+
+def test_progress_and_summary_on_stderr(cli, corpus):
+    result = cli("--progress", "-o", os.devnull, corpus)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0
+    assert "24file" in stderr.replace(" ", "") and "errors=0" in stderr
+    assert "24 inputs: 24 ok, 0 failed" in stderr and "files/s" in stderr and "realtime" in stderr
+
+
+def kill_midway(command, out, signal_number, at_least):
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_text().count("\n") >= at_least:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    return process.wait(timeout=60)
+
+
+@pytest.mark.parametrize("signal_number,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_resume_after_a_killed_run(corpus, tmp_path, signal_number, code):
+    out = tmp_path / "tags.jsonl"
+    command = [sys.executable, "-m", "audiotag", str(corpus), "-o", str(out), "--jobs", "1"]
+    assert kill_midway(command, out, signal_number, at_least=4) == code
+    done = records_of(out.read_text())
+    assert 4 <= len(done) < 24
+    if signal_number == signal.SIGKILL:
+        with open(out, "a") as torn:  # what a power cut mid-write can leave
+            torn.write('{"path": "half a rec')
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    records = records_of(out.read_text())  # every line parses: the torn tail was cut off
+    paths = [r["path"] for r in records]
+    assert sorted(paths) == audio_files(corpus) and len(set(paths)) == len(paths)
+    assert paths[:len(done)] == [r["path"] for r in done]
+    assert f"{24 - len(done)} inputs" in resumed.stderr.decode()
+
+
+def test_resume_with_csv(cli, corpus, tmp_path):
+    out = tmp_path / "tags.csv"
+    files = audio_files(corpus)
+    assert cli("-o", out, "--format", "csv", "-k", 2, *files[:3]).returncode == 0
+    assert cli("-o", out, "--format", "csv", "-k", 2, "--resume", *files[:5]).returncode == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["path"] for r in rows] == [f for f in files[:5] for _ in range(2)]
+
+
+def test_exit_status_when_some_fail(cli, corpus, tmp_path):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"fLaC" + os.urandom(100))
+    result = cli("-o", tmp_path / "out.jsonl", corpus, bad)
+    assert result.returncode == 1
+    assert "25 inputs: 24 ok, 1 failed" in result.stderr.decode()
+
+
+def test_windows_are_batched_across_files(tagger, corpus):
+    """Many short inputs, two workers: the model runs fewer batches than windows."""
+    batcher = pipeline.Batcher(tagger)
+    items = list(inputs.expand([str(corpus)]))
+    outcomes = list(pipeline.run(items, audio.open_file, tagger, TagOptions(), jobs=2, batcher=batcher))
+    assert [o.name for o in outcomes] == [i.name for i in items] and all(o.error is None for o in outcomes)
+    assert batcher.windows == 24 and batcher.batches < 24
+    single = tagger.predict(audio.load(items[5].name))
+    np.testing.assert_allclose(outcomes[5].prediction.logits, single.logits, atol=1e-5)
+
+
+def test_verbose_names_the_provider(cli):
+    result = cli("-v", "--provider", "cpu", AUDIO / "music.wav")
+    assert "execution providers: CPUExecutionProvider" in result.stderr.decode()
