@@ -57,26 +57,46 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 
 def _log_mel(samples: np.ndarray) -> np.ndarray:
     """(n,) float32 -> (128, frames) float32."""
-    emphasised = samples[1:] - PREEMPHASIS * samples[:-1]
-    padded = np.pad(emphasised, N_FFT // 2, mode="reflect")
+    padded = _emphasise_and_pad(samples)
     n_frames = frame_count(len(samples))
     # Only the 800 window samples of each 1024-point frame are non-zero: frame them directly (a strided view,
     # no copy) and let rfft zero-pad. The shift this implies changes the phase, not the power.
     frames = np.lib.stride_tricks.sliding_window_view(padded[_WINDOW_OFFSET:], WIN_LENGTH)[::HOP_LENGTH][:n_frames]
     window, first, stop, blocks = _constants()
-    mel = np.empty((n_frames, N_MELS), np.float32)
-    for start in range(0, n_frames, CHUNK_FRAMES):
-        spectrum = np.fft.rfft(frames[start:start + CHUNK_FRAMES] * window, n=N_FFT)[:, first:stop]
-        power = np.abs(spectrum)  # |X|^2 through hypot: as exact as re^2 + im^2, and a third faster
-        power *= power
-        chunk = mel[start:start + CHUNK_FRAMES]
+    mel = np.empty((N_MELS, n_frames), np.float32)
+    chunk = min(CHUNK_FRAMES, n_frames)
+    windowed = np.empty((chunk, WIN_LENGTH), np.float32)  # the chunk's buffers, reused by every chunk
+    spectrum = np.empty((chunk, N_FFT // 2 + 1), np.complex64)
+    power = np.empty((chunk, stop - first), np.float32)
+    for start in range(0, n_frames, chunk):
+        count = min(chunk, n_frames - start)
+        np.multiply(frames[start:start + count], window, out=windowed[:count])
+        np.fft.rfft(windowed[:count], n=N_FFT, out=spectrum[:count])
+        np.abs(spectrum[:count, first:stop], out=power[:count])  # |X| through hypot, then squared: as exact as
+        power[:count] *= power[:count]  # re^2 + im^2 and a third faster
         for bands, low, high, weights in blocks:
-            np.matmul(power[:, low:high], weights, out=chunk[:, bands])
+            np.matmul(weights, power[:count, low:high].T, out=mel[bands, start:start + count])
     mel += LOG_OFFSET
     np.log(mel, out=mel)
     mel += NORM_SHIFT
     mel /= NORM_SCALE
-    return np.ascontiguousarray(mel.T)
+    return mel
+
+
+def _emphasise_and_pad(samples: np.ndarray) -> np.ndarray:
+    """Pre-emphasis, then reflect padding by n_fft / 2 on each side, written into one new array.
+
+    The same numbers as ``np.pad(samples[1:] - PREEMPHASIS * samples[:-1], N_FFT // 2, mode="reflect")``
+    (x + (-a) rounds as x - a), without a second clip-sized temporary.
+    """
+    half = N_FFT // 2
+    padded = np.empty(len(samples) - 1 + 2 * half, np.float32)
+    middle = padded[half:-half]
+    np.multiply(samples[:-1], -PREEMPHASIS, out=middle)
+    middle += samples[1:]
+    padded[:half] = padded[2 * half:half:-1]  # padded[i] = middle[half - i]
+    padded[-half:] = padded[-half - 2:-2 * half - 2:-1]  # mirrored about the last sample, which is not repeated
+    return padded
 
 
 @lru_cache(maxsize=None)
@@ -84,7 +104,7 @@ def _constants():
     """(window, first bin, stop bin, filterbank blocks), made once from the bundled arrays.
 
     The window is cut to its 800 non-zero samples and the filterbank to its non-zero FFT bins (1..479 of 513).
-    Each block is (band slice, low bin, high bin, weights (high - low, bands)), relative to ``first``: adjacent
+    Each block is (band slice, low bin, high bin, weights (bands, high - low)), relative to ``first``: adjacent
     bands, as many as keep CHUNK_FRAMES x bins x bands within BLOCK_MACS.
     """
     window = np.ascontiguousarray(load_array("stft_window.npy")[_WINDOW_OFFSET:_WINDOW_OFFSET + WIN_LENGTH])
@@ -99,7 +119,7 @@ def _constants():
         while end < N_MELS and CHUNK_FRAMES * (spans[end][1] - spans[band][0]) * (end + 1 - band) <= BLOCK_MACS:
             end += 1
         low, high = spans[band][0], spans[end - 1][1]
-        weights = np.ascontiguousarray(filterbank[band:end, low:high].T)
+        weights = np.ascontiguousarray(filterbank[band:end, low:high])
         for array in (window, weights):
             array.setflags(write=False)
         blocks.append((slice(band, end), low, high, weights))
