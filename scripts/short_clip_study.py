@@ -25,8 +25,9 @@ candidates on real audio:
 Findings (mn04_as, 52 clips) and the rule they support, for clips of n samples after resampling to 32 kHz:
   n >= 32000 (1 s): untouched, one pass as upstream.  514 <= n < 32000: tiled (``np.resize``) to exactly 32000.
   n < 514 (16 ms, upstream's own minimum; includes a single sample): an error, "too short".
-- Tiling beats the clip as is from 0.25 s on (0.5 s: top 10 82% vs 76%, ov10 +0.77 +-0.33) and never loses
-  significantly; zero-padding loses to tiling at every length (ov10 -0.5..-2.2) and to ``asis`` from 0.5 s.
+- Tiling beats the clip as is from 0.25 s on (0.5 s: top 10 82% vs 76%, ov10 +0.77 +-0.33) and never loses on
+  ov10 or rank. Below 0.25 s ``asis`` gets more top-3 hits (34-42% vs 28-39%) by answering "Music" confidently
+  (top-1 0.4-0.5, a spurious "Music" for 25%). Zero-padding loses to tiling at every length (ov10 -0.2..-2.2).
 - Longer tiling buys little: 2 or 3 s gain ov10 +0.2..+0.4 over 1 s (beyond the noise only at 0.75-0.95 s,
   where it is a gain over upstream's own 1 s answer) and nothing in top 3; 10 s and the cross-fade gain nothing.
   Only 1 s is continuous at the threshold: 0.99 s tiled to 1 s agrees with the same clip at 1 s as is (ov10
