@@ -1,0 +1,370 @@
+"""How fast audiotag tags a directory, against what the model alone allows and against one process per file.
+
+    .venv/bin/python scripts/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick]
+
+One run makes a corpus of clips (``scripts/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and measures
+  (a) the compute bound: the model alone on precomputed log-mels, at the best batch size and onnxruntime thread
+      count (a single session, as the pipeline has);
+  (b) ``audiotag DIR -o FILE`` end to end in a subprocess, with the default --jobs/--threads and a few others;
+  (c) one file at a time: a fresh ``audiotag FILE`` process per file on a subset, extrapolated per file;
+and, in this process and one thread, what each stage costs per clip: decode, resample, frontend, model.
+
+The machine may be shared: the load average is printed with every figure, configurations are interleaved
+round by round and each figure is the median of its rounds. Targets (exit status 1 when one is missed):
+(b) reaches TARGET_OF_BOUND of (a)'s files/s, (b) is TARGET_OVER_SINGLE times (c), and the frontend costs no more
+than the model per clip. Performance is asserted here only, never in the test suite.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from audiotag import audio  # noqa: E402
+from audiotag.assets import DEFAULT_MODEL, asset_path  # noqa: E402
+from audiotag.model import Model  # noqa: E402
+from audiotag.tagger import TagOptions, model_input  # noqa: E402
+from audiotag.windows import windows  # noqa: E402
+
+TARGET_OF_BOUND = 0.40  # end to end must reach this share of the model-alone files/s
+TARGET_OVER_SINGLE = 5.0  # end to end must be this many times faster than a process per file
+BATCH_SIZES = (1, 4, 8, 16, 32)
+SINGLE_SUBSET = 20  # files run one process each for (c)
+STAGE_SUBSET = 40  # files whose stages are timed in-process
+MEL_SUBSET = 64  # distinct log-mels cycled through for (a)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200, help="clips in the corpus (default 200)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip (default 10)")
+    parser.add_argument("--keep", metavar="DIR", help="make (or reuse) the corpus in DIR and keep it")
+    parser.add_argument("--quick", action="store_true", help="one round of everything, smaller subsets")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else 3
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    import onnxruntime
+
+    print(f"machine: {cores} cores available ({os.cpu_count()} online), {_cpu_name()}")
+    print(f"numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, python {sys.version.split()[0]}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(f"load average at start: {_load()}")
+    _warn_if_busy(cores)
+
+    with tempfile.TemporaryDirectory(prefix="audiotag-bench-") as scratch:
+        corpus = Path(args.keep) if args.keep else Path(scratch) / "corpus"
+        files = _corpus(corpus, args.count, args.seconds)
+        audio_seconds = sum(soundfile.info(str(path)).duration for path in files)
+        rates = sorted({soundfile.info(str(path)).samplerate for path in files})
+        print(f"corpus: {len(files)} files in {corpus}, {audio_seconds / len(files):.1f} s each on average, "
+              f"rates {rates} Hz, {sorted({path.suffix for path in files})}")
+        options = TagOptions()
+
+        stages = measure_stages(files[:min(len(files), 10 if args.quick else STAGE_SUBSET)], options, rounds)
+        windows_per_file = stages.pop("windows per file")
+        bound = measure_model(stages.pop("mels"), cores, rounds, windows_per_file)
+        stages["model"] = bound["single-thread per clip"]
+        end_to_end = measure_cli(corpus, len(files), cores, rounds, Path(scratch))
+        single = measure_single(files[:min(len(files), 5 if args.quick else SINGLE_SUBSET)], Path(scratch))
+
+    return report(len(files), audio_seconds, cores, stages, bound, end_to_end, single)
+
+
+# --- the corpus -------------------------------------------------------------------------------------------------
+
+def _corpus(directory: Path, count: int, seconds: float) -> list:
+    existing = sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".wav", ".flac")) \
+        if directory.is_dir() else []
+    if len(existing) >= count:
+        print(f"corpus: reusing {directory}")
+        return existing[:count]
+    try:
+        from make_corpus import make_corpus  # the Ray benchmark's generator, so both measure the same clips
+    except ImportError:
+        make_corpus = _make_corpus
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    make_corpus(directory, count=count, seconds=seconds, seed=0)
+    print(f"corpus: made by {make_corpus.__module__}.{make_corpus.__name__} in {time.perf_counter() - started:.1f} s")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+
+
+def _make_corpus(directory, count: int = 200, seconds: float = 10, seed: int = 0) -> None:
+    """Stand-in for scripts/make_corpus.py: 16/32/44.1/48 kHz, WAV and FLAC (16-bit), every third clip stereo;
+    tones with a moving pitch, noise bursts and clicks, so FLAC has real work to do."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        rate = (16000, 32000, 44100, 48000)[index % 4]
+        kind = ("wav", "flac")[(index // 4) % 2]
+        channels = 2 if index % 3 == 0 else 1
+        t = np.arange(int(seconds * rate)) / rate
+        pitch = rng.uniform(100, 2000) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.1, 1) * t))
+        signal = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / rate)
+        bursts = np.sin(2 * np.pi * rng.uniform(0.2, 2) * t) > 0
+        signal += rng.uniform(0.01, 0.1) * rng.standard_normal(len(t)) * bursts
+        signal[rng.integers(0, len(t), 20)] += 0.8
+        data = np.stack([signal * rng.uniform(0.5, 1) for _ in range(channels)], axis=1)
+        soundfile.write(str(Path(directory) / f"clip{index:04d}.{kind}"), np.clip(data, -1, 1), rate, subtype="PCM_16")
+
+
+# --- stages, in this process, one thread ------------------------------------------------------------------------
+
+def measure_stages(files: list, options: TagOptions, rounds: int) -> dict:
+    """Per-clip seconds of decode, resample and frontend, each the median of ``rounds`` passes, mean over files."""
+    per_file = {"decode": [], "resample": [], "decode+resample (audio.py)": [], "frontend": []}
+    mels, window_counts = [], []
+    for path in files:
+        times = {key: [] for key in per_file}
+        for _ in range(rounds):
+            started = time.perf_counter()
+            blocks, rate = _decode(path)
+            decoded = time.perf_counter()
+            samples = _resample(blocks, rate)
+            resampled = time.perf_counter()
+            window_mels = [model_input(w) for _, w in windows([samples], options.window_samples, options.hop_samples)]
+            done = time.perf_counter()
+            times["decode"].append(decoded - started)
+            times["resample"].append(resampled - decoded)
+            times["frontend"].append(done - resampled)
+            started = time.perf_counter()
+            packaged = np.concatenate(list(audio.open_file(path).samples()))
+            times["decode+resample (audio.py)"].append(time.perf_counter() - started)
+        assert len(packaged) == len(samples), (path, len(packaged), len(samples))
+        for key, values in times.items():
+            per_file[key].append(statistics.median(values))
+        mels.extend(window_mels)
+        window_counts.append(len(window_mels))
+    stages = {key: float(np.mean(values)) for key, values in per_file.items()}
+    stages["mels"] = mels
+    stages["windows per file"] = float(np.mean(window_counts))
+    print(f"stages: timed on {len(files)} files x {rounds} rounds (load {_load()})")
+    return stages
+
+
+def _decode(path):
+    """soundfile blocks -> mono float32, as audio.py reads them."""
+    blocks = []
+    with soundfile.SoundFile(str(path)) as sound:
+        rate = sound.samplerate
+        while len(block := sound.read(audio.BLOCK_FRAMES, dtype="float32", always_2d=True)):
+            blocks.append(block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+    return blocks, rate
+
+
+def _resample(blocks, rate):
+    if rate == audio.TARGET_RATE:
+        return np.concatenate(blocks)
+    stream = soxr.ResampleStream(rate, audio.TARGET_RATE, 1, dtype="float32", quality="HQ")
+    out = [stream.resample_chunk(block) for block in blocks]
+    out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return np.concatenate(out)
+
+
+# --- (a) the model alone ----------------------------------------------------------------------------------------
+
+def measure_model(mels: list, cores: int, rounds: int, windows_per_file: float) -> dict:
+    """Seconds per window for every (threads, batch) setting on the same mels; the best one is the bound."""
+    model_path = asset_path(DEFAULT_MODEL)
+    thread_settings = sorted({1, cores})
+    sessions = {threads: Model(model_path, threads=threads) for threads in thread_settings}
+    mels = mels[:MEL_SUBSET]
+    by_shape = {}
+    for mel in mels:
+        by_shape.setdefault(mel.shape, []).append(mel)
+    shape, same = max(by_shape.items(), key=lambda item: len(item[1]))  # one length: the model's input is fixed
+    windows_per_round = max(BATCH_SIZES) * 4
+    batches = {size: [np.stack([same[(i + j) % len(same)] for j in range(size)])
+                      for i in range(0, windows_per_round, size)] for size in BATCH_SIZES}
+    for threads, session in sessions.items():
+        for size in BATCH_SIZES:
+            session.run(batches[size][0])  # first call of a shape allocates
+    seconds = {(threads, size): [] for threads in thread_settings for size in BATCH_SIZES}
+    for _ in range(rounds):
+        for threads, session in sessions.items():
+            for size in BATCH_SIZES:
+                started = time.perf_counter()
+                for batch in batches[size]:
+                    session.run(batch)
+                seconds[(threads, size)].append((time.perf_counter() - started) / windows_per_round)
+    per_window = {key: statistics.median(values) for key, values in seconds.items()}
+    print(f"(a) model alone, {windows_per_round} windows of {shape} per setting x {rounds} rounds (load {_load()})")
+    print("    ms per window    " + "".join(f"  batch {size:<3d}" for size in BATCH_SIZES))
+    for threads in thread_settings:
+        print(f"    {threads} thread{'s' if threads > 1 else ' '}       "
+              + "".join(f"  {1e3 * per_window[(threads, size)]:8.2f} " for size in BATCH_SIZES))
+    best = min(per_window, key=per_window.get)
+    single_best = min((key for key in per_window if key[0] == 1), key=per_window.get)
+    parallel = _parallel_sessions(model_path, batches[single_best[1]], cores, rounds)
+    return {
+        "best": best,
+        "per clip": per_window[best] * windows_per_file,
+        "single-thread per clip": per_window[single_best] * windows_per_file,
+        "single-thread batch": single_best[1],
+        "parallel per clip": parallel * windows_per_file,
+    }
+
+
+def _parallel_sessions(model_path, batches, cores: int, rounds: int) -> float:
+    """Seconds per window with ``cores`` one-thread sessions running side by side (what the cores can do)."""
+    if cores < 2:
+        return float("nan")
+    sessions = [Model(model_path, threads=1) for _ in range(cores)]
+    for session in sessions:
+        session.run(batches[0])
+    results = []
+    for _ in range(rounds):
+        barrier = threading.Barrier(cores + 1)
+
+        def work(session):
+            barrier.wait()
+            for batch in batches:
+                session.run(batch)
+
+        workers = [threading.Thread(target=work, args=(session,)) for session in sessions]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        results.append((time.perf_counter() - started) / (cores * sum(len(b) for b in batches)))
+    return statistics.median(results)
+
+
+# --- (b) end to end, (c) a process per file ---------------------------------------------------------------------
+
+def _cli(args: list, output: Path) -> tuple:
+    """Run ``audiotag ARGS -o OUTPUT``; (wall seconds, CPU seconds of the child, lines written)."""
+    if output.exists():
+        output.unlink()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "audiotag", *map(str, args), "-o", str(output), "-f", "jsonl"],
+                            cwd=REPO, capture_output=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: audiotag {' '.join(map(str, args))} failed ({result.returncode}): "
+                         f"{result.stderr.decode(errors='replace').strip()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(output) as lines:
+        return wall, cpu, sum(1 for _ in lines)
+
+
+def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path) -> dict:
+    """Wall and CPU seconds of ``audiotag DIR`` for the default and a few --jobs/--threads settings, interleaved."""
+    settings = {"default": []}
+    for jobs, threads in ((1, 1), (cores, 1), (2 * cores, 1)):
+        settings[f"--jobs {jobs} --threads {threads}"] = ["--jobs", jobs, "--threads", threads]
+    runs = {name: [] for name in settings}
+    loads = []
+    for _ in range(rounds):
+        for name, extra in settings.items():
+            loads.append(os.getloadavg()[0])
+            wall, cpu, lines = _cli([corpus, *extra], scratch / "out.jsonl")
+            if lines != count:
+                raise SystemExit(f"bench: audiotag {name} wrote {lines} records for {count} files")
+            runs[name].append((wall, cpu))
+    print(f"(b) audiotag DIR, {rounds} rounds interleaved (1-min load {min(loads):.2f}..{max(loads):.2f})")
+    return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+            for name, values in runs.items()}
+
+
+def measure_single(files: list, scratch: Path) -> dict:
+    load = os.getloadavg()[0]
+    walls = []
+    for path in files:
+        wall, _, lines = _cli([path], scratch / "one.jsonl")
+        assert lines == 1
+        walls.append(wall)
+    print(f"(c) one process per file on {len(files)} files (1-min load {load:.2f})")
+    return {"per file": statistics.mean(walls), "median": statistics.median(walls)}
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> int:
+    clip = audio_seconds / count
+    default_wall, default_cpu = end_to_end["default"]
+    rates = {
+        "a": 1 / bound["per clip"],
+        "b": count / default_wall,
+        "c": 1 / single["per file"],
+    }
+    threads, batch = bound["best"]
+    print()
+    print(f"{'':44s} {'files/s':>9s} {'x realtime':>11s}")
+    rows = [
+        (f"(a) model alone ({threads} thread{'s' if threads > 1 else ''}, batch {batch})", rates["a"]),
+        (f"    {cores} one-thread sessions side by side", 1 / bound["parallel per clip"]),
+        ("(b) audiotag DIR (default jobs/threads)", rates["b"]),
+    ]
+    rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, _) in end_to_end.items() if name != "default"]
+    rows.append(("(c) audiotag FILE, one process per file", rates["c"]))
+    for name, rate in rows:
+        print(f"{name:44s} {rate:9.1f} {rate * clip:11.0f}")
+    print()
+    print("CPU use of (b), user+sys over wall x cores:")
+    for name, (wall, cpu) in end_to_end.items():
+        share = 100 * cpu / (wall * cores)
+        print(f"    {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU, {share:3.0f}% of {cores} cores")
+    print()
+    print(f"per clip ({clip:.1f} s of audio), one thread, in-process:")
+    for name in ("decode", "resample", "decode+resample (audio.py)", "frontend", "model"):
+        note = f" (batch {bound['single-thread batch']})" if name == "model" else ""
+        print(f"    {name:28s} {1e3 * stages[name]:7.2f} ms{note}")
+    total = stages["decode+resample (audio.py)"] + stages["frontend"] + stages["model"]
+    print(f"    {'sum':28s} {1e3 * total:7.2f} ms -> at most {cores / total:.0f} files/s on {cores} cores")
+    print()
+    checks = [
+        (f"(b)/(a) = {rates['b'] / rates['a']:.2f}", rates["b"] / rates["a"] >= TARGET_OF_BOUND,
+         f">= {TARGET_OF_BOUND:.2f}"),
+        (f"(b)/(c) = {rates['b'] / rates['c']:.1f}", rates["b"] / rates["c"] >= TARGET_OVER_SINGLE,
+         f">= {TARGET_OVER_SINGLE:.0f}"),
+        (f"frontend/model = {stages['frontend'] / stages['model']:.2f}", stages["frontend"] <= stages["model"],
+         "<= 1 (one thread each)"),
+    ]
+    for text, ok, target in checks:
+        print(f"{text:32s} target {target:24s} {'ok' if ok else 'MISSED'}")
+    print(f"load average at end: {_load()}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _warn_if_busy(cores: int) -> None:
+    if os.getloadavg()[0] > 0.5 * cores:
+        print(f"warning: the machine is busy (1-min load {os.getloadavg()[0]:.2f} on {cores} cores): "
+              "figures will be noisy; ratios measured in the same run are the ones to read")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
