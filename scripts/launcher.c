@@ -19,6 +19,7 @@
  * --argv0 <dir>/audiotag <dir>/audiotag ARGS...  So the server's own glibc is never used and its version does
  * not matter; this launcher is static for the same reason. PyInstaller's bootloader restarts itself once
  * through /proc/self/exe (the same loader) with LD_LIBRARY_PATH pointing at the bundle.
+ * The one variable it sets is ORT_DISABLE_TELEMETRY=1 (when unset): see main().
  *
  * Build: gcc -static -O2 -o launcher scripts/launcher.c -l:libzstd.a  (scripts/build_binary.sh does it).
  */
@@ -359,6 +360,9 @@ int main(int argc, char **argv) {
     args[n++] = program;
     for (int i = 1; i < argc; i++) args[n++] = argv[i];
     args[n] = NULL;
+    /* onnxruntime 1.31's telemetry writes $TMPDIR/.ses and ~/.cache/Microsoft/... on every run (and would
+       upload): off, unless the user set the variable. */
+    setenv("ORT_DISABLE_TELEMETRY", "1", 0);
     execv(loader, args);
     die("cannot start %s: %s (if the cache folder is damaged, delete %s; if its file system is mounted noexec, "
         "set AUDIOTAG_CACHE_DIR elsewhere)", loader, strerror(errno), dir);
