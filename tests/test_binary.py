@@ -1,0 +1,249 @@
+"""The frozen single-file binary (scripts/build_binary.sh -> dist/audiotag, or $AUDIOTAG_BINARY).
+
+These tests fail, not skip, when the binary is missing: CI always builds it first. The shared CLI suite runs
+against it too (the ``cli`` fixture in conftest.py); this file holds what only the binary has: the same JSON
+as the package on every clip, the launcher's cache (unpacked once, atomically, safe under concurrency and
+SIGKILL, nothing in /tmp), and what the bundle leaves out. Everything runs from a clean environment in an
+empty working directory, as a user would run it.
+"""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from audiotag import __version__
+from conftest import AUDIO, REPO
+
+BINARY = Path(os.environ.get("AUDIOTAG_BINARY", REPO / "dist" / "audiotag"))
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+CLIPS = sorted(p for p in AUDIO.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+EXTRA_CLIPS = sorted(p for p in (AUDIO / "extra").iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    if not BINARY.is_file() or not os.access(BINARY, os.X_OK):
+        pytest.fail(f"no frozen binary at {BINARY}: build it with scripts/build_binary.sh (or set AUDIOTAG_BINARY)")
+    return BINARY
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """One cache folder for the tests that do not test the cache itself, so the binary unpacks once."""
+    return tmp_path_factory.mktemp("binary-cache")
+
+
+def clean_env(home: Path, **extra) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def run_binary(binary, cwd, *args, cache=None, stdin=b"", env=None, timeout=300):
+    extra = dict(env or {})
+    if cache is not None:
+        extra["AUDIOTAG_CACHE_DIR"] = cache
+    return subprocess.run([str(binary), *map(str, args)], input=stdin, capture_output=True, cwd=cwd,
+                          env=clean_env(cwd, **extra), timeout=timeout)
+
+
+def run_package(cwd, *args, timeout=300):
+    env = clean_env(cwd, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "audiotag", *map(str, args)], capture_output=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def ok(result) -> bytes:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr.decode(errors='replace')[-2000:]}"
+    return result.stdout
+
+
+def unpacked(cache: Path) -> list:
+    """Folders in a cache: finished versions and partial ones."""
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def tmp_leftovers(since: float) -> list:
+    """Entries in /tmp that a frozen program would leave (PyInstaller's _MEI*, anything named audiotag)."""
+    found = []
+    for entry in Path("/tmp").iterdir():
+        name = entry.name
+        try:
+            young = entry.lstat().st_mtime >= since - 1
+        except FileNotFoundError:
+            continue
+        if young and (name.startswith("_MEI") or "audiotag" in name.lower()):
+            found.append(name)
+    return found
+
+
+def source_sha256() -> str:
+    """The digest build.spec stores in the bundle: audiotag's sources and assets, as in this checkout."""
+    assets = REPO / "audiotag" / "assets"
+    paths = sorted((REPO / "audiotag").rglob("*.py")) + [assets / n for n in
+                                                         ("mel_filterbank.npy", "stft_window.npy", "mn04_as.onnx")]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---- same answers ----
+
+def test_binary_is_built_from_this_checkout(binary, cache, tmp_path):
+    ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    (folder,) = [cache / name for name in unpacked(cache) if not name.startswith(".")]
+    info = json.loads((folder / "_internal" / "audiotag-build.json").read_text())
+    assert info["source_sha256"] == source_sha256(), "the binary is stale: rebuild it with scripts/build_binary.sh"
+
+
+@pytest.mark.parametrize("clips", [CLIPS, EXTRA_CLIPS], ids=["audio", "audio-extra"])
+def test_json_identical_to_package_for_every_clip(binary, cache, tmp_path, clips):
+    assert clips, f"no clips found in {AUDIO}"
+    expected = ok(run_package(tmp_path, "--format", "json", *clips))
+    got = ok(run_binary(binary, tmp_path, "--format", "json", *clips, cache=cache))
+    assert len(expected.splitlines()) == len(clips)
+    for want, have in zip(expected.splitlines(), got.splitlines()):
+        assert have == want, f"binary and package disagree on {json.loads(want)['path']}"
+    assert got == expected
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
+def test_json_identical_one_clip_per_run(binary, cache, tmp_path, clip):
+    expected = ok(run_package(tmp_path, "--format", "json", clip))
+    assert ok(run_binary(binary, tmp_path, "--format", "json", clip, cache=cache)) == expected
+
+
+def test_version_names_model_checkpoint_runtime_and_providers(binary, cache, tmp_path):
+    import onnxruntime
+
+    from audiotag.assets import DEFAULT_MODEL, asset_path
+
+    text = ok(run_binary(binary, tmp_path, "--version", cache=cache)).decode()
+    assert text == ok(run_package(tmp_path, "--version")).decode()
+    meta = onnxruntime.InferenceSession(str(asset_path(DEFAULT_MODEL)),
+                                        providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert re.search(rf"^audiotag {re.escape(__version__)}$", text, re.M)
+    assert meta["model_name"] in text
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["checkpoint_sha256"]) and meta["checkpoint_sha256"] in text
+    assert f"onnxruntime {onnxruntime.__version__}" in text
+    assert "CPUExecutionProvider" in text
+
+
+def test_self_check_passes(binary, cache, tmp_path):
+    result = run_binary(binary, tmp_path, "--self-check", cache=cache)
+    assert ok(result).startswith(b"self-check ok")
+
+
+# ---- what is in the bundle ----
+
+def test_bundle_is_lean(binary, cache, tmp_path):
+    ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    (folder,) = [cache / name for name in unpacked(cache) if not name.startswith(".")]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    names = [p.relative_to(folder).as_posix() for p in files]
+    for banned in ("torch", "onnx/", "pytest", "hypothesis", "PyInstaller", "setuptools", "pandas", "pyarrow",
+                   "libonnxruntime.so", "providers_cuda", "providers_tensorrt", "tkinter", "_ssl", "libcrypto"):
+        assert not [n for n in names if banned in n], f"{banned} is in the bundle"
+    assert "_internal/audiotag/assets/mn04_as.onnx" in names
+    assert "_internal/ld-linux-x86-64.so.2" in names  # the program never uses the server's glibc
+    for path in files:  # no UPX: packed executables start slower and upset scanners
+        with open(path, "rb") as handle:
+            assert b"UPX!" not in handle.read(4096), f"{path} is UPX-packed"
+
+
+# ---- the launcher's cache ----
+
+def test_unpacks_once_into_home_cache_and_reuses_it(binary, tmp_path):
+    first = run_binary(binary, tmp_path, "--version")  # no AUDIOTAG_CACHE_DIR: $HOME/.cache/audiotag
+    ok(first)
+    cache = tmp_path / ".cache" / "audiotag"
+    (version,) = unpacked(cache)
+    assert version.startswith(f"{__version__}-")
+    marker = cache / version / "_internal" / "audiotag"
+    stamp = marker.stat().st_mtime_ns
+    assert ok(run_binary(binary, tmp_path, "--version")) == first.stdout
+    assert unpacked(cache) == [version] and marker.stat().st_mtime_ns == stamp  # reused, not unpacked again
+
+
+def test_unwritable_cache_is_a_one_line_error(binary, tmp_path):
+    result = run_binary(binary, tmp_path, "--version", cache="/proc/audiotag-cache")
+    assert result.returncode != 0
+    assert b"AUDIOTAG_CACHE_DIR" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_concurrent_first_start(binary, tmp_path):
+    cache = tmp_path / "cache"
+    clip = AUDIO / "speech.wav"
+    expected = ok(run_package(tmp_path, "--format", "json", clip))
+    env = clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache)
+    runs = [subprocess.Popen([str(binary), "--format", "json", str(clip)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=tmp_path, env=env) for _ in range(8)]
+    results = [(run.communicate(timeout=300), run.returncode) for run in runs]
+    for (out, err), code in results:
+        assert code == 0, err.decode(errors="replace")
+        assert out == expected
+    assert len(unpacked(cache)) == 1, f"expected one unpacked version and no partial folders: {unpacked(cache)}"
+
+
+def test_sigkill_leaves_nothing_in_tmp(binary, cache, tmp_path):
+    ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    since = time.time()
+    env = clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache, TMPDIR=private_tmp)
+    # Waiting on a stdin that stays open: the program is fully started and busy when it is killed.
+    run = subprocess.Popen([str(binary), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    try:
+        _wait_for_python(run.pid)
+        assert run.poll() is None, "the binary exited before it was killed"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+    assert run.returncode == -signal.SIGKILL
+    assert list(private_tmp.iterdir()) == []
+    assert tmp_leftovers(since) == []
+
+
+def test_sigkill_while_unpacking_then_recovers(binary, tmp_path):
+    cache = tmp_path / "cache"
+    since = time.time()
+    env = clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache)
+    run = subprocess.Popen([str(binary), "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=tmp_path, env=env)
+    deadline = time.time() + 30
+    while not any(".partial-" in name for name in unpacked(cache)) and run.poll() is None:
+        assert time.time() < deadline, "the launcher never started unpacking"
+        time.sleep(0.002)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    assert tmp_leftovers(since) == []
+    assert [name for name in unpacked(cache) if not name.startswith(".")] == [], "a half-unpacked version is visible"
+    # The dead launcher's partial folder holds no lock any more; once it is old enough the next start removes it.
+    for name in unpacked(cache):
+        os.utime(cache / name, (time.time() - 3600, time.time() - 3600))
+    ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    assert len(unpacked(cache)) == 1 and not unpacked(cache)[0].startswith(".")
+
+
+def _wait_for_python(pid: int, timeout: float = 60) -> None:
+    """Until the process has loaded libpython (the launcher has exec'd the frozen program)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if "libpython" in Path(f"/proc/{pid}/maps").read_text():
+                time.sleep(0.5)  # let it reach the read of stdin
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            raise AssertionError("the binary exited before it was killed")
+        time.sleep(0.01)
+    raise AssertionError("the binary did not start within the time limit")
