@@ -68,10 +68,11 @@ def sizes(binary: Path, cache: Path) -> dict:
     data = binary.read_bytes()
     _, offset, size, ident = struct.unpack("<16sQQ64s", data[-TRAILER_SIZE:])
     folder = cache / ident.rstrip(b"\0").decode()
-    unpacked = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    unpacked = sum(p.stat().st_size for p in files)
     return {"binary_mb": round(len(data) / 1e6, 2), "launcher_kb": round(offset / 1e3),
             "payload_mb": round(size / 1e6, 2), "unpacked_mb": round(unpacked / 1e6, 1),
-            "unpacked_files": sum(1 for p in folder.rglob("*") if p.is_file())}
+            "unpacked_files": len(files)}
 
 
 def paired(label, a, b, args, pairs, cwd):
