@@ -94,17 +94,27 @@ class Batcher:
 
 def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
                on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
-    """Tag an open stream window by window; returns (Prediction, timings). Memory stays flat with length."""
+    """Tag an open stream window by window; returns (Prediction, timings). Memory stays flat with length.
+
+    Each window's result is taken in as soon as the model has it (in the model thread), not when the next
+    window is ready, so a live feed shows a window's tags while the stream is still waiting for more input.
+    """
     accumulator = Accumulator(tagger, options)
-    pending = collections.deque()
+    lock = threading.Lock()
+    failures = []
+    in_flight = collections.deque()  # one Event per window not yet taken in
     timings = {"decode": 0.0, "frontend": 0.0}
 
-    def settle(block: bool) -> None:
-        while pending and (block or pending[0][2].done()):
-            start, length, future = pending.popleft()
-            segment = accumulator.add(start, length, *future.result())
-            if on_segment is not None:
-                on_segment(segment)
+    def take_in(start: int, length: int, done: threading.Event, future: Future) -> None:
+        try:
+            with lock:
+                segment = accumulator.add(start, length, *future.result())
+                if on_segment is not None:
+                    on_segment(segment)
+        except BaseException as error:  # raised again in the stream's own thread below
+            failures.append(error)
+        finally:
+            done.set()
 
     clock = time.perf_counter()
     for start, samples in windows(stream.samples(), options.window_samples, options.hop_samples):
@@ -113,11 +123,19 @@ def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: 
         mel = model_input(samples)
         clock = time.perf_counter()
         timings["frontend"] += clock - now
-        pending.append((start, len(samples), batcher.submit(mel)))
-        settle(block=len(pending) > WINDOWS_IN_FLIGHT)
-        settle(block=False)
+        done = threading.Event()
+        future = batcher.submit(mel)
+        future.add_done_callback(lambda f, s=start, n=len(samples), d=done: take_in(s, n, d, f))
+        in_flight.append(done)
+        while len(in_flight) > WINDOWS_IN_FLIGHT or (in_flight and in_flight[0].is_set()):
+            in_flight.popleft().wait()
+        if failures:
+            raise failures[0]
     timings["decode"] += time.perf_counter() - clock
-    settle(block=True)
+    for done in in_flight:
+        done.wait()
+    if failures:
+        raise failures[0]
     return accumulator.prediction(), timings
 
 

@@ -178,15 +178,33 @@ def test_exit_status_when_some_fail(cli, corpus, tmp_path):
     assert "25 inputs: 24 ok, 1 failed" in result.stderr.decode()
 
 
-def test_windows_are_batched_across_files(tagger, corpus):
-    """Many short inputs, two workers: the model runs fewer batches than windows."""
-    batcher = pipeline.Batcher(tagger)
+def test_pipeline_results_equal_one_by_one(tagger, corpus):
     items = list(inputs.expand([str(corpus)]))
-    outcomes = list(pipeline.run(items, audio.open_file, tagger, TagOptions(), jobs=2, batcher=batcher))
+    outcomes = list(pipeline.run(items, audio.open_file, tagger, TagOptions(), jobs=2))
     assert [o.name for o in outcomes] == [i.name for i in items] and all(o.error is None for o in outcomes)
-    assert batcher.windows == 24 and batcher.batches < 24
-    single = tagger.predict(audio.load(items[5].name))
-    np.testing.assert_allclose(outcomes[5].prediction.logits, single.logits, atol=1e-5)
+    for index in (0, 5, 23):
+        single = tagger.predict(audio.load(items[index].name))
+        np.testing.assert_allclose(outcomes[index].prediction.logits, single.logits, atol=1e-5)
+
+
+def test_waiting_windows_are_run_as_one_batch(tagger):
+    """A burst of windows (from many files at once) is run in a few batches of up to MAX_BATCH, same answers."""
+    batcher = pipeline.Batcher(tagger)
+    mels = np.random.default_rng(0).standard_normal((40, 128, 300)).astype(np.float32)
+    futures = [batcher.submit(mel) for mel in mels]
+    results = [future.result(timeout=60) for future in futures]
+    assert batcher.windows == 40 and batcher.batches <= 6
+    logits, _ = tagger.model.run(mels[:3])
+    np.testing.assert_allclose(np.stack([r[0] for r in results[:3]]), logits, atol=1e-5)
+
+
+def test_windows_of_different_lengths_are_not_mixed(tagger):
+    batcher = pipeline.Batcher(tagger)
+    mels = [np.zeros((128, frames), np.float32) for frames in (100, 200, 100, 200, 300)]
+    futures = [batcher.submit(mel) for mel in mels]  # queued together: the batcher must split them by length
+    results = [future.result(timeout=60) for future in futures]
+    for mel, (logits, _) in zip(mels, results):
+        np.testing.assert_allclose(logits, tagger.model.run(mel[None])[0][0], atol=1e-5)
 
 
 def test_verbose_names_the_provider(cli):
