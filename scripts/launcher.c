@@ -313,8 +313,11 @@ static void install(int self_fd, const struct trailer *tr, const char *root, con
         partial_dir[0] = 0;
         die("cannot create a folder in %s: %s (set AUDIOTAG_CACHE_DIR)", root, strerror(errno));
     }
+    /* The lock tells remove_dead_partials() that we are alive. Where flock is not supported, nobody can take
+       it either, so the folder is simply never removed by others: no lock is still safe. */
     int lock = open(partial, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (lock < 0 || flock(lock, LOCK_EX) < 0) die("cannot lock %s: %s", partial, strerror(errno));
+    if (lock < 0) die("cannot open %s: %s", partial, strerror(errno));
+    flock(lock, LOCK_EX | LOCK_NB);
     unpack(self_fd, tr, partial);
     if (chmod(partial, 0755) < 0) die("cannot chmod %s: %s", partial, strerror(errno));
     if (rename(partial, final_dir) < 0) {
@@ -346,8 +349,14 @@ int main(int argc, char **argv) {
     if (join(dir, sizeof dir, root, tr.id) < 0 || join(loader, sizeof loader, dir, LOADER) < 0 ||
         join(libdir, sizeof libdir, dir, LIBDIR) < 0 || join(program, sizeof program, dir, PROGRAM) < 0)
         die("cache path too long: %s", root);
-    if (stat(dir, &st) < 0) install(fd, &tr, root, dir);
+    if (stat(dir, &st) < 0) {
+        install(fd, &tr, root, dir);
+        if (stat(dir, &st) < 0) die("cannot find %s after unpacking: %s", dir, strerror(errno));
+    }
     close(fd);
+    /* Run only code that this user (or root) unpacked and that nobody else can have changed. */
+    if ((st.st_uid != getuid() && st.st_uid != 0) || (st.st_mode & 022))
+        die("%s is not owned by you or is writable by others: delete it, or set AUDIOTAG_CACHE_DIR", dir);
 
     char **args = calloc((size_t)argc + 7, sizeof *args);
     if (!args) die("out of memory");
