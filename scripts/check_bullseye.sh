@@ -4,7 +4,7 @@
 #     scripts/check_bullseye.sh
 #
 # 1. Debian 11 "bullseye" (glibc 2.31), a debootstrap minbase root in build/bullseye-root (made once, ~1 min):
-#    the binary, copied in, tags every clip of $AUDIOTAG_SHARED/audio and audio/extra from an empty environment
+#    the binary, copied in, passes --version and --self-check and tags every clip of $AUDIOTAG_SHARED/audio and audio/extra from an empty environment
 #    with a fresh cache, and its --format json output must be byte-identical to `python -m audiotag` on this host.
 # 2. An empty root (no libc, no shell, nothing but the binary, one clip and /proc): --version and one clip, same
 #    tags as the package. This shows the binary never uses the server's C library, whatever its version.
@@ -57,6 +57,10 @@ in_root() {  # run a shell command inside the bullseye root, from an empty envir
 glibc=$(in_root 'ldd --version | head -1')
 log "inside the root: $glibc"
 case "$glibc" in *2.31*) ;; *) fail "expected glibc 2.31 in the bullseye root, found: $glibc" ;; esac
+
+log "--version and --self-check in bullseye"
+in_root '/opt/audiotag/audiotag --version && /opt/audiotag/audiotag --self-check' >&2 ||
+    fail "--version or --self-check failed in bullseye"
 
 compared=0
 for sub in . extra; do
