@@ -2,12 +2,12 @@
  * The front of the single-file `audiotag`: a static launcher with the one-folder PyInstaller build appended.
  *
  * File layout:  [this program, linked statically] [payload: zstd-compressed ustar of the one-folder build]
- *               [trailer: struct trailer, written by scripts/build_binary.sh]
+ *               [trailer: struct trailer, written by scripts/pack_binary.py]
  *
  * On start it looks for <cache>/<id>/ (id = version + payload hash, so every build gets its own folder).
  *  - Found: start the program at once (the common case: a stat, an exec).
- *  - Missing: unpack the payload into <cache>/.<id>.partial-XXXXXX/ (mkdtemp), then rename() it to <cache>/<id>. The rename
- *    is atomic, so a folder under its final name is always complete; when several copies start at once, each
+ *  - Missing: unpack the payload into <cache>/.<id>.partial-XXXXXX/ (mkdtemp), then rename() it to <cache>/<id>.
+ *    The rename is atomic, so a folder under its final name is always complete; when several copies start at once, each
  *    unpacks its own partial folder, one rename wins and the others delete theirs. A partial folder left by a
  *    killed launcher is locked by nobody (flock) and is deleted by the next launcher that unpacks. Nothing is
  *    written anywhere else: not to /tmp, not next to the binary.
