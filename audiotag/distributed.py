@@ -1,0 +1,371 @@
+"""Tag a corpus on every node of a Ray cluster: ``audiotag-ray INPUT... --output DIR`` (``pip install audiotag[ray]``).
+
+Ray Data reads the files' bytes (``read_binary_files``: local paths or any filesystem pyarrow supports), a pool of
+actors tags them (``TagBatch``: one onnxruntime session per actor, built once), and the rows go to Parquet, one
+row per file with the fields of the JSONL records plus an ``embedding`` list column. Bad files become rows with
+an ``error``; a worker that dies is restarted by Ray and its batches are run again (only a finished task's output
+is kept, and a retried write task rewrites the same file name, so nothing is lost or doubled). Re-running with the
+same ``--output`` tags only the files not in it yet.
+
+The unusual choice: this module imports ray and pyarrow only inside functions, and nothing in the package imports
+this module. The frozen ``audiotag`` binary must not carry Ray (hundreds of MB), and ``audiotag-ray --help``
+should answer without loading it.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+from . import __version__
+
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1  # some files could not be tagged: their rows carry an error
+EXIT_USAGE = 2  # bad command line, or an input that does not exist
+EXIT_MODEL = 3  # the model or its assets cannot be loaded (checked here before the run starts)
+EXIT_RUN_FAILED = 3  # the run itself failed (cluster, workers, output); what was written stays and is resumed
+EXIT_INTERRUPTED = 130
+
+BATCH_FILES = 16  # files per actor call: ~1.5 s of work for 10 s clips on one core; the unit Ray retries
+ROWS_PER_FILE = 1000  # rows gathered per Parquet file: fewer, larger files; a killed run redoes at most this many
+# CPUs a read or write task reserves: none. They mostly wait on storage, and the tagging actors may hold every CPU
+# of the cluster: a read waiting for a CPU to come free would wait for ever. Tasks that need no CPU are not limited
+# by the CPUs either, so their number is capped instead: at most this many per tagging worker (each runs in a Ray
+# worker process of its own, and starting those is not free).
+IO_CPUS = 0
+IO_TASKS_PER_WORKER = 1
+ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
+
+# The row layout is built from this: JSONL record fields first, then the embedding, then the error.
+COLUMNS = ("path", "duration", "sample_rate", "channels", "tags", "embedding", "error")
+
+
+def schema():
+    """The Parquet schema every row conforms to (also for batches of only errors, so every file has it)."""
+    import pyarrow as pa
+
+    tag = pa.struct([("label", pa.string()), ("mid", pa.string()), ("index", pa.int32()), ("score", pa.float64())])
+    return pa.schema([
+        ("path", pa.string()),
+        ("duration", pa.float64()),
+        ("sample_rate", pa.int32()),
+        ("channels", pa.int32()),
+        ("tags", pa.list_(tag)),
+        ("embedding", pa.list_(pa.float32())),  # null unless asked for
+        ("error", pa.string()),  # null when the file was tagged
+    ])
+
+
+class TagBatch:
+    """The callable class for ``Dataset.map_batches(TagBatch, batch_format="pyarrow", compute=ActorPoolStrategy(...))``.
+
+    Each actor builds one ``Tagger`` (one onnxruntime session) when it starts. A call takes a batch with the
+    ``bytes`` and ``path`` columns of ``read_binary_files(..., include_paths=True)`` and returns one row per file
+    (see ``schema()``): the file's record, or its path and an error. ``prefix`` is put before each path (e.g.
+    ``s3://``, which pyarrow filesystems leave out).
+    """
+
+    def __init__(self, *, top_k: int = 10, window: float = 10.0, hop: float = 5.0, embeddings: bool = False,
+                 model: Optional[str] = None, threads: int = 1, prefix: str = ""):
+        from .model import requested_providers
+        from .tagger import TagOptions, Tagger
+
+        self.tagger = Tagger(model, providers=requested_providers(None), threads=threads)
+        self.options = TagOptions(top_k=top_k, window=window, hop=hop)
+        self.embeddings = embeddings
+        self.prefix = prefix
+        self.schema = schema()
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        rows = [self.row(self.prefix + path, data)
+                for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist())]
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def row(self, path: str, data: bytes) -> dict:
+        """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
+        from . import audio, output
+        from .pipeline import Outcome
+
+        try:
+            if not data:
+                raise audio.AudioError("empty file")  # what the CLI says of the same file
+            clip = audio.load_bytes(data)
+            prediction = self.tagger.predict(clip, self.options)
+        except (audio.AudioError, ValueError) as error:  # the same failures the CLI reports per input
+            outcome = Outcome(path, error=str(error))
+        except MemoryError:
+            outcome = Outcome(path, error="out of memory")
+        else:
+            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration)
+        row = dict.fromkeys(COLUMNS)
+        row.update(output.record(outcome))
+        if self.embeddings and outcome.error is None:
+            row["embedding"] = prediction.embedding.tolist()
+        return row
+
+
+def record(row: dict) -> dict:
+    """A Parquet row back to the JSONL record the CLI prints for the same file (no embedding, no null fields)."""
+    return {key: row[key] for key in COLUMNS if key != "embedding" and row.get(key) is not None}
+
+
+# -- inputs and outputs ------------------------------------------------------------------------------------------
+
+
+def resolve(location: str):
+    """(pyarrow filesystem, path in it, prefix that makes a path a full name again) for a local path or a URI."""
+    from pyarrow import fs
+
+    if "://" not in location:
+        return fs.LocalFileSystem(), os.path.abspath(location), ""
+    filesystem, path = fs.FileSystem.from_uri(location)
+    scheme = location.split("://", 1)[0]
+    return filesystem, path, "" if scheme == "file" else scheme + "://"
+
+
+def list_inputs(locations: Sequence[str]) -> Tuple[object, str, List[str]]:
+    """The audio files named by ``locations``: files as given, directories walked for audio extensions.
+
+    Returns (filesystem, prefix, sorted unique paths). All inputs must be on one filesystem (Ray reads with one).
+    Raises FileNotFoundError naming a location that does not exist, ValueError when they span filesystems.
+    """
+    from pyarrow import fs
+
+    from .inputs import is_audio_name
+
+    filesystem, prefix, paths = None, None, set()
+    for location in locations:
+        here, path, here_prefix = resolve(location)
+        if filesystem is None:
+            filesystem, prefix = here, here_prefix
+        elif here_prefix != prefix or here.type_name != filesystem.type_name:
+            raise ValueError(f"{location}: all inputs must be on one filesystem ({prefix or 'local'} first)")
+        info = here.get_file_info(path)
+        if info.type == fs.FileType.NotFound:
+            raise FileNotFoundError(f"{location}: no such file or directory")
+        if info.type == fs.FileType.Directory:
+            found = here.get_file_info(fs.FileSelector(path, recursive=True))
+            paths.update(f.path for f in found if f.type == fs.FileType.File and is_audio_name(f.base_name))
+        else:
+            paths.add(path)  # a file named on the command line is tagged whatever its extension, as the CLI does
+    return filesystem, prefix, sorted(paths)
+
+
+def read_rows(output: str, columns: Sequence[str] = ("path", "error"), repair: bool = False):
+    """The rows already in an output directory, as a pyarrow Table (empty when there is none).
+
+    With ``repair``, a Parquet file that cannot be read (cut short when a run was killed while writing it) is
+    deleted, so that the directory stays readable; its files are simply tagged again.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem, path, _ = resolve(output)
+    empty = schema().empty_table().select(list(columns))
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return empty
+    tables = [empty]
+    for info in filesystem.get_file_info(fs.FileSelector(path)):
+        if info.type != fs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        try:
+            tables.append(pq.read_table(info.path, columns=list(columns), filesystem=filesystem))
+        except (pa.ArrowInvalid, OSError) as error:
+            if not repair:
+                raise
+            _warn(f"{info.path}: removing an incomplete file left by an interrupted run ({error})")
+            filesystem.delete_file(info.path)
+    return pa.concat_tables(tables)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+def tag(paths: Sequence[str], output: str, *, filesystem=None, prefix: str = "", workers: Optional[int] = None,
+        worker_cpus: float = 1, batch_size: int = BATCH_FILES, rows_per_file: int = ROWS_PER_FILE,
+        top_k: int = 10, window: float = 10.0, hop: float = 5.0, embeddings: bool = False,
+        model: Optional[str] = None) -> None:
+    """Tag ``paths`` (in ``filesystem``) on the Ray cluster this process is connected to; append rows to ``output``.
+
+    ``workers`` tagging actors (default: as many as the cluster's CPUs allow at ``worker_cpus`` each), spread
+    over the nodes; each runs onnxruntime on ``worker_cpus`` threads.
+    """
+    import ray
+
+    # Ray Data's hint that a cap above the number of blocks is not reached (a small run): nothing to act on.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", module=r"ray\.data\.")
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1) // worker_cpus))
+    out_fs, out_path, _ = resolve(output)
+    io_tasks = workers * IO_TASKS_PER_WORKER
+    dataset = ray.data.read_binary_files(list(paths), filesystem=filesystem, include_paths=True, num_cpus=IO_CPUS,
+                                         concurrency=io_tasks)
+    dataset = dataset.map_batches(
+        TagBatch,
+        fn_constructor_kwargs=dict(top_k=top_k, window=window, hop=hop, embeddings=embeddings, model=model,
+                                   threads=max(1, int(worker_cpus)), prefix=prefix),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
+        num_cpus=worker_cpus,
+    )
+    dataset.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=rows_per_file, concurrency=io_tasks,
+                          ray_remote_args={"num_cpus": IO_CPUS}, schema=schema())
+
+
+def connect(address: Optional[str], verbose: bool = False) -> None:
+    """ray.init with quiet logs: Ray's and Ray Data's INFO lines stay in the session's log files, not on stderr."""
+    import ray
+
+    if not verbose:  # a notice that a new local instance uses token authentication: nothing to act on here
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose)
+    quiet_ray_data(verbose)
+
+
+def quiet_ray_data(verbose: bool = False) -> None:
+    """Ray Data's console lines (plans, progress when stderr is not a terminal) down to warnings. Progress bars,
+    drawn only on a terminal, stay."""
+    import ray.data  # noqa: F401 -- its import sets up the "ray.data" logger adjusted here
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console; the session's log file keeps everything
+            handler.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+
+EPILOG = """\
+Rows (one per file; Parquet files under DIR): path, duration, sample_rate, channels,
+tags (list of {label, mid, index, score}, best first), embedding (list of float, with --embeddings),
+error (set when the file could not be tagged; the other fields are then null).
+
+The cluster: --address, else $RAY_ADDRESS, else one started on this machine with `ray start`, else a new
+local Ray instance. Every node needs the same audiotag installed (pip install audiotag[ray]); local paths must
+be readable on every node (a shared mount), or use a URI any node can read (s3://, gs://, hdfs://...).
+
+exit status: 0 all tagged; 1 some files could not be tagged (their rows carry the error); 2 bad command line;
+3 the model cannot be loaded, or the run failed (what was written stays: run the same command again to carry
+on); 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import _number
+
+    parser = argparse.ArgumentParser(
+        prog="audiotag-ray", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Tag audio files on every node of a Ray cluster; write one Parquet row per file. "
+                    "Files already in the output are skipped, so the same command resumes an interrupted run.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file or directory: a local path or a URI")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="Parquet directory (local path or URI)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, `ray start`'s, or local)")
+    parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per file (default 10)")
+    parser.add_argument("--embeddings", action="store_true", help="also store each file's embedding")
+    parser.add_argument("--window", type=_number(float, 0), default=10.0, metavar="SEC",
+                        help="seconds per model pass (default 10; 0 = whole file)")
+    parser.add_argument("--hop", type=_number(float, 0.01), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
+    parser.add_argument("--model", metavar="PATH", help="an audiotag .onnx model, at this path on every node")
+    parser.add_argument("--workers", type=_number(int, 1), metavar="N",
+                        help="tagging processes in all (default: the cluster's CPUs / --worker-cpus)")
+    parser.add_argument("--worker-cpus", type=_number(int, 1), default=1, metavar="C",
+                        help="CPUs (onnxruntime threads) per tagging process (default 1)")
+    parser.add_argument("--batch-size", type=_number(int, 1), default=BATCH_FILES, metavar="N",
+                        help=f"files per task (default {BATCH_FILES})")
+    parser.add_argument("--rows-per-file", type=_number(int, 1), default=ROWS_PER_FILE, metavar="N",
+                        help=f"rows gathered per Parquet file (default {ROWS_PER_FILE})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="let Ray's own logs through to stderr")
+    parser.add_argument("--version", action="version", version=f"audiotag-ray {__version__}")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        _warn("interrupted: run the same command again to carry on")
+        return EXIT_INTERRUPTED
+
+
+def _run(args) -> int:
+    try:
+        filesystem, prefix, paths = list_inputs(args.inputs)
+        done = read_rows(args.output, ("path",), repair=True)
+    except (OSError, ValueError) as error:  # pyarrow's errors for a bad URI or an unreachable store are among these
+        _warn(str(error))
+        return EXIT_USAGE
+    if not paths:
+        _warn(f"no audio files in {' '.join(args.inputs)}")
+        return EXIT_USAGE
+    recorded = set(done.column("path").to_pylist())
+    todo = [path for path in paths if prefix + path not in recorded]
+    if not todo:
+        _warn(f"nothing to do: all {len(paths)} files are already in {args.output}")
+        return EXIT_OK
+    if recorded:
+        _warn(f"{len(paths) - len(todo)} of {len(paths)} files are already in {args.output}; tagging the other {len(todo)}")
+
+    model = args.model and os.path.abspath(args.model)  # the workers' working directory is not ours
+    problem = _model_problem(model)
+    if problem:
+        _warn(problem)
+        return EXIT_MODEL
+
+    started = time.perf_counter()
+    try:
+        connect(args.address, args.verbose)
+        tag(todo, args.output, filesystem=filesystem, prefix=prefix, workers=args.workers,
+            worker_cpus=args.worker_cpus, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
+            top_k=args.top_k, window=args.window, hop=args.hop,
+            embeddings=args.embeddings, model=model)
+        rows = read_rows(args.output, ("path", "error"))
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # Ray wraps a worker's exception in its own types: report it as one line
+        _warn(f"the run failed: {_first_line(error)}")
+        return EXIT_RUN_FAILED
+    seconds = time.perf_counter() - started
+    wanted = {prefix + path for path in todo}
+    errors = [(p, e) for p, e in zip(rows.column("path").to_pylist(), rows.column("error").to_pylist())
+              if p in wanted and e is not None]
+    for path, error in errors[:ERRORS_SHOWN]:
+        _warn(f"{path}: {error}")
+    if len(errors) > ERRORS_SHOWN:
+        _warn(f"... and {len(errors) - ERRORS_SHOWN} more files with an error (see the error column)")
+    _warn(f"{len(todo)} files: {len(todo) - len(errors)} ok, {len(errors)} failed in {seconds:.1f} s "
+          f"({len(todo) / seconds:.1f} files/s); {args.output} holds {rows.num_rows} rows")
+    return EXIT_INPUT_FAILED if errors else EXIT_OK
+
+
+def _model_problem(model: Optional[str]) -> Optional[str]:
+    """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback.
+    (The workers load the same path, or the same bundled model: every node runs the same audiotag.)"""
+    from .model import ModelError
+    from .tagger import Tagger
+
+    try:
+        Tagger(model, threads=1)
+    except (ModelError, FileNotFoundError) as error:
+        return str(error)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"audiotag-ray: {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

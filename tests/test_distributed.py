@@ -1,0 +1,224 @@
+"""audiotag-ray on a real Ray cluster of two nodes on 127.0.0.1 (a head and a worker node, each its own raylet):
+rows equal the CLI's JSON records, bad files become rows, a re-run tags only what is missing, and a tagging worker
+killed mid-run costs no row and doubles none.
+
+Runs the command as a user would (``python -m audiotag.distributed --address ...``); the nodes are started with
+``ray.cluster_utils.Cluster``. Ray by default advertises a machine's network address even for a cluster on one
+machine: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes its address lookup answer 127.0.0.1, so nothing leaves loopback.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from audiotag import distributed
+from audiotag.inputs import is_audio_name
+from conftest import AUDIO, REPO
+
+LOOPBACK = "127.0.0.1"
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+TAG_WORKER = "MapWorker(MapBatches(TagBatch))"  # the process title Ray gives a tagging actor
+RUN_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and a second worker node, one CPU each; yields (address, head raylet pid, worker raylet pid).
+
+    With the default --workers (one per CPU) the tagging actors take every CPU, one on each node: reads and writes
+    must still get through, and the second node is sure to tag."""
+    saved = {key: os.environ.get(key) for key in RAY_ENV}
+    os.environ.update(RAY_ENV)  # inherited by the raylets, hence by every Ray worker process
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=1, node_ip_address=LOOPBACK, include_dashboard=False, dashboard_agent_listen_port=0))
+    try:
+        worker = nodes.add_node(num_cpus=1, node_ip_address=LOOPBACK)
+        yield nodes.address, _raylet_pid(nodes.head_node), _raylet_pid(worker)
+    finally:
+        nodes.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    """Files that cannot be tagged, or only in part."""
+    directory = tmp_path_factory.mktemp("bad")
+    (directory / "corrupt.wav").write_bytes(b"RIFF" + (4000).to_bytes(4, "little") + b"WAVE" + b"garbage!" * 500)
+    (directory / "empty.flac").write_bytes(b"")
+    (directory / "truncated.wav").write_bytes((AUDIO / "music.wav").read_bytes()[:50000])  # header promises more
+    return directory
+
+
+@pytest.fixture(scope="module")
+def expected(bad_files, tmp_path_factory) -> dict:
+    """The CLI's JSON record and embedding for every file under ../shared/audio and the bad files, by path."""
+    files = sorted(str(p) for p in [*AUDIO.rglob("*"), *bad_files.iterdir()] if p.is_file() and is_audio_name(p.name))
+    embeddings = tmp_path_factory.mktemp("cli-embeddings")
+    result = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", "--embeddings", str(embeddings),
+                             *files], capture_output=True, env={**os.environ, **RAY_ENV}, timeout=RUN_TIMEOUT)
+    assert result.returncode == 1, result.stderr.decode()  # the bad files
+    records = {}
+    for line in result.stdout.decode().splitlines():
+        rec = json.loads(line)
+        npy = embeddings / (rec["path"].lstrip(os.sep) + ".npy")
+        records[rec["path"]] = (rec, np.load(npy) if "error" not in rec else None)
+    assert sorted(records) == files
+    assert sum("error" in rec for rec, _ in records.values()) == 2  # corrupt and empty; truncated is tagged
+    return records
+
+
+def tag(address, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(address, *args), capture_output=True, env={**os.environ, **RAY_ENV},
+                          timeout=RUN_TIMEOUT)
+
+
+def rows(output) -> list:
+    return pq.read_table(output).to_pylist()
+
+
+def assert_rows_match(table: list, expected: dict, paths) -> None:
+    """One row per file, no more, and each row is the CLI's record (plus its embedding when there is one)."""
+    found = [row["path"] for row in table]
+    assert len(found) == len(set(found)), "a file has more than one row"
+    assert sorted(found) == sorted(paths)
+    for row in table:
+        rec, embedding = expected[row["path"]]
+        assert distributed.record(row) == rec
+        if row["embedding"] is not None or embedding is not None:
+            np.testing.assert_allclose(row["embedding"], embedding, rtol=0, atol=1e-5)
+
+
+def test_rows_equal_cli_records_and_rerun_tags_only_missing_files(cluster, bad_files, expected, tmp_path):
+    address = cluster[0]
+    output = tmp_path / "tags"
+    extra = [path for path in expected if path.startswith(str(AUDIO / "extra") + os.sep)]
+
+    first = tag(address, AUDIO / "extra", "-o", output, "--embeddings")
+    assert first.returncode == 0, first.stderr.decode()
+    assert_rows_match(rows(output), expected, extra)
+
+    # The whole tree, its subdirectory again (files are counted once) and the bad files: only the new ones run.
+    second = tag(address, AUDIO, AUDIO / "extra", bad_files, "-o", output, "--embeddings")
+    stderr = second.stderr.decode()
+    assert second.returncode == distributed.EXIT_INPUT_FAILED, stderr
+    assert f"{len(extra)} of {len(expected)} files are already in" in stderr
+    assert f"{len(expected) - len(extra)} files: {len(expected) - len(extra) - 2} ok, 2 failed" in stderr
+    assert "Traceback" not in stderr
+    assert_rows_match(rows(output), expected, expected)
+
+    # A file cut short by a run killed while writing is removed; with every file present, nothing runs.
+    (output / "torn.parquet").write_bytes(b"PAR1 cut short")
+    third = tag(address, AUDIO, bad_files, "-o", output)
+    stderr = third.stderr.decode()
+    assert third.returncode == 0, stderr
+    assert "removing an incomplete file" in stderr and f"all {len(expected)} files are already in" in stderr
+    assert not (output / "torn.parquet").exists()
+    assert_rows_match(rows(output), expected, expected)
+
+
+def test_worker_killed_mid_run_loses_and_doubles_nothing(cluster, expected, tmp_path):
+    """SIGKILL the tagging worker on the second node while it runs a batch, after some rows are written and
+    before the run ends. Ray restarts the actor and runs its unfinished batches again; the output must still
+    hold every file exactly once, each row equal to the CLI's record."""
+    address, _, worker_raylet = cluster
+    output = tmp_path / "tags"
+    paths = [path for path in expected if path.startswith(str(AUDIO) + os.sep)]
+    driver = subprocess.Popen(_command(address, AUDIO, "-o", output, "--batch-size", "1",
+                                       "--rows-per-file", "2", "--embeddings"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **RAY_ENV})
+    killed, files_at_kill = None, 0
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while killed is None and driver.poll() is None and time.monotonic() < deadline:
+            files_at_kill = len(glob.glob(str(output / "*.parquet")))
+            busy = [pid for pid, title in _children(worker_raylet) if title.startswith(f"ray::{TAG_WORKER}.submit")]
+            if busy and files_at_kill:
+                os.kill(busy[0], signal.SIGKILL)
+                killed = busy[0]
+            time.sleep(0.02)
+        assert killed is not None, "the run ended before a tagging worker on the second node could be killed"
+        still_running = driver.poll() is None
+        _, stderr = driver.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    stderr = stderr.decode()
+    assert still_running and 0 < files_at_kill, "the kill did not land mid-run"
+    assert driver.returncode == 0, stderr
+    assert killed not in [pid for pid, _ in _children(worker_raylet)]
+    assert f"{len(paths)} files: {len(paths)} ok, 0 failed" in stderr
+    assert_rows_match(rows(output), expected, paths)
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "audiotag.distributed", tmp_path / "nope", "-o", tmp_path / "o"],
+                             capture_output=True, timeout=60)
+    assert missing.returncode == distributed.EXIT_USAGE
+    assert missing.stderr.decode().splitlines() == [f"audiotag-ray: {tmp_path / 'nope'}: no such file or directory"]
+    (tmp_path / "notes.txt").write_text("no audio")
+    empty = subprocess.run([sys.executable, "-m", "audiotag.distributed", tmp_path, "-o", tmp_path / "o"],
+                           capture_output=True, timeout=60)
+    assert empty.returncode == distributed.EXIT_USAGE
+    assert "no audio files" in empty.stderr.decode()
+    no_model = subprocess.run([sys.executable, "-m", "audiotag.distributed", AUDIO / "music.wav", "-o", tmp_path / "o",
+                               "--model", tmp_path / "none.onnx"], capture_output=True, timeout=60)
+    assert no_model.returncode == distributed.EXIT_MODEL
+    assert no_model.stderr.decode().startswith(f"audiotag-ray: cannot load model {tmp_path / 'none.onnx'}")
+    assert len(no_model.stderr.decode().splitlines()) == 1  # checked before Ray starts: no worker tracebacks
+
+
+def test_cli_and_package_never_import_ray():
+    """The frozen binary must not carry Ray: nothing the CLI loads may import it, or this module."""
+    code = ("import sys, audiotag, audiotag.cli, audiotag.tagger, audiotag.pipeline, audiotag.inputs; "
+            "audiotag.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow') or m == 'audiotag.distributed'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **RAY_ENV},
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    # and `audiotag-ray --help` answers without loading Ray
+    help_code = ("import sys; from audiotag import distributed; distributed.build_parser().format_help(); "
+                 "print('ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", help_code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def _command(address, *args) -> list:
+    return [sys.executable, "-m", "audiotag.distributed", *map(str, args), "--address", address]
+
+
+def _raylet_pid(node) -> int:
+    return node.all_processes["raylet"][0].process.pid
+
+
+def _children(parent: int) -> list:
+    """(pid, process title) of the processes whose parent is ``parent`` (Ray's workers are its raylet's children)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as file:
+                ppid = int(file.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(stat[:-4] + "cmdline", "rb") as file:
+                title = file.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while being looked at
+        found.append((int(stat.split("/")[2]), title))
+    return found
