@@ -1,6 +1,6 @@
 """How fast audiotag tags a directory, against what the model alone allows and against one process per file.
 
-    .venv/bin/python scripts/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick]
+    .venv/bin/python scripts/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick] [--checkout DIR]
 
 One run makes a corpus of clips (``scripts/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and measures
   (a) the compute bound: the model alone on precomputed log-mels, at the best batch size and onnxruntime thread
@@ -16,6 +16,7 @@ than the model per clip. Performance is asserted here only, never in the test su
 """
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -54,6 +55,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip (default 10)")
     parser.add_argument("--keep", metavar="DIR", help="make (or reuse) the corpus in DIR and keep it")
     parser.add_argument("--quick", action="store_true", help="one round of everything, smaller subsets")
+    parser.add_argument("--checkout", metavar="DIR", type=Path, default=REPO,
+                        help="run (b) and (c) with the audiotag of another checkout (to measure a proposed change)")
     args = parser.parse_args()
     rounds = 1 if args.quick else 3
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -75,12 +78,13 @@ def main() -> int:
               f"rates {rates} Hz, {sorted({path.suffix for path in files})}")
         options = TagOptions()
 
-        stages = measure_stages(files[:min(len(files), 10 if args.quick else STAGE_SUBSET)], options, rounds)
-        windows_per_file = stages.pop("windows per file")
-        bound = measure_model(stages.pop("mels"), cores, rounds, windows_per_file)
+        stage_files = files[:min(len(files), 10 if args.quick else STAGE_SUBSET)]
+        stages, mels, windows_per_file = measure_stages(stage_files, options, rounds)
+        bound = measure_model(mels, cores, rounds, windows_per_file)
         stages["model"] = bound["single-thread per clip"]
-        end_to_end = measure_cli(corpus, len(files), cores, rounds, Path(scratch))
-        single = measure_single(files[:min(len(files), 5 if args.quick else SINGLE_SUBSET)], Path(scratch))
+        end_to_end = measure_cli(corpus, len(files), cores, rounds, Path(scratch), args.checkout)
+        single = measure_single(files[:min(len(files), 5 if args.quick else SINGLE_SUBSET)], Path(scratch),
+                                args.checkout)
 
     return report(len(files), audio_seconds, cores, stages, bound, end_to_end, single)
 
@@ -124,36 +128,41 @@ def _make_corpus(directory, count: int = 200, seconds: float = 10, seed: int = 0
 
 # --- stages, in this process, one thread ------------------------------------------------------------------------
 
-def measure_stages(files: list, options: TagOptions, rounds: int) -> dict:
-    """Per-clip seconds of decode, resample and frontend, each the median of ``rounds`` passes, mean over files."""
-    per_file = {"decode": [], "resample": [], "decode+resample (audio.py)": [], "frontend": []}
+STAGES = ("decode", "resample", "decode+resample (audio.py)", "frontend")
+
+
+def measure_stages(files: list, options: TagOptions, rounds: int) -> tuple:
+    """Per-clip (CPU, wall) seconds of each stage: CPU of this thread is what a stage costs whatever else runs on
+    the machine. Each the median of ``rounds`` passes, then the mean over files. Also returns the clips' log-mels
+    and their windows per file."""
+    per_file = {name: [] for name in STAGES}
     mels, window_counts = [], []
+    model_input(_resample(*_decode(files[0])))  # first calls load assets and touch fresh memory: not timed
     for path in files:
-        times = {key: [] for key in per_file}
+        times = {name: [] for name in STAGES}
         for _ in range(rounds):
-            started = time.perf_counter()
-            blocks, rate = _decode(path)
-            decoded = time.perf_counter()
-            samples = _resample(blocks, rate)
-            resampled = time.perf_counter()
-            window_mels = [model_input(w) for _, w in windows([samples], options.window_samples, options.hop_samples)]
-            done = time.perf_counter()
-            times["decode"].append(decoded - started)
-            times["resample"].append(resampled - decoded)
-            times["frontend"].append(done - resampled)
-            started = time.perf_counter()
-            packaged = np.concatenate(list(audio.open_file(path).samples()))
-            times["decode+resample (audio.py)"].append(time.perf_counter() - started)
+            blocks, rate = _timed(times["decode"], _decode, path)
+            samples = _timed(times["resample"], _resample, blocks, rate)
+            clip_windows = windows([samples], options.window_samples, options.hop_samples)
+            window_mels = _timed(times["frontend"], lambda: [model_input(w) for _, w in clip_windows])
+            packaged = _timed(times["decode+resample (audio.py)"],
+                              lambda: np.concatenate(list(audio.open_file(path).samples())))
         assert len(packaged) == len(samples), (path, len(packaged), len(samples))
-        for key, values in times.items():
-            per_file[key].append(statistics.median(values))
+        for name in STAGES:
+            per_file[name].append(np.median(times[name], axis=0))
         mels.extend(window_mels)
         window_counts.append(len(window_mels))
-    stages = {key: float(np.mean(values)) for key, values in per_file.items()}
-    stages["mels"] = mels
-    stages["windows per file"] = float(np.mean(window_counts))
     print(f"stages: timed on {len(files)} files x {rounds} rounds (load {_load()})")
-    return stages
+    return {name: tuple(np.mean(values, axis=0)) for name, values in per_file.items()}, mels, \
+        float(np.mean(window_counts))
+
+
+def _timed(record: list, function, *arguments):
+    """function(*arguments), appending (thread CPU, wall) seconds to ``record``."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    result = function(*arguments)
+    record.append((time.thread_time() - cpu, time.perf_counter() - wall))
+    return result
 
 
 def _decode(path):
@@ -178,45 +187,67 @@ def _resample(blocks, rate):
 # --- (a) the model alone ----------------------------------------------------------------------------------------
 
 def measure_model(mels: list, cores: int, rounds: int, windows_per_file: float) -> dict:
-    """Seconds per window for every (threads, batch) setting on the same mels; the best one is the bound."""
+    """Seconds per window for every (onnxruntime setting, batch) on the same mels; the best one is the bound."""
     model_path = asset_path(DEFAULT_MODEL)
-    thread_settings = sorted({1, cores})
-    sessions = {threads: Model(model_path, threads=threads) for threads in thread_settings}
-    mels = mels[:MEL_SUBSET]
+    sessions = {"1 thread": Model(model_path, threads=1)}
+    if cores > 1:
+        sessions[f"{cores} threads"] = Model(model_path, threads=cores)
+        with _spinning_off():
+            sessions[f"{cores} threads, no spin"] = Model(model_path, threads=cores)
     by_shape = {}
-    for mel in mels:
+    for mel in mels[:MEL_SUBSET]:
         by_shape.setdefault(mel.shape, []).append(mel)
     shape, same = max(by_shape.items(), key=lambda item: len(item[1]))  # one length: the model's input is fixed
     windows_per_round = max(BATCH_SIZES) * 4
     batches = {size: [np.stack([same[(i + j) % len(same)] for j in range(size)])
                       for i in range(0, windows_per_round, size)] for size in BATCH_SIZES}
-    for threads, session in sessions.items():
+    for session in sessions.values():
         for size in BATCH_SIZES:
             session.run(batches[size][0])  # first call of a shape allocates
-    seconds = {(threads, size): [] for threads in thread_settings for size in BATCH_SIZES}
+    seconds = {(name, size): [] for name in sessions for size in BATCH_SIZES}
     for _ in range(rounds):
-        for threads, session in sessions.items():
+        for name, session in sessions.items():
             for size in BATCH_SIZES:
-                started = time.perf_counter()
+                cpu, wall = time.process_time(), time.perf_counter()
                 for batch in batches[size]:
                     session.run(batch)
-                seconds[(threads, size)].append((time.perf_counter() - started) / windows_per_round)
-    per_window = {key: statistics.median(values) for key, values in seconds.items()}
+                seconds[(name, size)].append(((time.process_time() - cpu) / windows_per_round,
+                                              (time.perf_counter() - wall) / windows_per_round))
+    per_window = {key: tuple(np.median(values, axis=0)) for key, values in seconds.items()}  # (cpu, wall)
     print(f"(a) model alone, {windows_per_round} windows of {shape} per setting x {rounds} rounds (load {_load()})")
-    print("    ms per window    " + "".join(f"  batch {size:<3d}" for size in BATCH_SIZES))
-    for threads in thread_settings:
-        print(f"    {threads} thread{'s' if threads > 1 else ' '}       "
-              + "".join(f"  {1e3 * per_window[(threads, size)]:8.2f} " for size in BATCH_SIZES))
-    best = min(per_window, key=per_window.get)
-    single_best = min((key for key in per_window if key[0] == 1), key=per_window.get)
+    print("    ms per window, wall (CPU)" + "".join(f"    batch {size:<3d}" for size in BATCH_SIZES))
+    for name in sessions:
+        cells = [per_window[(name, size)] for size in BATCH_SIZES]
+        print(f"    {name:25s}" + "".join(f"  {1e3 * wall:5.2f} ({1e3 * cpu:5.2f})" for cpu, wall in cells))
+    best = min(per_window, key=lambda key: per_window[key][1])
+    single_best = min((key for key in per_window if key[0] == "1 thread"), key=lambda key: per_window[key][0])
     parallel = _parallel_sessions(model_path, batches[single_best[1]], cores, rounds)
     return {
         "best": best,
-        "per clip": per_window[best] * windows_per_file,
-        "single-thread per clip": per_window[single_best] * windows_per_file,
+        "per clip": per_window[best][1] * windows_per_file,
+        "single-thread per clip": tuple(value * windows_per_file for value in per_window[single_best]),
         "single-thread batch": single_best[1],
         "parallel per clip": parallel * windows_per_file,
     }
+
+
+@contextlib.contextmanager
+def _spinning_off():
+    """Sessions built inside get ``session.intra_op.allow_spinning = 0``: idle pool threads sleep, not spin."""
+    import onnxruntime
+
+    original = onnxruntime.SessionOptions
+
+    def options():
+        made = original()
+        made.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return made
+
+    onnxruntime.SessionOptions = options
+    try:
+        yield
+    finally:
+        onnxruntime.SessionOptions = original
 
 
 def _parallel_sessions(model_path, batches, cores: int, rounds: int) -> float:
@@ -248,14 +279,14 @@ def _parallel_sessions(model_path, batches, cores: int, rounds: int) -> float:
 
 # --- (b) end to end, (c) a process per file ---------------------------------------------------------------------
 
-def _cli(args: list, output: Path) -> tuple:
-    """Run ``audiotag ARGS -o OUTPUT``; (wall seconds, CPU seconds of the child, lines written)."""
+def _cli(args: list, output: Path, checkout: Path) -> tuple:
+    """Run ``audiotag ARGS -o OUTPUT`` from ``checkout``; (wall seconds, CPU seconds of the child, lines written)."""
     if output.exists():
         output.unlink()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "audiotag", *map(str, args), "-o", str(output), "-f", "jsonl"],
-                            cwd=REPO, capture_output=True)
+                            cwd=checkout, capture_output=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -266,78 +297,86 @@ def _cli(args: list, output: Path) -> tuple:
         return wall, cpu, sum(1 for _ in lines)
 
 
-def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path) -> dict:
+def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path, checkout: Path) -> dict:
     """Wall and CPU seconds of ``audiotag DIR`` for the default and a few --jobs/--threads settings, interleaved."""
     settings = {"default": []}
-    for jobs, threads in ((1, 1), (cores, 1), (2 * cores, 1)):
+    for jobs, threads in ((1, 1), (cores, 1), (cores + 1, 1), (2 * cores, 1)):
         settings[f"--jobs {jobs} --threads {threads}"] = ["--jobs", jobs, "--threads", threads]
     runs = {name: [] for name in settings}
     loads = []
     for _ in range(rounds):
         for name, extra in settings.items():
             loads.append(os.getloadavg()[0])
-            wall, cpu, lines = _cli([corpus, *extra], scratch / "out.jsonl")
+            wall, cpu, lines = _cli([corpus, *extra], scratch / "out.jsonl", checkout)
             if lines != count:
                 raise SystemExit(f"bench: audiotag {name} wrote {lines} records for {count} files")
             runs[name].append((wall, cpu))
-    print(f"(b) audiotag DIR, {rounds} rounds interleaved (1-min load {min(loads):.2f}..{max(loads):.2f})")
+    print(f"(b) audiotag DIR from {checkout}, {rounds} rounds interleaved (1-min load {min(loads):.2f}.."
+          f"{max(loads):.2f})")
     return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
             for name, values in runs.items()}
 
 
-def measure_single(files: list, scratch: Path) -> dict:
+def measure_single(files: list, scratch: Path, checkout: Path) -> dict:
+    """A fresh ``audiotag FILE`` per file, one after another; and ``audiotag --version``, the start-up alone."""
     load = os.getloadavg()[0]
     walls = []
     for path in files:
-        wall, _, lines = _cli([path], scratch / "one.jsonl")
+        wall, _, lines = _cli([path], scratch / "one.jsonl", checkout)
         assert lines == 1
         walls.append(wall)
+    startups = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "audiotag", "--version"], cwd=checkout, capture_output=True,
+                       check=True)
+        startups.append(time.perf_counter() - started)
     print(f"(c) one process per file on {len(files)} files (1-min load {load:.2f})")
-    return {"per file": statistics.mean(walls), "median": statistics.median(walls)}
+    return {"per file": statistics.mean(walls), "startup": statistics.median(startups)}
 
 
 # --- the report -------------------------------------------------------------------------------------------------
 
 def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> int:
     clip = audio_seconds / count
-    default_wall, default_cpu = end_to_end["default"]
-    rates = {
-        "a": 1 / bound["per clip"],
-        "b": count / default_wall,
-        "c": 1 / single["per file"],
-    }
-    threads, batch = bound["best"]
+    rates = {"a": 1 / bound["per clip"], "b": count / end_to_end["default"][0], "c": 1 / single["per file"]}
+    setting, batch = bound["best"]
     print()
-    print(f"{'':44s} {'files/s':>9s} {'x realtime':>11s}")
+    print(f"{'':46s} {'files/s':>9s} {'x realtime':>11s}")
     rows = [
-        (f"(a) model alone ({threads} thread{'s' if threads > 1 else ''}, batch {batch})", rates["a"]),
+        (f"(a) model alone ({setting}, batch {batch})", rates["a"]),
         (f"    {cores} one-thread sessions side by side", 1 / bound["parallel per clip"]),
-        ("(b) audiotag DIR (default jobs/threads)", rates["b"]),
+        ("(b) audiotag DIR (default --jobs/--threads)", rates["b"]),
     ]
     rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, _) in end_to_end.items() if name != "default"]
     rows.append(("(c) audiotag FILE, one process per file", rates["c"]))
     for name, rate in rows:
-        print(f"{name:44s} {rate:9.1f} {rate * clip:11.0f}")
+        print(f"{name:46s} {rate:9.1f} {rate * clip:11.0f}")
+    print(f"    start-up alone (audiotag --version): {single['startup']:.2f} s; "
+          f"(b) without it: {count / (end_to_end['default'][0] - single['startup']):.1f} files/s")
     print()
     print("CPU use of (b), user+sys over wall x cores:")
     for name, (wall, cpu) in end_to_end.items():
         share = 100 * cpu / (wall * cores)
-        print(f"    {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU, {share:3.0f}% of {cores} cores")
+        print(f"    {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU ({1e3 * cpu / count:5.1f} ms per file), "
+              f"{share:3.0f}% of {cores} cores")
     print()
-    print(f"per clip ({clip:.1f} s of audio), one thread, in-process:")
-    for name in ("decode", "resample", "decode+resample (audio.py)", "frontend", "model"):
-        note = f" (batch {bound['single-thread batch']})" if name == "model" else ""
-        print(f"    {name:28s} {1e3 * stages[name]:7.2f} ms{note}")
-    total = stages["decode+resample (audio.py)"] + stages["frontend"] + stages["model"]
-    print(f"    {'sum':28s} {1e3 * total:7.2f} ms -> at most {cores / total:.0f} files/s on {cores} cores")
+    print(f"per clip ({clip:.1f} s of audio), one thread, in this process:   CPU      wall")
+    for name in (*STAGES, "model"):
+        note = f"  (batch {bound['single-thread batch']})" if name == "model" else ""
+        cpu, wall = stages[name]
+        print(f"    {name:45s} {1e3 * cpu:6.2f} ms {1e3 * wall:6.2f} ms{note}")
+    total = sum(stages[name][0] for name in ("decode+resample (audio.py)", "frontend", "model"))
+    print(f"    {'sum (audio.py, frontend, model)':45s} {1e3 * total:6.2f} ms: "
+          f"at most {cores / total:.0f} files/s on {cores} cores")
     print()
+    frontend, model = stages["frontend"][0], stages["model"][0]
     checks = [
         (f"(b)/(a) = {rates['b'] / rates['a']:.2f}", rates["b"] / rates["a"] >= TARGET_OF_BOUND,
          f">= {TARGET_OF_BOUND:.2f}"),
         (f"(b)/(c) = {rates['b'] / rates['c']:.1f}", rates["b"] / rates["c"] >= TARGET_OVER_SINGLE,
          f">= {TARGET_OVER_SINGLE:.0f}"),
-        (f"frontend/model = {stages['frontend'] / stages['model']:.2f}", stages["frontend"] <= stages["model"],
-         "<= 1 (one thread each)"),
+        (f"frontend/model = {frontend / model:.2f}", frontend <= model, "<= 1 (CPU per clip)"),
     ]
     for text, ok, target in checks:
         print(f"{text:32s} target {target:24s} {'ok' if ok else 'MISSED'}")
