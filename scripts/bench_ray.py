@@ -78,7 +78,6 @@ def main(argv=None) -> int:
         results = {}
         try:
             run_ray([str(p) for p in small], scratch, 1)  # Ray starts its worker processes on the first job: not timed
-            CPU_PER_FILE.clear()
             for workers in worker_counts:
                 runs = {}
                 for name, paths in (("small", small), ("all", files)):
@@ -89,9 +88,6 @@ def main(argv=None) -> int:
         finally:
             ray.shutdown()
 
-        for workers, by_size in CPU_PER_FILE.items():
-            print(f"CPU per file with {workers} worker(s), all processes of the job: "
-                  f"{by_size[len(files)] * 1000:.0f} ms ({by_size[len(files)] / per_file:.1f}x the compute bound)")
         base = len(files) / cli["all"]
         base_steady = steady(len(files), len(small), cli["all"], cli["small"])
         for workers, runs in results.items():
@@ -141,9 +137,6 @@ def run_cli(inputs, output: Path, expected: int) -> float:
     return seconds
 
 
-CPU_PER_FILE = {}  # workers -> {files: CPU seconds per file of the driver and all Ray processes}
-
-
 def run_ray(paths: list, scratch: Path, workers: int) -> float:
     """Wall seconds of one Ray Data job tagging ``paths`` into a fresh Parquet directory."""
     from pyarrow import fs
@@ -151,41 +144,14 @@ def run_ray(paths: list, scratch: Path, workers: int) -> float:
     from audiotag import distributed
 
     output = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
-    before = ray_cpu()
     started = time.perf_counter()
     distributed.tag(paths, str(output), filesystem=fs.LocalFileSystem(), workers=workers, worker_cpus=1)
     seconds = time.perf_counter() - started
-    after = ray_cpu()
-    used = {kind: after[kind] - before[kind] for kind in after}
-    total = sum(used.values())
-    log(f"  CPU: {total:.1f} s = {total / len(paths) * 1000:.0f} ms per file ("
-        + ", ".join(f"{kind} {cpu:.1f} s" for kind, cpu in used.items()) + ")")
-    CPU_PER_FILE.setdefault(workers, {})[len(paths)] = total / len(paths)
     rows = distributed.read_rows(str(output))
     errors = [e for e in rows.column("error").to_pylist() if e is not None]
     if rows.num_rows != len(paths) or errors:
         raise SystemExit(f"audiotag-ray wrote {rows.num_rows} rows for {len(paths)} files, {len(errors)} errors")
     return seconds
-
-
-def ray_cpu() -> dict:
-    """CPU seconds so far of this driver and of Ray's processes on this machine (workers, raylet, GCS), including
-    workers that have ended: the raylet reaps them, so their time is in its children's time."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    totals = {"driver": own.user + own.system, "Ray processes": 0.0}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # ended meanwhile
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = [int(f) for f in text.rsplit(")", 1)[1].split()[11:15]]  # utime, stime, cutime, cstime
-        if name == "raylet":
-            totals["Ray processes"] += sum(fields) / ticks
-        elif name.startswith("ray::") or name == "gcs_server":
-            totals["Ray processes"] += sum(fields[:2]) / ticks
-    return totals
 
 
 def best(rounds: int, measure) -> float:
