@@ -46,8 +46,9 @@ def clean_env(home: Path, **extra) -> dict:
     return env
 
 
-def run_rusage(argv, cwd, env):
-    """(wall seconds, peak RSS MB, stdout) via fork/exec + wait4, so the figure is this process's alone."""
+def run_rusage(argv, cwd, env, cpu=None):
+    """(wall seconds, peak RSS MB, stdout) via fork/exec + wait4, so the figure is this process's alone; the
+    process's user+system CPU seconds are appended to ``cpu`` when given (less sensitive to a loaded machine)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
     out = proc.stdout.read()
@@ -55,6 +56,8 @@ def run_rusage(argv, cwd, env):
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, argv))}: exit {proc.returncode}: {err.decode()[-500:]}")
     return wall, usage.ru_maxrss / 1024, out
@@ -78,18 +81,20 @@ def sizes(binary: Path, cache: Path) -> dict:
 def paired(label, a, b, args, pairs, cwd):
     """Alternate a and b `pairs` times; returns {name: {"median_ms", "min_ms", "rss_mb"}}."""
     times = {a["name"]: [], b["name"]: []}
+    cpus = {a["name"]: [], b["name"]: []}
     rss = {a["name"]: [], b["name"]: []}
     outputs = {}
     for i in range(pairs):
         for cmd in ((a, b) if i % 2 == 0 else (b, a)):
-            wall, peak, out = run_rusage([*cmd["argv"], *args], cwd, cmd["env"])
+            wall, peak, out = run_rusage([*cmd["argv"], *args], cwd, cmd["env"], cpus[cmd["name"]])
             times[cmd["name"]].append(wall)
             rss[cmd["name"]].append(peak)
             outputs.setdefault(cmd["name"], out)
-    result = {name: {"median_ms": median_ms(t), "min_ms": round(min(t) * 1000, 1),
+    result = {name: {"median_ms": median_ms(t), "min_ms": round(min(t) * 1000, 1), "cpu_ms": median_ms(cpus[name]),
                      "rss_mb": round(max(rss[name]), 1)} for name, t in times.items()}
     result["same_output"] = outputs[a["name"]] == outputs[b["name"]]
-    print(f"  {label}: " + ", ".join(f"{n} median {r['median_ms']} ms (min {r['min_ms']}), peak RSS {r['rss_mb']} MB"
+    print(f"  {label}: " + ", ".join(f"{n} median {r['median_ms']} ms (min {r['min_ms']}, CPU {r['cpu_ms']}), "
+                                     f"peak RSS {r['rss_mb']} MB"
                                      for n, r in result.items() if isinstance(r, dict)), flush=True)
     return result
 
@@ -211,12 +216,14 @@ def main() -> int:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
+    print(f"\n(load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)")
     print("\n| measure | binary | python -m audiotag |\n|---|---|---|")
     print(f"| size | {size['binary_mb']} MB (launcher {size['launcher_kb']} kB + payload {size['payload_mb']} MB; "
           f"unpacked {size['unpacked_mb']} MB, {size['unpacked_files']} files) | — |")
     for label, r in (("--version", version), ("tag one 10 s clip", tagging)):
-        print(f"| {label}, repeated (median / min) | {r['binary']['median_ms']} / {r['binary']['min_ms']} ms | "
-              f"{r['python -m audiotag']['median_ms']} / {r['python -m audiotag']['min_ms']} ms |")
+        b, p = r["binary"], r["python -m audiotag"]
+        print(f"| {label}, repeated: wall median / min; CPU median | {b['median_ms']} / {b['min_ms']} ms; "
+              f"{b['cpu_ms']} ms | {p['median_ms']} / {p['min_ms']} ms; {p['cpu_ms']} ms |")
     print(f"| tag one 10 s clip, first run (empty cache) | {first_run['binary_first_run_median_ms']} ms "
           f"(max {first_run['binary_first_run_max_ms']}) | {first_run['package_median_ms']} ms (warm) |")
     if cold:
