@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402  (its OpenBLAS pool starts here: threads born now are OpenBLAS's)
+import numpy  # noqa: E402,F401  (its OpenBLAS pool starts here: threads born by now are OpenBLAS's)
 
 
 def thread_cpu() -> dict:
