@@ -14,6 +14,7 @@ should answer without loading it.
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -204,8 +205,10 @@ def tag(paths: Sequence[str], output: str, *, filesystem=None, prefix: str = "",
         workers = max(1, int(ray.cluster_resources().get("CPU", 1) // worker_cpus))
     out_fs, out_path, _ = resolve(output)
     io_tasks = workers * IO_TASKS_PER_WORKER
+    # One read task per batch: a block is what an actor task receives whole, so it is also the unit Ray retries
+    # and balances; Ray's default (about a file per block) costs a task per file.
     dataset = ray.data.read_binary_files(list(paths), filesystem=filesystem, include_paths=True, num_cpus=IO_CPUS,
-                                         concurrency=io_tasks)
+                                         concurrency=io_tasks, override_num_blocks=math.ceil(len(paths) / batch_size))
     dataset = dataset.map_batches(
         TagBatch,
         fn_constructor_kwargs=dict(top_k=top_k, window=window, hop=hop, embeddings=embeddings, model=model,
