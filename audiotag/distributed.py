@@ -19,9 +19,12 @@ import os
 import sys
 import time
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .tagger import TagOptions
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1  # some files could not be tagged: their rows carry an error
@@ -69,13 +72,13 @@ class TagBatch:
     ``s3://``, which pyarrow filesystems leave out).
     """
 
-    def __init__(self, *, top_k: int = 10, window: float = 10.0, hop: float = 5.0, embeddings: bool = False,
+    def __init__(self, options: Optional["TagOptions"] = None, *, embeddings: bool = False,
                  model: Optional[str] = None, threads: int = 1, prefix: str = ""):
         from .model import requested_providers
         from .tagger import TagOptions, Tagger
 
         self.tagger = Tagger(model, providers=requested_providers(None), threads=threads)
-        self.options = TagOptions(top_k=top_k, window=window, hop=hop)
+        self.options = options or TagOptions()
         self.embeddings = embeddings
         self.prefix = prefix
         self.schema = schema()
@@ -190,7 +193,7 @@ def read_rows(output: str, columns: Sequence[str] = ("path", "error"), repair: b
 
 def tag(paths: Sequence[str], output: str, *, filesystem=None, prefix: str = "", workers: Optional[int] = None,
         worker_cpus: float = 1, batch_size: int = BATCH_FILES, rows_per_file: int = ROWS_PER_FILE,
-        top_k: int = 10, window: float = 10.0, hop: float = 5.0, embeddings: bool = False,
+        options: Optional["TagOptions"] = None, embeddings: bool = False,
         model: Optional[str] = None) -> None:
     """Tag ``paths`` (in ``filesystem``) on the Ray cluster this process is connected to; append rows to ``output``.
 
@@ -211,7 +214,8 @@ def tag(paths: Sequence[str], output: str, *, filesystem=None, prefix: str = "",
                                          concurrency=io_tasks, override_num_blocks=math.ceil(len(paths) / batch_size))
     dataset = dataset.map_batches(
         TagBatch,
-        fn_constructor_kwargs=dict(top_k=top_k, window=window, hop=hop, embeddings=embeddings, model=model,
+        fn_constructor_args=(options,),
+        fn_constructor_kwargs=dict(embeddings=embeddings, model=model,
                                    threads=max(1, int(worker_cpus)), prefix=prefix),
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -298,6 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args) -> int:
+    from .tagger import TagOptions
+
     try:
         filesystem, prefix, paths = list_inputs(args.inputs)
         done = read_rows(args.output, ("path",), repair=True)
@@ -326,7 +332,7 @@ def _run(args) -> int:
         connect(args.address, args.verbose)
         tag(todo, args.output, filesystem=filesystem, prefix=prefix, workers=args.workers,
             worker_cpus=args.worker_cpus, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
-            top_k=args.top_k, window=args.window, hop=args.hop,
+            options=TagOptions(top_k=args.top_k, window=args.window, hop=args.hop),
             embeddings=args.embeddings, model=model)
         rows = read_rows(args.output, ("path", "error"))
     except KeyboardInterrupt:
