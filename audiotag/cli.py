@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
     engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
                         help="inputs decoded in parallel (default: all cores)")
-    engine.add_argument("--threads", type=_number(int, 0), default=0, metavar="N",
-                        help="onnxruntime intra-op threads (default 0: all cores)")
+    engine.add_argument("--threads", type=_number(int, 0), metavar="N",
+                        help="onnxruntime intra-op threads (default: 1 when tagging several inputs, as --jobs "
+                             "already keeps every core busy; else 0, all cores)")
     parser.add_argument("--version", action="store_true",
                         help="print versions of audiotag, its model and onnxruntime, and the providers available")
     parser.add_argument("--self-check", action="store_true",
@@ -145,6 +146,8 @@ def _run(args) -> int:
     from .tagger import Tagger
 
     try:
+        if args.threads is None:
+            args.threads = 1 if _batch_mode(args) else 0
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
     except (ModelError, FileNotFoundError) as error:
         if args.version:
@@ -168,7 +171,7 @@ def _tag_inputs(args, tagger) -> int:
     from . import audio, inputs, output, pipeline
     from .tagger import TagOptions
 
-    batch_mode = len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
+    batch_mode = _batch_mode(args)
     done = output.recorded_paths(args.output, args.format) if args.resume else set()
     try:
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
@@ -218,6 +221,11 @@ def _tag_inputs(args, tagger) -> int:
     if batch_mode or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _batch_mode(args) -> bool:
+    """Several inputs (or a directory, or a list): one record per input, each headed by its path."""
+    return len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
 
 
 def _list_source(name, inputs):

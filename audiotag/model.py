@@ -71,10 +71,15 @@ class Model:
 
     def __init__(self, path: Path, providers: Optional[Sequence[str]] = None, threads: int = 0):
         """``threads``: onnxruntime intra-op threads, 0 lets onnxruntime use every core."""
+        # onnxruntime 1.31 otherwise writes telemetry files ($TMPDIR/.ses, ~/.cache/Microsoft) on every run.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning between ops: a spinning pool takes the cores that decoding
+        # and the frontend need (in batch mode a 2-thread pool spent more CPU spinning than the model computing).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1  # the graph is a chain: parallelism lives inside ops
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: ORT's warnings are not for our users

@@ -9,7 +9,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export,ray]"
 .venv/bin/python scripts/make_frontend_assets.py
 if [ ! -f audiotag/assets/mn04_as.onnx ]; then
     .venv/bin/python scripts/export_model.py

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -41,6 +42,9 @@ if _binary().is_file():
     CLI_COMMANDS["binary"] = [str(_binary())]
 
 
+BINARY_CACHE = Path(tempfile.mkdtemp(prefix="audiotag-test-cache-"))
+
+
 class Cli:
     """One way of starting audiotag, run as a user would: a clean environment and an empty working directory."""
 
@@ -49,7 +53,8 @@ class Cli:
         self.workdir = workdir
 
     def __call__(self, *args, stdin: bytes = b"", env: dict = None, timeout: float = 300):
-        clean = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "LANG": "C.UTF-8"}
+        clean = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "LANG": "C.UTF-8",
+                 "AUDIOTAG_CACHE_DIR": str(BINARY_CACHE)}  # the binary unpacks once per test session
         if self.command[0] == sys.executable:
             clean["PYTHONPATH"] = str(REPO)  # the package under test, not whatever is installed
         clean.update(env or {})
