@@ -24,6 +24,7 @@ from .tagger import MAX_BATCH, Accumulator, Prediction, Segment, TagOptions, Tag
 from .windows import windows
 
 WINDOWS_IN_FLIGHT = 2 * MAX_BATCH  # per input: bounds the memory a long file holds while the model catches up
+QUEUED_WINDOWS = 4 * MAX_BATCH  # in all: workers do not wait for an input's last results, so this is the bound
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Batcher:
     def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH):
         self._model = tagger.model
         self._max_batch = max_batch
-        self._queue = queue.Queue()
+        self._queue = queue.Queue(maxsize=QUEUED_WINDOWS)  # submit blocks while the model is this far behind
         self.model_seconds = 0.0
         self.batches = 0
         self.windows = 0
@@ -92,9 +93,11 @@ class Batcher:
             future.set_result((row, embedding))
 
 
-def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
-               on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
-    """Tag an open stream window by window; returns (Prediction, timings). Memory stays flat with length.
+def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
+                  on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
+    """Decode an open stream and submit its windows; returns (finish, timings): ``finish()`` waits for the
+    results still in the model and gives the Prediction, so the caller may start on something else first.
+    Memory stays flat with length.
 
     Each window's result is taken in as soon as the model has it (in the model thread), not when the next
     window is ready, so a live feed shows a window's tags while the stream is still waiting for more input.
@@ -132,35 +135,74 @@ def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: 
         if failures:
             raise failures[0]
     timings["decode"] += time.perf_counter() - clock
-    for done in in_flight:
-        done.wait()
-    if failures:
-        raise failures[0]
-    return accumulator.prediction(), timings
+
+    def finish() -> Prediction:
+        for done in in_flight:
+            done.wait()
+        if failures:
+            raise failures[0]
+        return accumulator.prediction()
+
+    return finish, timings
+
+
+def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
+               on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
+    """Tag an open stream window by window; returns (Prediction, timings)."""
+    finish, timings = submit_stream(stream, tagger, batcher, options, on_segment)
+    return finish(), timings
+
+
+def start_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Tagger, batcher: Batcher,
+                options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
+    """Decode one input and submit its windows; returns ``outcome()``, which waits for the model's last results
+    and gives the Outcome. Every failure becomes an error message, never an exception."""
+    if item.error:
+        return lambda: Outcome(item.name, error=item.error)
+    stream = None
+
+    def submit():
+        nonlocal stream
+        stream = open_input(item.name)
+        callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
+        return submit_stream(stream, tagger, batcher, options, callback)
+
+    try:
+        submitted = _or_failure(item.name, submit)
+    finally:
+        if stream is not None:
+            stream.close()
+    if isinstance(submitted, Outcome):
+        return lambda: submitted
+    finish, timings = submitted
+
+    def outcome() -> Outcome:
+        prediction = _or_failure(item.name, finish)
+        if isinstance(prediction, Outcome):
+            return prediction
+        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, timings=timings)
+
+    return outcome
 
 
 def tag_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Tagger, batcher: Batcher,
               options: TagOptions, on_segment=None) -> Outcome:
     """One input to one Outcome; every failure becomes an error message, never an exception."""
-    if item.error:
-        return Outcome(item.name, error=item.error)
-    stream = None
+    return start_input(item, open_input, tagger, batcher, options, on_segment)()
+
+
+def _or_failure(name: str, work: Callable):
+    """``work()``, or the Outcome saying why it failed on this input."""
     try:
-        stream = open_input(item.name)
-        callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
-        prediction, timings = tag_stream(stream, tagger, batcher, options, callback)
+        return work()
     except (audio.AudioError, ValueError) as error:
-        return Outcome(item.name, error=str(error))
+        return Outcome(name, error=str(error))
     except BrokenPipeError:
         raise  # our stdout is gone (a --segments reader quit): the run ends, it is not this input's fault
     except OSError as error:
-        return Outcome(item.name, error=(error.strerror or str(error)).lower())
+        return Outcome(name, error=(error.strerror or str(error)).lower())
     except MemoryError:
-        return Outcome(item.name, error="out of memory")
-    finally:
-        if stream is not None:
-            stream.close()
-    return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, timings=timings)
+        return Outcome(name, error="out of memory")
 
 
 def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagger: Tagger, options: TagOptions,
@@ -185,10 +227,12 @@ def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagge
                 work.put(None)
 
     def work_loop() -> None:
+        # A worker moves on once an input's windows are submitted: this thread waits for their results, in
+        # order, so no worker idles while the model finishes an input's last window.
         while (entry := work.get()) is not None:
             item, future = entry
             try:
-                future.set_result(tag_input(item, open_input, tagger, batcher, options, on_segment))
+                future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment))
             except BaseException as error:  # a bug, not bad input: surface it in the main thread
                 future.set_exception(error)
 
@@ -196,6 +240,6 @@ def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagge
     for index in range(jobs):
         threading.Thread(target=work_loop, name=f"audiotag-worker-{index}", daemon=True).start()
     while (future := ordered.get()) is not None:
-        yield future.result()
+        yield future.result()()
     if feeder_error:
         raise feeder_error[0]
