@@ -109,7 +109,9 @@ def open_file(path) -> Stream:
     try:
         if os.fstat(file.fileno()).st_size == 0:
             raise AudioError("empty file")
-        return _open_soundfile(file, file.close)
+        # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
+        # the GIL) for every 4 kB read.
+        return _open_soundfile(file.fileno(), file.close)
     except BaseException:
         file.close()
         raise
@@ -165,7 +167,7 @@ def from_array(data: np.ndarray, rate: int) -> Audio:
 
 def _open_soundfile(file, closer) -> Stream:
     try:
-        sound = soundfile.SoundFile(file)
+        sound = soundfile.SoundFile(file, closefd=False)
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
     kind = f"{sound.format} {sound.subtype}"
@@ -259,7 +261,14 @@ def _downmix(block: np.ndarray) -> np.ndarray:
     """(frames, channels) -> (frames,): the mean over channels, as librosa.to_mono."""
     if block.shape[1] == 1:
         return np.ascontiguousarray(block[:, 0], dtype=np.float32)
-    return block.mean(axis=1, dtype=np.float32)
+    # Channel by channel, in librosa's order (its mean runs over the outer axis of (channels, frames)):
+    # the same sums as mean(axis=1), which reduces each 2-sample row separately and is 20 times slower.
+    with np.errstate(over="ignore", invalid="ignore"):  # sums beyond float32 become inf, sanitised as such
+        mono = block[:, 0] + block[:, 1]
+        for channel in range(2, block.shape[1]):
+            mono += block[:, channel]
+        mono /= np.float32(block.shape[1])
+    return mono
 
 
 def _sanitise(mono: np.ndarray, finite: np.ndarray) -> np.ndarray:
