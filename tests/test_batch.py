@@ -131,32 +131,42 @@ def test_progress_and_summary_on_stderr(cli, corpus):
     assert "24 inputs: 24 ok, 0 failed" in stderr and "files/s" in stderr and "realtime" in stderr
 
 
-def kill_midway(command, out, signal_number, at_least):
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+def kill_midway(command, paths, out, signal_number, at_least):
+    """Start a run fed ``paths`` on stdin, which stays open: the run waits for more and cannot finish before
+    it is killed, however fast it tags. Kill it once ``at_least`` records are out."""
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=REPO)
+    process.stdin.write("".join(f"{path}\n" for path in paths).encode())
+    process.stdin.flush()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if out.exists() and out.read_text().count("\n") >= at_least:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.send_signal(signal_number)
-    return process.wait(timeout=60)
+    code = process.wait(timeout=60)
+    process.stdin.close()
+    return code
 
 
 @pytest.mark.parametrize("signal_number,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_resume_after_a_killed_run(corpus, tmp_path, signal_number, code):
     out = tmp_path / "tags.jsonl"
-    command = [sys.executable, "-m", "audiotag", str(corpus), "-o", str(out), "--jobs", "1"]
-    assert kill_midway(command, out, signal_number, at_least=4) == code
+    files = audio_files(corpus)
+    options = ["-o", str(out), "--jobs", "1"]
+    command = [sys.executable, "-m", "audiotag", "--files-from", "-", *options]
+    assert kill_midway(command, files[:16], out, signal_number, at_least=4) == code
     done = records_of(out.read_text())
-    assert 4 <= len(done) < 24
+    assert 4 <= len(done) <= 16
     if signal_number == signal.SIGKILL:
         with open(out, "a") as torn:  # what a power cut mid-write can leave
             torn.write('{"path": "half a rec')
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, cwd=REPO, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "audiotag", str(corpus), *options, "--resume"],
+                             capture_output=True, cwd=REPO, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     records = records_of(out.read_text())  # every line parses: the torn tail was cut off
     paths = [r["path"] for r in records]
-    assert sorted(paths) == audio_files(corpus) and len(set(paths)) == len(paths)
+    assert sorted(paths) == files and len(set(paths)) == len(paths)
     assert paths[:len(done)] == [r["path"] for r in done]
     assert f"{24 - len(done)} inputs" in resumed.stderr.decode()
 
