@@ -171,7 +171,7 @@ def _decode(path):
     with soundfile.SoundFile(str(path)) as sound:
         rate = sound.samplerate
         while len(block := sound.read(audio.BLOCK_FRAMES, dtype="float32", always_2d=True)):
-            blocks.append(block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+            blocks.append(audio._downmix(block))
     return blocks, rate
 
 
