@@ -62,7 +62,7 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     padded = _emphasise_and_pad(samples)
     n_frames = frame_count(len(samples))
     # Only the 800 window samples of each 1024-point frame are non-zero: frame them directly (a strided view,
-    # no copy) and let rfft zero-pad. The shift this implies changes the phase, not the power.
+    # no copy), then zero-pad after them. The shift this implies changes the phase, not the power.
     frames = np.lib.stride_tricks.sliding_window_view(padded[_WINDOW_OFFSET:], WIN_LENGTH)[::HOP_LENGTH][:n_frames]
     window, first, stop, blocks = _constants()
     mel = np.empty((N_MELS, n_frames), np.float32)
