@@ -54,8 +54,15 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr, as every other error is (exit 2)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"audiotag: {message} (audiotag --help for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="audiotag",
         description="Print the most likely AudioSet labels (527 classes) for audio files, directories or stdin.",
         epilog=EPILOG,
@@ -172,7 +179,9 @@ def _tag_inputs(args, tagger) -> int:
     from .tagger import TagOptions
 
     batch_mode = _batch_mode(args)
-    done = output.recorded_paths(args.output, args.format) if args.resume else set()
+    listed = _list_source(args.files_from, inputs) if args.files_from else ()  # a bad LIST must not touch -o
+    done = output.recorded_paths(args.output, args.format, min(args.top_k, len(tagger.model.info.labels))) \
+        if args.resume else set()
     try:
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
     except OSError as error:
@@ -189,9 +198,7 @@ def _tag_inputs(args, tagger) -> int:
             return audio.open_stdin(sys.stdin.buffer, args.raw, args.rate, args.channels)
         return audio.open_file(name)
 
-    items = inputs.expand(args.inputs)
-    if args.files_from:
-        items = _chain(items, _list_source(args.files_from, inputs))
+    items = _chain(inputs.expand(args.inputs), listed)
     items = (item for item in items if item.name not in done)
     options = TagOptions(top_k=args.top_k, window=args.window, hop=args.hop, segments=args.segments)
     progress = _progress_bar(args)

@@ -78,8 +78,12 @@ def _table_line(values, delimiter: str) -> str:
     return buffer.getvalue()
 
 
-def recorded_paths(path: str, fmt: str) -> set:
-    """Inputs already recorded in an output file, after cutting off a torn last line (for --resume)."""
+def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
+    """Inputs already recorded in an output file, after cutting off a torn last record (for --resume).
+
+    A CSV/TSV record is ``rows_per_record`` rows (one per label; an error is one row): a kill can leave the
+    last record with fewer, which is cut off too, so that input is tagged again instead of kept half-written.
+    """
     if not os.path.exists(path):
         return set()
     with open(path, "rb+") as file:
@@ -90,14 +94,32 @@ def recorded_paths(path: str, fmt: str) -> set:
             lines = data[:complete].splitlines(keepends=True)
             while lines and not _parses(lines[-1]):
                 complete -= len(lines.pop())
+        else:
+            complete -= _short_last_record(data[:complete], fmt, rows_per_record)
         if complete < len(data):
             file.truncate(complete)
         text = data[:complete].decode("utf-8", errors="replace")
     if fmt in ("jsonl", "json"):
         records = (json.loads(line) for line in text.splitlines() if line.strip())
         return {r["path"] for r in records if "start" not in r}
-    rows = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
-    return {row[0] for row in rows if row and row[0] != "path"}
+    return {row[0] for row in _table_reader(text, fmt) if row and row[0] != "path"}
+
+
+def _short_last_record(data: bytes, fmt: str, rows_per_record: int) -> int:
+    """Bytes at the end of a table that belong to a last record with too few rows (0 when it is whole)."""
+    lines = data.splitlines(keepends=True)
+    rows = list(_table_reader(b"".join(lines).decode("utf-8", errors="replace"), fmt))
+    if len(rows) != len(lines) or not rows or rows[-1][0] == "path":
+        return 0  # quoted newlines inside a field (or only a header): leave the file as it is
+    last = [i for i, row in enumerate(rows) if row[0] == rows[-1][0]]
+    tail = list(range(len(rows) - len(last), len(rows)))
+    if last != tail or rows[-1][-1] or len(tail) >= rows_per_record:
+        return 0  # an error row, or a whole record
+    return sum(len(lines[i]) for i in tail)
+
+
+def _table_reader(text: str, fmt: str):
+    return csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
 
 
 def _parses(line: bytes) -> bool:

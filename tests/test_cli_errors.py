@@ -1,6 +1,7 @@
 """Bad input gets one clear line on stderr and a documented exit code, never a traceback."""
 
 import json
+import re
 
 import numpy as np
 import soundfile
@@ -10,12 +11,15 @@ from conftest import AUDIO
 EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_MODEL = 1, 2, 3
 
 
+SUMMARY = re.compile(r"audiotag: \d+ inputs: \d+ ok, \d+ failed in ")
+
+
 def assert_one_line_error(result, code, *fragments):
     stderr = result.stderr.decode()
     assert result.returncode == code, stderr
     assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) >= 1 and lines[-1].startswith("audiotag: ")
+    lines = [line for line in stderr.splitlines() if not SUMMARY.match(line)]  # batch runs end with a summary
+    assert len(lines) == 1 and lines[0].startswith("audiotag: "), stderr
     for fragment in fragments:
         assert fragment in stderr
 
