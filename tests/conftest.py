@@ -2,9 +2,12 @@
 
 import json
 import os
+import select
+import shlex
+import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,7 @@ if _binary().is_file():
     CLI_COMMANDS["binary"] = [str(_binary())]
 
 
-BINARY_CACHE = Path(tempfile.mkdtemp(prefix="audiotag-test-cache-"))
+BINARY_CACHE = Path(tempfile.mkdtemp(prefix="binary-test-cache-"))  # not "audiotag*": test_binary looks for that
 
 
 class Cli:
@@ -53,13 +56,25 @@ class Cli:
         self.workdir = workdir
 
     def __call__(self, *args, stdin: bytes = b"", env: dict = None, timeout: float = 300):
+        return subprocess.run([*self.command, *map(str, args)], input=stdin, capture_output=True,
+                              env=self.environment(env), cwd=self.workdir, timeout=timeout)
+
+    def popen(self, *args, env: dict = None) -> subprocess.Popen:
+        """A running audiotag with pipes on stdin, stdout and stderr (for live streams and kills)."""
+        return subprocess.Popen([*self.command, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=self.environment(env), cwd=self.workdir)
+
+    def shell(self, *args) -> str:
+        """The command line, quoted for ``bash -c`` (for pipelines such as ``| head -1``)."""
+        return shlex.join([*self.command, *map(str, args)])
+
+    def environment(self, env: dict = None) -> dict:
         clean = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "LANG": "C.UTF-8",
                  "AUDIOTAG_CACHE_DIR": str(BINARY_CACHE)}  # the binary unpacks once per test session
         if self.command[0] == sys.executable:
             clean["PYTHONPATH"] = str(REPO)  # the package under test, not whatever is installed
         clean.update(env or {})
-        return subprocess.run([*self.command, *map(str, args)], input=stdin, capture_output=True,
-                              env=clean, cwd=self.workdir, timeout=timeout)
+        return clean
 
 
 @pytest.fixture(params=sorted(CLI_COMMANDS))
@@ -67,10 +82,15 @@ def cli(request, tmp_path) -> Cli:
     return Cli(CLI_COMMANDS[request.param], tmp_path)
 
 
-def run_cli(*args, stdin: bytes = b"", env=None) -> subprocess.CompletedProcess:
-    """Run `python -m audiotag` from this checkout (for tests that are about the package, not the binary)."""
-    return subprocess.run([sys.executable, "-m", "audiotag", *map(str, args)], input=stdin,
-                          capture_output=True, env=env, timeout=300, cwd=REPO)
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(BINARY_CACHE, ignore_errors=True)
+
+
+def readline_within(stream, seconds: float = 120) -> bytes:
+    """The next line of a subprocess's output; fails (instead of hanging the suite) when none comes in time."""
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no output within {seconds} s"
+    return stream.readline()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import soundfile
 
 from audiotag import TagOptions, audio, inputs, pipeline
-from conftest import AUDIO, REPO
+from conftest import AUDIO, readline_within
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +76,13 @@ def test_files_from_a_list_file(cli, corpus, tmp_path):
     assert [r["path"] for r in records_of(result.stdout.decode())] == files
 
 
-def test_files_from_stdin_starts_before_the_list_ends(corpus):
+def test_files_from_stdin_starts_before_the_list_ends(cli, corpus):
     files = audio_files(corpus)
-    process = subprocess.Popen([sys.executable, "-m", "audiotag", "--files-from", "-", "--format", "jsonl"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    process = cli.popen("--files-from", "-", "--format", "jsonl")
     try:
         process.stdin.write((files[0] + "\n").encode())
         process.stdin.flush()
-        first = json.loads(process.stdout.readline())  # answered while the list is still open
+        first = json.loads(readline_within(process.stdout))  # answered while the list is still open
         assert first["path"] == files[0] and process.poll() is None
         process.stdin.write((files[1] + "\n").encode())
         process.stdin.close()
@@ -131,11 +128,9 @@ def test_progress_and_summary_on_stderr(cli, corpus):
     assert "24 inputs: 24 ok, 0 failed" in stderr and "files/s" in stderr and "realtime" in stderr
 
 
-def kill_midway(command, paths, out, signal_number, at_least):
-    """Start a run fed ``paths`` on stdin, which stays open: the run waits for more and cannot finish before
-    it is killed, however fast it tags. Kill it once ``at_least`` records are out."""
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=REPO)
+def kill_midway(process, paths, out, signal_number, at_least):
+    """Feed ``paths`` to a run reading its list on stdin, which stays open: the run waits for more and cannot
+    finish before it is killed, however fast it tags. Kill it once ``at_least`` records are out."""
     process.stdin.write("".join(f"{path}\n" for path in paths).encode())
     process.stdin.flush()
     deadline = time.monotonic() + 120
@@ -150,19 +145,18 @@ def kill_midway(command, paths, out, signal_number, at_least):
 
 
 @pytest.mark.parametrize("signal_number,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_resume_after_a_killed_run(corpus, tmp_path, signal_number, code):
+def test_resume_after_a_killed_run(cli, corpus, tmp_path, signal_number, code):
     out = tmp_path / "tags.jsonl"
     files = audio_files(corpus)
-    options = ["-o", str(out), "--jobs", "1"]
-    command = [sys.executable, "-m", "audiotag", "--files-from", "-", *options]
-    assert kill_midway(command, files[:16], out, signal_number, at_least=4) == code
+    options = ["-o", out, "--jobs", "1"]
+    process = cli.popen("--files-from", "-", *options)
+    assert kill_midway(process, files[:16], out, signal_number, at_least=4) == code
     done = records_of(out.read_text())
     assert 4 <= len(done) <= 16
     if signal_number == signal.SIGKILL:
         with open(out, "a") as torn:  # what a power cut mid-write can leave
             torn.write('{"path": "half a rec')
-    resumed = subprocess.run([sys.executable, "-m", "audiotag", str(corpus), *options, "--resume"],
-                             capture_output=True, cwd=REPO, timeout=300)
+    resumed = cli(corpus, *options, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     records = records_of(out.read_text())  # every line parses: the torn tail was cut off
     paths = [r["path"] for r in records]
@@ -171,13 +165,29 @@ def test_resume_after_a_killed_run(corpus, tmp_path, signal_number, code):
     assert f"{24 - len(done)} inputs" in resumed.stderr.decode()
 
 
-def test_resume_with_csv(cli, corpus, tmp_path):
-    out = tmp_path / "tags.csv"
-    files = audio_files(corpus)
-    assert cli("-o", out, "--format", "csv", "-k", 2, *files[:3]).returncode == 0
-    assert cli("-o", out, "--format", "csv", "-k", 2, "--resume", *files[:5]).returncode == 0
-    rows = list(csv.DictReader(open(out)))
-    assert [r["path"] for r in rows] == [f for f in files[:5] for _ in range(2)]
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_resume_cuts_a_half_written_table_record(cli, corpus, tmp_path, fmt):
+    """A kill can land inside a record's rows: --resume drops that record's rows and tags the input again."""
+    files = audio_files(corpus)[:4]
+    whole, out = tmp_path / f"whole.{fmt}", tmp_path / f"cut.{fmt}"
+    assert cli("-o", whole, "--format", fmt, *files).returncode == 0
+    lines = whole.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 + 4 * 10
+    out.write_text("".join(lines[:1 + 2 * 10 + 3]) + lines[1 + 2 * 10 + 3][:7])  # 3 rows and a torn one of the 3rd
+    resumed = cli("-o", out, "--format", fmt, "--resume", *files)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 inputs: 2 ok" in resumed.stderr.decode()
+    assert out.read_text() == whole.read_text()
+
+
+def test_a_missing_list_leaves_the_output_alone(cli, corpus, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    assert cli("-o", out, *audio_files(corpus)[:2]).returncode == 0
+    before = out.read_bytes()
+    result = cli("-o", out, "--files-from", tmp_path / "no-such-list.txt")
+    assert result.returncode == 2 and result.stderr.decode().count("\n") == 1
+    assert "no-such-list.txt: no such file or directory" in result.stderr.decode()
+    assert out.read_bytes() == before
 
 
 def test_exit_status_when_some_fail(cli, corpus, tmp_path):
@@ -219,4 +229,5 @@ def test_windows_of_different_lengths_are_not_mixed(tagger):
 
 def test_verbose_names_the_provider(cli):
     result = cli("-v", "--provider", "cpu", AUDIO / "music.wav")
+    assert result.returncode == 0, result.stderr
     assert "execution providers: CPUExecutionProvider" in result.stderr.decode()
