@@ -95,17 +95,15 @@ class TagBatch:
     def row(self, path: str, data: bytes) -> dict:
         """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
         from . import audio, output
-        from .pipeline import Outcome
+        from .pipeline import Outcome, failure_message
 
         try:
             if not data:
                 raise audio.AudioError("empty file")  # what the CLI says of the same file
             clip = audio.load_bytes(data)
             prediction = self.tagger.predict(clip, self.options)
-        except (audio.AudioError, ValueError) as error:  # the same failures the CLI reports per input
-            outcome = Outcome(path, error=str(error))
-        except MemoryError:
-            outcome = Outcome(path, error="out of memory")
+        except Exception as error:  # worded as the CLI words the same failure
+            outcome = Outcome(path, error=failure_message(error))
         else:
             outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration)
         row = dict.fromkeys(COLUMNS)

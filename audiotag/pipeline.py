@@ -195,14 +195,22 @@ def _or_failure(name: str, work: Callable):
     """``work()``, or the Outcome saying why it failed on this input."""
     try:
         return work()
-    except (audio.AudioError, ValueError) as error:
-        return Outcome(name, error=str(error))
     except BrokenPipeError:
         raise  # our stdout is gone (a --segments reader quit): the run ends, it is not this input's fault
-    except OSError as error:
-        return Outcome(name, error=(error.strerror or str(error)).lower())
-    except MemoryError:
-        return Outcome(name, error="out of memory")
+    except Exception as error:
+        return Outcome(name, error=failure_message(error))
+
+
+def failure_message(error: Exception) -> str:
+    """What went wrong with one input, for its record. Anything unforeseen (a decoder or onnxruntime error on one
+    strange file) is that input's failure too: a run of weeks must not end on one file."""
+    if isinstance(error, (audio.AudioError, ValueError)):
+        return str(error)
+    if isinstance(error, OSError):
+        return (error.strerror or str(error)).lower()
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    return f"unexpected {type(error).__name__}: {error}"
 
 
 def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagger: Tagger, options: TagOptions,

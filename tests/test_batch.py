@@ -207,6 +207,20 @@ def test_pipeline_results_equal_one_by_one(tagger, corpus):
         np.testing.assert_allclose(outcomes[index].prediction.logits, single.logits, atol=1e-5)
 
 
+def test_an_unforeseen_failure_is_that_inputs_error(tagger, corpus):
+    """A decoder raising something nobody planned for (here a RuntimeError) fails its input, not the run."""
+    items = list(inputs.expand([str(corpus)]))[:3]
+
+    def open_input(name):
+        if name == items[1].name:
+            raise RuntimeError("decoder exploded")
+        return audio.open_file(name)
+
+    outcomes = list(pipeline.run(items, open_input, tagger, TagOptions(), jobs=2))
+    assert [o.error for o in outcomes] == [None, "unexpected RuntimeError: decoder exploded", None]
+    assert outcomes[0].prediction is not None and outcomes[2].prediction is not None
+
+
 def test_waiting_windows_are_run_as_one_batch(tagger):
     """A burst of windows (from many files at once) is run in a few batches of up to MAX_BATCH, same answers."""
     batcher = pipeline.Batcher(tagger)

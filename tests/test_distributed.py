@@ -227,3 +227,25 @@ def _children(parent: int) -> list:
             continue  # the process ended while being looked at
         found.append((int(stat.split("/")[2]), title))
     return found
+
+
+def test_any_failure_on_one_file_is_a_row_not_a_failed_task(monkeypatch):
+    """Called as Ray calls it, on a pyarrow batch: a decoder raising something unforeseen gives that file an error
+    row (a failed task would be retried by Ray for ever), and the batch's other files are tagged."""
+    import pyarrow as pa
+
+    from audiotag import audio
+
+    good = (AUDIO / "music.wav").read_bytes()
+    decode = audio.load_bytes
+
+    def load_bytes(data):
+        if data == b"odd":
+            raise RuntimeError("boom")
+        return decode(data)
+
+    monkeypatch.setattr(audio, "load_bytes", load_bytes)
+    batch = pa.table({"path": ["a.wav", "odd.wav", "b.wav"], "bytes": [good, b"odd", good]})
+    rows = distributed.TagBatch()(batch).to_pylist()
+    assert [row["error"] for row in rows] == [None, "unexpected RuntimeError: boom", None]
+    assert rows[0]["tags"][0]["label"] == "Music" and rows[2]["tags"] == rows[0]["tags"]
