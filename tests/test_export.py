@@ -196,3 +196,46 @@ def test_cli_download_failure_is_one_line(server, tmp_path, failure):
     assert errors[0].startswith(f"export_model: error: cannot download {url}")
     assert ("404" if failure == "404" else "refused") in errors[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_assets_dir_from_the_environment(tmp_path):
+    """$AUDIOTAG_ASSETS_DIR is where the inputs come from when no path is given: nothing is downloaded (the
+    download URL is a closed port) and the model carries that checkpoint's sha256."""
+    env = {**os.environ, "AUDIOTAG_ASSETS_DIR": str(CHECKPOINT.parent), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    refs = tmp_path / "refs"  # one reference clip keeps the verification short
+    refs.mkdir()
+    shutil.copy(SHARED / "reference" / "music.npz", refs)
+    out = tmp_path / "out.onnx"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_model.py"), "--checkpoint-url", free_port_url(),
+         "--labels-url", free_port_url(), "--output", str(out), "--reference-dir", str(refs)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert meta["checkpoint_sha256"] == CHECKPOINT_SHA and not (tmp_path / "cache" / "audiotag").exists()
+
+    env["AUDIOTAG_ASSETS_DIR"] = str(tmp_path)  # a directory without the files: one clear line, no download
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), "--output", str(out)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith(f"not found in the assets dir {tmp_path}")
+
+
+def test_another_width_exports_with_the_same_script(tmp_path):
+    """mn10_as (width 1.0): a checkpoint of that shape (random weights here; the real one is not in ../shared)
+    loads strictly and exports with the same script, its embedding 960 wide."""
+    torch.manual_seed(0)
+    checkpoint = tmp_path / export_model.CHECKPOINTS["mn10_as"][0]
+    torch.save(MobileNetV3(width_from_name("mn10_as")).state_dict(), checkpoint)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(SHARED / "reference" / "music.npz", refs)
+    out = tmp_path / "mn10_as.onnx"
+    argv = ["--model", "mn10_as", "--checkpoint", str(checkpoint), "--labels", str(LABELS), "--output", str(out),
+            "--reference-dir", str(refs)]
+    assert export_model.main(argv) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits, embedding = session.run(None, {"melspec": reference("music")[0]})
+    assert logits.shape == (1, 527) and embedding.shape == (1, 960)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["model_name"] == "mn10_as" and len(json.loads(meta["labels"])) == 527
