@@ -11,6 +11,7 @@ bogus size in the header) and FLAC/OGG streams are read into memory before libsn
 import io
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -97,6 +98,11 @@ class Stream:
         samples = np.concatenate(list(self.samples()))
         return Audio(samples, self.rate, self.channels, self.duration)
 
+    def add_closer(self, closer) -> None:
+        """Also call ``closer`` on close (after what the stream already closes)."""
+        first = self._closer
+        self._closer = closer if first is None else (lambda: (first(), closer()))
+
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
@@ -104,9 +110,19 @@ class Stream:
 
 
 def open_file(path) -> Stream:
-    """Open an audio file for block decoding. OSError (missing, a directory, unreadable) passes through."""
+    """Open an audio file for block decoding. OSError (missing, a directory, unreadable) passes through.
+
+    A pipe named as a file (``audiotag <(curl ...)``, ``/dev/stdin``) is read as a stream, as ``-`` is.
+    """
     file = open(path, "rb")
     try:
+        mode = os.fstat(file.fileno()).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+            stream = open_stdin(file)
+            stream.add_closer(file.close)
+            return stream
+        if not stat.S_ISREG(mode):
+            raise AudioError("not a regular file")
         if os.fstat(file.fileno()).st_size == 0:
             raise AudioError("empty file")
         # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
@@ -204,11 +220,12 @@ def _open_wav_stream(binary) -> Stream:
         chunk, size = header[:4], struct.unpack("<I", header[4:])[0]
         if chunk == b"data":
             break
-        if size > 1 << 20:
-            raise AudioError(f"WAV stream has an implausible {chunk!r} chunk of {size} bytes")
-        body = _read_exactly(binary, size + (size & 1))
         if chunk == b"fmt ":
-            fmt = body[:size]
+            if size > 1 << 16:
+                raise AudioError(f"WAV stream has an implausible fmt chunk of {size} bytes")
+            fmt = _read_exactly(binary, size + (size & 1))[:size]
+        else:  # cover art, tags, padding: skipped a block at a time, whatever their size
+            _skip(binary, size + (size & 1))
     if fmt is None or len(fmt) < 16:
         raise AudioError("WAV stream has no valid fmt chunk before its data")
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
@@ -263,11 +280,13 @@ def _downmix(block: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(block[:, 0], dtype=np.float32)
     # Channel by channel, in librosa's order (its mean runs over the outer axis of (channels, frames)):
     # the same sums as mean(axis=1), which reduces each 2-sample row separately and is 20 times slower.
-    with np.errstate(over="ignore", invalid="ignore"):  # sums beyond float32 become inf, sanitised as such
+    with np.errstate(over="ignore", invalid="ignore"):
         mono = block[:, 0] + block[:, 1]
         for channel in range(2, block.shape[1]):
             mono += block[:, channel]
         mono /= np.float32(block.shape[1])
+        if not np.isfinite(mono).all():  # a float file's huge (finite) samples overflowed the float32 sum
+            mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
     return mono
 
 
@@ -297,6 +316,14 @@ def _read_exactly(binary, size: int) -> bytes:
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)
+
+
+def _skip(binary, size: int) -> None:
+    while size > 0:
+        chunk = binary.read(min(size, 1 << 20))
+        if not chunk:
+            raise AudioError("WAV stream ends before its data chunk")
+        size -= len(chunk)
 
 
 def _sndfile_reason(error) -> str:

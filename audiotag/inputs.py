@@ -35,16 +35,19 @@ def expand(operands: Iterable[str]) -> Iterator[Input]:
 
 
 def walk(top: str) -> Iterator[Input]:
-    """Audio files below ``top``, sorted by name at every level; follows symlinks, reports loops."""
-    visited = set()
+    """Audio files below ``top``, sorted by name at every level; follows symlinks, reports loops.
 
-    def visit(directory: str) -> Iterator[Input]:
+    A loop is a directory that contains itself (it is one of its own ancestors); the same directory reached by two
+    different links is walked under both names. Entries that are not regular files (a FIFO would block the run
+    until someone wrote to it) are reported, not opened.
+    """
+
+    def visit(directory: str, ancestors: frozenset) -> Iterator[Input]:
         try:
             identity = _identity(directory)
-            if identity in visited:
-                yield Input(directory, error="symlink loop: directory already visited")
+            if identity in ancestors:
+                yield Input(directory, error="symlink loop: a link back to a directory above it")
                 return
-            visited.add(identity)
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as error:
@@ -53,18 +56,21 @@ def walk(top: str) -> Iterator[Input]:
         for entry in entries:
             try:
                 is_dir = entry.is_dir()  # follows symlinks
+                is_file = entry.is_file()
             except OSError as error:
                 yield Input(entry.path, error=(error.strerror or str(error)).lower())
                 continue
             if is_dir:
-                yield from visit(entry.path)
+                yield from visit(entry.path, ancestors | {identity})
             elif is_audio_name(entry.name):
                 if entry.is_symlink() and not os.path.exists(entry.path):
                     yield Input(entry.path, error="broken symlink")
+                elif not is_file:
+                    yield Input(entry.path, error="not a regular file (a FIFO, socket or device)")
                 else:
                     yield Input(entry.path)
 
-    yield from visit(top)
+    yield from visit(top, frozenset())
 
 
 def read_list(lines: TextIO) -> Iterator[Input]:

@@ -57,6 +57,8 @@ CASES = {
     "all-nan.wav": (lambda p: soundfile.write(p, np.full(32000, np.nan, np.float32), 32000, subtype="FLOAT"), "NaN or infinite"),
     "all-inf.wav": (lambda p: soundfile.write(p, np.full(32000, np.inf, np.float32), 32000, subtype="FLOAT"), "NaN or infinite"),
     "huge-values.wav": (lambda p: soundfile.write(p, noise() * 1e30, 32000, subtype="FLOAT"), "tags"),
+    "huge-stereo.wav": (lambda p: soundfile.write(p, np.full((32000, 2), 3e38, np.float32), 32000, subtype="FLOAT"),
+                        "tags"),  # finite, but the two channels' sum overflows float32
     "all-zero.wav": (lambda p: soundfile.write(p, np.zeros(32000, np.float32), 32000), "tags"),
     "one-sample.wav": (lambda p: soundfile.write(p, np.array([0.5], np.float32), 32000), "short"),
     "truncated.flac": (lambda p: p.write_bytes((AUDIO / "extra" / "sonicpi-loop_amen.flac").read_bytes()[:20000]), "cannot decode"),

@@ -48,13 +48,39 @@ def test_directory_walk_is_sorted_recursive_and_by_extension(corpus):
     assert walked == sorted(walked, key=lambda p: [part for part in os.path.relpath(p, corpus).split(os.sep)])
 
 
-def test_symlink_loop_is_reported_not_fatal(tmp_path):
+def test_symlink_loop_is_reported_not_fatal(cli, tmp_path):
     (tmp_path / "music").mkdir()
     shutil.copy(AUDIO / "music.wav", tmp_path / "music" / "m.wav")
     os.symlink(tmp_path, tmp_path / "music" / "loop")
     items = list(inputs.expand([str(tmp_path)]))
     assert [i.name for i in items if i.error is None] == [str(tmp_path / "music" / "m.wav")]
-    assert [i.error for i in items if i.error] == ["symlink loop: directory already visited"]
+    loop_error = "symlink loop: a link back to a directory above it"
+    assert [(i.name, i.error) for i in items if i.error] == [(str(tmp_path / "music" / "loop"), loop_error)]
+    result = cli("--format", "jsonl", tmp_path)
+    assert result.returncode == 1
+    assert f"audiotag: {tmp_path / 'music' / 'loop'}: {loop_error}\n" in result.stderr.decode()
+    assert [r["path"] for r in records_of(result.stdout.decode()) if "tags" in r] == [str(tmp_path / "music" / "m.wav")]
+
+
+def test_two_links_to_one_directory_are_not_a_loop(tmp_path):
+    (tmp_path / "target").mkdir()
+    shutil.copy(AUDIO / "music.wav", tmp_path / "target" / "m.wav")
+    for link in ("l1", "l2"):
+        os.symlink(tmp_path / "target", tmp_path / link)
+    items = list(inputs.expand([str(tmp_path)]))
+    assert [(i.name, i.error) for i in items] == [(str(tmp_path / d / "m.wav"), None) for d in ("l1", "l2", "target")]
+
+
+def test_a_fifo_in_a_directory_is_reported_not_opened(cli, tmp_path):
+    shutil.copy(AUDIO / "music.wav", tmp_path / "a.wav")
+    os.mkfifo(tmp_path / "b.wav")  # opening it would wait for a writer for ever
+    shutil.copy(AUDIO / "speech.wav", tmp_path / "c.wav")
+    result = cli("--format", "jsonl", tmp_path, timeout=120)
+    assert result.returncode == 1
+    records = records_of(result.stdout.decode())
+    assert [r["path"] for r in records] == [str(tmp_path / n) for n in ("a.wav", "b.wav", "c.wav")]
+    assert records[1]["error"] == "not a regular file (a FIFO, socket or device)"
+    assert "tags" in records[0] and "tags" in records[2]
 
 
 def test_jobs_do_not_change_results_or_order(cli, corpus):

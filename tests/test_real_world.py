@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 import struct
 import subprocess
 
@@ -160,6 +161,30 @@ def test_stdin_wav_with_a_streaming_writers_bogus_size(cli, music, data_size):
     out = json.loads(result.stdout)
     assert out["duration"] == 10.0
     assert [t["label"] for t in out["tags"][:3]] == ["Music", "Musical instrument", "Guitar"]
+
+
+def test_stdin_wav_with_a_large_chunk_before_its_data(cli, music):
+    """Cover art or tags of several MB ahead of the samples are skipped, not refused and not held in memory."""
+    samples, rate = music
+    header = wav_header(1, rate, 16, 0xFFFFFFFF)
+    art = b"id3 " + struct.pack("<I", 3_000_001) + bytes(3_000_001) + b"\0"  # odd size: one pad byte
+    stream = header[:-8] + art + header[-8:] + (samples * 32767).astype("<i2").tobytes()
+    result = cli("--format", "jsonl", "-", stdin=stream)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["duration"] == 10.0 and out["tags"][0]["label"] == "Music"
+
+
+def test_a_pipe_named_as_a_file_is_read_as_a_stream(cli):
+    """`audiotag <(curl ...)` or `... | audiotag /dev/stdin`: the path is a pipe, read like `-`."""
+    for clip in (AUDIO / "music.wav", AUDIO / "extra" / "sonicpi-loop_amen.flac"):
+        command = f"cat {shlex.quote(str(clip))} | {cli.shell('--format', 'jsonl', '/dev/stdin')}"
+        result = subprocess.run(["bash", "-c", command], capture_output=True, env=cli.environment(),
+                                cwd=cli.workdir, timeout=120)
+        assert result.returncode == 0, result.stderr
+        piped = json.loads(result.stdout)
+        direct = json.loads(cli("--format", "jsonl", clip).stdout)
+        assert piped == {**direct, "path": "/dev/stdin"}
 
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
