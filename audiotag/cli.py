@@ -13,9 +13,11 @@ EXIT_OK = 0
 EXIT_INPUT_FAILED = 1  # at least one input could not be tagged; the others were
 EXIT_USAGE = 2  # bad command line
 EXIT_MODEL = 3  # the model or its assets cannot be loaded
+EXIT_OUTPUT = 4  # the results could not be written (disk full, I/O error)
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`), as if killed by SIGPIPE
 EXIT_TERMINATED = 143  # SIGTERM
+MAX_SECONDS = 86400.0  # --window and --hop: a day is already far past anything useful
 
 EPILOG = """\
 inputs:
@@ -39,6 +41,7 @@ exit status:
   1    some input could not be tagged (the others were; one line each on stderr)
   2    bad command line
   3    the model or its assets could not be loaded
+  4    the results could not be written (disk full, I/O error): what was written before is complete
   130  interrupted (SIGINT), 143 terminated (SIGTERM): what was written is complete; --resume carries on
   141  stdout was closed early
 
@@ -86,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--rate", type=_number(int, 1), metavar="HZ", help="sample rate of --raw input (required with --raw)")
     raw.add_argument("--channels", type=_number(int, 1), default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
     windows = parser.add_argument_group("long recordings")
-    windows.add_argument("--window", type=_number(float, 0), default=10.0, metavar="SEC",
+    windows.add_argument("--window", type=_number(float, 0, MAX_SECONDS), default=10.0, metavar="SEC",
                          help="seconds per model pass (default 10); 0 = the whole file in one pass, as upstream")
-    windows.add_argument("--hop", type=_number(float, 0.01), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
+    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    _make_std_streams_safe()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.inputs or args.files_from or args.version or args.self_check):
@@ -115,6 +119,19 @@ def main(argv=None) -> int:
         parser.error("stdin (-) can be read only once")
     if args.resume and not args.output:
         parser.error("--resume needs -o FILE")
+    if 0 < args.window < 1:
+        parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
+    if args.window and args.hop > args.window:
+        parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s: audio between windows "
+                     "would never be tagged")
+    if sys.stdin is None and "-" in (*args.inputs, args.files_from):
+        parser.error("stdin is closed")
+    if sys.stdout is None:
+        if not args.output:
+            parser.error("stdout is closed: give -o FILE")
+        sys.stdout = open(os.devnull, "w")
+    if args.output and _names_an_input(args.output, args.inputs):
+        parser.error(f"-o {args.output} is one of the inputs: it would be overwritten")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
@@ -143,8 +160,8 @@ def _finish(code: int) -> int:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):
-            _silence_stdout()
+        except (OSError, ValueError):
+            _silence_stdout(stream)
     os._exit(code)
 
 
@@ -180,12 +197,14 @@ def _tag_inputs(args, tagger) -> int:
 
     batch_mode = _batch_mode(args)
     listed = _list_source(args.files_from, inputs) if args.files_from else ()  # a bad LIST must not touch -o
-    done = output.recorded_paths(args.output, args.format, min(args.top_k, len(tagger.model.info.labels))) \
-        if args.resume else set()
     try:
+        done = output.recorded_paths(args.output, args.format, min(args.top_k, len(tagger.model.info.labels))) \
+            if args.resume else set()
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
-    except OSError as error:
-        _warn(f"{args.output}: {(error.strerror or str(error)).lower()}")
+    except BrokenPipeError:
+        raise  # stdout's reader is gone before the first line (a CSV header): exit 141, as later
+    except (OSError, output.ResumeError) as error:
+        _warn(f"{args.output or 'stdout'}: {_reason(error)}")
         return EXIT_USAGE
     lock = threading.Lock()  # segments are written by worker threads, clip records by this one
 
@@ -220,11 +239,18 @@ def _tag_inputs(args, tagger) -> int:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(errors=counts["failed"], refresh=False)
+        if args.output:
+            writer.close()
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # writing the results failed: the disk is full, or the device failed
+        _warn(f"{args.output or 'stdout'}: cannot write results: {_reason(error)}", progress)
+        if not args.output:
+            _silence_stdout()  # what is still buffered cannot be written either: drop it quietly at exit
+        return EXIT_OUTPUT
     finally:
         if progress is not None:
             progress.close()
-        if args.output:
-            writer.close()
     if batch_mode or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
@@ -252,19 +278,36 @@ def _chain(*iterables):
 
 def _save_embedding(outcome, directory):
     """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file."""
+    import tempfile
+
     import numpy as np
 
-    relative = outcome.name.lstrip(os.sep).replace("..", "__") if outcome.name != "-" else "stdin"
-    target = os.path.join(directory, relative + ".npy")
+    target = embedding_path(directory, outcome.name)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        partial = target + ".part"
-        with open(partial, "wb") as file:
-            np.save(file, outcome.prediction.embedding, allow_pickle=False)
-        os.replace(partial, target)
+        # A short temporary name: the input's own name may already be as long as the file system allows.
+        handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".", suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.save(file, outcome.prediction.embedding, allow_pickle=False)
+            os.replace(partial, target)
+        except BaseException:
+            os.unlink(partial)
+            raise
     except OSError as error:
-        outcome.error = f"cannot save embedding {target}: {(error.strerror or str(error)).lower()}"
+        outcome.error = f"cannot save embedding {target}: {_reason(error)}"
     return outcome
+
+
+def embedding_path(directory: str, name: str) -> str:
+    """Where an input's embedding goes: DIR/<its path>.npy, the path's components kept apart from each other
+    and from DIR ("%" written %25, a ".." component %2E%2E, stdin as %stdin), so two inputs never share a file.
+    The one exception: a leading "/" is dropped, so /a/b.wav and a/b.wav (given in one run) would."""
+    if name == "-":
+        return os.path.join(directory, "%stdin.npy")
+    parts = [part.replace("%", "%25") for part in name.split(os.sep) if part not in ("", ".")]
+    parts = ["%2E%2E" if part == ".." else part for part in parts]
+    return os.path.join(directory, *parts[:-1], parts[-1] + ".npy")
 
 
 def _progress_bar(args):
@@ -311,8 +354,9 @@ def _self_check(tagger) -> int:
     return EXIT_OK
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread: like KeyboardInterrupt, not an error that one input's handling may
+    catch."""
 
 
 def _terminate(signum, frame):
@@ -320,11 +364,42 @@ def _terminate(signum, frame):
 
 
 def _warn(message: str, progress=None) -> None:
-    if progress is not None:
-        progress.write(f"audiotag: {message}", file=sys.stderr)
-        return
-    sys.stderr.write(f"audiotag: {message}\n")
-    sys.stderr.flush()
+    """One line on stderr (a newline in a file name is shown as \\n). A stderr that fails (a full disk) must
+    not stop the tagging: the message is lost, the results are not."""
+    line = "audiotag: " + message.replace("\r", "\\r").replace("\n", "\\n")
+    try:
+        if progress is not None:
+            progress.write(line, file=sys.stderr)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _reason(error: Exception) -> str:
+    return (getattr(error, "strerror", None) or str(error)).lower() if isinstance(error, OSError) else str(error)
+
+
+def _make_std_streams_safe() -> None:
+    """Started with a standard stream closed (``2>&-``), Python has None there: stderr goes to /dev/null so
+    that tagging goes on; closed stdin/stdout are refused where they are needed (see main). Output is written
+    with surrogateescape: a file name that is not UTF-8 comes out as its own bytes instead of an exception."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
+def _names_an_input(output_path: str, operands) -> bool:
+    """Whether -o is one of the input files (it would be emptied before being read)."""
+    for operand in operands:
+        try:
+            if operand != "-" and os.path.samefile(output_path, operand):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _usage_exit(message: str) -> int:
@@ -349,14 +424,19 @@ def _quiet_native_stderr() -> None:
         pass  # no usable stderr: nothing to keep quiet
 
 
-def _silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot raise again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+def _silence_stdout(stream=None) -> None:
+    """After EPIPE or a write error, point stdout (or ``stream``) at /dev/null so that the interpreter's final
+    flush cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (stream or sys.stdout).fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
-def _number(kind, minimum):
-    """An argparse type: a number of ``kind`` no smaller than ``minimum``, with a message that says so."""
+def _number(kind, minimum, maximum=None):
+    """An argparse type: a number of ``kind`` within [minimum, maximum], with a message that says so."""
 
     def parse(text):
         try:
@@ -365,6 +445,8 @@ def _number(kind, minimum):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not value >= minimum:  # also refuses NaN
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        if maximum is not None and not value <= maximum:  # also refuses inf
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
         return value
 
     return parse

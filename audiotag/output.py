@@ -41,7 +41,10 @@ def segment_record(name: str, segment) -> dict:
 def format_record(rec: dict, fmt: str, header: bool = True) -> str:
     """Whole lines, newline-terminated."""
     if fmt in ("jsonl", "json"):
-        return json.dumps(rec, ensure_ascii=False) + "\n"
+        text = json.dumps(rec, ensure_ascii=False)
+        if not _encodable(text):  # a file name that is not UTF-8 (its bytes live on as lone surrogates)
+            text = json.dumps(rec)  # \udcXX escapes: valid JSON, and json.loads gives back the same name
+        return text + "\n"
     if fmt == "text":
         return _text(rec, header)
     return _table_rows(rec, "," if fmt == "csv" else "\t")
@@ -74,41 +77,76 @@ def _table_rows(rec: dict, delimiter: str) -> str:
 
 def _table_line(values, delimiter: str) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, delimiter=delimiter, lineterminator="\n").writerow(values)
+    # The csv module quotes a field holding "\n" but not one holding a lone "\r" (legal in a file name), which
+    # readers then split into two rows: such a row has every field quoted.
+    quoting = csv.QUOTE_ALL if any("\r" in str(value) for value in values) else csv.QUOTE_MINIMAL
+    csv.writer(buffer, delimiter=delimiter, lineterminator="\n", quoting=quoting).writerow(values)
     return buffer.getvalue()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+class ResumeError(ValueError):
+    """The -o file cannot be resumed into (it is not an audiotag output of this format); it was left untouched."""
 
 
 def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
     """Inputs already recorded in an output file, after cutting off a torn last record (for --resume).
 
-    A CSV/TSV record is ``rows_per_record`` rows (one per label; an error is one row): a kill can leave the
-    last record with fewer, which is cut off too, so that input is tagged again instead of kept half-written.
+    Only the end of the file is ever cut: the bytes after the last newline (a line the writer did not finish),
+    a last JSON line that does not parse (a disk that lost the tail), or the rows of a last CSV/TSV record with
+    fewer than ``rows_per_record`` rows (one per label; an error is one row), so that input is tagged again.
+    A file that is not an audiotag output of this format raises ResumeError and is not touched; OSError passes.
     """
     if not os.path.exists(path):
         return set()
+    if not os.path.isfile(path):
+        raise ResumeError("not a regular file: --resume needs the output file of an earlier run")
     with open(path, "rb+") as file:
         data = file.read()
         complete = data.rfind(b"\n") + 1  # a killed writer can leave only the last line torn
+        text = data[:complete].decode("utf-8", errors="surrogateescape")  # names need not be UTF-8
         if fmt in ("jsonl", "json"):
-            # The last complete line may still be unparsable if the disk lost the tail: drop it too.
-            lines = data[:complete].splitlines(keepends=True)
-            while lines and not _parses(lines[-1]):
-                complete -= len(lines.pop())
+            lines = text.splitlines(keepends=True)
+            if lines and lines[-1].strip() and _record(lines[-1]) is None:
+                complete -= len(lines.pop().encode("utf-8", errors="surrogateescape"))
+            records = {number: _record(line) for number, line in enumerate(lines, 1) if line.strip()}
+            bad = next((number for number, rec in records.items() if rec is None), None)
+            if bad is not None:
+                raise ResumeError(f"line {bad} is not an audiotag record: not resuming into this file")
+            paths = {rec["path"] for rec in records.values() if "start" not in rec}
         else:
+            rows = list(_table_reader(text, fmt))
+            if rows and rows[0] != list(TABLE_COLUMNS) or any(len(row) != len(TABLE_COLUMNS) for row in rows):
+                raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
+                                  "not resuming into this file")
             complete -= _short_last_record(data[:complete], fmt, rows_per_record)
+            paths = {row[0] for row in _table_reader(data[:complete].decode("utf-8", errors="surrogateescape"), fmt)
+                     if row[0] != "path"}
         if complete < len(data):
             file.truncate(complete)
-        text = data[:complete].decode("utf-8", errors="replace")
-    if fmt in ("jsonl", "json"):
-        records = (json.loads(line) for line in text.splitlines() if line.strip())
-        return {r["path"] for r in records if "start" not in r}
-    return {row[0] for row in _table_reader(text, fmt) if row and row[0] != "path"}
+    return paths
+
+
+def _record(line: str):
+    """The record a JSON line holds, or None when it is not one."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("path"), str) else None
 
 
 def _short_last_record(data: bytes, fmt: str, rows_per_record: int) -> int:
     """Bytes at the end of a table that belong to a last record with too few rows (0 when it is whole)."""
     lines = data.splitlines(keepends=True)
-    rows = list(_table_reader(b"".join(lines).decode("utf-8", errors="replace"), fmt))
+    rows = list(_table_reader(data.decode("utf-8", errors="surrogateescape"), fmt))
     if len(rows) != len(lines) or not rows or rows[-1][0] == "path":
         return 0  # quoted newlines inside a field (or only a header): leave the file as it is
     last = [i for i, row in enumerate(rows) if row[0] == rows[-1][0]]
@@ -135,7 +173,9 @@ class Writer:
 
     def __init__(self, fmt: str, path: Optional[str] = None, append: bool = False, stream=None):
         self.fmt = fmt
-        self._file = open(path, "a" if append else "w", encoding="utf-8", newline="") if path else stream
+        # surrogateescape: a file name that is not UTF-8 goes out as its own bytes (text, CSV/TSV)
+        self._file = open(path, "a" if append else "w", encoding="utf-8", newline="",
+                          errors="surrogateescape") if path else stream
         self._owned = path is not None
         if fmt in ("csv", "tsv") and not (append and self._file.tell() > 0):
             self._write(table_header(fmt))

@@ -146,6 +146,23 @@ def test_output_file_and_embeddings(cli, corpus, tmp_path, tagger):
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
 
+def test_embedding_files_never_collide(cli, tmp_path):
+    """Names that an earlier mapping folded together, and a name as long as the file system allows."""
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    names = ["a..b.wav", "a__b.wav", "%2E%2E.wav", "sub/x.wav", "x" * 247 + ".wav"]
+    for name in names:
+        shutil.copy(AUDIO / "music.wav", clips / name)
+    assert cli.workdir == tmp_path  # relative paths below are relative to it
+    result = cli("-o", "out.jsonl", "--embeddings", "emb", "clips", "clips/sub/../a..b.wav")
+    assert result.returncode == 0, result.stderr
+    records = records_of((tmp_path / "out.jsonl").read_text())
+    assert len(records) == 6 and all("tags" in r for r in records)
+    saved = sorted(str(p.relative_to(tmp_path / "emb")) for p in (tmp_path / "emb").rglob("*.npy"))
+    assert len(saved) == 6 and "clips/sub/%2E%2E/a..b.wav.npy" in saved and "clips/%252E%252E.wav.npy" in saved
+    assert not list((tmp_path / "emb").rglob("*.part"))
+
+
 def test_progress_and_summary_on_stderr(cli, corpus):
     result = cli("--progress", "-o", os.devnull, corpus)
     stderr = result.stderr.decode()

@@ -1,14 +1,20 @@
 """Bad input gets one clear line on stderr and a documented exit code, never a traceback."""
 
+import csv
+import io
 import json
+import os
 import re
+import shutil
+import subprocess
 
 import numpy as np
+import pytest
 import soundfile
 
 from conftest import AUDIO
 
-EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_MODEL = 1, 2, 3
+EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT = 1, 2, 3, 4
 
 
 SUMMARY = re.compile(r"audiotag: \d+ inputs: \d+ ok, \d+ failed in ")
@@ -112,3 +118,136 @@ def test_self_check(cli):
     result = cli("--self-check")
     assert result.returncode == 0, result.stderr
     assert "self-check ok" in result.stdout.decode()
+
+
+# --- hostile surroundings: odd names, odd output targets, closed streams -------------------------------------
+
+def test_a_file_name_that_is_not_utf8(cli, tmp_path):
+    """Crawled names can be any bytes: records stay valid JSON / CSV and --resume recognises the file."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    odd = os.fsdecode(b"caf\xe9-latin1.wav")  # Latin-1 bytes, not UTF-8
+    for name in ("a.wav", odd, "z.wav"):
+        shutil.copy(AUDIO / "music.wav", clips / name)
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+        result = cli("-o", out, "-f", fmt, "-k", 2, clips)
+        assert result.returncode == 0, result.stderr
+        if fmt == "jsonl":
+            records = [json.loads(line) for line in out.read_text(encoding="ascii").splitlines()]
+            assert [r["path"] for r in records] == [str(clips / n) for n in ("a.wav", odd, "z.wav")]
+        else:
+            assert os.fsencode(str(clips / odd)) in out.read_bytes()  # the name's own bytes
+        before = out.read_bytes()
+        resumed = cli("-o", out, "-f", fmt, "-k", 2, "--resume", clips)
+        assert resumed.returncode == 0 and "0 inputs" in resumed.stderr.decode()
+        assert out.read_bytes() == before
+
+
+def test_a_newline_in_a_file_name_keeps_errors_on_one_line(cli, tmp_path):
+    bad = tmp_path / "two\nlines.wav"
+    bad.write_bytes(b"not audio")
+    result = cli(bad)
+    assert_one_line_error(result, EXIT_INPUT_FAILED, "two\\nlines.wav: cannot decode")
+
+
+def test_a_carriage_return_in_a_file_name_keeps_csv_rows_whole(cli, tmp_path):
+    clip = tmp_path / "cr\rret.wav"
+    shutil.copy(AUDIO / "music.wav", clip)
+    result = cli("-f", "csv", "-k", 3, clip)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout.decode(), newline="")))
+    assert len(rows) == 4 and [row[0] for row in rows[1:]] == [str(clip)] * 3
+
+
+@pytest.mark.parametrize("content", [b"# A README\n\nsome text\nmore text\n", bytes(range(256)) * 4,
+                                     b'{"path": "a.wav", "tags": []}\n[1, 2]\n{"path": "b.wav", "tags": []}\n'])
+def test_resume_refuses_a_file_that_is_not_its_output(cli, tmp_path, content):
+    out = tmp_path / "notes.jsonl"
+    out.write_bytes(content)
+    result = cli("-o", out, "--resume", AUDIO / "music.wav")
+    assert_one_line_error(result, EXIT_USAGE, f"{out}: ", "not resuming into this file")
+    assert out.read_bytes() == content  # untouched
+
+
+def test_resume_refuses_a_table_with_other_columns(cli, tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("name,size\na.wav,3\n")
+    result = cli("-o", out, "-f", "csv", "--resume", AUDIO / "music.wav")
+    assert_one_line_error(result, EXIT_USAGE, "not an audiotag csv output")
+    assert out.read_text() == "name,size\na.wav,3\n"
+
+
+@pytest.mark.parametrize("target", ["directory", "fifo"])
+def test_output_that_is_not_a_file(cli, tmp_path, target):
+    out = tmp_path / "out"
+    out.mkdir() if target == "directory" else os.mkfifo(out)
+    result = cli("-o", out, "--resume", AUDIO / "music.wav", timeout=60)
+    assert_one_line_error(result, EXIT_USAGE, f"audiotag: {out}: not a regular file")
+    if target == "directory":
+        assert_one_line_error(cli("-o", out, AUDIO / "music.wav"), EXIT_USAGE, f"audiotag: {out}: is a directory")
+
+
+def test_a_full_disk_is_one_line_and_exit_4(cli):
+    result = cli("-o", "/dev/full", AUDIO / "music.wav", AUDIO / "speech.wav")
+    assert_one_line_error(result, EXIT_OUTPUT, "/dev/full: cannot write results: no space left on device")
+    shell = subprocess.run(["bash", "-c", cli.shell(AUDIO / "music.wav") + " >/dev/full"], capture_output=True,
+                           env=cli.environment(), cwd=cli.workdir, timeout=120)
+    assert_one_line_error(shell, EXIT_OUTPUT, "stdout: cannot write results: no space left on device")
+
+
+def test_a_full_stderr_does_not_stop_the_tagging(cli, tmp_path):
+    out = tmp_path / "out.jsonl"
+    command = cli.shell("-o", out, AUDIO / "music.wav", tmp_path / "missing.wav", AUDIO / "speech.wav")
+    result = subprocess.run(["bash", "-c", command + " 2>/dev/full"], capture_output=True,
+                            env=cli.environment(), cwd=cli.workdir, timeout=120)
+    assert result.returncode == EXIT_INPUT_FAILED
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert ["tags" in r for r in records] == [True, False, True]
+
+
+@pytest.mark.parametrize("closed,arguments,expected", [
+    ("<&-", ["-"], "stdin is closed"),
+    ("<&-", ["--files-from", "-"], "stdin is closed"),
+    (">&-", ["MUSIC"], "stdout is closed: give -o FILE"),
+])
+def test_a_closed_standard_stream(cli, closed, arguments, expected):
+    arguments = [str(AUDIO / "music.wav") if a == "MUSIC" else a for a in arguments]
+    result = subprocess.run(["bash", "-c", f"{cli.shell(*arguments)} {closed}"], capture_output=True,
+                            env=cli.environment(), cwd=cli.workdir, timeout=120)
+    assert_one_line_error(result, EXIT_USAGE, expected)
+
+
+def test_a_closed_stderr_does_not_stop_the_tagging(cli, tmp_path):
+    out = tmp_path / "out.jsonl"
+    command = cli.shell("-o", out, AUDIO / "music.wav", AUDIO / "speech.wav") + " 2>&-"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, env=cli.environment(),
+                            cwd=cli.workdir, timeout=120)
+    assert result.returncode == 0
+    assert [len(json.loads(line)["tags"]) for line in out.read_text().splitlines()] == [10, 10]
+
+
+def test_csv_header_to_a_reader_that_has_gone(cli):
+    command = cli.shell("-f", "csv", AUDIO / "music.wav") + " | (exec 0<&-; sleep 1)"
+    result = subprocess.run(["bash", "-c", command + "; echo ${PIPESTATUS[0]} >&2"], capture_output=True,
+                            env=cli.environment(), cwd=cli.workdir, timeout=120)
+    stderr = result.stderr.decode()
+    assert stderr.splitlines() == ["141"], stderr
+
+
+@pytest.mark.parametrize("options,fragment", [
+    (["--window", "inf"], "--window: must be at most 86400"),
+    (["--window", "1e305"], "--window: must be at most 86400"),
+    (["--hop", "inf"], "--hop: must be at most 86400"),
+    (["--window", "0.01"], "--window must be 0 (the whole file in one pass) or at least 1 s"),
+    (["--window", "2", "--hop", "5"], "--hop 5 s is longer than --window 2 s"),
+])
+def test_window_options_that_cannot_work(cli, options, fragment):
+    assert_one_line_error(cli(*options, AUDIO / "music.wav"), EXIT_USAGE, fragment)
+
+
+def test_output_naming_an_input_is_refused(cli, tmp_path):
+    clip = tmp_path / "victim.wav"
+    shutil.copy(AUDIO / "music.wav", clip)
+    assert_one_line_error(cli(clip, "-o", clip), EXIT_USAGE, "is one of the inputs")
+    assert clip.read_bytes() == (AUDIO / "music.wav").read_bytes()
