@@ -168,19 +168,23 @@ def test_frontend_properties(length, values, seed):
     try:
         clip = audio.from_array(samples, 32000)
         mel = tagger_module.model_input(clip.samples)
-    except audio.AudioError as error:  # the only way to refuse: a clear message
-        assert str(error)
+    except audio.AudioError as error:  # refused with a clear message, and only for what the rules refuse
+        refusals = {"too short": length < tagger_module.MIN_CLIP_SAMPLES, "no valid samples": values == "nan"}
+        assert any(fragment in str(error) and expected for fragment, expected in refusals.items()), str(error)
         return
+    assert length >= tagger_module.MIN_CLIP_SAMPLES
     assert mel.shape[0] == 128 and mel.shape[1] >= 1
     assert mel.dtype == np.float32 and np.isfinite(mel).all()
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=3000))
-def test_stdin_sniffing_fuzz(data):
-    """Arbitrary bytes on stdin: decoded or refused with AudioError, nothing else, and never a hang."""
+@given(magic=st.sampled_from([b"", b"RIFF\xff\xff\xff\xffWAVE", b"fLaC", b"OggS", b"ID3"]),
+       data=st.binary(max_size=3000))
+def test_stdin_sniffing_fuzz(magic, data):
+    """Arbitrary bytes on stdin, also behind each sniffed signature: decoded or refused with AudioError,
+    nothing else, and never a hang."""
     try:
-        stream = audio.open_stdin(io.BytesIO(data))
+        stream = audio.open_stdin(io.BytesIO(magic + data))
         stream.read()
     except audio.AudioError as error:
         assert str(error)

@@ -7,12 +7,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
 
-from conftest import AUDIO
+from conftest import AUDIO, REPO
 
 EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT = 1, 2, 3, 4
 
@@ -118,6 +119,32 @@ def test_self_check(cli):
     result = cli("--self-check")
     assert result.returncode == 0, result.stderr
     assert "self-check ok" in result.stdout.decode()
+
+
+def test_self_check_fails_on_a_model_whose_labels_are_wrong(cli, tmp_path):
+    """The bundled model with its label list reversed: loads, but calls the test tone something else (exit 3)."""
+    import onnx
+
+    from audiotag.assets import DEFAULT_MODEL, asset_path
+
+    model = onnx.load(str(asset_path(DEFAULT_MODEL)))
+    for prop in model.metadata_props:
+        if prop.key == "labels":
+            prop.value = json.dumps(json.loads(prop.value)[::-1])
+    broken = tmp_path / "reversed.onnx"
+    onnx.save(model, str(broken))
+    result = cli("--self-check", "--model", broken)
+    assert_one_line_error(result, EXIT_MODEL, "self-check failed: a 1 kHz tone was tagged")
+
+
+def test_help_does_not_load_the_heavy_modules():
+    """--help answers without importing onnxruntime or numpy (start-up stays light)."""
+    code = ("import sys\nfrom audiotag import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('onnxruntime', 'numpy', 'soundfile', 'soxr') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 # --- hostile surroundings: odd names, odd output targets, closed streams -------------------------------------
