@@ -209,7 +209,7 @@ def test_sigkill_leaves_nothing_in_tmp(binary, cache, tmp_path):
     run = subprocess.Popen([str(binary), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
     try:
-        _wait_for_python(run.pid)
+        _wait_for_stdin_read(run.pid)
         assert run.poll() is None, "the binary exited before it was killed"
     finally:
         run.send_signal(signal.SIGKILL)
@@ -240,15 +240,16 @@ def test_sigkill_while_unpacking_then_recovers(binary, tmp_path):
     assert len(unpacked(cache)) == 1 and not unpacked(cache)[0].startswith(".")
 
 
-def _wait_for_python(pid: int, timeout: float = 60) -> None:
-    """Until the process has loaded libpython (the launcher has exec'd the frozen program)."""
+def _wait_for_stdin_read(pid: int, timeout: float = 60) -> None:
+    """Until one of the process's threads sits in read(0, ...): the launcher has exec'd the frozen program,
+    which has started and is waiting for its input (/proc/PID/task/*/syscall: number 0 is read, then the fd)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if "libpython" in Path(f"/proc/{pid}/maps").read_text():
-                time.sleep(0.5)  # let it reach the read of stdin
-                return
+            calls = [(task / "syscall").read_text() for task in Path(f"/proc/{pid}/task").iterdir()]
         except (FileNotFoundError, ProcessLookupError):
             raise AssertionError("the binary exited before it was killed")
+        if any(call.startswith("0 0x0 ") for call in calls):
+            return
         time.sleep(0.01)
-    raise AssertionError("the binary did not start within the time limit")
+    raise AssertionError("the binary did not reach its read of stdin within the time limit")
