@@ -315,7 +315,14 @@ def _progress_bar(args):
         return None
     from tqdm import tqdm
 
-    return tqdm(unit="file", dynamic_ncols=True, file=sys.stderr, disable=False)
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        sized = size.columns > 0 and size.lines > 0
+    except (OSError, ValueError):
+        sized = False
+    # A terminal that reports no size (a pty under script or expect, some CI runners): tqdm would hide the bar.
+    fixed = {} if sized else {"ncols": 80, "nrows": 24}
+    return tqdm(unit="file", dynamic_ncols=sized, file=sys.stderr, disable=False, **fixed)
 
 
 def _summary(counts, seconds) -> None:

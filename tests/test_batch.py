@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -288,3 +289,25 @@ def test_verbose_names_the_provider(cli):
     result = cli("-v", "--provider", "cpu", AUDIO / "music.wav")
     assert result.returncode == 0, result.stderr
     assert "execution providers: CPUExecutionProvider" in result.stderr.decode()
+
+
+def test_text_and_a_progress_bar_by_default_on_a_terminal(cli):
+    """On a terminal: "SCORE  LABEL" text on stdout, tqdm's bar (files, files/s, errors) on stderr."""
+    main, terminal = os.openpty()
+    process = subprocess.Popen([*cli.command, AUDIO / "music.wav", AUDIO / "speech.wav"], stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal, env=cli.environment(), cwd=cli.workdir)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the program has closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert process.wait(timeout=120) == 0
+    text = shown.decode()
+    assert f"== {AUDIO / 'music.wav'}" in text and "0.598  Music" in text
+    assert "2file" in text.replace(" ", "") and "file/s" in text and "errors=0" in text
