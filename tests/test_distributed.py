@@ -126,9 +126,12 @@ def test_rows_equal_cli_records_and_rerun_tags_only_missing_files(cluster, bad_f
     assert "Traceback" not in stderr
     assert_rows_match(rows(output), expected, expected)
 
-    # A file cut short by a run killed while writing is removed; with every file present, nothing runs.
+    # A file cut short by a run killed while writing is removed; with every file present, nothing runs. This
+    # run goes through the installed `audiotag-ray` command, with the tree as a file:// URI (rows keep plain paths).
     (output / "torn.parquet").write_bytes(b"PAR1 cut short")
-    third = tag(address, AUDIO, bad_files, "-o", output)
+    console_script = Path(sys.executable).parent / "audiotag-ray"
+    third = subprocess.run([console_script, f"file://{AUDIO}", bad_files, "-o", output, "--address", address],
+                           capture_output=True, env={**os.environ, **RAY_ENV}, timeout=RUN_TIMEOUT)
     stderr = third.stderr.decode()
     assert third.returncode == 0, stderr
     assert "removing an incomplete file" in stderr and f"all {len(expected)} files are already in" in stderr
