@@ -109,16 +109,17 @@ class Stream:
             self._closer = None
 
 
-def open_file(path) -> Stream:
+def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
     """Open an audio file for block decoding. OSError (missing, a directory, unreadable) passes through.
 
-    A pipe named as a file (``audiotag <(curl ...)``, ``/dev/stdin``) is read as a stream, as ``-`` is.
+    A pipe named as a file (``audiotag <(curl ...)``, ``/dev/stdin``) is read as a stream, as ``-`` is (raw
+    samples when ``raw_format`` is given).
     """
     file = open(path, "rb")
     try:
         mode = os.fstat(file.fileno()).st_mode
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
-            stream = open_stdin(file)
+            stream = open_stdin(file, raw_format, rate, channels)
             stream.add_closer(file.close)
             return stream
         if not stat.S_ISREG(mode):
@@ -285,7 +286,7 @@ def _downmix(block: np.ndarray) -> np.ndarray:
         for channel in range(2, block.shape[1]):
             mono += block[:, channel]
         mono /= np.float32(block.shape[1])
-        if not np.isfinite(mono).all():  # a float file's huge (finite) samples overflowed the float32 sum
+        if not np.isfinite(mono).all() and np.isfinite(block).all():  # huge finite samples overflowed the sum
             mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
     return mono
 

@@ -2,6 +2,8 @@
 (or ``-o``), problems to stderr as one line each (``audiotag: INPUT: what is wrong``)."""
 
 import argparse
+import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -17,6 +19,7 @@ EXIT_OUTPUT = 4  # the results could not be written (disk full, I/O error)
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`), as if killed by SIGPIPE
 EXIT_TERMINATED = 143  # SIGTERM
+_PART_NUMBERS = itertools.count()  # names of embedding files being written
 MAX_SECONDS = 86400.0  # --window and --hop: a day is already far past anything useful
 
 EPILOG = """\
@@ -61,6 +64,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line on stderr, as every other error is (exit 2)."""
 
     def error(self, message):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a name holds
         self.exit(EXIT_USAGE, f"audiotag: {message} (audiotag --help for usage)\n")
 
 
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     windows = parser.add_argument_group("long recordings")
     windows.add_argument("--window", type=_number(float, 0, MAX_SECONDS), default=10.0, metavar="SEC",
                          help="seconds per model pass (default 10); 0 = the whole file in one pass, as upstream")
-    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
+    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), metavar="SEC",
+                         help="seconds between windows (default: half the window, 5)")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
         parser.error("--resume needs -o FILE")
     if 0 < args.window < 1:
         parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
+    if args.hop is None:
+        args.hop = args.window / 2 if args.window else 5.0
     if args.window and args.hop > args.window:
         parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s: audio between windows "
                      "would never be tagged")
@@ -130,8 +137,11 @@ def main(argv=None) -> int:
         if not args.output:
             parser.error("stdout is closed: give -o FILE")
         sys.stdout = open(os.devnull, "w")
-    if args.output and _names_an_input(args.output, args.inputs):
+    if args.output and _names_an_input(args.output, [*args.inputs, args.files_from or "-"]):
         parser.error(f"-o {args.output} is one of the inputs: it would be overwritten")
+    if args.output and _is_audio_name(args.output):
+        parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
+                     "(a directory walk would take it for an input)")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
@@ -201,8 +211,6 @@ def _tag_inputs(args, tagger) -> int:
         done = output.recorded_paths(args.output, args.format, min(args.top_k, len(tagger.model.info.labels))) \
             if args.resume else set()
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
-    except BrokenPipeError:
-        raise  # stdout's reader is gone before the first line (a CSV header): exit 141, as later
     except (OSError, output.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {_reason(error)}")
         return EXIT_USAGE
@@ -215,7 +223,7 @@ def _tag_inputs(args, tagger) -> int:
     def open_input(name):
         if name == "-":
             return audio.open_stdin(sys.stdin.buffer, args.raw, args.rate, args.channels)
-        return audio.open_file(name)
+        return audio.open_file(name, args.raw, args.rate, args.channels)
 
     items = _chain(inputs.expand(args.inputs), listed)
     items = (item for item in items if item.name not in done)
@@ -224,6 +232,7 @@ def _tag_inputs(args, tagger) -> int:
     counts = {"ok": 0, "failed": 0, "audio": 0.0}
     started = time.perf_counter()
     try:
+        writer.begin()
         for outcome in pipeline.run(items, open_input, tagger, options, args.jobs,
                                     on_segment if args.segments else None):
             if outcome.error is None and args.embeddings:
@@ -239,8 +248,7 @@ def _tag_inputs(args, tagger) -> int:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(errors=counts["failed"], refresh=False)
-        if args.output:
-            writer.close()
+        writer.close()  # flushed and synced: the results are the product, durable before exit 0
     except BrokenPipeError:
         raise
     except OSError as error:  # writing the results failed: the disk is full, or the device failed
@@ -251,6 +259,7 @@ def _tag_inputs(args, tagger) -> int:
     finally:
         if progress is not None:
             progress.close()
+        writer.close(quietly=True)  # interrupted: what was written still reaches the disk
     if batch_mode or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
@@ -268,7 +277,7 @@ def _list_source(name, inputs):
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise SystemExit(_usage_exit(f"--files-from {name}: {(error.strerror or str(error)).lower()}"))
-    return inputs.read_list(handle)
+    return inputs.read_list(handle, name)
 
 
 def _chain(*iterables):
@@ -278,21 +287,20 @@ def _chain(*iterables):
 
 def _save_embedding(outcome, directory):
     """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file."""
-    import tempfile
-
     import numpy as np
 
     target = embedding_path(directory, outcome.name)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         # A short temporary name: the input's own name may already be as long as the file system allows.
-        handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".", suffix=".part")
+        partial = os.path.join(os.path.dirname(target), f".audiotag-{os.getpid()}-{next(_PART_NUMBERS)}.part")
         try:
-            with os.fdopen(handle, "wb") as file:
+            with open(partial, "xb") as file:  # created with the umask's permissions, as the results are
                 np.save(file, outcome.prediction.embedding, allow_pickle=False)
             os.replace(partial, target)
         except BaseException:
-            os.unlink(partial)
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
             raise
     except OSError as error:
         outcome.error = f"cannot save embedding {target}: {_reason(error)}"
@@ -392,10 +400,25 @@ def _make_std_streams_safe() -> None:
     """Started with a standard stream closed (``2>&-``), Python has None there: stderr goes to /dev/null so
     that tagging goes on; closed stdin/stdout are refused where they are needed (see main). Output is written
     with surrogateescape: a file name that is not UTF-8 comes out as its own bytes instead of an exception."""
+    for fd in (0, 1, 2):  # a closed descriptor would be reused by the next file opened: the output, say, where
+        try:              # C libraries would then write their warnings as if to stderr
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")
-    if sys.stdout is not None and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="surrogateescape")
+    for stream in (sys.stdin, sys.stdout):  # names in a piped list or in records need not be UTF-8
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
+
+
+def _is_audio_name(path: str) -> bool:
+    from .inputs import is_audio_name  # not at the top: it brings numpy and the decoders, --help needs neither
+
+    return is_audio_name(path)
 
 
 def _names_an_input(output_path: str, operands) -> bool:

@@ -37,10 +37,12 @@ def expand(operands: Iterable[str]) -> Iterator[Input]:
 def walk(top: str) -> Iterator[Input]:
     """Audio files below ``top``, sorted by name at every level; follows symlinks, reports loops.
 
-    A loop is a directory that contains itself (it is one of its own ancestors); the same directory reached by two
-    different links is walked under both names. Entries that are not regular files (a FIFO would block the run
-    until someone wrote to it) are reported, not opened.
+    A link back to a directory above it (a loop) is reported. A directory reached again through another link is
+    walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of
+    links exponentially many times. Entries that are not regular files (a FIFO would block the run until
+    someone wrote to it) are reported, not opened.
     """
+    walked = set()
 
     def visit(directory: str, ancestors: frozenset) -> Iterator[Input]:
         try:
@@ -48,6 +50,9 @@ def walk(top: str) -> Iterator[Input]:
             if identity in ancestors:
                 yield Input(directory, error="symlink loop: a link back to a directory above it")
                 return
+            if identity in walked:
+                return
+            walked.add(identity)
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as error:
@@ -73,9 +78,17 @@ def walk(top: str) -> Iterator[Input]:
     yield from visit(top, frozenset())
 
 
-def read_list(lines: TextIO) -> Iterator[Input]:
-    """Paths one per line (blank lines skipped); each line is taken as soon as it arrives."""
-    for line in iter(lines.readline, ""):
+def read_list(lines: TextIO, name: str = "-") -> Iterator[Input]:
+    """Paths one per line (blank lines skipped); each line is taken as soon as it arrives. A list that cannot be
+    read on (an I/O error) ends there, reported as an input that failed, named after the list."""
+    while True:
+        try:
+            line = lines.readline()
+        except OSError as error:
+            yield Input(name, error=f"cannot read the list of inputs: {(error.strerror or str(error)).lower()}")
+            return
+        if not line:
+            return
         path = line.rstrip("\r\n")
         if path.strip():
             yield from expand([path])

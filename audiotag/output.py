@@ -96,13 +96,16 @@ class ResumeError(ValueError):
     """The -o file cannot be resumed into (it is not an audiotag output of this format); it was left untouched."""
 
 
-def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
-    """Inputs already recorded in an output file, after cutting off a torn last record (for --resume).
+RECORD_START = '{"path": '  # how every JSON line audiotag writes begins
 
-    Only the end of the file is ever cut: the bytes after the last newline (a line the writer did not finish),
-    a last JSON line that does not parse (a disk that lost the tail), or the rows of a last CSV/TSV record with
-    fewer than ``rows_per_record`` rows (one per label; an error is one row), so that input is tagged again.
-    A file that is not an audiotag output of this format raises ResumeError and is not touched; OSError passes.
+
+def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
+    """Inputs already recorded in an output file, after cutting off a torn end (for --resume).
+
+    Only the end of the file is ever cut: what follows the last newline (a record the writer did not finish), a
+    last JSON line that does not parse (a disk that lost the tail), or a last CSV/TSV record with fewer rows than
+    the file's other records have (``rows_per_record`` when there are none), so that input is tagged again. A
+    file that is not an audiotag output of this format raises ResumeError and is not touched; OSError passes.
     """
     if not os.path.exists(path):
         return set()
@@ -110,28 +113,67 @@ def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
         raise ResumeError("not a regular file: --resume needs the output file of an earlier run")
     with open(path, "rb+") as file:
         data = file.read()
-        complete = data.rfind(b"\n") + 1  # a killed writer can leave only the last line torn
-        text = data[:complete].decode("utf-8", errors="surrogateescape")  # names need not be UTF-8
+        text = data.decode("utf-8", errors="surrogateescape")  # names need not be UTF-8
         if fmt in ("jsonl", "json"):
-            lines = text.splitlines(keepends=True)
-            if lines and lines[-1].strip() and _record(lines[-1]) is None:
-                complete -= len(lines.pop().encode("utf-8", errors="surrogateescape"))
-            records = {number: _record(line) for number, line in enumerate(lines, 1) if line.strip()}
-            bad = next((number for number, rec in records.items() if rec is None), None)
-            if bad is not None:
-                raise ResumeError(f"line {bad} is not an audiotag record: not resuming into this file")
-            paths = {rec["path"] for rec in records.values() if "start" not in rec}
+            keep, paths = _jsonl_records(text)
         else:
-            rows = list(_table_reader(text, fmt))
-            if rows and rows[0] != list(TABLE_COLUMNS) or any(len(row) != len(TABLE_COLUMNS) for row in rows):
-                raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
-                                  "not resuming into this file")
-            complete -= _short_last_record(data[:complete], fmt, rows_per_record)
-            paths = {row[0] for row in _table_reader(data[:complete].decode("utf-8", errors="surrogateescape"), fmt)
-                     if row[0] != "path"}
-        if complete < len(data):
-            file.truncate(complete)
+            keep, paths = _table_records(text, fmt, rows_per_record)
+        size = len(text[:keep].encode("utf-8", errors="surrogateescape"))
+        if size < len(data):
+            file.truncate(size)
     return paths
+
+
+def _jsonl_records(text: str) -> tuple:
+    """(characters to keep, paths recorded) of a JSONL output; only "\n" ends a record (a name may hold U+2028)."""
+    *lines, torn = text.split("\n")
+    keep, paths = 0, set()
+    for number, line in enumerate(lines, 1):
+        rec = _record(line)
+        if rec is None and line.strip():
+            if number == len(lines) and not torn and line.startswith(RECORD_START):
+                break  # the last line, cut short by a lost tail: dropped, its input tagged again
+            raise ResumeError(f"line {number} is not an audiotag record: not resuming into this file")
+        if rec is not None and "start" not in rec:
+            paths.add(rec["path"])
+        keep += len(line) + 1
+    if torn and not (torn.startswith(RECORD_START) or RECORD_START.startswith(torn)):
+        raise ResumeError("its last line is not an audiotag record: not resuming into this file")
+    return keep, paths
+
+
+def _table_records(text: str, fmt: str, rows_per_record: int) -> tuple:
+    """(characters to keep, paths recorded) of a CSV/TSV output.
+
+    Rows are matched by writing them again: the kept part of the file is exactly what the writer would write for
+    the rows it holds, whatever newlines or quotes the names contain.
+    """
+    delimiter = "," if fmt == "csv" else "\t"
+    header = table_header(fmt)
+    if not text.startswith(header):
+        if header.startswith(text):
+            return 0, set()  # empty, or a header cut short: start again
+        raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
+                          "not resuming into this file")
+    rows = list(_table_reader(text[len(header):], fmt))
+    position, records = len(header), []  # records: [path, error, row count, characters]
+    for index, row in enumerate(rows):
+        line = _table_line(row, delimiter)
+        if len(row) != len(TABLE_COLUMNS) or not text.startswith(line, position):
+            if index < len(rows) - 1:  # more rows follow: not a torn end but a file written by someone else
+                raise ResumeError(f"row {index + 2} is not an audiotag {fmt} row: not resuming into this file")
+            break
+        if records and records[-1][0] == row[0] and not row[-1]:
+            records[-1][2] += 1
+            records[-1][3] += len(line)
+        else:
+            records.append([row[0], row[-1], 1, len(line)])
+        position += len(line)
+    if records and not records[-1][1]:  # the last record is a clip's rows: are they all there?
+        earlier = [count for _, error, count, _ in records[:-1] if not error]
+        if records[-1][2] < (max(earlier) if earlier else rows_per_record):
+            position -= records.pop()[3]
+    return position, {record[0] for record in records}
 
 
 def _record(line: str):
@@ -141,19 +183,6 @@ def _record(line: str):
     except ValueError:
         return None
     return rec if isinstance(rec, dict) and isinstance(rec.get("path"), str) else None
-
-
-def _short_last_record(data: bytes, fmt: str, rows_per_record: int) -> int:
-    """Bytes at the end of a table that belong to a last record with too few rows (0 when it is whole)."""
-    lines = data.splitlines(keepends=True)
-    rows = list(_table_reader(data.decode("utf-8", errors="surrogateescape"), fmt))
-    if len(rows) != len(lines) or not rows or rows[-1][0] == "path":
-        return 0  # quoted newlines inside a field (or only a header): leave the file as it is
-    last = [i for i, row in enumerate(rows) if row[0] == rows[-1][0]]
-    tail = list(range(len(rows) - len(last), len(rows)))
-    if last != tail or rows[-1][-1] or len(tail) >= rows_per_record:
-        return 0  # an error row, or a whole record
-    return sum(len(lines[i]) for i in tail)
 
 
 def _table_reader(text: str, fmt: str):
@@ -177,8 +206,11 @@ class Writer:
         self._file = open(path, "a" if append else "w", encoding="utf-8", newline="",
                           errors="surrogateescape") if path else stream
         self._owned = path is not None
-        if fmt in ("csv", "tsv") and not (append and self._file.tell() > 0):
-            self._write(table_header(fmt))
+
+    def begin(self) -> None:
+        """Write the table header, unless the file already has one (resuming)."""
+        if self.fmt in ("csv", "tsv") and not (self._owned and self._file.tell() > 0):
+            self._write(table_header(self.fmt))
 
     def write(self, rec: dict, header: bool = True) -> None:
         self._write(format_record(rec, self.fmt, header))
@@ -188,9 +220,14 @@ class Writer:
             self._file.write(text)
             self._file.flush()
 
-    def close(self) -> None:
-        if self._owned:
+    def close(self, quietly: bool = False) -> None:
+        """Flush, sync (a file) and close; ``quietly``: on the way out after an error, which it must not mask."""
+        try:
             self._file.flush()
-            if os.path.isfile(self._file.name):  # /dev/null or a pipe cannot be synced
-                os.fsync(self._file.fileno())  # the results are the product: durable before exit 0
-            self._file.close()
+            if self._owned:
+                if os.path.isfile(self._file.name):  # /dev/null or a pipe cannot be synced
+                    os.fsync(self._file.fileno())
+                self._file.close()
+        except (OSError, ValueError):
+            if not quietly:
+                raise

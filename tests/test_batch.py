@@ -63,13 +63,26 @@ def test_symlink_loop_is_reported_not_fatal(cli, tmp_path):
     assert [r["path"] for r in records_of(result.stdout.decode()) if "tags" in r] == [str(tmp_path / "music" / "m.wav")]
 
 
-def test_two_links_to_one_directory_are_not_a_loop(tmp_path):
+def test_two_links_to_one_directory_are_not_a_loop_and_it_is_walked_once(tmp_path):
     (tmp_path / "target").mkdir()
     shutil.copy(AUDIO / "music.wav", tmp_path / "target" / "m.wav")
     for link in ("l1", "l2"):
         os.symlink(tmp_path / "target", tmp_path / link)
     items = list(inputs.expand([str(tmp_path)]))
-    assert [(i.name, i.error) for i in items] == [(str(tmp_path / d / "m.wav"), None) for d in ("l1", "l2", "target")]
+    assert [(i.name, i.error) for i in items] == [(str(tmp_path / "l1" / "m.wav"), None)]  # first name in order
+
+
+def test_a_tree_of_links_is_not_walked_exponentially(tmp_path):
+    """17 levels, each with two links to the next: every name walked would be 65,536 inputs."""
+    levels = [tmp_path / f"d{i}" for i in range(17)]
+    for level in levels:
+        level.mkdir()
+    for upper, lower in zip(levels, levels[1:]):
+        for link in ("x", "y"):
+            os.symlink(lower, upper / link)
+    shutil.copy(AUDIO / "music.wav", levels[-1] / "m.wav")
+    items = list(inputs.expand([str(levels[0])]))
+    assert len(items) == 1 and items[0].error is None and items[0].name.endswith("/x" * 16 + "/m.wav")
 
 
 def test_a_fifo_in_a_directory_is_reported_not_opened(cli, tmp_path):

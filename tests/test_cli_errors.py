@@ -188,7 +188,8 @@ def test_a_carriage_return_in_a_file_name_keeps_csv_rows_whole(cli, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"# A README\n\nsome text\nmore text\n", bytes(range(256)) * 4,
-                                     b'{"path": "a.wav", "tags": []}\n[1, 2]\n{"path": "b.wav", "tags": []}\n'])
+                                     b'{"path": "a.wav", "tags": []}\n[1, 2]\n{"path": "b.wav", "tags": []}\n',
+                                     b"notes, no newline", b"precious\n"])
 def test_resume_refuses_a_file_that_is_not_its_output(cli, tmp_path, content):
     out = tmp_path / "notes.jsonl"
     out.write_bytes(content)
@@ -197,12 +198,45 @@ def test_resume_refuses_a_file_that_is_not_its_output(cli, tmp_path, content):
     assert out.read_bytes() == content  # untouched
 
 
-def test_resume_refuses_a_table_with_other_columns(cli, tmp_path):
+@pytest.mark.parametrize("content", ["name,size\na.wav,3\n", "a,b,c"])
+def test_resume_refuses_a_table_with_other_columns(cli, tmp_path, content):
     out = tmp_path / "other.csv"
-    out.write_text("name,size\na.wav,3\n")
+    out.write_text(content)
     result = cli("-o", out, "-f", "csv", "--resume", AUDIO / "music.wav")
     assert_one_line_error(result, EXIT_USAGE, "not an audiotag csv output")
-    assert out.read_text() == "name,size\na.wav,3\n"
+    assert out.read_text() == content
+
+
+def test_resume_with_unusual_names(cli, tmp_path):
+    """U+2028 (a line separator to str.splitlines) in JSONL; a newline inside a quoted CSV field, with the run
+    killed inside that record's rows: resumed, each file is recorded once and whole."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a\u2028b.wav", "n\nl.wav", "z.wav"):
+        shutil.copy(AUDIO / "music.wav", clips / name)
+    out = tmp_path / "u.jsonl"
+    assert cli("-o", out, clips).returncode == 0
+    resumed = cli("-o", out, "--resume", clips)
+    assert resumed.returncode == 0 and "0 inputs" in resumed.stderr.decode(), resumed.stderr
+    whole, cut = tmp_path / "whole.csv", tmp_path / "cut.csv"
+    assert cli("-o", whole, "-f", "csv", "-k", 3, clips).returncode == 0
+    text = whole.read_text()
+    rows_of_nl = [i for i in range(len(text)) if text.startswith(f'"{clips}/n\nl.wav"', i)]
+    cut.write_text(text[:rows_of_nl[1] + 12])  # one row of n\nl.wav whole, the next torn inside its name
+    resumed = cli("-o", cut, "-f", "csv", "-k", 3, "--resume", clips)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 inputs" in resumed.stderr.decode()
+    assert cut.read_text() == text  # the torn record dropped whole, then written again with the rest
+
+
+def test_resume_keeps_the_files_rows_per_record_when_k_changes(cli, tmp_path):
+    files = [AUDIO / "music.wav", AUDIO / "speech.wav", AUDIO / "typing.wav"]
+    out = tmp_path / "k.csv"
+    assert cli("-o", out, "-f", "csv", "-k", 3, *files[:2]).returncode == 0
+    before = out.read_text()
+    resumed = cli("-o", out, "-f", "csv", "-k", 5, "--resume", *files)  # the last whole record stays
+    assert resumed.returncode == 0 and "1 inputs" in resumed.stderr.decode()
+    assert out.read_text().startswith(before)
 
 
 @pytest.mark.parametrize("target", ["directory", "fifo"])
@@ -277,4 +311,65 @@ def test_output_naming_an_input_is_refused(cli, tmp_path):
     clip = tmp_path / "victim.wav"
     shutil.copy(AUDIO / "music.wav", clip)
     assert_one_line_error(cli(clip, "-o", clip), EXIT_USAGE, "is one of the inputs")
-    assert clip.read_bytes() == (AUDIO / "music.wav").read_bytes()
+    assert_one_line_error(cli(tmp_path, "-o", clip), EXIT_USAGE, "not an audio file name")  # found by the walk
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{clip}\n")
+    assert_one_line_error(cli("--files-from", listing, "-o", listing), EXIT_USAGE, "is one of the inputs")
+    assert clip.read_bytes() == (AUDIO / "music.wav").read_bytes() and listing.read_text() == f"{clip}\n"
+
+
+def test_closed_stdin_and_stderr_keep_library_chatter_out_of_the_results(cli, tmp_path):
+    """With descriptors 0 and 2 closed, the output file must not become descriptor 2 (where mpg123 writes)."""
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes((AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()[:30000])
+    out = tmp_path / "out.jsonl"
+    command = cli.shell("-o", out, cut, AUDIO / "music.wav") + " 0<&- 2>&-"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, env=cli.environment(),
+                            cwd=cli.workdir, timeout=120)
+    assert result.returncode == 0
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [str(cut), str(AUDIO / "music.wav")]
+
+
+def test_a_list_on_stdin_with_names_that_are_not_utf8(cli, tmp_path):
+    clip = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    shutil.copy(AUDIO / "music.wav", clip)
+    result = cli("--files-from", "-", "-f", "jsonl", stdin=os.fsencode(str(clip)) + b"\n",
+                 env={"PYTHONIOENCODING": "utf-8"})  # strict UTF-8 on stdin, as in an en_US.UTF-8 locale
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["path"] == str(clip)
+
+
+def test_a_list_that_cannot_be_read_is_an_inputs_failure(cli):
+    result = cli("--files-from", "/proc/self/mem", "-f", "jsonl")  # reading it fails with EIO
+    assert_one_line_error(result, EXIT_INPUT_FAILED, "/proc/self/mem: cannot read the list of inputs")
+
+
+def test_a_full_disk_under_the_csv_header_is_exit_4(cli):
+    result = cli("-f", "csv", "-o", "/dev/full", AUDIO / "music.wav")
+    assert_one_line_error(result, EXIT_OUTPUT, "/dev/full: cannot write results: no space left on device")
+
+
+def test_a_short_window_takes_half_of_it_as_hop(cli):
+    result = cli("--window", 2, "--segments", "-f", "jsonl", AUDIO / "music.wav")
+    assert result.returncode == 0, result.stderr
+    starts = [json.loads(line).get("start") for line in result.stdout.decode().splitlines()]
+    assert starts == [float(s) for s in range(0, 9)] + [None]
+
+
+def test_embedding_files_get_the_umasks_permissions(cli, tmp_path):
+    command = "umask 022; " + cli.shell("-o", os.devnull, "--embeddings", tmp_path / "emb", AUDIO / "music.wav")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, env=cli.environment(),
+                            cwd=cli.workdir, timeout=120)
+    assert result.returncode == 0, result.stderr
+    saved = next((tmp_path / "emb").rglob("*.npy"))
+    assert oct(saved.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_raw_samples_from_a_pipe_named_as_a_file(cli):
+    samples, rate = soundfile.read(AUDIO / "music.wav", dtype="int16")
+    command = "cat | " + cli.shell("--raw", "s16le", "--rate", rate, "-f", "jsonl", "/dev/stdin")
+    result = subprocess.run(["bash", "-c", command], input=samples.tobytes(), capture_output=True,
+                            env=cli.environment(), cwd=cli.workdir, timeout=120)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["duration"] == 10.0 and record["tags"][0]["label"] == "Music"
