@@ -16,7 +16,6 @@ than the model per clip. Performance is asserted here only, never in the test su
 """
 
 import argparse
-import contextlib
 import os
 import resource
 import statistics
@@ -192,8 +191,6 @@ def measure_model(mels: list, cores: int, rounds: int, windows_per_file: float) 
     sessions = {"1 thread": Model(model_path, threads=1)}
     if cores > 1:
         sessions[f"{cores} threads"] = Model(model_path, threads=cores)
-        with _spinning_off():
-            sessions[f"{cores} threads, no spin"] = Model(model_path, threads=cores)
     by_shape = {}
     for mel in mels[:MEL_SUBSET]:
         by_shape.setdefault(mel.shape, []).append(mel)
@@ -229,25 +226,6 @@ def measure_model(mels: list, cores: int, rounds: int, windows_per_file: float) 
         "single-thread batch": single_best[1],
         "parallel per clip": parallel * windows_per_file,
     }
-
-
-@contextlib.contextmanager
-def _spinning_off():
-    """Sessions built inside get ``session.intra_op.allow_spinning = 0``: idle pool threads sleep, not spin."""
-    import onnxruntime
-
-    original = onnxruntime.SessionOptions
-
-    def options():
-        made = original()
-        made.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return made
-
-    onnxruntime.SessionOptions = options
-    try:
-        yield
-    finally:
-        onnxruntime.SessionOptions = original
 
 
 def _parallel_sessions(model_path, batches, cores: int, rounds: int) -> float:

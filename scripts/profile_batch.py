@@ -1,11 +1,11 @@
 """Where the time of a batch run goes: ``pipeline.run`` in this process, with CPU time per thread.
 
-    .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--max-batch N] [--no-spin] [--cprofile]
+    .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--max-batch N] [--cprofile]
 
 Prints the wall time, the CPU time of every thread (pipeline workers, the model thread, onnxruntime's intra-op
 pool, OpenBLAS's pool, read from /proc), the pipeline's own per-stage timings and the model batches it made.
-CPU a pool burns while its thread owners wait is spinning: ``--no-spin`` turns onnxruntime's off
-(``session.intra_op.allow_spinning=0``) to compare. ``--cprofile`` adds the top functions of the main thread.
+(audiotag's sessions never spin: idle pool threads sleep.) ``--cprofile`` adds the top functions of the main
+thread.
 """
 
 import argparse
@@ -41,7 +41,6 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     parser.add_argument("--max-batch", type=int, default=0, help="Batcher's max batch (default: the pipeline's)")
-    parser.add_argument("--no-spin", action="store_true", help="session.intra_op.allow_spinning = 0")
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args()
 
@@ -49,8 +48,6 @@ def main() -> int:
     from audiotag import audio, inputs, pipeline
     from audiotag.tagger import MAX_BATCH, TagOptions, Tagger
 
-    if args.no_spin:
-        _disable_spinning()
     before_ort = set(thread_cpu())
     tagger = Tagger(threads=args.threads)
     ort_pool = set(thread_cpu()) - before_ort
@@ -98,7 +95,7 @@ def main() -> int:
     failed = [o for o in outcomes if o.error]
     cores = len(os.sched_getaffinity(0))
     print(f"{len(outcomes)} files ({len(failed)} failed), jobs {args.jobs}, onnxruntime threads "
-          f"{args.threads or 'all'}{', no spinning' if args.no_spin else ''}; load before {load[0]:.2f}")
+          f"{args.threads or 'all'}; load before {load[0]:.2f}")
     print(f"wall {wall:.2f} s, {len(outcomes) / wall:.1f} files/s; process CPU {process:.2f} s "
           f"= {100 * process / (wall * cores):.0f}% of {cores} cores")
     groups = {}
@@ -142,18 +139,6 @@ def main() -> int:
     return 0
 
 
-def _disable_spinning() -> None:
-    """Make every session this process builds stop onnxruntime's pool from spinning between ops."""
-    import onnxruntime as ort
-
-    original = ort.SessionOptions
-
-    def options():
-        made = original()
-        made.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return made
-
-    ort.SessionOptions = options
 
 
 if __name__ == "__main__":
