@@ -101,7 +101,15 @@ class Stream:
     def add_closer(self, closer) -> None:
         """Also call ``closer`` on close (after what the stream already closes)."""
         first = self._closer
-        self._closer = closer if first is None else (lambda: (first(), closer()))
+        if first is None:
+            self._closer = closer
+            return
+
+        def both():
+            first()
+            closer()
+
+        self._closer = both
 
     def close(self) -> None:
         if self._closer is not None:
@@ -117,14 +125,14 @@ def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None
     """
     file = open(path, "rb")
     try:
-        mode = os.fstat(file.fileno()).st_mode
-        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        info = os.fstat(file.fileno())
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISSOCK(info.st_mode):
             stream = open_stdin(file, raw_format, rate, channels)
             stream.add_closer(file.close)
             return stream
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise AudioError("not a regular file")
-        if os.fstat(file.fileno()).st_size == 0:
+        if info.st_size == 0:
             raise AudioError("empty file")
         # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
         # the GIL) for every 4 kB read.
