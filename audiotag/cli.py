@@ -116,6 +116,24 @@ def main(argv=None) -> int:
     _make_std_streams_safe()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    signal.signal(signal.SIGTERM, _terminate)
+    if not args.verbose:
+        _quiet_native_stderr()
+    try:
+        code = _run(args)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except _Terminated:
+        code = EXIT_TERMINATED
+    except BrokenPipeError:
+        _silence_stdout()
+        code = EXIT_BROKEN_PIPE
+    return _finish(code)
+
+
+def _check_arguments(parser, args) -> None:
+    """Refuse (one line, exit 2) what cannot work, before anything is opened or written; fill in defaults."""
     if not (args.inputs or args.files_from or args.version or args.self_check):
         parser.error("no input given (a file, a directory, - for stdin, or --files-from LIST)")
     if args.raw and not args.rate:
@@ -145,19 +163,6 @@ def main(argv=None) -> int:
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
-    signal.signal(signal.SIGTERM, _terminate)
-    if not args.verbose:
-        _quiet_native_stderr()
-    try:
-        code = _run(args)
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    except _Terminated:
-        code = EXIT_TERMINATED
-    except BrokenPipeError:
-        _silence_stdout()
-        code = EXIT_BROKEN_PIPE
-    return _finish(code)
 
 
 def _finish(code: int) -> int:
