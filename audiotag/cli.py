@@ -155,7 +155,7 @@ def _check_arguments(parser, args) -> None:
         if not args.output:
             parser.error("stdout is closed: give -o FILE")
         sys.stdout = open(os.devnull, "w")
-    if args.output and _names_an_input(args.output, [*args.inputs, args.files_from or "-"]):
+    if args.output and _names_an_input(args.output, [*args.inputs, *filter(None, [args.files_from])]):
         parser.error(f"-o {args.output} is one of the inputs: it would be overwritten")
     if args.output and _is_audio_name(args.output):
         parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
@@ -208,6 +208,7 @@ def _tag_inputs(args, tagger) -> int:
     import threading
 
     from . import audio, inputs, output, pipeline
+    from .pipeline import failure_message
     from .tagger import TagOptions
 
     batch_mode = _batch_mode(args)
@@ -217,7 +218,7 @@ def _tag_inputs(args, tagger) -> int:
             if args.resume else set()
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
     except (OSError, output.ResumeError) as error:
-        _warn(f"{args.output or 'stdout'}: {_reason(error)}")
+        _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
     lock = threading.Lock()  # segments are written by worker threads, clip records by this one
 
@@ -257,7 +258,7 @@ def _tag_inputs(args, tagger) -> int:
     except BrokenPipeError:
         raise
     except OSError as error:  # writing the results failed: the disk is full, or the device failed
-        _warn(f"{args.output or 'stdout'}: cannot write results: {_reason(error)}", progress)
+        _warn(f"{args.output or 'stdout'}: cannot write results: {failure_message(error)}", progress)
         if not args.output:
             _silence_stdout()  # what is still buffered cannot be written either: drop it quietly at exit
         return EXIT_OUTPUT
@@ -276,12 +277,14 @@ def _batch_mode(args) -> bool:
 
 
 def _list_source(name, inputs):
+    from .pipeline import failure_message
+
     if name == "-":
         return inputs.read_list(sys.stdin)
     try:
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
-        raise SystemExit(_usage_exit(f"--files-from {name}: {(error.strerror or str(error)).lower()}"))
+        raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
     return inputs.read_list(handle, name)
 
 
@@ -293,6 +296,8 @@ def _chain(*iterables):
 def _save_embedding(outcome, directory):
     """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file."""
     import numpy as np
+
+    from .pipeline import failure_message
 
     target = embedding_path(directory, outcome.name)
     try:
@@ -308,7 +313,7 @@ def _save_embedding(outcome, directory):
                 os.unlink(partial)
             raise
     except OSError as error:
-        outcome.error = f"cannot save embedding {target}: {_reason(error)}"
+        outcome.error = f"cannot save embedding {target}: {failure_message(error)}"
     return outcome
 
 
@@ -395,10 +400,6 @@ def _warn(message: str, progress=None) -> None:
             sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-def _reason(error: Exception) -> str:
-    return (getattr(error, "strerror", None) or str(error)).lower() if isinstance(error, OSError) else str(error)
 
 
 def _make_std_streams_safe() -> None:

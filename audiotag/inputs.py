@@ -7,7 +7,7 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 import os
 from typing import Iterable, Iterator, TextIO
 
-from .pipeline import Input
+from .pipeline import Input, failure_message
 
 # Extensions of the formats libsndfile decodes, matched case-insensitively when walking directories.
 AUDIO_EXTENSIONS = frozenset({
@@ -56,14 +56,14 @@ def walk(top: str) -> Iterator[Input]:
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as error:
-            yield Input(directory, error=f"cannot read directory: {(error.strerror or str(error)).lower()}")
+            yield Input(directory, error=f"cannot read directory: {failure_message(error)}")
             return
         for entry in entries:
             try:
                 is_dir = entry.is_dir()  # follows symlinks
                 is_file = entry.is_file()
             except OSError as error:
-                yield Input(entry.path, error=(error.strerror or str(error)).lower())
+                yield Input(entry.path, error=failure_message(error))
                 continue
             if is_dir:
                 yield from visit(entry.path, ancestors | {identity})
@@ -85,7 +85,7 @@ def read_list(lines: TextIO, name: str = "-") -> Iterator[Input]:
         try:
             line = lines.readline()
         except OSError as error:
-            yield Input(name, error=f"cannot read the list of inputs: {(error.strerror or str(error)).lower()}")
+            yield Input(name, error=f"cannot read the list of inputs: {failure_message(error)}")
             return
         if not line:
             return

@@ -47,11 +47,11 @@ def format_record(rec: dict, fmt: str, header: bool = True) -> str:
         return text + "\n"
     if fmt == "text":
         return _text(rec, header)
-    return _table_rows(rec, "," if fmt == "csv" else "\t")
+    return _table_rows(rec, _delimiter(fmt))
 
 
 def table_header(fmt: str) -> str:
-    return _table_line(TABLE_COLUMNS, "," if fmt == "csv" else "\t")
+    return _table_line(TABLE_COLUMNS, _delimiter(fmt))
 
 
 def _text(rec: dict, header: bool) -> str:
@@ -148,7 +148,7 @@ def _table_records(text: str, fmt: str, rows_per_record: int) -> tuple:
     Rows are matched by writing them again: the kept part of the file is exactly what the writer would write for
     the rows it holds, whatever newlines or quotes the names contain.
     """
-    delimiter = "," if fmt == "csv" else "\t"
+    delimiter = _delimiter(fmt)
     header = table_header(fmt)
     if not text.startswith(header):
         if header.startswith(text):
@@ -186,15 +186,11 @@ def _record(line: str):
 
 
 def _table_reader(text: str, fmt: str):
-    return csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+    return csv.reader(io.StringIO(text), delimiter=_delimiter(fmt))
 
 
-def _parses(line: bytes) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except ValueError:
-        return False
+def _delimiter(fmt: str) -> str:
+    return "," if fmt == "csv" else "\t"
 
 
 class Writer:
@@ -206,6 +202,7 @@ class Writer:
         self._file = open(path, "a" if append else "w", encoding="utf-8", newline="",
                           errors="surrogateescape") if path else stream
         self._owned = path is not None
+        self._closed = False
 
     def begin(self) -> None:
         """Write the table header, unless the file already has one (resuming)."""
@@ -221,7 +218,11 @@ class Writer:
             self._file.flush()
 
     def close(self, quietly: bool = False) -> None:
-        """Flush, sync (a file) and close; ``quietly``: on the way out after an error, which it must not mask."""
+        """Flush, sync (a file) and close, once; ``quietly``: on the way out after an error, which it must not
+        mask."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._file.flush()
             if self._owned:
