@@ -13,6 +13,7 @@ of the arithmetic, and products so small that BLAS runs them on the calling thre
 own threads while the pipeline's workers and onnxruntime want the cores.
 """
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -34,6 +35,11 @@ MIN_SAMPLES = N_FFT // 2 + 2  # reflect padding of n_fft / 2 needs more than tha
 # running it side by side, 128 is a fifth faster than 64 (each numpy call hands the GIL over: fewer calls).
 CHUNK_FRAMES = 128
 BLOCK_MACS = 1 << 16  # multiply-adds per filterbank block and chunk; OpenBLAS runs products this small on one thread
+
+# rfft is asked for X / N_FFT (norm="forward") because that is numpy's only way to its float32 transform: with
+# the default norm it computes in float64 and casts both ways, twice the time. N_FFT is a power of two, so the
+# scaling is exact, and the filterbank takes the power's factor back, exactly too.
+FFT_SCALE = np.float32(N_FFT)
 
 _WINDOW_OFFSET = (N_FFT - WIN_LENGTH) // 2  # where torch.stft places the window in the frame
 
@@ -66,16 +72,11 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded[_WINDOW_OFFSET:], WIN_LENGTH)[::HOP_LENGTH][:n_frames]
     window, first, stop, blocks = _constants()
     mel = np.empty((N_MELS, n_frames), np.float32)
-    chunk = min(CHUNK_FRAMES, n_frames)
-    # The chunk's buffers, reused by every chunk. Frames go into the first 800 columns of a zeroed 1024-wide
-    # buffer: rfft(n=1024) would zero-pad a copy of every frame on every call, a quarter of its time.
-    windowed = np.zeros((chunk, N_FFT), np.float32)
-    spectrum = np.empty((chunk, N_FFT // 2 + 1), np.complex64)
-    power = np.empty((chunk, stop - first), np.float32)
-    for start in range(0, n_frames, chunk):
-        count = min(chunk, n_frames - start)
+    windowed, spectrum, power = _chunk_buffers(stop - first)
+    for start in range(0, n_frames, CHUNK_FRAMES):
+        count = min(CHUNK_FRAMES, n_frames - start)
         np.multiply(frames[start:start + count], window, out=windowed[:count, :WIN_LENGTH])
-        np.fft.rfft(windowed[:count], out=spectrum[:count])
+        np.fft.rfft(windowed[:count], out=spectrum[:count], norm="forward")  # float32 FFT: see FFT_SCALE
         np.abs(spectrum[:count, first:stop], out=power[:count])  # |X| through hypot, then squared: as exact as
         power[:count] *= power[:count]  # re^2 + im^2 and a third faster
         for bands, low, high, weights in blocks:
@@ -85,6 +86,23 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     mel += NORM_SHIFT
     mel /= NORM_SCALE
     return mel
+
+
+_scratch = threading.local()
+
+
+def _chunk_buffers(bins: int) -> tuple:
+    """This thread's (windowed, spectrum, power) chunk buffers, made on its first call and reused by every chunk
+    of every clip after: fresh ones would cost a page fault per 4 kB on each call.
+
+    Frames go into the first 800 columns of the zeroed 1024-wide ``windowed``, whose last columns stay zero:
+    rfft(n=1024) would zero-pad a copy of every frame on every call, a quarter of its time.
+    """
+    if not hasattr(_scratch, "buffers"):
+        _scratch.buffers = (np.zeros((CHUNK_FRAMES, N_FFT), np.float32),
+                            np.empty((CHUNK_FRAMES, N_FFT // 2 + 1), np.complex64),
+                            np.empty((CHUNK_FRAMES, bins), np.float32))
+    return _scratch.buffers
 
 
 def _emphasise_and_pad(samples: np.ndarray) -> np.ndarray:
@@ -123,7 +141,7 @@ def _constants():
         while end < N_MELS and CHUNK_FRAMES * (spans[end][1] - spans[band][0]) * (end + 1 - band) <= BLOCK_MACS:
             end += 1
         low, high = spans[band][0], spans[end - 1][1]
-        weights = np.ascontiguousarray(filterbank[band:end, low:high])
+        weights = np.ascontiguousarray(filterbank[band:end, low:high] * FFT_SCALE**2)
         for array in (window, weights):
             array.setflags(write=False)
         blocks.append((slice(band, end), low, high, weights))
