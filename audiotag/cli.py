@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Before numpy loads: audiotag runs its own workers and its matrix products are small, so OpenBLAS's thread
+    # pool would only compete with them, and it spins for a tenth of a second of CPU at every start.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _make_std_streams_safe()
     parser = build_parser()
     args = parser.parse_args(argv)
