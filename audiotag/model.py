@@ -89,6 +89,7 @@ class Model:
         except Exception as error:  # ORT raises several private exception types
             raise ModelError(f"cannot load model {path}: {error}") from error
         self.path = Path(path)
+        self.threads = threads
         self.providers = self.session.get_providers()
         self.info = _read_info(self.session, path)
 

@@ -1,7 +1,7 @@
 """Tagging many inputs at full machine speed.
 
 Decoding, resampling and the frontend run in worker threads (libsndfile, soxr and numpy's FFT release the GIL).
-Every window goes to one ``Batcher``, whose thread runs the model on all the windows waiting, up to MAX_BATCH of
+Every window goes to one ``Batcher``, whose threads run the model on all the windows waiting, up to MAX_BATCH of
 one length, as one batch: a busy machine makes large batches across files, an idle one answers at once (a live
 stream's windows are not held back waiting for company). One onnxruntime session serves everything.
 
@@ -49,16 +49,23 @@ class Outcome:
 
 
 class Batcher:
-    """Runs the model for many producers: ``submit`` a log-mel, get a Future of (logits, embedding)."""
+    """Runs the model for many producers: ``submit`` a log-mel, get a Future of (logits, embedding).
 
-    def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH):
+    ``runners`` threads take batches from the one queue and call the one session side by side (onnxruntime's
+    ``run`` is thread-safe): with one-thread sessions on a CPU, one runner per core lets the model use every core
+    the decoders leave free, where a single runner would hold the whole model to one core.
+    """
+
+    def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH, runners: int = 1):
         self._model = tagger.model
         self._max_batch = max_batch
         self._queue = queue.Queue(maxsize=QUEUED_WINDOWS)  # submit blocks while the model is this far behind
+        self._lock = threading.Lock()  # the counters below are updated by every runner
         self.model_seconds = 0.0
         self.batches = 0
         self.windows = 0
-        threading.Thread(target=self._loop, name="audiotag-model", daemon=True).start()
+        for index in range(runners):
+            threading.Thread(target=self._loop, name=f"audiotag-model-{index}", daemon=True).start()
 
     def submit(self, mel: np.ndarray) -> Future:
         future = Future()
@@ -86,9 +93,10 @@ class Batcher:
             for _, future in batch:
                 future.set_exception(error)
             return
-        self.model_seconds += time.perf_counter() - started
-        self.batches += 1
-        self.windows += len(batch)
+        with self._lock:
+            self.model_seconds += time.perf_counter() - started
+            self.batches += 1
+            self.windows += len(batch)
         for (_, future), row, embedding in zip(batch, logits, embeddings):
             future.set_result((row, embedding))
 
@@ -213,10 +221,17 @@ def failure_message(error: Exception) -> str:
     return f"unexpected {type(error).__name__}: {error}"
 
 
+def model_runners(model, jobs: int) -> int:
+    """Batcher threads for ``jobs`` workers: one per worker when the session computes on the CPU in the calling
+    thread, so the model can take any core the decoders leave idle; otherwise one (an accelerator, or a session
+    with a thread pool of its own)."""
+    return jobs if model.providers == ["CPUExecutionProvider"] and model.threads == 1 else 1
+
+
 def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagger: Tagger, options: TagOptions,
         jobs: int, on_segment=None, batcher: Optional[Batcher] = None) -> Iterator[Outcome]:
     """Outcomes in input order, ``jobs`` inputs in work at once."""
-    batcher = batcher or Batcher(tagger)
+    batcher = batcher or Batcher(tagger, runners=model_runners(tagger.model, jobs))
     work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
     ordered = queue.Queue()
     feeder_error = []

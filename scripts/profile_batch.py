@@ -1,8 +1,9 @@
 """Where the time of a batch run goes: ``pipeline.run`` in this process, with CPU time per thread.
 
-    .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--max-batch N] [--cprofile]
+    .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N] [--cprofile]
 
-Prints the wall time, the CPU time of every thread (pipeline workers, the model thread, onnxruntime's intra-op
+Defaults are those of ``audiotag DIR``. Prints the wall time, the CPU time of every thread (pipeline workers, the
+model threads, onnxruntime's intra-op
 pool, OpenBLAS's pool, read from /proc), the pipeline's own per-stage timings and the model batches it made.
 (audiotag's sessions never spin: idle pool threads sleep.) ``--cprofile`` adds the top functions of the main
 thread.
@@ -39,7 +40,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads (default 1, as audiotag DIR; 0: all cores)")
+    parser.add_argument("--runners", type=int, default=0, help="Batcher's model threads (default: the pipeline's)")
     parser.add_argument("--max-batch", type=int, default=0, help="Batcher's max batch (default: the pipeline's)")
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args()
@@ -51,7 +54,8 @@ def main() -> int:
     before_ort = set(thread_cpu())
     tagger = Tagger(threads=args.threads)
     ort_pool = set(thread_cpu()) - before_ort
-    batcher = pipeline.Batcher(tagger, args.max_batch or MAX_BATCH)
+    runners = args.runners or pipeline.model_runners(tagger.model, args.jobs)
+    batcher = pipeline.Batcher(tagger, args.max_batch or MAX_BATCH, runners)
     items = list(inputs.expand([args.directory]))
     input_walls = []
     entry = "start_input" if hasattr(pipeline, "start_input") else "tag_input"  # what a worker runs per input
@@ -95,7 +99,7 @@ def main() -> int:
     failed = [o for o in outcomes if o.error]
     cores = len(os.sched_getaffinity(0))
     print(f"{len(outcomes)} files ({len(failed)} failed), jobs {args.jobs}, onnxruntime threads "
-          f"{args.threads or 'all'}; load before {load[0]:.2f}")
+          f"{args.threads or 'all'}, model runners {runners}; load before {load[0]:.2f}")
     print(f"wall {wall:.2f} s, {len(outcomes) / wall:.1f} files/s; process CPU {process:.2f} s "
           f"= {100 * process / (wall * cores):.0f}% of {cores} cores")
     groups = {}
@@ -109,8 +113,8 @@ def main() -> int:
             group = "onnxruntime intra-op pool"
         elif names.get(tid, "").startswith("audiotag-worker"):
             group = "pipeline workers (decode, resample, frontend)"
-        elif names.get(tid) == "audiotag-model":
-            group = "model thread (Batcher, runs ORT and takes part in its ops)"
+        elif names.get(tid, "").startswith("audiotag-model"):
+            group = "model threads (Batcher runners, each runs ORT and takes part in its ops)"
         elif tid == sampler.native_id:
             continue
         else:
