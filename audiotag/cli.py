@@ -169,18 +169,20 @@ def _check_arguments(parser, args) -> None:
 
 
 def _finish(code: int) -> int:
-    """Leave at once when worker threads may still be inside onnxruntime or libsndfile: letting the interpreter
-    tear them down aborts the process ("terminate called without an active exception")."""
+    """Flush stdout and stderr here, where a full disk or a closed reader cannot turn ``code`` into the
+    interpreter's own exit status 120; then leave at once if worker threads may still be inside onnxruntime or
+    libsndfile: letting the interpreter tear them down aborts the process ("terminate called without an active
+    exception")."""
     import threading
 
-    if threading.active_count() == 1:
-        return code
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             _silence_stdout(stream)
-    os._exit(code)
+    if threading.active_count() > 1:
+        os._exit(code)
+    return code
 
 
 def _run(args) -> int:

@@ -1,9 +1,10 @@
 """Tagging many inputs at full machine speed.
 
-Decoding, resampling and the frontend run in worker threads (libsndfile, soxr and numpy's FFT release the GIL).
-Every window goes to one ``Batcher``, whose threads run the model on all the windows waiting, up to MAX_BATCH of
-one length, as one batch: a busy machine makes large batches across files, an idle one answers at once (a live
-stream's windows are not held back waiting for company). One onnxruntime session serves everything.
+Decoding, resampling, the frontend and the model run in worker threads (libsndfile, soxr, numpy's FFT and
+onnxruntime release the GIL). Every window goes to one ``Batcher``, which runs the model on all the windows
+waiting, up to MAX_BATCH of one length, as one batch: a busy machine makes batches across files, an idle one
+answers at once (a live stream's windows are not held back waiting for company). One onnxruntime session serves
+everything.
 
 Outcomes come back in input order; inputs may arrive slowly (paths piped in by a crawler), and work on each starts
 as soon as it arrives.
@@ -24,7 +25,6 @@ from .tagger import MAX_BATCH, Accumulator, Prediction, Segment, TagOptions, Tag
 from .windows import windows
 
 WINDOWS_IN_FLIGHT = 2 * MAX_BATCH  # per input: bounds the memory a long file holds while the model catches up
-QUEUED_WINDOWS = 4 * MAX_BATCH  # in all: workers do not wait for an input's last results, so this is the bound
 
 
 @dataclass(frozen=True)
@@ -51,39 +51,93 @@ class Outcome:
 class Batcher:
     """Runs the model for many producers: ``submit`` a log-mel, get a Future of (logits, embedding).
 
-    ``runners`` threads take batches from the one queue and call the one session side by side (onnxruntime's
-    ``run`` is thread-safe): with one-thread sessions on a CPU, one runner per core lets the model use every core
-    the decoders leave free, where a single runner would hold the whole model to one core.
+    There is no model thread. The model runs in a worker with nothing else to do (``idle_until``), so a lone long
+    file's decoding overlaps its model runs; when every worker is busy, in the thread that submits: it runs all
+    the windows waiting (up to ``max_batch`` of one length, from any input) unless ``runners`` threads already
+    are in the model, one of which then takes the window in its next batch. So the model runs wherever a core is
+    free, without handing each window to a thread that must first take a core from a decoder. With one-thread
+    CPU sessions, one runner per worker: onnxruntime's ``run`` is thread-safe and computes on its caller's core.
     """
 
     def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH, runners: int = 1):
         self._model = tagger.model
         self._max_batch = max_batch
-        self._queue = queue.Queue(maxsize=QUEUED_WINDOWS)  # submit blocks while the model is this far behind
-        self._lock = threading.Lock()  # the counters below are updated by every runner
+        self._runners = runners
+        self._condition = threading.Condition()  # guards everything below
+        self._waiting = collections.deque()  # (mel, future), oldest first
+        self._running = 0  # threads running batches
+        self._idle = 0  # threads in idle_until, waiting for something to do
         self.model_seconds = 0.0
         self.batches = 0
         self.windows = 0
-        for index in range(runners):
-            threading.Thread(target=self._loop, name=f"audiotag-model-{index}", daemon=True).start()
 
     def submit(self, mel: np.ndarray) -> Future:
         future = Future()
-        self._queue.put((mel, future))
+        with self._condition:
+            self._waiting.append((mel, future))
+            if self._idle:
+                self._condition.notify()  # an idle thread runs it: this one goes on decoding
+                return future
+            if not self._take_runner_place():
+                return future  # a runner takes it after its current batch
+        self._drain()
         return future
 
-    def _loop(self) -> None:
-        held = collections.deque()  # windows of another length, first in line for the next batch
-        while True:
-            first = held.popleft() if held else self._queue.get()
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                (batch if item[0].shape == first[0].shape else held).append(item)
-            self._run(batch)
+    def idle_until(self, ready: Callable[[], bool]) -> None:
+        """For a thread with nothing else to do: run the windows that come in until ``ready()``, which the caller
+        makes true and then announces with ``wake()``."""
+        with self._condition:
+            while True:
+                if self._waiting and self._take_runner_place():
+                    self._condition.release()
+                    try:
+                        self._drain()
+                    finally:
+                        self._condition.acquire()
+                elif ready():
+                    return
+                else:
+                    self._idle += 1
+                    self._condition.wait()
+                    self._idle -= 1
+
+    def wake(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+    def _take_runner_place(self) -> bool:
+        if self._running == self._runners:
+            return False
+        self._running += 1
+        return True
+
+    def _drain(self) -> None:
+        """Run batches until no window waits, then give the runner's place back."""
+        try:
+            while True:
+                with self._condition:
+                    batch = self._next_batch()
+                    if not batch:
+                        self._running -= 1
+                        return
+                self._run(batch)
+        except BaseException:
+            with self._condition:
+                self._running -= 1
+            raise
+
+    def _next_batch(self) -> list:
+        """The oldest waiting window and up to max_batch - 1 more of its length, taken off the queue."""
+        if not self._waiting:
+            return []
+        first = self._waiting.popleft()
+        batch, others = [first], collections.deque()
+        while self._waiting and len(batch) < self._max_batch:
+            item = self._waiting.popleft()
+            (batch if item[0].shape == first[0].shape else others).append(item)
+        others.extend(self._waiting)
+        self._waiting = others
+        return batch
 
     def _run(self, batch) -> None:
         started = time.perf_counter()
@@ -93,7 +147,7 @@ class Batcher:
             for _, future in batch:
                 future.set_exception(error)
             return
-        with self._lock:
+        with self._condition:
             self.model_seconds += time.perf_counter() - started
             self.batches += 1
             self.windows += len(batch)
@@ -114,7 +168,7 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
     lock = threading.Lock()
     failures = []
     in_flight = collections.deque()  # one Event per window not yet taken in
-    timings = {"decode": 0.0, "frontend": 0.0}
+    timings = {"decode": 0.0, "frontend": 0.0, "model": 0.0}  # the model: runs and waits in this thread
 
     def take_in(start: int, length: int, done: threading.Event, future: Future) -> None:
         try:
@@ -135,13 +189,16 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
         clock = time.perf_counter()
         timings["frontend"] += clock - now
         done = threading.Event()
-        future = batcher.submit(mel)
+        future = batcher.submit(mel)  # may run the model, on this window and others waiting
         future.add_done_callback(lambda f, s=start, n=len(samples), d=done: take_in(s, n, d, f))
         in_flight.append(done)
         while len(in_flight) > WINDOWS_IN_FLIGHT or (in_flight and in_flight[0].is_set()):
             in_flight.popleft().wait()
         if failures:
             raise failures[0]
+        now = time.perf_counter()
+        timings["model"] += now - clock
+        clock = now
     timings["decode"] += time.perf_counter() - clock
 
     def finish() -> Prediction:
@@ -235,6 +292,7 @@ def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagge
     work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
     ordered = queue.Queue()
     feeder_error = []
+    finished = threading.Event()  # every outcome is out
 
     def feed() -> None:
         try:
@@ -242,27 +300,42 @@ def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagge
                 future = Future()
                 ordered.put(future)
                 work.put((item, future))
+                batcher.wake()
         except BaseException as error:  # e.g. the list of paths became unreadable
             feeder_error.append(error)
         finally:
             ordered.put(None)
             for _ in range(jobs):
                 work.put(None)
+            batcher.wake()
+
+    def next_entry():
+        while True:
+            batcher.idle_until(lambda: not work.empty())  # runs the model meanwhile
+            try:
+                return work.get_nowait()
+            except queue.Empty:  # another worker took it
+                continue
 
     def work_loop() -> None:
         # A worker moves on once an input's windows are submitted: this thread waits for their results, in
         # order, so no worker idles while the model finishes an input's last window.
-        while (entry := work.get()) is not None:
+        while (entry := next_entry()) is not None:
             item, future = entry
             try:
                 future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment))
             except BaseException as error:  # a bug, not bad input: surface it in the main thread
                 future.set_exception(error)
+        batcher.idle_until(finished.is_set)  # no input left: run the model for the others until the end
 
     threading.Thread(target=feed, name="audiotag-feed", daemon=True).start()
     for index in range(jobs):
         threading.Thread(target=work_loop, name=f"audiotag-worker-{index}", daemon=True).start()
-    while (future := ordered.get()) is not None:
-        yield future.result()()
+    try:
+        while (future := ordered.get()) is not None:
+            yield future.result()()
+    finally:
+        finished.set()
+        batcher.wake()
     if feeder_error:
         raise feeder_error[0]

@@ -2,11 +2,10 @@
 
     .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N] [--cprofile]
 
-Defaults are those of ``audiotag DIR``. Prints the wall time, the CPU time of every thread (pipeline workers, the
-model threads, onnxruntime's intra-op
-pool, OpenBLAS's pool, read from /proc), the pipeline's own per-stage timings and the model batches it made.
-(audiotag's sessions never spin: idle pool threads sleep.) ``--cprofile`` adds the top functions of the main
-thread.
+Defaults are those of ``audiotag DIR``. Prints the wall time, the CPU time of every thread (pipeline workers, which
+also run the model; onnxruntime's intra-op pool; OpenBLAS's pool; read from /proc), the model batches, and where
+each worker's time went. (audiotag's sessions never spin: idle pool threads sleep.) ``--cprofile`` adds the top
+functions of the main thread.
 """
 
 import argparse
@@ -42,7 +41,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads (default 1, as audiotag DIR; 0: all cores)")
-    parser.add_argument("--runners", type=int, default=0, help="Batcher's model threads (default: the pipeline's)")
+    parser.add_argument("--runners", type=int, default=0,
+                        help="threads allowed in the model at once (default: the pipeline's)")
     parser.add_argument("--max-batch", type=int, default=0, help="Batcher's max batch (default: the pipeline's)")
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args()
@@ -112,9 +112,7 @@ def main() -> int:
         elif tid in ort_pool:
             group = "onnxruntime intra-op pool"
         elif names.get(tid, "").startswith("audiotag-worker"):
-            group = "pipeline workers (decode, resample, frontend)"
-        elif names.get(tid, "").startswith("audiotag-model"):
-            group = "model threads (Batcher runners, each runs ORT and takes part in its ops)"
+            group = "pipeline workers (decode, resample, frontend, model)"
         elif tid == sampler.native_id:
             continue
         else:
@@ -124,18 +122,17 @@ def main() -> int:
     print("CPU by thread:")
     for group, (count, seconds) in sorted(groups.items(), key=lambda item: -item[1][1]):
         print(f"    {group:58s} {count:2d} threads {seconds:7.2f} s")
-    stages = {"decode": 0.0, "frontend": 0.0}
+    stages = {"decode": 0.0, "frontend": 0.0, "model": 0.0}
     for outcome in outcomes:
         for key, value in (outcome.timings or {}).items():
             stages[key] += value
-    print(f"pipeline timings (wall, summed over inputs): decode+resample {stages['decode']:.2f} s, "
-          f"frontend {stages['frontend']:.2f} s; model {batcher.model_seconds:.2f} s in {batcher.batches} batches "
-          f"({batcher.windows / max(1, batcher.batches):.1f} windows per batch), model thread busy "
-          f"{100 * batcher.model_seconds / wall:.0f}% of the wall time")
-    busy = stages["decode"] + stages["frontend"]
-    print(f"workers: {sum(input_walls):.2f} s on inputs, of which {sum(input_walls) - busy:.2f} s waiting for model "
-          f"results ({100 * (sum(input_walls) - busy) / max(sum(input_walls), 1e-9):.0f}%); "
-          f"{args.jobs * wall - sum(input_walls):.2f} s between inputs")
+    print(f"model: {batcher.model_seconds:.2f} s of runs (summed over threads) in {batcher.batches} batches, "
+          f"{batcher.windows / max(1, batcher.batches):.1f} windows per batch, "
+          f"{1e3 * batcher.model_seconds / max(1, batcher.windows):.2f} ms per window")
+    rest = sum(input_walls) - sum(stages.values())
+    print(f"workers: {sum(input_walls):.2f} s on inputs (wall, summed): decode+resample {stages['decode']:.2f} s, "
+          f"frontend {stages['frontend']:.2f} s, model {stages['model']:.2f} s (runs for any input and waits), "
+          f"finishing {rest:.2f} s; {args.jobs * wall - sum(input_walls):.2f} s between inputs")
     if profiler:
         import pstats
 

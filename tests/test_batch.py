@@ -7,13 +7,16 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import types
 
 import numpy as np
 import pytest
 import soundfile
 
 from audiotag import TagOptions, audio, inputs, pipeline
+from audiotag.tagger import MAX_BATCH
 from conftest import AUDIO, readline_within
 
 
@@ -278,24 +281,133 @@ def test_an_unforeseen_failure_is_that_inputs_error(tagger, corpus):
     assert outcomes[0].prediction is not None and outcomes[2].prediction is not None
 
 
-def test_waiting_windows_are_run_as_one_batch(tagger):
-    """A burst of windows (from many files at once) is run in a few batches of up to MAX_BATCH, same answers."""
-    batcher = pipeline.Batcher(tagger)
-    mels = np.random.default_rng(0).standard_normal((40, 128, 300)).astype(np.float32)
-    futures = [batcher.submit(mel) for mel in mels]
+class GatedModel:
+    """The real model, whose first ``hold`` calls wait for ``gate``: windows submitted meanwhile have to queue."""
+
+    def __init__(self, model, hold: int = 1):
+        self.model, self.hold = model, hold
+        self.gate = threading.Event()
+        self.inside = threading.Semaphore(0)  # released by each held call as it starts waiting
+        self.shapes = []  # the shape of every batch, in call order
+        self._lock = threading.Lock()
+
+    def run(self, mels):
+        with self._lock:
+            self.shapes.append(mels.shape)
+            held = len(self.shapes) <= self.hold
+        if held:
+            self.inside.release()
+            assert self.gate.wait(timeout=60)
+        return self.model.run(mels)
+
+
+def _batcher_with_gate(tagger, runners=1):
+    gated = GatedModel(tagger.model, hold=runners)
+    return pipeline.Batcher(types.SimpleNamespace(model=gated), runners=runners), gated
+
+
+def _submit_in_thread(batcher, mel):
+    futures = []
+    thread = threading.Thread(target=lambda: futures.append(batcher.submit(mel)))
+    thread.start()
+    return thread, futures
+
+
+def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
+    """While one thread is in the model, a burst of windows (from many files at once) queues; they are then run
+    in batches of MAX_BATCH, with the same answers as one by one."""
+    batcher, gated = _batcher_with_gate(tagger)
+    mels = np.random.default_rng(0).standard_normal((41, 128, 300)).astype(np.float32)
+    first, _ = _submit_in_thread(batcher, mels[0])
+    assert gated.inside.acquire(timeout=60)  # that thread now runs the model and holds the only runner's place
+    futures = [batcher.submit(mel) for mel in mels[1:]]  # returns at once: the windows wait
+    assert not any(future.done() for future in futures)
+    gated.gate.set()
     results = [future.result(timeout=60) for future in futures]
-    assert batcher.windows == 40 and batcher.batches <= 6
-    logits, _ = tagger.model.run(mels[:3])
+    first.join(timeout=60)
+    assert [shape[0] for shape in gated.shapes] == [1, MAX_BATCH, MAX_BATCH, 40 - 2 * MAX_BATCH]
+    assert batcher.windows == 41 and batcher.batches == 4
+    logits, _ = tagger.model.run(mels[1:4])
     np.testing.assert_allclose(np.stack([r[0] for r in results[:3]]), logits, atol=1e-5)
 
 
 def test_windows_of_different_lengths_are_not_mixed(tagger):
-    batcher = pipeline.Batcher(tagger)
+    batcher, gated = _batcher_with_gate(tagger)
+    first, _ = _submit_in_thread(batcher, np.zeros((128, 400), np.float32))
+    assert gated.inside.acquire(timeout=60)
     mels = [np.zeros((128, frames), np.float32) for frames in (100, 200, 100, 200, 300)]
     futures = [batcher.submit(mel) for mel in mels]  # queued together: the batcher must split them by length
+    gated.gate.set()
     results = [future.result(timeout=60) for future in futures]
+    first.join(timeout=60)
+    assert gated.shapes[1:] == [(2, 128, 100), (2, 128, 200), (1, 128, 300)]
     for mel, (logits, _) in zip(mels, results):
         np.testing.assert_allclose(logits, tagger.model.run(mel[None])[0][0], atol=1e-5)
+
+
+def test_runners_call_the_one_session_side_by_side(tagger):
+    """With two runners, two threads are inside the model at once; a third window waits for one of them."""
+    batcher, gated = _batcher_with_gate(tagger, runners=2)
+    mels = np.random.default_rng(1).standard_normal((3, 128, 300)).astype(np.float32)
+    threads = [_submit_in_thread(batcher, mel) for mel in mels[:2]]
+    assert gated.inside.acquire(timeout=60) and gated.inside.acquire(timeout=60)  # both are in run() now
+    third = batcher.submit(mels[2])
+    assert not third.done()
+    gated.gate.set()
+    for thread, _ in threads:
+        thread.join(timeout=60)
+    np.testing.assert_allclose(third.result(timeout=60)[0], tagger.model.run(mels[2:])[0][0], atol=1e-5)
+    assert batcher.windows == 3 and len(gated.shapes) == 3
+
+
+def test_a_window_submitted_when_the_model_is_idle_is_run_at_once(tagger):
+    """Nobody waits for company: the submitting thread runs its window itself and returns with the result."""
+    batcher = pipeline.Batcher(tagger)
+    future = batcher.submit(np.zeros((128, 300), np.float32))
+    assert future.done() and batcher.batches == 1
+
+
+class ThreadRecordingModel:
+    """The real model, noting which thread makes each call."""
+
+    def __init__(self, model):
+        self.model, self.threads = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def run(self, mels):
+        self.threads.append(threading.current_thread().name)
+        return self.model.run(mels)
+
+
+def test_a_lone_long_input_has_its_model_runs_in_the_idle_worker(tagger, tmp_path):
+    """One long file, two workers: the one with no input runs the model while the other decodes, so the two
+    overlap (as they would with a model thread); the answer is the one-pass answer."""
+    music, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="float32")
+    path = tmp_path / "long.wav"
+    soundfile.write(str(path), np.tile(music, 6), rate)  # 60 s: 11 windows
+    decoders = []
+
+    def open_input(name):
+        decoders.append(threading.current_thread().name)
+        return audio.open_file(name)
+
+    recording = ThreadRecordingModel(tagger.model)
+    batcher = pipeline.Batcher(types.SimpleNamespace(model=recording), runners=2)
+    [outcome] = pipeline.run([pipeline.Input(str(path))], open_input, tagger, TagOptions(), jobs=2, batcher=batcher)
+    assert outcome.error is None and batcher.windows == 11
+    assert set(recording.threads) - set(decoders), recording.threads  # not all in the decoding thread
+    single = tagger.predict(audio.load(path))
+    np.testing.assert_allclose(outcome.prediction.logits, single.logits, atol=1e-5)
+
+
+def test_the_model_runs_in_one_thread_per_worker_only_on_a_one_thread_cpu_session():
+    cpu = types.SimpleNamespace(providers=["CPUExecutionProvider"], threads=1)
+    assert pipeline.model_runners(cpu, jobs=4) == 4
+    assert pipeline.model_runners(types.SimpleNamespace(providers=["CPUExecutionProvider"], threads=0), 4) == 1
+    gpu = types.SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
+    assert pipeline.model_runners(gpu, jobs=4) == 1
 
 
 def test_verbose_names_the_provider(cli):
