@@ -3,8 +3,8 @@
     .venv/bin/python scripts/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick] [--checkout DIR]
 
 One run makes a corpus of clips (``scripts/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and measures
-  (a) the compute bound: the model alone on precomputed log-mels, at the best batch size and onnxruntime thread
-      count (a single session, as the pipeline has);
+  (a) the compute bound: the model alone on precomputed log-mels, at the best batch size, onnxruntime thread
+      count and number of threads calling run() (one session, as the pipeline has);
   (b) ``audiotag DIR -o FILE`` end to end in a subprocess, with the default --jobs/--threads and a few others;
   (c) one file at a time: a fresh ``audiotag FILE`` process per file on a subset, extrapolated per file;
 and, in this process and one thread, what each stage costs per clip: decode, resample, frontend, model.
@@ -211,48 +211,48 @@ def measure_model(mels: list, cores: int, rounds: int, windows_per_file: float) 
                 seconds[(name, size)].append(((time.process_time() - cpu) / windows_per_round,
                                               (time.perf_counter() - wall) / windows_per_round))
     per_window = {key: tuple(np.median(values, axis=0)) for key, values in seconds.items()}  # (cpu, wall)
+    single_session = min(wall for _, wall in per_window.values())
+    if cores > 1:  # as the pipeline runs it: the one-thread session, its run() called from every core at once
+        concurrent = f"1 thread, {cores} callers"
+        for size in BATCH_SIZES:
+            per_window[(concurrent, size)] = _concurrent_calls(sessions["1 thread"], batches[size], cores, rounds)
     print(f"(a) model alone, {windows_per_round} windows of {shape} per setting x {rounds} rounds (load {_load()})")
     print("    ms per window, wall (CPU)" + "".join(f"    batch {size:<3d}" for size in BATCH_SIZES))
-    for name in sessions:
+    for name in dict.fromkeys(name for name, _ in per_window):
         cells = [per_window[(name, size)] for size in BATCH_SIZES]
         print(f"    {name:25s}" + "".join(f"  {1e3 * wall:5.2f} ({1e3 * cpu:5.2f})" for cpu, wall in cells))
-    best = min(per_window, key=lambda key: per_window[key][1])
     single_best = min((key for key in per_window if key[0] == "1 thread"), key=lambda key: per_window[key][0])
-    parallel = _parallel_sessions(model_path, batches[single_best[1]], cores, rounds)
+    best = min(per_window, key=lambda key: per_window[key][1])
     return {
         "best": best,
         "per clip": per_window[best][1] * windows_per_file,
         "single-thread per clip": tuple(value * windows_per_file for value in per_window[single_best]),
         "single-thread batch": single_best[1],
-        "parallel per clip": parallel * windows_per_file,
+        "single caller per clip": single_session * windows_per_file,
     }
 
 
-def _parallel_sessions(model_path, batches, cores: int, rounds: int) -> float:
-    """Seconds per window with ``cores`` one-thread sessions running side by side (what the cores can do)."""
-    if cores < 2:
-        return float("nan")
-    sessions = [Model(model_path, threads=1) for _ in range(cores)]
-    for session in sessions:
-        session.run(batches[0])
+def _concurrent_calls(session, batches, cores: int, rounds: int) -> tuple:
+    """(CPU, wall) seconds per window with ``cores`` threads calling one session's run() side by side."""
     results = []
     for _ in range(rounds):
         barrier = threading.Barrier(cores + 1)
 
-        def work(session):
+        def work():
             barrier.wait()
             for batch in batches:
                 session.run(batch)
 
-        workers = [threading.Thread(target=work, args=(session,)) for session in sessions]
+        workers = [threading.Thread(target=work) for _ in range(cores)]
         for worker in workers:
             worker.start()
         barrier.wait()
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         for worker in workers:
             worker.join()
-        results.append((time.perf_counter() - started) / (cores * sum(len(b) for b in batches)))
-    return statistics.median(results)
+        windows = cores * sum(len(b) for b in batches)
+        results.append(((time.process_time() - cpu) / windows, (time.perf_counter() - started) / windows))
+    return tuple(np.median(results, axis=0))
 
 
 # --- (b) end to end, (c) a process per file ---------------------------------------------------------------------
@@ -323,7 +323,7 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
     print(f"{'':46s} {'files/s':>9s} {'x realtime':>11s}")
     rows = [
         (f"(a) model alone ({setting}, batch {batch})", rates["a"]),
-        (f"    {cores} one-thread sessions side by side", 1 / bound["parallel per clip"]),
+        ("    best with run() called from one thread", 1 / bound["single caller per clip"]),
         ("(b) audiotag DIR (default --jobs/--threads)", rates["b"]),
     ]
     rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, _) in end_to_end.items() if name != "default"]
