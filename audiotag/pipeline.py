@@ -2,9 +2,9 @@
 
 Decoding, resampling, the frontend and the model run in worker threads (libsndfile, soxr, numpy's FFT and
 onnxruntime release the GIL). Every window goes to one ``Batcher``, which runs the model on all the windows
-waiting, up to MAX_BATCH of one length, as one batch: a busy machine makes batches across files, an idle one
-answers at once (a live stream's windows are not held back waiting for company). One onnxruntime session serves
-everything.
+waiting, up to the model's ``max_batch`` of one length, as one batch: a busy machine makes batches across files,
+an idle one answers at once (a live stream's windows are not held back waiting for company). One onnxruntime
+session serves everything.
 
 Outcomes come back in input order; inputs may arrive slowly (paths piped in by a crawler), and work on each starts
 as soon as it arrives.
@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from . import audio
-from .tagger import MAX_BATCH, Accumulator, Prediction, Segment, TagOptions, Tagger, model_input
+from .tagger import Accumulator, Prediction, Segment, TagOptions, Tagger, model_input
 from .windows import windows
 
-WINDOWS_IN_FLIGHT = 2 * MAX_BATCH  # per input: bounds the memory a long file holds while the model catches up
+WINDOWS_IN_FLIGHT = 32  # per input: bounds the log-mels (0.5 MB each) a long file holds while the model catches up
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ class Batcher:
     CPU sessions, one runner per worker: onnxruntime's ``run`` is thread-safe and computes on its caller's core.
     """
 
-    def __init__(self, tagger: Tagger, max_batch: int = MAX_BATCH, runners: int = 1):
+    def __init__(self, tagger: Tagger, max_batch: Optional[int] = None, runners: int = 1):
         self._model = tagger.model
-        self._max_batch = max_batch
+        self._max_batch = max_batch or tagger.model.max_batch
         self._runners = runners
         self._condition = threading.Condition()  # guards everything below
         self._waiting = collections.deque()  # (mel, future), oldest first

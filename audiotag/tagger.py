@@ -22,7 +22,6 @@ from .windows import windows
 # the model answers confidently wrong, so those are refused.
 SHORT_CLIP_SAMPLES = frontend.SAMPLE_RATE  # 1 s
 MIN_CLIP_SAMPLES = frontend.MIN_SAMPLES  # 514 samples, 16 ms
-MAX_BATCH = 16  # windows per model call: larger batches stop paying off on a CPU and only cost memory
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class Tagger:
         batch = []
         for start, samples in windows([clip.samples], options.window_samples, options.hop_samples):
             batch.append((start, len(samples), model_input(samples)))
-            if len(batch) == MAX_BATCH:
+            if len(batch) == self.model.max_batch:
                 self._run(batch, accumulator)
                 batch = []
         if batch:

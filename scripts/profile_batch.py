@@ -49,13 +49,13 @@ def main() -> int:
 
     openblas = set(thread_cpu()) - {threading.get_native_id()}
     from audiotag import audio, inputs, pipeline
-    from audiotag.tagger import MAX_BATCH, TagOptions, Tagger
+    from audiotag.tagger import TagOptions, Tagger
 
     before_ort = set(thread_cpu())
     tagger = Tagger(threads=args.threads)
     ort_pool = set(thread_cpu()) - before_ort
     runners = args.runners or pipeline.model_runners(tagger.model, args.jobs)
-    batcher = pipeline.Batcher(tagger, args.max_batch or MAX_BATCH, runners)
+    batcher = pipeline.Batcher(tagger, args.max_batch or None, runners)
     items = list(inputs.expand([args.directory]))
     input_walls = []
     entry = "start_input" if hasattr(pipeline, "start_input") else "tag_input"  # what a worker runs per input

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 
 from audiotag import TagOptions, audio, inputs, pipeline
-from audiotag.tagger import MAX_BATCH
+from audiotag.model import Model
 from conftest import AUDIO, readline_within
 
 
@@ -286,6 +286,7 @@ class GatedModel:
 
     def __init__(self, model, hold: int = 1):
         self.model, self.hold = model, hold
+        self.max_batch = model.max_batch
         self.gate = threading.Event()
         self.inside = threading.Semaphore(0)  # released by each held call as it starts waiting
         self.shapes = []  # the shape of every batch, in call order
@@ -315,7 +316,7 @@ def _submit_in_thread(batcher, mel):
 
 def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     """While one thread is in the model, a burst of windows (from many files at once) queues; they are then run
-    in batches of MAX_BATCH, with the same answers as one by one."""
+    in batches of the model's max_batch, with the same answers as one by one."""
     batcher, gated = _batcher_with_gate(tagger)
     mels = np.random.default_rng(0).standard_normal((41, 128, 300)).astype(np.float32)
     first, _ = _submit_in_thread(batcher, mels[0])
@@ -325,8 +326,9 @@ def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     gated.gate.set()
     results = [future.result(timeout=60) for future in futures]
     first.join(timeout=60)
-    assert [shape[0] for shape in gated.shapes] == [1, MAX_BATCH, MAX_BATCH, 40 - 2 * MAX_BATCH]
-    assert batcher.windows == 41 and batcher.batches == 4
+    size = tagger.model.max_batch
+    assert [shape[0] for shape in gated.shapes] == [1] + [size] * (40 // size) + [40 % size] * (40 % size > 0)
+    assert batcher.windows == 41 and batcher.batches == len(gated.shapes)
     logits, _ = tagger.model.run(mels[1:4])
     np.testing.assert_allclose(np.stack([r[0] for r in results[:3]]), logits, atol=1e-5)
 
@@ -400,6 +402,14 @@ def test_a_lone_long_input_has_its_model_runs_in_the_idle_worker(tagger, tmp_pat
     assert set(recording.threads) - set(decoders), recording.threads  # not all in the decoding thread
     single = tagger.predict(audio.load(path))
     np.testing.assert_allclose(outcome.prediction.logits, single.logits, atol=1e-5)
+
+
+def test_batches_are_small_on_the_cpu_and_large_on_an_accelerator(tagger):
+    """Each window in a batch holds ~15 MB of activations: on the CPU, where larger batches are no faster per
+    window, 4 keeps a backlog from costing hundreds of MB."""
+    assert tagger.model.max_batch == 4  # this machine has no accelerator
+    gpu = types.SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert Model.max_batch.fget(gpu) == 16
 
 
 def test_the_model_runs_in_one_thread_per_worker_only_on_a_one_thread_cpu_session():
