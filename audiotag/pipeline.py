@@ -25,6 +25,7 @@ from .tagger import Accumulator, Prediction, Segment, TagOptions, Tagger, model_
 from .windows import windows
 
 WINDOWS_IN_FLIGHT = 32  # per input: bounds the log-mels (0.5 MB each) a long file holds while the model catches up
+QUEUED_BATCHES = 4  # in all: a submitter waits while this many full batches wait for the model
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Batcher:
     are in the model, one of which then takes the window in its next batch. So the model runs wherever a core is
     free, without handing each window to a thread that must first take a core from a decoder. With one-thread
     CPU sessions, one runner per worker: onnxruntime's ``run`` is thread-safe and computes on its caller's core.
+    Batches form from the windows that wait: on an accelerator (one runner), or when the model falls behind.
     """
 
     def __init__(self, tagger: Tagger, max_batch: Optional[int] = None, runners: int = 1):
@@ -67,6 +69,7 @@ class Batcher:
         self._waiting = collections.deque()  # (mel, future), oldest first
         self._running = 0  # threads running batches
         self._idle = 0  # threads in idle_until, waiting for something to do
+        self._blocked = 0  # threads in submit, waiting for the queue to shrink
         self.model_seconds = 0.0
         self.batches = 0
         self.windows = 0
@@ -75,11 +78,17 @@ class Batcher:
         future = Future()
         with self._condition:
             self._waiting.append((mel, future))
-            if self._idle:
-                self._condition.notify()  # an idle thread runs it: this one goes on decoding
-                return future
-            if not self._take_runner_place():
-                return future  # a runner takes it after its current batch
+            while True:
+                if self._idle:
+                    self._condition.notify()  # an idle thread runs it: this one goes on decoding
+                    return future
+                if self._take_runner_place():
+                    break
+                if len(self._waiting) <= QUEUED_BATCHES * self._max_batch:
+                    return future  # a runner takes it after its current batch
+                self._blocked += 1  # the model is far behind (one runner, many workers): decode no further ahead
+                self._condition.wait()
+                self._blocked -= 1
         self._drain()
         return future
 
@@ -117,6 +126,8 @@ class Batcher:
             while True:
                 with self._condition:
                     batch = self._next_batch()
+                    if self._blocked:
+                        self._condition.notify_all()
                     if not batch:
                         self._running -= 1
                         return
@@ -143,9 +154,13 @@ class Batcher:
         started = time.perf_counter()
         try:
             logits, embeddings = self._model.run(np.stack([mel for mel, _ in batch]))
-        except Exception as error:  # reported on each waiting input, never kills the thread
+            if len(logits) != len(batch) or len(embeddings) != len(batch):
+                raise RuntimeError(f"the model answered {len(logits)} windows of {len(batch)}")
+        except BaseException as error:  # reported on each waiting input: nobody waits for ever
             for _, future in batch:
                 future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
             return
         with self._condition:
             self.model_seconds += time.perf_counter() - started
@@ -161,28 +176,36 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
     results still in the model and gives the Prediction, so the caller may start on something else first.
     Memory stays flat with length.
 
-    Each window's result is taken in as soon as the model has it (in the model thread), not when the next
+    Each window's result is taken in as soon as the model has it (in whichever thread ran it), not when the next
     window is ready, so a live feed shows a window's tags while the stream is still waiting for more input.
+    Segments go to ``on_segment`` in time order, also when two threads run an input's windows at once.
     """
     accumulator = Accumulator(tagger, options)
     lock = threading.Lock()
     failures = []
     in_flight = collections.deque()  # one Event per window not yet taken in
-    timings = {"decode": 0.0, "frontend": 0.0, "model": 0.0}  # the model: runs and waits in this thread
+    finished_segments = {}  # window number -> Segment, held until the windows before it are out
+    next_segment = 0
+    # "model": this thread's time in submit, running the model (for this input or others) or waiting for it
+    timings = {"decode": 0.0, "frontend": 0.0, "model": 0.0}
 
-    def take_in(start: int, length: int, done: threading.Event, future: Future) -> None:
+    def take_in(number: int, start: int, length: int, done: threading.Event, future: Future) -> None:
+        nonlocal next_segment
         try:
             with lock:
-                segment = accumulator.add(start, length, *future.result())
-                if on_segment is not None:
-                    on_segment(segment)
+                finished_segments[number] = accumulator.add(start, length, *future.result())
+                while next_segment in finished_segments:
+                    segment = finished_segments.pop(next_segment)
+                    next_segment += 1
+                    if on_segment is not None:
+                        on_segment(segment)
         except BaseException as error:  # raised again in the stream's own thread below
             failures.append(error)
         finally:
             done.set()
 
     clock = time.perf_counter()
-    for start, samples in windows(stream.samples(), options.window_samples, options.hop_samples):
+    for number, (start, samples) in enumerate(windows(stream.samples(), options.window_samples, options.hop_samples)):
         now = time.perf_counter()
         timings["decode"] += now - clock
         mel = model_input(samples)
@@ -190,7 +213,7 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
         timings["frontend"] += clock - now
         done = threading.Event()
         future = batcher.submit(mel)  # may run the model, on this window and others waiting
-        future.add_done_callback(lambda f, s=start, n=len(samples), d=done: take_in(s, n, d, f))
+        future.add_done_callback(lambda f, i=number, s=start, n=len(samples), d=done: take_in(i, s, n, d, f))
         in_flight.append(done)
         while len(in_flight) > WINDOWS_IN_FLIGHT or (in_flight and in_flight[0].is_set()):
             in_flight.popleft().wait()
@@ -279,9 +302,9 @@ def failure_message(error: Exception) -> str:
 
 
 def model_runners(model, jobs: int) -> int:
-    """Batcher threads for ``jobs`` workers: one per worker when the session computes on the CPU in the calling
-    thread, so the model can take any core the decoders leave idle; otherwise one (an accelerator, or a session
-    with a thread pool of its own)."""
+    """Threads allowed in the model at once for ``jobs`` workers: all of them when the session computes on the CPU
+    in the calling thread, so the model can take any core the decoders leave idle; otherwise one (an accelerator,
+    or a session with a thread pool of its own)."""
     return jobs if model.providers == ["CPUExecutionProvider"] and model.threads == 1 else 1
 
 
@@ -294,28 +317,38 @@ def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagge
     feeder_error = []
     finished = threading.Event()  # every outcome is out
 
+    def put_work(entry) -> bool:
+        while not finished.is_set():  # the consumer may have stopped early
+            try:
+                work.put(entry, timeout=0.1)
+                batcher.wake()
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def feed() -> None:
         try:
             for item in items:
                 future = Future()
                 ordered.put(future)
-                work.put((item, future))
-                batcher.wake()
+                if not put_work((item, future)):
+                    return
         except BaseException as error:  # e.g. the list of paths became unreadable
             feeder_error.append(error)
         finally:
             ordered.put(None)
             for _ in range(jobs):
-                work.put(None)
-            batcher.wake()
+                put_work(None)
 
     def next_entry():
-        while True:
-            batcher.idle_until(lambda: not work.empty())  # runs the model meanwhile
+        while not finished.is_set():
+            batcher.idle_until(lambda: finished.is_set() or not work.empty())  # runs the model meanwhile
             try:
                 return work.get_nowait()
-            except queue.Empty:  # another worker took it
+            except queue.Empty:  # another worker took it, or the run is over
                 continue
+        return None
 
     def work_loop() -> None:
         # A worker moves on once an input's windows are submitted: this thread waits for their results, in

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -318,7 +319,9 @@ def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     """While one thread is in the model, a burst of windows (from many files at once) queues; they are then run
     in batches of the model's max_batch, with the same answers as one by one."""
     batcher, gated = _batcher_with_gate(tagger)
-    mels = np.random.default_rng(0).standard_normal((41, 128, 300)).astype(np.float32)
+    size = tagger.model.max_batch
+    queued = pipeline.QUEUED_BATCHES * size
+    mels = np.random.default_rng(0).standard_normal((1 + queued, 128, 300)).astype(np.float32)
     first, _ = _submit_in_thread(batcher, mels[0])
     assert gated.inside.acquire(timeout=60)  # that thread now runs the model and holds the only runner's place
     futures = [batcher.submit(mel) for mel in mels[1:]]  # returns at once: the windows wait
@@ -326,11 +329,35 @@ def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     gated.gate.set()
     results = [future.result(timeout=60) for future in futures]
     first.join(timeout=60)
-    size = tagger.model.max_batch
-    assert [shape[0] for shape in gated.shapes] == [1] + [size] * (40 // size) + [40 % size] * (40 % size > 0)
-    assert batcher.windows == 41 and batcher.batches == len(gated.shapes)
+    assert [shape[0] for shape in gated.shapes] == [1] + [size] * pipeline.QUEUED_BATCHES
+    assert batcher.windows == 1 + queued and batcher.batches == len(gated.shapes)
     logits, _ = tagger.model.run(mels[1:4])
     np.testing.assert_allclose(np.stack([r[0] for r in results[:3]]), logits, atol=1e-5)
+
+
+def test_a_submitter_waits_while_the_model_is_far_behind(tagger):
+    """One runner, many workers (an accelerator): beyond QUEUED_BATCHES full batches waiting, submit blocks, so
+    workers cannot decode a whole corpus ahead of the model into memory."""
+    batcher, gated = _batcher_with_gate(tagger)
+    mel = np.zeros((128, 300), np.float32)
+    first, _ = _submit_in_thread(batcher, mel)
+    assert gated.inside.acquire(timeout=60)
+    for _ in range(pipeline.QUEUED_BATCHES * tagger.model.max_batch):
+        batcher.submit(mel)  # up to the bound: returns at once
+    late, futures = _submit_in_thread(batcher, mel)
+    late.join(timeout=0.5)
+    assert late.is_alive() and not futures  # blocked in submit
+    gated.gate.set()
+    late.join(timeout=60)
+    assert not late.is_alive() and futures[0].result(timeout=60)[0].shape == (527,)
+
+
+def test_a_model_that_answers_short_fails_the_batch_instead_of_hanging(tagger):
+    short = types.SimpleNamespace(max_batch=4, run=lambda mels: tuple(a[:-1] for a in tagger.model.run(mels)))
+    batcher = pipeline.Batcher(types.SimpleNamespace(model=short))
+    future = batcher.submit(np.zeros((128, 300), np.float32))
+    with pytest.raises(RuntimeError, match="answered 0 windows of 1"):
+        future.result(timeout=60)
 
 
 def test_windows_of_different_lengths_are_not_mixed(tagger):
@@ -402,6 +429,52 @@ def test_a_lone_long_input_has_its_model_runs_in_the_idle_worker(tagger, tmp_pat
     assert set(recording.threads) - set(decoders), recording.threads  # not all in the decoding thread
     single = tagger.predict(audio.load(path))
     np.testing.assert_allclose(outcome.prediction.logits, single.logits, atol=1e-5)
+
+
+class JitteryModel(ThreadRecordingModel):
+    """The real model, taking a random few milliseconds longer on each call, so that concurrent calls finish in
+    any order."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.random = random.Random(0)
+
+    def run(self, mels):
+        time.sleep(self.random.uniform(0, 0.01))
+        return super().run(mels)
+
+
+def test_segments_of_an_input_come_out_in_time_order(tagger, tmp_path):
+    music, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="float32")
+    path = tmp_path / "long.wav"
+    soundfile.write(str(path), np.tile(music, 6), rate)  # 60 s: 11 windows, run by two threads at once
+    segments = []
+    batcher = pipeline.Batcher(types.SimpleNamespace(model=JitteryModel(tagger.model)), runners=2)
+    options = TagOptions(segments=True)
+    for _ in range(3):
+        segments.clear()
+        [outcome] = pipeline.run([pipeline.Input(str(path))], audio.open_file, tagger, options, jobs=2,
+                                 on_segment=lambda name, segment: segments.append(segment.start), batcher=batcher)
+        assert outcome.error is None and segments == sorted(segments) and len(segments) == 11
+
+
+def test_closing_the_outcomes_early_stops_the_workers(tagger, corpus):
+    """A consumer that stops reading (an exception in the caller) must not leave threads tagging the rest."""
+    opened = []
+
+    def open_input(name):
+        opened.append(name)
+        return audio.open_file(name)
+
+    items = list(inputs.expand([str(corpus)])) * 20
+    outcomes = pipeline.run(items, open_input, tagger, TagOptions(), jobs=2)
+    next(outcomes)
+    outcomes.close()
+    deadline = time.monotonic() + 30
+    while any(t.name.startswith(("audiotag-worker", "audiotag-feed")) for t in threading.enumerate()):
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+        time.sleep(0.05)
+    assert len(opened) < len(items) / 4
 
 
 def test_batches_are_small_on_the_cpu_and_large_on_an_accelerator(tagger):
