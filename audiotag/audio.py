@@ -21,9 +21,9 @@ import soundfile
 import soxr
 
 TARGET_RATE = 32000
-# Samples (frames x channels) decoded per block: 5.5 s of 48 kHz stereo, 2 MB as float32. Each block makes one
-# trip through downmix, checks, resampler and windowing in Python; with 1.4 s blocks those trips cost batch runs
-# a tenth of their time. Counted in samples, not frames, so that many channels cannot make a block huge.
+# Samples per decoded block, 2 MB as float32: 5.5 s of 48 kHz stereo. Each block makes one trip through downmix,
+# checks, resampler and windowing in Python; with 1.4 s blocks those trips cost batch runs a tenth of their time.
+# The bound holds for the block as decoded (many channels) and as resampled to 32 kHz (low rates).
 BLOCK_SAMPLES = 1 << 19
 MIN_RATE, MAX_RATE = 1000, 768000  # beyond this a "rate" is a broken header, not audio
 MAX_CHANNELS = 1024  # libsndfile's own limit
@@ -157,7 +157,7 @@ def open_bytes(data: bytes) -> Stream:
 def open_raw(binary, raw_format: str, rate: int, channels: int = 1) -> Stream:
     """Headerless little-endian interleaved samples from a binary file object, read as they arrive."""
     _check_format(rate, channels)
-    return Stream(_pcm_blocks(binary, np.dtype(RAW_FORMATS[raw_format]), channels), rate, channels)
+    return Stream(_pcm_blocks(binary, np.dtype(RAW_FORMATS[raw_format]), channels, rate), rate, channels)
 
 
 def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
@@ -191,14 +191,14 @@ def from_array(data: np.ndarray, rate: int) -> Audio:
         data = data[:, None]
     if data.ndim != 2:
         raise AudioError(f"samples must be (frames,) or (frames, channels), got shape {data.shape}")
-    step = block_frames(data.shape[1])
+    step = block_frames(data.shape[1], int(rate))
     blocks = (data[i:i + step] for i in range(0, len(data), step))
     return Stream(blocks, int(rate), data.shape[1]).read()
 
 
-def block_frames(channels: int) -> int:
-    """Frames per decoded block for this many channels."""
-    return max(1, BLOCK_SAMPLES // channels)
+def block_frames(channels: int, rate: int) -> int:
+    """Frames per decoded block: at most BLOCK_SAMPLES samples, before and after resampling to TARGET_RATE."""
+    return max(1, min(BLOCK_SAMPLES // max(1, channels), BLOCK_SAMPLES * rate // TARGET_RATE))
 
 
 def _open_soundfile(file, closer) -> Stream:
@@ -214,7 +214,7 @@ def _open_soundfile(file, closer) -> Stream:
             closer()
 
     def blocks():
-        frames = block_frames(sound.channels)
+        frames = block_frames(sound.channels, sound.samplerate)
         while True:
             try:
                 block = sound.read(frames, dtype="float32", always_2d=True)
@@ -257,14 +257,14 @@ def _open_wav_stream(binary) -> Stream:
         raise AudioError(f"WAV stream encoding not supported (format tag {tag:#x}, {bits} bits)")
     # Streaming writers cannot know the size: 0 and 0xFFFFFFFF mean "until the end of the stream".
     limit = None if size in (0, 0xFFFFFFFF) else size
-    return Stream(_pcm_blocks(binary, dtype, channels, limit), rate, channels)
+    return Stream(_pcm_blocks(binary, dtype, channels, rate, limit), rate, channels)
 
 
-def _pcm_blocks(binary, dtype, channels: int, limit: Optional[int] = None) -> Iterator[np.ndarray]:
+def _pcm_blocks(binary, dtype, channels: int, rate: int, limit: Optional[int] = None) -> Iterator[np.ndarray]:
     """Interleaved little-endian PCM from a stream, as (frames, channels) float32 blocks; a cut-off frame is dropped."""
     width = 3 if dtype == "i3" else np.dtype(dtype).itemsize
     frame_bytes = width * channels
-    block_bytes = block_frames(channels) * frame_bytes
+    block_bytes = block_frames(channels, rate) * frame_bytes
     pending = b""
     remaining = limit
     while remaining is None or remaining > 0:
@@ -313,11 +313,13 @@ def _downmix(block: np.ndarray) -> np.ndarray:
 def _repair(mono: np.ndarray, block: np.ndarray) -> tuple:
     """A block with NaN, infinite or absurdly large samples: (usable mono samples, how many were finite).
 
-    NaN and infinite samples become silence; huge finite samples that overflowed the channel sum are averaged
-    in float64 instead; magnitudes beyond SAMPLE_LIMIT are clipped (they would overflow the power).
+    Frames of huge finite samples whose float32 channel sum overflowed are averaged in float64 instead; NaN and
+    infinite samples become silence; magnitudes beyond SAMPLE_LIMIT are clipped (they would overflow the power).
     """
-    if block.shape[1] > 1 and not np.isfinite(mono).all() and np.isfinite(block).all():
-        mono = block.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if block.shape[1] > 1:
+        overflowed = ~np.isfinite(mono) & np.isfinite(block).all(axis=1)
+        if overflowed.any():
+            mono[overflowed] = block[overflowed].mean(axis=1, dtype=np.float64)
     finite = np.isfinite(mono)
     if not finite.all():
         mono = np.where(finite, mono, np.float32(0))

@@ -177,6 +177,29 @@ def test_frontend_properties(length, values, seed):
     assert mel.dtype == np.float32 and np.isfinite(mel).all()
 
 
+def test_an_array_with_no_channels_is_refused():
+    with pytest.raises(audio.AudioError, match="unsupported channel count 0"):
+        audio.from_array(np.zeros((32000, 0), np.float32), 32000)
+
+
+def test_an_overflowing_frame_is_averaged_even_beside_a_nan():
+    """Stereo frames of huge finite samples, whose float32 sum overflows, are averaged in float64 (then clipped)
+    frame by frame: a NaN elsewhere in the block does not turn them into silence."""
+    block = np.full((40000, 2), 0.25, np.float32)
+    block[100] = 3e38
+    block[30000, 1] = np.nan
+    samples = audio.from_array(block, 32000).samples
+    assert samples[100] == audio.SAMPLE_LIMIT and samples[30000] == 0 and samples[5] == np.float32(0.25)
+
+
+def test_blocks_stay_small_after_resampling_a_low_rate(tmp_path):
+    """2^19 samples of 1 kHz would be 64 MB once at 32 kHz: blocks are bounded after resampling too."""
+    path = tmp_path / "low.wav"
+    soundfile.write(str(path), np.random.default_rng(0).uniform(-0.5, 0.5, 1000 * 1200), 1000, subtype="PCM_16")
+    sizes = [len(block) for block in audio.open_file(path).samples()]
+    assert sum(sizes) == 32000 * 1200 and max(sizes) <= 1.01 * audio.BLOCK_SAMPLES  # soxr hands out a little late
+
+
 @settings(max_examples=300, deadline=None)
 @given(magic=st.sampled_from([b"", b"RIFF\xff\xff\xff\xffWAVE", b"fLaC", b"OggS", b"ID3"]),
        data=st.binary(max_size=3000))
