@@ -5,9 +5,9 @@ arrays (see ``assets.py``) rather than recomputed here, so every install uses th
 checked. Formulas: ``../shared/reference/FRONTEND.md``.
 
 Why frames go through in chunks and the filterbank in blocks (speed, not arithmetic: every value is the one a
-whole-clip matmul gives within float32 rounding): a chunk's arrays stay in cache and are small enough for malloc
-to reuse, where whole-clip temporaries of several MB cost a page fault per 4 kB on every call (rfft's output
-alone doubled its time). The filterbank is sparse (947 of 128 x 479 weights are non-zero, each band a run of
+whole-clip matmul gives within float32 rounding): a chunk's arrays stay in cache and are kept per thread, where
+whole-clip temporaries of several MB cost a page fault per 4 kB on every call (rfft's output alone doubled its
+time). The filterbank is sparse (947 of 128 x 479 weights are non-zero, each band a run of
 adjacent FFT bins), so each block of adjacent bands is multiplied with only the bins it covers: under a quarter
 of the arithmetic, and products so small that BLAS runs them on the calling thread instead of waking (and spinning) its
 own threads while the pipeline's workers and onnxruntime want the cores.
@@ -36,10 +36,11 @@ MIN_SAMPLES = N_FFT // 2 + 2  # reflect padding of n_fft / 2 needs more than tha
 CHUNK_FRAMES = 128
 BLOCK_MACS = 1 << 16  # multiply-adds per filterbank block and chunk; OpenBLAS runs products this small on one thread
 
-# rfft is asked for X / N_FFT (norm="forward") because that is numpy's only way to its float32 transform: with
-# the default norm it computes in float64 and casts both ways, twice the time. N_FFT is a power of two, so the
-# scaling is exact, and the filterbank takes the power's factor back, exactly too.
-FFT_SCALE = np.float32(N_FFT)
+# rfft is asked for X / sqrt(N_FFT) (norm="ortho") because a float32 scale factor is numpy's only way to its
+# float32 transform: with the default norm it computes in float64 and casts both ways, twice the time. The factor
+# is 1/32, a power of two, so the scaling is exact, and the filterbank takes the power's 1/1024 back, exactly too
+# ("forward", 1/1024, would push the power of very quiet audio into slow float32 denormals).
+FFT_SCALE = np.float32(32)
 
 _WINDOW_OFFSET = (N_FFT - WIN_LENGTH) // 2  # where torch.stft places the window in the frame
 
@@ -72,11 +73,11 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded[_WINDOW_OFFSET:], WIN_LENGTH)[::HOP_LENGTH][:n_frames]
     window, first, stop, blocks = _constants()
     mel = np.empty((N_MELS, n_frames), np.float32)
-    windowed, spectrum, power = _chunk_buffers(stop - first)
+    windowed, spectrum, power = _chunk_buffers()
     for start in range(0, n_frames, CHUNK_FRAMES):
         count = min(CHUNK_FRAMES, n_frames - start)
         np.multiply(frames[start:start + count], window, out=windowed[:count, :WIN_LENGTH])
-        np.fft.rfft(windowed[:count], out=spectrum[:count], norm="forward")  # float32 FFT: see FFT_SCALE
+        np.fft.rfft(windowed[:count], out=spectrum[:count], norm="ortho")  # float32 FFT: see FFT_SCALE
         np.abs(spectrum[:count, first:stop], out=power[:count])  # |X| through hypot, then squared: as exact as
         power[:count] *= power[:count]  # re^2 + im^2 and a third faster
         for bands, low, high, weights in blocks:
@@ -91,7 +92,7 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _chunk_buffers(bins: int) -> tuple:
+def _chunk_buffers() -> tuple:
     """This thread's (windowed, spectrum, power) chunk buffers, made on its first call and reused by every chunk
     of every clip after: fresh ones would cost a page fault per 4 kB on each call.
 
@@ -99,9 +100,10 @@ def _chunk_buffers(bins: int) -> tuple:
     rfft(n=1024) would zero-pad a copy of every frame on every call, a quarter of its time.
     """
     if not hasattr(_scratch, "buffers"):
+        _, first, stop, _ = _constants()
         _scratch.buffers = (np.zeros((CHUNK_FRAMES, N_FFT), np.float32),
                             np.empty((CHUNK_FRAMES, N_FFT // 2 + 1), np.complex64),
-                            np.empty((CHUNK_FRAMES, bins), np.float32))
+                            np.empty((CHUNK_FRAMES, stop - first), np.float32))
     return _scratch.buffers
 
 
@@ -127,7 +129,7 @@ def _constants():
 
     The window is cut to its 800 non-zero samples and the filterbank to its non-zero FFT bins (1..479 of 513).
     Each block is (band slice, low bin, high bin, weights (bands, high - low)), relative to ``first``: adjacent
-    bands, as many as keep CHUNK_FRAMES x bins x bands within BLOCK_MACS.
+    bands, as many as keep CHUNK_FRAMES x bins x bands within BLOCK_MACS. The weights carry FFT_SCALE ** 2.
     """
     window = np.ascontiguousarray(load_array("stft_window.npy")[_WINDOW_OFFSET:_WINDOW_OFFSET + WIN_LENGTH])
     full = load_array("mel_filterbank.npy")
