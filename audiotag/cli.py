@@ -178,8 +178,10 @@ def _finish(code: int) -> int:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError) as error:
             _silence_stdout(stream)
+            if stream is sys.stdout and code == EXIT_OK:  # a failing stderr never fails the run; stdout does
+                code = EXIT_BROKEN_PIPE if isinstance(error, BrokenPipeError) else EXIT_OUTPUT
     if threading.active_count() > 1:
         os._exit(code)
     return code
@@ -199,8 +201,7 @@ def _run(args) -> int:
         _warn(str(error))
         return EXIT_MODEL
     if args.version:
-        print(_version_text(tagger), flush=True)
-        return EXIT_OK
+        return _print_result(_version_text(tagger))
     if args.self_check:
         return _self_check(tagger)
     if args.verbose:
@@ -380,7 +381,22 @@ def _self_check(tagger) -> int:
     if not {"Sine wave", "Beep, bleep"} <= set(labels):
         _warn(f"self-check failed: a 1 kHz tone was tagged {labels}")
         return EXIT_MODEL
-    print(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}", flush=True)
+    return _print_result(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}")
+
+
+def _print_result(text: str) -> int:
+    """One line to stdout: EXIT_OK, or EXIT_OUTPUT with one line on stderr when it cannot be written (a closed
+    reader still ends as EPIPE does everywhere: exit 141)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        from .pipeline import failure_message
+
+        _warn(f"stdout: cannot write results: {failure_message(error)}")
+        _silence_stdout()
+        return EXIT_OUTPUT
     return EXIT_OK
 
 

@@ -257,6 +257,13 @@ def test_a_full_disk_is_one_line_and_exit_4(cli):
     assert_one_line_error(shell, EXIT_OUTPUT, "stdout: cannot write results: no space left on device")
 
 
+@pytest.mark.parametrize("option", ["--version", "--self-check"])
+def test_version_and_self_check_to_a_full_disk(cli, option):
+    result = subprocess.run(["bash", "-c", cli.shell(option) + " >/dev/full"], capture_output=True,
+                            env=cli.environment(), cwd=cli.workdir, timeout=120)
+    assert_one_line_error(result, EXIT_OUTPUT, "stdout: cannot write results: no space left on device")
+
+
 def test_a_full_stderr_does_not_stop_the_tagging(cli, tmp_path):
     out = tmp_path / "out.jsonl"
     command = cli.shell("-o", out, AUDIO / "music.wav", tmp_path / "missing.wav", AUDIO / "speech.wav")
