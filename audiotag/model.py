@@ -22,8 +22,8 @@ PREFERRED_PROVIDERS = (
     "CPUExecutionProvider",
 )
 # Windows per run() call. Each window in a batch holds ~15 MB of activations (10 s windows). On the CPU larger
-# batches are no faster per window (with one thread not even 4: 3.7 ms at batch 1, 4.1 at 4), so 4 bounds the
-# memory; accelerators want large batches.
+# batches are hardly faster per window (one thread: 3.7 ms at batch 1, 4.1 at 4; two: 2.9 at 4, 2.7 at 8), so 4
+# bounds the memory; accelerators want large batches.
 CPU_MAX_BATCH = 4
 ACCELERATOR_MAX_BATCH = 16
 
