@@ -169,7 +169,7 @@ def _decode(path):
     blocks = []
     with soundfile.SoundFile(str(path)) as sound:
         rate = sound.samplerate
-        while len(block := sound.read(audio.block_frames(sound.channels), dtype="float32", always_2d=True)):
+        while len(block := sound.read(audio.block_frames(sound.channels, sound.samplerate), dtype="float32", always_2d=True)):
             blocks.append(audio._downmix(block))
     return blocks, rate
 
