@@ -1,0 +1,32 @@
+"""The benchmark and profiling scripts still run, on a tiny corpus: they are how performance is measured here, so
+a change that breaks them must fail the suite. Their figures are not asserted (CI machines are noisy)."""
+
+import subprocess
+import sys
+
+from conftest import AUDIO, REPO
+
+
+def run_script(name, *arguments):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, arguments)], cwd=REPO,
+                            capture_output=True, timeout=600)
+    assert "Traceback" not in result.stderr.decode(), result.stderr.decode()
+    return result.returncode, result.stdout.decode()
+
+
+def test_bench(tmp_path):
+    code, out = run_script("bench.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    assert code in (0, 1)  # 1: a target missed, as it may be on 8 short clips
+    for line in ("(a) model alone (", "(b) audiotag DIR (default", "(c) audiotag FILE", "decode+resample (audio.py)",
+                 "(b)/(a) = ", "(b)/(c) = ", "frontend/model = "):
+        assert line in out, out
+
+
+def test_profile_batch():
+    code, out = run_script("profile_batch.py", AUDIO / "extra")
+    assert code == 0 and "(0 failed)" in out and "model: " in out and "workers: " in out, out
+
+
+def test_bench_clip():
+    code, out = run_script("bench_clip.py", "--runs", 2)
+    assert code == 0 and "frontend" in out and "onnxruntime threads 1: model" in out, out
