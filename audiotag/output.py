@@ -155,7 +155,7 @@ def _table_records(text: str, fmt: str, rows_per_record: int) -> tuple:
             return 0, set()  # empty, or a header cut short: start again
         raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
                           "not resuming into this file")
-    rows = list(_table_reader(text[len(header):], fmt))
+    rows = list(csv.reader(io.StringIO(text[len(header):]), delimiter=delimiter))
     position, records = len(header), []  # records: [path, error, row count, characters]
     for index, row in enumerate(rows):
         line = _table_line(row, delimiter)
@@ -183,10 +183,6 @@ def _record(line: str):
     except ValueError:
         return None
     return rec if isinstance(rec, dict) and isinstance(rec.get("path"), str) else None
-
-
-def _table_reader(text: str, fmt: str):
-    return csv.reader(io.StringIO(text), delimiter=_delimiter(fmt))
 
 
 def _delimiter(fmt: str) -> str:
