@@ -33,7 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "build_binary.sh: missing ${missing[*]}: install them (apt-get install ${missing[*]})" >&2
         exit 1
     fi
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null ||
+        { echo "build_binary.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
 fi
 
 log "PyInstaller (build.spec) -> dist/audiotag-onedir"
