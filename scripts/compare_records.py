@@ -31,7 +31,7 @@ def differences(a, b, tolerance: float = TOLERANCE, where: str = "") -> list:
     if type(a) is not type(b):
         return [f"{where}: {a!r} != {b!r}"]
     if isinstance(a, dict):
-        found = [f"{where}: keys {sorted(a)} != {sorted(b)}"] if list(a) != list(b) else []
+        found = [f"{where}: keys {sorted(a)} != {sorted(b)}"] if a.keys() != b.keys() else []
         for key in a.keys() & b.keys():
             found += differences(a[key], b[key], tolerance, f"{where}.{key}")
         return found

@@ -4,14 +4,10 @@ ways of running audiotag are compared with scripts/compare_records.py (scores wi
 equal), and these tests show that comparison tolerates a kernel change and nothing more."""
 
 import json
-import sys
 
 import pytest
 
-from conftest import AUDIO, REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-from compare_records import compare_lines  # noqa: E402
+from conftest import AUDIO, compare_lines
 
 KERNELS = {  # what CI hosts carry, and one whose rounding differs on the Intel CPUs these machines have
     "default": {},
