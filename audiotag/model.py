@@ -70,6 +70,7 @@ class ModelInfo:
     labels: tuple  # display names, index order
     mids: tuple  # AudioSet machine ids, index order
     frontend: dict  # settings the features must be computed with
+    categories: tuple  # (name, output indices of the labels in its ontology subtree) per top-level category
 
 
 class Model:
@@ -110,8 +111,14 @@ class Model:
         return logits, embedding
 
 
+MODEL_FORMAT = "2"  # the audiotag_model_format this package reads (scripts/export_model.py writes it)
+
+
 def _read_info(session, path) -> ModelInfo:
     meta = session.get_modelmeta().custom_metadata_map
+    if "categories" not in meta and "labels" in meta:  # exported before categories existed: say what to do
+        raise ModelError(f"{path} has no category metadata (model format {meta.get('audiotag_model_format', '?')}, "
+                         f"this audiotag reads {MODEL_FORMAT}): export it again with scripts/export_model.py")
     try:
         info = ModelInfo(
             name=meta["model_name"],
@@ -119,11 +126,14 @@ def _read_info(session, path) -> ModelInfo:
             labels=tuple(json.loads(meta["labels"])),
             mids=tuple(json.loads(meta["mids"])),
             frontend=json.loads(meta["frontend"]),
+            categories=tuple((c["name"], np.array(c["indices"], np.int64)) for c in json.loads(meta["categories"])),
         )
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise ModelError(f"{path} is not an audiotag model: metadata {error} missing or invalid") from error
     widths = {output.name: output.shape[-1] for output in session.get_outputs()}
     width = widths.get("logits")
     if len(info.labels) != width or len(info.mids) != width:
         raise ModelError(f"{path}: {len(info.labels)} labels but the model outputs {width} scores")
+    if not all(len(indices) and indices.min() >= 0 and indices.max() < width for _, indices in info.categories):
+        raise ModelError(f"{path}: a category names an empty or out-of-range set of labels")
     return info

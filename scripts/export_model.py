@@ -3,7 +3,8 @@
     python scripts/export_model.py                  # mn04_as -> audiotag/assets/mn04_as.onnx
     AUDIOTAG_ASSETS_DIR=../shared/upstream python scripts/export_model.py
 
-Inputs come from, in order: --checkpoint/--labels; the directory in --assets-dir or $AUDIOTAG_ASSETS_DIR; the
+Inputs (the checkpoint, the label CSV, the AudioSet ontology) come from, in order: --checkpoint/--labels/--ontology;
+the directory in --assets-dir or $AUDIOTAG_ASSETS_DIR; the
 download cache ${XDG_CACHE_HOME:-~/.cache}/audiotag/, filled from the upstream release and the AudioSet site.
 
 The model is traced with torch's legacy TorchScript exporter (`dynamo=False`): here it takes about 3 s against
@@ -52,13 +53,17 @@ CHECKPOINTS = {
 }
 LABELS_FILE = "class_labels_indices.csv"
 LABELS_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
+# The AudioSet ontology (CC BY-SA 4.0, Google): only the top-level categories' label sets go into the model.
+ONTOLOGY_FILE = "ontology.json"
+ONTOLOGY_URL = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
+TOP_LEVEL_CATEGORIES = 7  # Human sounds, Animal, Music, Natural sounds, Sounds of things, Source-ambiguous, Channel
 
 # The upstream inference frontend (AugmentMelSTFT in eval mode), stored so the package can check it matches.
 FRONTEND = {
     "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
     "fmin": 0.0, "fmax": 15000.0, "preemphasis": 0.97, "log_offset": 1e-05, "norm_shift": 4.5, "norm_scale": 5.0,
 }
-MODEL_FORMAT = "1"  # bump when inputs, outputs or metadata keys change meaning
+MODEL_FORMAT = "2"  # bump when inputs, outputs or metadata keys change meaning (2: "categories")
 OPSET = 17
 INPUT, OUTPUTS = "melspec", ("logits", "embedding")
 TRAINING_OPS = {"Dropout", "BatchNormalization"}  # must not survive an eval-mode export
@@ -131,6 +136,35 @@ def load_labels(path: Path) -> tuple[list[str], list[str]]:
     if [int(r["index"]) for r in rows] != list(range(NUM_CLASSES)):
         raise ExportError(f"{path}: expected indices 0..{NUM_CLASSES - 1} in order, found {len(rows)} rows")
     return [r["display_name"] for r in rows], [r["mid"] for r in rows]
+
+
+def load_categories(path: Path, mids: list[str]) -> list[dict]:
+    """The ontology's top-level categories (classes nobody lists as a child), each with the output indices of
+    the labels in its subtree, the category itself included; a label under two parents belongs to both."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            classes = {c["id"]: c for c in json.load(f)}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path}: not the AudioSet ontology.json ({e})") from e
+    children = {child for c in classes.values() for child in c["child_ids"]}
+    tops = [c for c in classes.values() if c["id"] not in children]
+    if len(tops) != TOP_LEVEL_CATEGORIES:
+        raise ExportError(f"{path}: expected {TOP_LEVEL_CATEGORIES} top-level classes, found {len(tops)}")
+    index_of = {mid: i for i, mid in enumerate(mids)}
+    categories = []
+    for top in tops:
+        subtree, stack = set(), [top["id"]]
+        while stack:
+            mid = stack.pop()
+            if mid not in subtree:
+                subtree.add(mid)
+                stack.extend(classes[mid]["child_ids"])
+        categories.append({"name": top["name"], "mid": top["id"],
+                           "indices": sorted(index_of[mid] for mid in subtree if mid in index_of)})
+    missing = set(range(len(mids))) - {i for c in categories for i in c["indices"]}
+    if missing:
+        raise ExportError(f"{path}: {len(missing)} labels are in no category (e.g. {mids[min(missing)]})")
+    return categories
 
 
 def load_model(name: str, checkpoint: Path) -> MobileNetV3:
@@ -248,10 +282,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="upstream model name (default: %(default)s)")
     p.add_argument("--checkpoint", type=Path, help="upstream .pt checkpoint (default: assets dir, else download)")
     p.add_argument("--labels", type=Path, help=f"AudioSet {LABELS_FILE} (default: assets dir, else download)")
+    p.add_argument("--ontology", type=Path, help=f"AudioSet {ONTOLOGY_FILE} (default: assets dir, else download)")
     p.add_argument("--assets-dir", type=Path, default=os.environ.get("AUDIOTAG_ASSETS_DIR") or None,
-                   help="directory holding both files (default: $AUDIOTAG_ASSETS_DIR)")
+                   help="directory holding the three files (default: $AUDIOTAG_ASSETS_DIR)")
     p.add_argument("--checkpoint-url", help="download URL for the checkpoint (default: the upstream release)")
     p.add_argument("--labels-url", default=LABELS_URL, help="download URL for the label CSV (default: AudioSet)")
+    p.add_argument("--ontology-url", default=ONTOLOGY_URL, help="download URL for the ontology (default: GitHub)")
+    p.add_argument("--if-stale", action="store_true",
+                   help="do nothing when the output exists and has this script's model format (for setup.sh)")
     p.add_argument("--output", type=Path, help="ONNX file to write (default: audiotag/assets/<model>.onnx)")
     p.add_argument("--reference-dir", type=Path, default=default_reference_dir(),
                    help="reference *.npz (mel, logits) to verify on (default: $AUDIOTAG_SHARED/reference, else "
@@ -262,12 +300,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def model_format(path: Path) -> str | None:
+    """The audiotag_model_format an existing .onnx says it has (None when unreadable or not an audiotag model)."""
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # a torn or foreign file: simply re-exported
+        return None
+    return meta.get("audiotag_model_format")
+
+
 def run(args: argparse.Namespace) -> None:
+    output = args.output or REPO_ROOT / "audiotag" / "assets" / f"{args.model}.onnx"
+    if args.if_stale and output.is_file() and model_format(output) == MODEL_FORMAT:
+        print(f"{output} is up to date (model format {MODEL_FORMAT})", file=sys.stderr)
+        return
     filename, sha256 = CHECKPOINTS[args.model]
     checkpoint = resolve("checkpoint", args.checkpoint, args.assets_dir, filename,
                          args.checkpoint_url or RELEASE_URL + filename, sha256)
     labels_csv = resolve("labels", args.labels, args.assets_dir, LABELS_FILE, args.labels_url, None)
-    output = args.output or REPO_ROOT / "audiotag" / "assets" / f"{args.model}.onnx"
+    ontology = resolve("ontology", args.ontology, args.assets_dir, ONTOLOGY_FILE, args.ontology_url, None)
     output.parent.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
@@ -278,6 +329,7 @@ def run(args: argparse.Namespace) -> None:
     if sha256 and checkpoint_sha != sha256:
         print(f"warning: {checkpoint} has sha256 {checkpoint_sha}, not the published {sha256}", file=sys.stderr)
     names, mids = load_labels(labels_csv)
+    categories = load_categories(ontology, mids)
     model = load_model(args.model, checkpoint)
     metadata = {
         "model_name": args.model,
@@ -285,6 +337,8 @@ def run(args: argparse.Namespace) -> None:
         "labels": json.dumps(names),
         "mids": json.dumps(mids),
         "frontend": json.dumps(FRONTEND),
+        "categories": json.dumps(categories),
+        "ontology_sha256": sha256_of(ontology),
         "audiotag_model_format": MODEL_FORMAT,
     }
     doc = (f"EfficientAT {args.model} (MobileNetV3, width {width_from_name(args.model)}) AudioSet tagger. "

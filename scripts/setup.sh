@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a checkout: .venv with audiotag and its dev tools, the frontend arrays, the exported model.
 # Idempotent: a second run only checks. The model is exported from the upstream checkpoint found in
-# $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt and class_labels_indices.csv), else downloaded.
+# $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt, class_labels_indices.csv
+# and ontology.json), else downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export,ray]"
 .venv/bin/python scripts/make_frontend_assets.py
-if [ ! -f audiotag/assets/mn04_as.onnx ]; then
-    .venv/bin/python scripts/export_model.py
-fi
+# Exported again when missing or of an older model format (e.g. one without the ontology's categories).
+.venv/bin/python scripts/export_model.py --if-stale
