@@ -21,6 +21,7 @@ EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`), as
 EXIT_TERMINATED = 143  # SIGTERM
 _PART_NUMBERS = itertools.count()  # names of embedding files being written
 MAX_SECONDS = 86400.0  # --window and --hop: a day is already far past anything useful
+AGGREGATES = ("max", "mean")  # as tagger.AGGREGATES (not imported: --help must not load numpy)
 
 EPILOG = """\
 inputs:
@@ -29,15 +30,20 @@ inputs:
   -        a WAV/FLAC/OGG stream on stdin; with --raw, headerless samples (consumed as they arrive)
 
 output formats (default: text on a terminal, jsonl otherwise):
-  text   "SCORE  LABEL" lines, best first; "== INPUT" heads each input when there are several
+  text   "SCORE  LABEL" lines, best first, then "category: NAME SCORE" (the best top-level category);
+         "== INPUT" heads each input when there are several
   jsonl  one object per input per line ("json" is the same):
            {"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1,
+            "categories": [{"name": "Music", "score": 0.598}, ...all seven, best first],
             "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
-         or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window
-  csv, tsv  one row per label: path,duration,sample_rate,channels,rank,label,mid,index,score,error
-scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1).
+         or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
+         with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
+  csv, tsv  one row per label: path,duration,sample_rate,channels,rank,label,mid,index,score,categories,error
+         (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row)
+scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
+(the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
-score being its best window's.
+score being its best window's (--aggregate mean: the windows' mean).
 
 exit status:
   0    every input was tagged
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, directory, or - for stdin")
     parser.add_argument("--files-from", metavar="LIST", help="also read input paths, one per line, from LIST (- for stdin)")
     parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per input (default 10)")
+    parser.add_argument("-t", "--threshold", type=_number(float, 0, 1), default=0.0, metavar="T",
+                        help="only labels scoring at least T, within --top-k (-k 527 -t 0.2: every label above 0.2)")
     out = parser.add_argument_group("output")
     out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
                      help="output format (default: text on a terminal, else jsonl)")
@@ -86,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with -o: skip inputs already recorded in FILE and append the rest")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
     out.add_argument("--segments", action="store_true", help="also print each window's tags as soon as it is done")
+    out.add_argument("--events", action="store_true",
+                     help="also print, before each input's record, the stretches where each label is present "
+                          "(start, end, peak score), found on 2 s windows every 1 s")
     out.add_argument("--progress", action="store_true", help="show a progress bar on stderr (default: when stderr is a terminal)")
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("raw samples on stdin")
@@ -97,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds per model pass (default 10); 0 = the whole file in one pass, as upstream")
     windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), metavar="SEC",
                          help="seconds between windows (default: half the window, 5)")
+    windows.add_argument("--aggregate", choices=AGGREGATES, default="max",
+                         help="a label's score in a long file: its best window's (max, default) or the mean")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
@@ -152,6 +165,8 @@ def _check_arguments(parser, args) -> None:
     if args.window and args.hop > args.window:
         parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s: audio between windows "
                      "would never be tagged")
+    if args.events and args.format in ("csv", "tsv"):
+        parser.error("--events needs jsonl or text output: a table has one kind of row (clips)")
     if sys.stdin is None and "-" in (*args.inputs, args.files_from):
         parser.error("stdin is closed")
     if sys.stdout is None:
@@ -220,8 +235,9 @@ def _tag_inputs(args, tagger) -> int:
     batch_mode = _batch_mode(args)
     listed = _list_source(args.files_from, inputs) if args.files_from else ()  # a bad LIST must not touch -o
     try:
-        done = output.recorded_paths(args.output, args.format, min(args.top_k, len(tagger.model.info.labels))) \
-            if args.resume else set()
+        # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
+        rows = None if args.threshold > 0 else min(args.top_k, len(tagger.model.info.labels))
+        done = output.recorded_paths(args.output, args.format, rows) if args.resume else set()
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
     except (OSError, output.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
@@ -239,7 +255,7 @@ def _tag_inputs(args, tagger) -> int:
 
     items = _chain(inputs.expand(args.inputs), listed)
     items = (item for item in items if item.name not in done)
-    options = TagOptions(top_k=args.top_k, window=args.window, hop=args.hop, segments=args.segments)
+    options = tag_options(args, TagOptions)
     progress = _progress_bar(args)
     counts = {"ok": 0, "failed": 0, "audio": 0.0}
     started = time.perf_counter()
@@ -256,7 +272,7 @@ def _tag_inputs(args, tagger) -> int:
                 counts["ok"] += 1
                 counts["audio"] += outcome.duration
             with lock:
-                writer.write(output.record(outcome), header=batch_mode)
+                writer.write(output.record(outcome), header=batch_mode, before=output.event_records(outcome))
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(errors=counts["failed"], refresh=False)
@@ -275,6 +291,13 @@ def _tag_inputs(args, tagger) -> int:
     if batch_mode or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def tag_options(args, options_class):
+    """The TagOptions the command line asks for (audiotag-ray builds its own the same way)."""
+    return options_class(top_k=args.top_k, threshold=args.threshold, window=args.window, hop=args.hop,
+                         aggregate=args.aggregate, segments=getattr(args, "segments", False),
+                         events=getattr(args, "events", False))
 
 
 def _batch_mode(args) -> bool:

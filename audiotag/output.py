@@ -9,10 +9,11 @@ import csv
 import io
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
-TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "rank", "label", "mid", "index", "score", "error")
+TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "rank", "label", "mid", "index", "score", "categories",
+                 "error")
 
 
 def record(outcome) -> dict:
@@ -24,8 +25,21 @@ def record(outcome) -> dict:
         "duration": round(outcome.duration, 6),
         "sample_rate": outcome.sample_rate,
         "channels": outcome.channels,
+        "categories": categories_json(outcome.prediction.categories),
         "tags": tags_json(outcome.prediction.tags),
     }
+
+
+def categories_json(categories) -> list:
+    return [{"name": c.name, "score": round(c.score, 6)} for c in categories]
+
+
+def event_records(outcome) -> list:
+    """An input's events (``--events``), in time order: written just before its record, in the same write."""
+    if outcome.error is not None:
+        return []
+    return [{"path": outcome.name, "label": e.label, "start": round(e.start, 3), "end": round(e.end, 3),
+             "score": round(e.score, 6)} for e in outcome.prediction.events]
 
 
 def tags_json(tags) -> list:
@@ -55,6 +69,8 @@ def table_header(fmt: str) -> str:
 
 
 def _text(rec: dict, header: bool) -> str:
+    if "label" in rec:
+        return f"{rec['path']} [{rec['start']:.1f}-{rec['end']:.1f}s] {rec['label']} {rec['score']:.3f}\n"
     if "start" in rec:
         tags = ", ".join(f"{t['label']} {t['score']:.3f}" for t in rec["tags"])
         return f"{rec['path']} [{rec['start']:.1f}-{rec['end']:.1f}s] {tags}\n"
@@ -62,17 +78,28 @@ def _text(rec: dict, header: bool) -> str:
         return ""  # text is for people: the error is already on stderr
     lines = [f"== {rec['path']}"] if header else []
     lines += [f"{t['score']:.3f}  {t['label']}" for t in rec["tags"]]
+    best = rec["categories"][0]
+    lines.append(f"category: {best['name']} {best['score']:.3f}")
     return "\n".join(lines) + "\n"
 
 
 def _table_rows(rec: dict, delimiter: str) -> str:
     if "start" in rec:
-        return ""  # tables hold one kind of row: clips
+        return ""  # tables hold one kind of row: clips (not windows, not events)
     base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", "")]
     if "error" in rec:
-        return _table_line(base + ["", "", "", "", "", rec["error"]], delimiter)
-    return "".join(_table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], ""], delimiter)
+        return _table_line(base + ["", "", "", "", "", "", rec["error"]], delimiter)
+    categories = categories_cell(rec["categories"])
+    if not rec["tags"]:  # nothing reached --threshold: one row still records the clip and its categories
+        return _table_line(base + ["", "", "", "", "", categories, ""], delimiter)
+    return "".join(_table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], categories, ""], delimiter)
                    for rank, t in enumerate(rec["tags"], 1))
+
+
+def categories_cell(categories) -> str:
+    """All seven categories in one cell, best first: "Music:0.598102;Human sounds:0.012..." (no category name
+    holds ":" or ";")."""
+    return ";".join(f"{c['name']}:{c['score']}" for c in categories)
 
 
 def _table_line(values, delimiter: str) -> str:
@@ -99,13 +126,15 @@ class ResumeError(ValueError):
 RECORD_START = '{"path": '  # how every JSON line audiotag writes begins
 
 
-def recorded_paths(path: str, fmt: str, rows_per_record: int = 1) -> set:
+def recorded_paths(path: str, fmt: str, rows_per_record: Optional[int] = 1) -> set:
     """Inputs already recorded in an output file, after cutting off a torn end (for --resume).
 
     Only the end of the file is ever cut: what follows the last newline (a record the writer did not finish), a
     last JSON line that does not parse (a disk that lost the tail), or a last CSV/TSV record with fewer rows than
-    the file's other records have (``rows_per_record`` when there are none), so that input is tagged again. A
-    file that is not an audiotag output of this format raises ResumeError and is not touched; OSError passes.
+    the file's other records have (``rows_per_record`` when there are none), so that input is tagged again. With
+    ``rows_per_record`` None (``--threshold``: records have any number of rows) a last CSV/TSV clip record is
+    always cut and tagged again, since whether it is whole cannot be told. A file that is not an audiotag output
+    of this format raises ResumeError and is not touched; OSError passes.
     """
     if not os.path.exists(path):
         return set()
@@ -171,7 +200,7 @@ def _table_records(text: str, fmt: str, rows_per_record: int) -> tuple:
         position += len(line)
     if records and not records[-1][1]:  # the last record is a clip's rows: are they all there?
         earlier = [count for _, error, count, _ in records[:-1] if not error]
-        if records[-1][2] < (max(earlier) if earlier else rows_per_record):
+        if rows_per_record is None or records[-1][2] < (max(earlier) if earlier else rows_per_record):
             position -= records.pop()[3]
     return position, {record[0] for record in records}
 
@@ -205,8 +234,9 @@ class Writer:
         if self.fmt in ("csv", "tsv") and not (self._owned and self._file.tell() > 0):
             self._write(table_header(self.fmt))
 
-    def write(self, rec: dict, header: bool = True) -> None:
-        self._write(format_record(rec, self.fmt, header))
+    def write(self, rec: dict, header: bool = True, before: Sequence[dict] = ()) -> None:
+        """``rec`` and the records ``before`` it (an input's events) in one write: all or none reach the file."""
+        self._write("".join(format_record(r, self.fmt, header) for r in [*before, rec]))
 
     def _write(self, text: str) -> None:
         if text:

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from . import audio
-from .tagger import Accumulator, Prediction, Segment, TagOptions, Tagger, model_input
-from .windows import windows
+from .tagger import CLIP_LAYOUT, Accumulator, Prediction, Segment, TagOptions, Tagger, layouts, model_input
+from .windows import passes
 
 WINDOWS_IN_FLIGHT = 32  # per input: bounds the log-mels (0.5 MB each) a long file holds while the model catches up
 QUEUED_BATCHES = 4  # in all: a submitter waits while this many full batches wait for the model
@@ -189,10 +189,13 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
     # "model": this thread's time in submit, running the model (for this input or others) or waiting for it
     timings = {"decode": 0.0, "frontend": 0.0, "model": 0.0}
 
-    def take_in(number: int, start: int, length: int, done: threading.Event, future: Future) -> None:
+    def take_in(layout: int, number: int, start: int, length: int, done: threading.Event, future: Future) -> None:
         nonlocal next_segment
         try:
             with lock:
+                if layout != CLIP_LAYOUT:  # a short window of --events: no segment of its own
+                    accumulator.add_event_window(start, length, future.result()[0])
+                    return
                 finished_segments[number] = accumulator.add(start, length, *future.result())
                 while next_segment in finished_segments:
                     segment = finished_segments.pop(next_segment)
@@ -205,7 +208,10 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
             done.set()
 
     clock = time.perf_counter()
-    for number, (start, samples) in enumerate(windows(stream.samples(), options.window_samples, options.hop_samples)):
+    numbers = collections.Counter()  # windows so far, per layout
+    for layout, start, samples in passes(stream.samples(), layouts(options)):
+        number = numbers[layout]
+        numbers[layout] += 1
         now = time.perf_counter()
         timings["decode"] += now - clock
         mel = model_input(samples)
@@ -213,7 +219,7 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
         timings["frontend"] += clock - now
         done = threading.Event()
         future = batcher.submit(mel)  # may run the model, on this window and others waiting
-        future.add_done_callback(lambda f, i=number, s=start, n=len(samples), d=done: take_in(i, s, n, d, f))
+        future.add_done_callback(lambda f, k=layout, i=number, s=start, n=len(samples), d=done: take_in(k, i, s, n, d, f))
         in_flight.append(done)
         while len(in_flight) > WINDOWS_IN_FLIGHT or (in_flight and in_flight[0].is_set()):
             in_flight.popleft().wait()
