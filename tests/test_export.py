@@ -26,6 +26,7 @@ from efficientat_mn import MobileNetV3, width_from_name  # noqa: E402
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 CHECKPOINT = SHARED / "upstream" / "mn04_as_mAP_432.pt"
 LABELS = SHARED / "upstream" / "class_labels_indices.csv"
+ONTOLOGY = SHARED / "upstream" / "ontology.json"
 CHECKPOINT_NAME, CHECKPOINT_SHA = export_model.CHECKPOINTS["mn04_as"]
 MAIN_CLIPS = ("music", "speech", "typing")
 
@@ -42,7 +43,7 @@ def reference(clip: str) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "mn04_as.onnx"
-    argv = ["--checkpoint", str(CHECKPOINT), "--labels", str(LABELS), "--output", str(out),
+    argv = ["--checkpoint", str(CHECKPOINT), "--labels", str(LABELS), "--ontology", str(ONTOLOGY), "--output", str(out),
             "--reference-dir", str(SHARED / "reference")]
     assert export_model.main(argv) == 0
     return out
@@ -101,10 +102,19 @@ def test_verification_fails_past_tolerance(onnx_path):
 def test_metadata(onnx_path):
     model = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert set(meta) == {"model_name", "checkpoint_sha256", "labels", "mids", "frontend", "audiotag_model_format"}
+    assert set(meta) == {"model_name", "checkpoint_sha256", "labels", "mids", "frontend", "categories",
+                         "ontology_sha256", "audiotag_model_format"}
     assert meta["model_name"] == "mn04_as"
     assert meta["checkpoint_sha256"] == CHECKPOINT_SHA
-    assert meta["audiotag_model_format"] == "1"
+    assert meta["audiotag_model_format"] == "2"
+    assert meta["ontology_sha256"] == "9c685f4403eecc3ca9be37fd7285cf212feaaea6ff7229d3e7ca89e0d1f2d15d"
+    categories = json.loads(meta["categories"])
+    assert [c["name"] for c in categories] == [
+        "Human sounds", "Animal", "Music", "Natural sounds", "Sounds of things", "Source-ambiguous sounds",
+        "Channel, environment and background"]
+    music = next(c for c in categories if c["name"] == "Music")
+    assert music["mid"] == "/m/04rlf" and 137 in music["indices"]  # the category is a label of its own subtree
+    assert set().union(*(c["indices"] for c in categories)) == set(range(527))
     labels, mids = json.loads(meta["labels"]), json.loads(meta["mids"])
     assert len(labels) == len(mids) == 527
     assert labels[:2] == ["Speech", "Male speech, man speaking"]  # the CSV quotes commas
@@ -208,7 +218,8 @@ def test_assets_dir_from_the_environment(tmp_path):
     out = tmp_path / "out.onnx"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "export_model.py"), "--checkpoint-url", free_port_url(),
-         "--labels-url", free_port_url(), "--output", str(out), "--reference-dir", str(refs)],
+         "--labels-url", free_port_url(), "--ontology-url", free_port_url(), "--output", str(out),
+         "--reference-dir", str(refs)],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
@@ -231,11 +242,39 @@ def test_another_width_exports_with_the_same_script(tmp_path):
     refs.mkdir()
     shutil.copy(SHARED / "reference" / "music.npz", refs)
     out = tmp_path / "mn10_as.onnx"
-    argv = ["--model", "mn10_as", "--checkpoint", str(checkpoint), "--labels", str(LABELS), "--output", str(out),
-            "--reference-dir", str(refs)]
+    argv = ["--model", "mn10_as", "--checkpoint", str(checkpoint), "--labels", str(LABELS), "--ontology", str(ONTOLOGY),
+            "--output", str(out), "--reference-dir", str(refs)]
     assert export_model.main(argv) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits, embedding = session.run(None, {"melspec": reference("music")[0]})
     assert logits.shape == (1, 527) and embedding.shape == (1, 960)
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["model_name"] == "mn10_as" and len(json.loads(meta["labels"])) == 527
+
+
+def test_if_stale_skips_a_current_model_and_redoes_an_old_one(onnx_path, tmp_path):
+    """setup.sh's --if-stale: a model of this format is left alone (no input is even looked for); one of an older
+    format (no categories) is exported again."""
+    assert export_model.main(["--if-stale", "--output", str(onnx_path), "--assets-dir", str(tmp_path)]) == 0
+    old = onnx.load(str(onnx_path))
+    for prop in list(old.metadata_props):
+        if prop.key in ("categories", "ontology_sha256"):
+            old.metadata_props.remove(prop)
+        elif prop.key == "audiotag_model_format":
+            prop.value = "1"
+    stale = tmp_path / "stale.onnx"
+    onnx.save(old, str(stale))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(SHARED / "reference" / "music.npz", refs)
+    argv = ["--if-stale", "--output", str(stale), "--checkpoint", str(CHECKPOINT), "--labels", str(LABELS),
+            "--ontology", str(ONTOLOGY), "--reference-dir", str(refs)]
+    assert export_model.main(argv) == 0
+    assert export_model.model_format(stale) == export_model.MODEL_FORMAT
+
+
+def test_a_file_that_is_not_the_ontology_is_one_clear_error(tmp_path):
+    bad = tmp_path / "ontology.json"
+    bad.write_text('[{"id": "/m/x", "name": "x", "child_ids": []}]')
+    with pytest.raises(export_model.ExportError, match="expected 7 top-level classes, found 1"):
+        export_model.load_categories(bad, ["/m/x"])

@@ -67,3 +67,17 @@ def test_model_without_metadata_is_refused(tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(ModelError, match="not an audiotag model"):
         Model(path)
+
+
+def test_model_exported_before_categories_is_refused_with_what_to_do(tmp_path):
+    proto = onnx.load(str(asset_path(DEFAULT_MODEL)))
+    for prop in list(proto.metadata_props):
+        if prop.key in ("categories", "ontology_sha256"):
+            proto.metadata_props.remove(prop)
+        elif prop.key == "audiotag_model_format":
+            prop.value = "1"
+    path = tmp_path / "old.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelError, match=r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): "
+                                         r"export it again with scripts/export_model.py"):
+        Model(path)

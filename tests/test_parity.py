@@ -47,14 +47,16 @@ def test_cli_json_matches_upstream(cli):
         assert [t["label"] for t in out["tags"]] == [t["display_name"] for t in record["top10"]]
         assert [t["index"] for t in out["tags"]] == [t["index"] for t in record["top10"]]
         assert set(out["tags"][0]) == {"label", "mid", "index", "score"}
+        assert list(out) == ["path", "duration", "sample_rate", "channels", "categories", "tags"]
         np.testing.assert_allclose([t["score"] for t in out["tags"]], [t["prob"] for t in record["top10"]], atol=1e-4)
 
 
-def test_cli_text_lists_top_ten_best_first(cli):
+def test_cli_text_lists_top_ten_best_first_then_the_best_category(cli):
     record = MAIN[0]
     result = cli("--format", "text", AUDIO / record["file"])
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.decode().splitlines()
+    *lines, category = result.stdout.decode().splitlines()
+    assert category == "category: Music 0.598"  # music.wav: its best label, Music, is its own category
     assert len(lines) == 10
     scores = [float(line.split(None, 1)[0]) for line in lines]
     assert scores == sorted(scores, reverse=True)
