@@ -58,7 +58,8 @@ def find_events(starts, ends, scores, *, duration: float, floor: float = EVENT_F
             if row is not None and owned_from[row] - owned_to[previous] <= gap + 1e-9:
                 previous = row
                 continue
-            events.append(Event(labels[index] if labels is not None else "", int(index), float(owned_from[run_start]), float(owned_to[previous]),
+            label = labels[index] if labels is not None else ""
+            events.append(Event(label, int(index), float(owned_from[run_start]), float(owned_to[previous]),
                                 float(scores[run_start:previous + 1, index].max())))
             if row is not None:
                 run_start = previous = row

@@ -219,7 +219,8 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
         timings["frontend"] += clock - now
         done = threading.Event()
         future = batcher.submit(mel)  # may run the model, on this window and others waiting
-        future.add_done_callback(lambda f, k=layout, i=number, s=start, n=len(samples), d=done: take_in(k, i, s, n, d, f))
+        future.add_done_callback(
+            lambda f, k=layout, i=number, s=start, n=len(samples), d=done: take_in(k, i, s, n, d, f))
         in_flight.append(done)
         while len(in_flight) > WINDOWS_IN_FLIGHT or (in_flight and in_flight[0].is_set()):
             in_flight.popleft().wait()

@@ -167,3 +167,19 @@ def test_options_are_checked_when_made_and_read_from_strings():
             TagOptions.from_strings(values)
     with pytest.raises(ValueError):
         TagOptions(threshold=math.inf)
+
+
+def test_a_model_exported_before_categories_is_one_line_and_exit_3(cli, tmp_path):
+    import onnx
+
+    from audiotag.assets import DEFAULT_MODEL, asset_path
+
+    proto = onnx.load(str(asset_path(DEFAULT_MODEL)))
+    for prop in [p for p in proto.metadata_props if p.key in ("categories", "ontology_sha256")]:
+        proto.metadata_props.remove(prop)
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    result = cli("--model", old, AUDIO / "music.wav")
+    stderr = result.stderr.decode()
+    assert result.returncode == 3 and result.stdout == b"" and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"audiotag: {old} has no category metadata") and "scripts/export_model.py" in stderr

@@ -78,6 +78,6 @@ def test_model_exported_before_categories_is_refused_with_what_to_do(tmp_path):
             prop.value = "1"
     path = tmp_path / "old.onnx"
     onnx.save(proto, str(path))
-    with pytest.raises(ModelError, match=r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): "
-                                         r"export it again with scripts/export_model.py"):
+    message = r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): export it again with"
+    with pytest.raises(ModelError, match=message + " scripts/export_model.py"):
         Model(path)
