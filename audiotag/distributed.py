@@ -45,8 +45,9 @@ IO_CPUS = 0
 IO_TASKS_PER_WORKER = 1
 ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
 
-# The row layout is built from this: JSONL record fields first, then the embedding, then the error.
-COLUMNS = ("path", "duration", "sample_rate", "channels", "tags", "embedding", "error")
+# The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
+COLUMNS = ("path", "duration", "sample_rate", "channels", "categories", "tags", "events", "embedding", "error")
+EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
 def schema():
@@ -54,12 +55,16 @@ def schema():
     import pyarrow as pa
 
     tag = pa.struct([("label", pa.string()), ("mid", pa.string()), ("index", pa.int32()), ("score", pa.float64())])
+    category = pa.struct([("name", pa.string()), ("score", pa.float64())])
+    event = pa.struct([("label", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("score", pa.float64())])
     return pa.schema([
         ("path", pa.string()),
         ("duration", pa.float64()),
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
+        ("categories", pa.list_(category)),
         ("tags", pa.list_(tag)),
+        ("events", pa.list_(event)),  # null unless asked for (--events)
         ("embedding", pa.list_(pa.float32())),  # null unless asked for
         ("error", pa.string()),  # null when the file was tagged
     ])
@@ -108,14 +113,23 @@ class TagBatch:
             outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration)
         row = dict.fromkeys(COLUMNS)
         row.update(output.record(outcome))
+        if self.options.events and outcome.error is None:  # the CLI's event records, less the path
+            row["events"] = [{key: value for key, value in event.items() if key != "path"}
+                             for event in output.event_records(outcome)]
         if self.embeddings and outcome.error is None:
             row["embedding"] = prediction.embedding.tolist()
         return row
 
 
 def record(row: dict) -> dict:
-    """A Parquet row back to the JSONL record the CLI prints for the same file (no embedding, no null fields)."""
-    return {key: row[key] for key in COLUMNS if key != "embedding" and row.get(key) is not None}
+    """A Parquet row back to the JSONL record the CLI prints for the same file (no events, no embedding, no null
+    fields)."""
+    return {key: row[key] for key in COLUMNS if key not in EXTRA_COLUMNS and row.get(key) is not None}
+
+
+def event_records(row: dict) -> list:
+    """A Parquet row's events back to the event records the CLI prints before the same file's record."""
+    return [{"path": row["path"], **event} for event in row.get("events") or []]
 
 
 # -- inputs and outputs ------------------------------------------------------------------------------------------
@@ -250,8 +264,10 @@ def quiet_ray_data(verbose: bool = False) -> None:
 
 EPILOG = """\
 Rows (one per file; Parquet files under DIR): path, duration, sample_rate, channels,
-tags (list of {label, mid, index, score}, best first), embedding (list of float, with --embeddings),
-error (set when the file could not be tagged; the other fields are then null).
+categories (list of {name, score}: the seven AudioSet top-level categories, best first),
+tags (list of {label, mid, index, score}, best first), events (list of {label, start, end, score}, with
+--events), embedding (list of float, with --embeddings), error (set when the file could not be tagged; the
+other fields are then null).
 
 The cluster: --address, else $RAY_ADDRESS, else one started on this machine with `ray start`, else a new
 local Ray instance. Every node needs the same audiotag installed (pip install audiotag[ray]); local paths must
@@ -264,7 +280,7 @@ on); 130 interrupted.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _number
+    from .cli import AGGREGATES, _number
 
     parser = argparse.ArgumentParser(
         prog="audiotag-ray", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -274,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="Parquet directory (local path or URI)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, `ray start`'s, or local)")
     parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per file (default 10)")
+    parser.add_argument("-t", "--threshold", type=_number(float, 0, 1), default=0.0, metavar="T",
+                        help="only labels scoring at least T, within --top-k")
+    parser.add_argument("--aggregate", choices=AGGREGATES, default="max",
+                        help="a label's score in a long file: its best window's (max, default) or the mean")
+    parser.add_argument("--events", action="store_true",
+                        help="also store the stretches where each label is present (start, end, peak score)")
     parser.add_argument("--embeddings", action="store_true", help="also store each file's embedding")
     parser.add_argument("--window", type=_number(float, 0), default=10.0, metavar="SEC",
                         help="seconds per model pass (default 10; 0 = whole file)")
@@ -302,7 +324,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args) -> int:
+    from .cli import tag_options
     from .tagger import TagOptions
+
+    try:
+        options = tag_options(args, TagOptions)  # checked before anything is listed or started
+    except ValueError as error:
+        _warn(str(error))
+        return EXIT_USAGE
 
     try:
         filesystem, prefix, paths = list_inputs(args.inputs)
@@ -332,7 +361,7 @@ def _run(args) -> int:
         connect(args.address, args.verbose)
         tag(todo, args.output, filesystem=filesystem, prefix=prefix, workers=args.workers,
             worker_cpus=args.worker_cpus, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
-            options=TagOptions(top_k=args.top_k, window=args.window, hop=args.hop),
+            options=options,
             embeddings=args.embeddings, model=model)
         rows = read_rows(args.output, ("path", "error"))
     except KeyboardInterrupt:

@@ -252,3 +252,30 @@ def test_any_failure_on_one_file_is_a_row_not_a_failed_task(monkeypatch):
     rows = distributed.TagBatch()(batch).to_pylist()
     assert [row["error"] for row in rows] == [None, "unexpected RuntimeError: boom", None]
     assert rows[0]["tags"][0]["label"] == "Music" and rows[2]["tags"] == rows[0]["tags"]
+
+
+def test_rows_carry_the_options_and_fields_of_the_cli(tmp_path):
+    """Called as Ray calls it: with --threshold, --aggregate and --events, a row is the CLI's record for the same
+    options (categories included), and its events column holds the CLI's event records."""
+    import pyarrow as pa
+
+    from audiotag.tagger import TagOptions
+
+    path = AUDIO / "extra" / "librosa-pibble.ogg"
+    cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", "-t", "0.2", "--aggregate", "mean",
+                          "--events", str(path)], capture_output=True, timeout=RUN_TIMEOUT)
+    assert cli.returncode == 0, cli.stderr.decode()
+    *events, rec = [json.loads(line) for line in cli.stdout.decode().splitlines()]
+    options = TagOptions(threshold=0.2, aggregate="mean", events=True)
+    batch = pa.table({"path": [str(path)], "bytes": [path.read_bytes()]})
+    row, = distributed.TagBatch(options)(batch).to_pylist()
+    assert distributed.record(row) == rec and len(rec["categories"]) == 7
+    assert distributed.event_records(row) == events and events
+
+
+def test_bad_options_are_one_line_usage_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "audiotag.distributed", AUDIO / "music.wav", "-o", tmp_path / "o",
+                             "--window", "0.5"], capture_output=True, timeout=60)
+    assert result.returncode == distributed.EXIT_USAGE
+    assert result.stderr.decode().splitlines() == [
+        "audiotag-ray: window must be 0 (the whole clip in one pass) or 1 to 86400 s, got 0.5"]
