@@ -30,3 +30,13 @@ def test_profile_batch():
 def test_bench_clip():
     code, out = run_script("bench_clip.py", "--runs", 2)
     assert code == 0 and "frontend" in out and "onnxruntime threads 1: model" in out, out
+
+
+def test_event_study():
+    code, out = run_script("event_study.py", "--quick")
+    assert code == 0 and "best per layout:" in out and "as shipped (one thread" in out, out
+
+
+def test_aggregate_study():
+    code, out = run_script("aggregate_study.py")
+    assert code == 0 and "25 clips over 10 s" in out and "24 clips up to 10 s" in out, out
