@@ -269,8 +269,9 @@ def test_rows_carry_the_options_and_fields_of_the_cli(tmp_path):
     options = TagOptions(threshold=0.2, aggregate="mean", events=True)
     batch = pa.table({"path": [str(path)], "bytes": [path.read_bytes()]})
     row, = distributed.TagBatch(options)(batch).to_pylist()
-    assert distributed.record(row) == rec and len(rec["categories"]) == 7
-    assert distributed.event_records(row) == events and events
+    assert len(rec["categories"]) == 7 and events
+    assert compare_lines([distributed.record(row)], [rec]) == []  # two processes: scores within 1e-5
+    assert compare_lines(distributed.event_records(row), events) == []
 
 
 def test_bad_options_are_one_line_usage_errors(tmp_path):
