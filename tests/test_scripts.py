@@ -30,3 +30,10 @@ def test_profile_batch():
 def test_bench_clip():
     code, out = run_script("bench_clip.py", "--runs", 2)
     assert code == 0 and "frontend" in out and "onnxruntime threads 1: model" in out, out
+
+
+def test_bench_serve(tmp_path):
+    code, out = run_script("bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    assert code in (0, 1)  # 1: the target missed, as it may be on 8 short clips
+    for line in ("(a) audiotag DIR", "(b) audiotag serve, 4 clients", "1 client : p50", "4 clients: p50", "(b)/(a) = "):
+        assert line in out, out
