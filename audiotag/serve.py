@@ -59,11 +59,15 @@ endpoints:
                   audiotag_model_seconds_total, audiotag_queue_depth, audiotag_request_duration_seconds...
 
 status codes (errors are JSON {{"error": "reason"}}):
-  200  tagged            400  empty or malformed request     401  missing or wrong bearer token
-  404  no such path      405  wrong method for the path      408  the client stalled (--idle-timeout)
-  413  body over --max-body                                  422  audio that cannot be tagged: the CLI's
-  503  --max-pending requests already in work, or shutting down    record {{"path", "error"}}
-  504  not answered within --timeout
+  200  tagged: the record
+  400  empty or malformed request (body, framing, query parameter)
+  401  missing or wrong bearer token (with --token-file)
+  404  no such path; 405 wrong method for the path
+  408  the client sent nothing for --idle-timeout seconds
+  413  body over --max-body
+  422  audio that cannot be tagged: the CLI's error record {{"path": NAME, "error": "cannot decode: ..."}}
+  503  --max-pending requests already in work (Retry-After: 1), or shutting down
+  504  not answered within --timeout seconds
 
 safety: binds 127.0.0.1 by default; any other (non-loopback) address needs --token-file, and every request
 must then carry "Authorization: Bearer TOKEN". SIGTERM or SIGINT: stops accepting, answers what is in
@@ -75,8 +79,9 @@ cannot be loaded.
 examples:
   audiotag serve --port {DEFAULT_PORT}
   curl --data-binary @clip.mp3 'http://127.0.0.1:{DEFAULT_PORT}/tag?name=clip.mp3&top_k=5'
-  arecord -f S16_LE -r 16000 | curl -T - -H 'Transfer-Encoding: chunked' \\
-      'http://127.0.0.1:{DEFAULT_PORT}/tag?raw=s16le&rate=16000&segments=1'
+  ffmpeg -i talk.m4a -f wav - | curl -X POST -T - 'http://127.0.0.1:{DEFAULT_PORT}/tag?name=talk.m4a&segments=1'
+      (curl sends stdin chunked: the WAV stream is tagged as it arrives)
+  curl --unix-socket /run/audiotag.sock --data-binary @clip.wav 'http://localhost/tag?name=clip.wav'
   audiotag serve --host 0.0.0.0 --token-file /etc/audiotag/token
 """
 
