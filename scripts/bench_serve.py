@@ -9,7 +9,8 @@ measures, rounds interleaved:
   (b) the same files POSTed to a running ``audiotag serve`` (default settings) by ``--clients`` concurrent clients,
       each on one keep-alive connection, from the first request to the last answer (the server is started once,
       before: a service's start-up is paid once);
-  (c) the latency of one 10 s clip, posted over and over by 1 client and by ``--clients`` clients: p50 and p99.
+  (c) the latency of one 10 s clip, posted over and over by 1 client and by ``--clients`` clients: p50 and p99;
+  (d) (not with --quick) the server's peak memory before and after a 20-minute WAV uploaded chunked.
 Every answer must be 200 and equal (path aside) to (a)'s record for that file. Target (exit status 1 when
 missed): (b) reaches TARGET_OF_DIR of (a)'s files/s. Figures are medians over rounds; the load average is shown.
 """
@@ -36,6 +37,7 @@ from make_corpus import make_corpus  # noqa: E402
 
 TARGET_OF_DIR = 0.7
 LATENCY_REQUESTS = 100  # per latency measurement, split among the clients
+STREAM_MINUTES = 20  # (d): 220 MB of WAV, far more than the server's own memory
 
 
 def main() -> int:
@@ -90,15 +92,17 @@ def main() -> int:
     for clients, values in latencies.items():
         print(f"    {clients} client{'s' if clients > 1 else ' '}: p50 {1e3 * _percentile(values, 50):6.1f} ms, "
               f"p99 {1e3 * _percentile(values, 99):6.1f} ms")
+    if not args.quick:
+        _streamed_memory(command)
     ok = serve_rate >= TARGET_OF_DIR * dir_rate
     print(f"\n(b)/(a) = {serve_rate / dir_rate:.2f}   target >= {TARGET_OF_DIR:.2f}   {'ok' if ok else 'MISSED'}")
     print(f"load average at end: {_load()}")
     return 0 if ok else 1
 
 
-def _start_server(command, scratch: Path) -> subprocess.Popen:
+def _start_server(command, scratch: Path, *options) -> subprocess.Popen:
     log = open(scratch / "serve.log", "wb")
-    process = subprocess.Popen([*command, "serve", "--port", "0", "--quiet"], stdin=subprocess.DEVNULL,
+    process = subprocess.Popen([*command, "serve", "--port", "0", "--quiet", *options], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=scratch)
     first = process.stderr.readline().decode()
     if not first.startswith("audiotag: serving http://"):
@@ -171,6 +175,49 @@ def _latencies(server, body: bytes, clients: int, requests: int) -> list:
 
     with ThreadPoolExecutor(clients) as pool:
         return [t for times in pool.map(client, [requests // clients] * clients) for t in times]
+
+
+def _streamed_memory(command) -> None:
+    """(d) A chunked WAV upload of STREAM_MINUTES minutes (48 kHz stereo, generated as it is sent) to a fresh server:
+    its peak memory before and after shows whether memory grows with the body."""
+    import numpy as np
+
+    rate, channels = 48000, 2
+    block = (np.random.default_rng(0).standard_normal((5 * rate, channels)) * 3000).astype("<i2").tobytes()
+    blocks = STREAM_MINUTES * 60 // 5
+    size = blocks * len(block)
+    header = b"RIFF" + (size + 36).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little") + \
+        (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little") + \
+        (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little") + \
+        (16).to_bytes(2, "little") + b"data" + size.to_bytes(4, "little")
+    with tempfile.TemporaryDirectory(prefix="audiotag-bench-serve-") as scratch:
+        server = _start_server(command, Path(scratch), "--max-body", "2G", "--timeout", "3600")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            _post(connection, "warm-up", header[:40] + (len(block)).to_bytes(4, "little") + block)
+            before = _peak_rss(server.pid)
+            started = time.perf_counter()
+            connection.request("POST", "/tag?name=stream", body=(chunk for chunk in [header, *[block] * blocks]),
+                               encode_chunked=True)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            wall = time.perf_counter() - started
+            after = _peak_rss(server.pid)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    if response.status != 200:
+        raise SystemExit(f"bench_serve: the streamed upload was answered {response.status} {answer}")
+    print(f"\n(d) a chunked {STREAM_MINUTES}-minute 48 kHz stereo WAV upload ({size / 2**20:.0f} MB) in {wall:.1f} s: "
+          f"server peak RSS {before / 2**20:.0f} MB before, {after / 2**20:.0f} MB after")
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _percentile(values, percent: float) -> float:
