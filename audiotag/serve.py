@@ -6,28 +6,25 @@ bytes decode through ``audio.open_bytes`` (or, as they arrive, ``audio.open_stdi
 go to one ``pipeline.Batcher``, so concurrent requests share one model session and its batches, as the inputs
 of ``audiotag DIR`` do.
 
-The HTTP layer is the standard library's ``http.server`` (a thread per connection): it adds about 0.3 MB to the
-binary (no new dependency), a slow client only holds its own thread, and what it lacks for this use is small
-and written here: chunked request bodies (``httpbody.py``), JSON errors, limits and a clean shutdown.
+Here: the command line, start-up checks, the shutdown, and the ``Service`` that tags a request's body. The HTTP
+side is ``httpserver.py`` (on the standard library's ``http.server``: no dependency, 0.07 MB in the binary),
+request bodies ``httpbody.py``, the counters ``metrics.py``.
 """
 
 import argparse
 import contextlib
-import http.server
 import ipaddress
 import os
 import signal
 import socket
-import socketserver
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from urllib.parse import parse_qsl, urlsplit
 
-from . import __version__
 from .httpbody import Body, HttpError
+from .httpserver import TagRequest, listen, log
+from .metrics import Metrics
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3  # as the CLI's
 DEFAULT_PORT = 8750
@@ -36,10 +33,7 @@ DEFAULT_MAX_PENDING = 32  # requests taken in at once; worst-case memory is abou
 DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
 DEFAULT_IDLE_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
 SHUTDOWN_GRACE = 9.0  # after SIGTERM, requests in flight get this long to be answered (exit within 10 s)
-LINGER_SECONDS, LINGER_BYTES = 2.0, 64 << 20  # an error answered before the body was read: how much to drop after
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_SECONDS = 86400.0
-RAW_FORMATS = ("s16le", "s32le", "f32le")
 
 EPILOG = f"""\
 endpoints:
@@ -153,13 +147,13 @@ def main(argv) -> int:
     try:
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
     except (ModelError, FileNotFoundError) as error:
-        _log(str(error))
+        log(str(error))
         return EXIT_MODEL
     service = Service(tagger, args, token)
     try:
-        server = _listen(args, service)
+        server = listen(args, service)
     except OSError as error:
-        _log(f"serve: cannot listen on {args.socket or f'{args.host}:{args.port}'}: "
+        log(f"serve: cannot listen on {args.socket or f'{args.host}:{args.port}'}: "
              f"{(error.strerror or str(error)).lower()}")
         return EXIT_USAGE
     stop = threading.Event()
@@ -168,7 +162,7 @@ def main(argv) -> int:
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="audiotag-serve",
                      daemon=True).start()
     where = f"unix:{args.socket}" if args.socket else f"http://{_url_host(args.host)}:{server.server_address[1]}"
-    _log(f"serving {where} (model {tagger.model.info.name}, jobs {args.jobs}"
+    log(f"serving {where} (model {tagger.model.info.name}, jobs {args.jobs}"
          + (f", providers {', '.join(tagger.model.providers)}" if args.verbose else "") + ")")
     while not stop.wait(1.0):
         pass
@@ -180,9 +174,8 @@ def main(argv) -> int:
         with contextlib.suppress(OSError):
             os.unlink(args.socket)
     unanswered = service.wait_idle(SHUTDOWN_GRACE - (time.monotonic() - stopped))
-    _log("serve: stopped" + (f"; {unanswered} requests were still in work" if unanswered else ""))
+    log("serve: stopped" + (f"; {unanswered} requests were still in work" if unanswered else ""))
     return EXIT_OK
-
 
 class Service:
     """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics."""
@@ -199,10 +192,7 @@ class Service:
         self.pending = 0  # requests taken in and not yet answered
         self.queued = 0  # of those, bodies read and waiting for a worker
         self.stopping = False
-        self.counts = {}  # HTTP status -> requests answered
-        self.audio_seconds = 0.0
-        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
+        self.metrics = Metrics()
 
     @contextlib.contextmanager
     def admitted(self):
@@ -225,7 +215,7 @@ class Service:
                 self._lock.wait(left)
             return self.pending
 
-    def tag(self, body: Body, request: "_TagRequest", deadline: float) -> tuple:
+    def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
         """(status, records) for one POST /tag."""
         from . import audio, output, pipeline
         from .tagger import TagOptions
@@ -253,8 +243,7 @@ class Service:
         if body.failure is not None:
             raise body.failure
         if outcome.error is None:
-            with self._lock:
-                self.audio_seconds += outcome.duration
+            self.metrics.tagged(outcome.duration)
         return (200 if outcome.error is None else 422), [*segments, output.record(outcome)]
 
     def _in_worker(self, work, deadline: float):
@@ -275,65 +264,16 @@ class Service:
                 with self._lock:
                     self.queued -= 1
             raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s") from None
-
     def count(self, status: int, seconds=None) -> None:
+        self.metrics.count(status, seconds)
+
+    def metrics_text(self) -> str:
         with self._lock:
-            self.counts[status] = self.counts.get(status, 0) + 1
-            if seconds is not None:
-                self.latency_sum += seconds
-                self.latency[next((i for i, le in enumerate(LATENCY_BUCKETS) if seconds <= le),
-                                  len(LATENCY_BUCKETS))] += 1
-
-    def metrics(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        with self._lock:
-            counts, latency, latency_sum = dict(self.counts), list(self.latency), self.latency_sum
-            audio_seconds, pending, queued = self.audio_seconds, self.pending, self.queued
-        batcher = self.batcher
-        lines = []
-
-        def metric(name, kind, text, samples):
-            lines.extend([f"# HELP audiotag_{name} {text}", f"# TYPE audiotag_{name} {kind}"])
-            lines.extend(f"audiotag_{name}{labels} {value:.9g}" for labels, value in samples)
-
-        metric("requests_total", "counter", "Requests answered, by HTTP status.",
-               [(f'{{code="{code}"}}', n) for code, n in sorted(counts.items())])
-        metric("audio_seconds_total", "counter", "Seconds of audio tagged.", [("", audio_seconds)])
-        metric("model_seconds_total", "counter", "Seconds spent running the model.", [("", batcher.model_seconds)])
-        metric("model_windows_total", "counter", "Windows the model has tagged.", [("", batcher.windows)])
-        metric("model_batches_total", "counter", "Batches the model has run.", [("", batcher.batches)])
-        metric("queue_depth", "gauge", "Uploads read and waiting for a worker.", [("", queued)])
-        metric("requests_in_progress", "gauge", "Requests taken in and not yet answered.", [("", pending)])
-        cumulative, buckets = 0, []
-        for le, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), latency):
-            cumulative += n
-            buckets.append((f'_bucket{{le="{le}"}}', cumulative))
-        metric("request_duration_seconds", "histogram", "POST /tag: from the request's headers to its answer.",
-               [*buckets, ("_sum", latency_sum), ("_count", cumulative)])
-        return "\n".join(lines) + "\n"
+            pending, queued = self.pending, self.queued
+        return self.metrics.text(self.batcher, pending, queued)
 
 
-class _TagRequest:
-    """The query parameters of POST /tag, checked (400 on anything unknown or out of range)."""
-
-    def __init__(self, query: dict):
-        unknown = sorted(set(query) - {"name", "top_k", "segments", "raw", "rate", "channels"})
-        if unknown:
-            raise HttpError(400, f"unknown query parameter {unknown[0]!r} (known: name, top_k, segments, raw, "
-                                 "rate, channels)")
-        self.name = query.get("name", "-")
-        self.top_k = _int_parameter(query, "top_k", 10, 1)
-        self.segments = _flag(query, "segments")
-        self.raw = query.get("raw")
-        if self.raw is not None and self.raw not in RAW_FORMATS:
-            raise HttpError(400, f"raw={self.raw}: expected one of {', '.join(RAW_FORMATS)}")
-        self.rate = _int_parameter(query, "rate", None, 1)
-        self.channels = _int_parameter(query, "channels", 1, 1)
-        if self.raw and self.rate is None:
-            raise HttpError(400, "raw= needs rate=HZ")
-
-
-def _open_stream(body: Body, request: _TagRequest):
+def _open_stream(body: Body, request: TagRequest):
     """A WAV stream or raw samples, decoded as they arrive. A WAV whose header the stream parser does not take
     (an encoding other than PCM or float) is decoded whole, as a file, as long as the bytes read can be replayed."""
     from . import audio
@@ -345,253 +285,6 @@ def _open_stream(body: Body, request: _TagRequest):
         if replay is None:
             raise
         return audio.open_bytes(replay + body.read())
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: a crawler posts many files on one connection
-    server_version = f"audiotag/{__version__}"
-    sys_version = ""
-
-    def setup(self):
-        self.service = self.server.service
-        self.timeout = self.service.args.idle_timeout  # stalled request lines and headers; bodies see Body
-        super().setup()
-        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
-            # Headers and body go out in two writes: without this, Nagle's algorithm holds the second one back
-            # until the client's delayed ACK (40 ms on Linux).
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._expects_continue = False
-
-    def handle_expect_100(self):
-        self._expects_continue = True  # "100 Continue" is sent when the body is read, after the checks
-        return True
-
-    def do_GET(self):
-        self._route(self.command)
-
-    do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
-
-    def _route(self, method: str):
-        started = time.monotonic()
-        self._body = None
-        try:
-            path, query = self._parse_target()
-            if self.service.token is not None and not self._authorized():
-                raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-            allowed = {"/tag": "POST", "/healthz": "GET", "/metrics": "GET"}.get(path)
-            if allowed is None:
-                raise HttpError(404, f"no such path {path!r} (POST /tag, GET /healthz, GET /metrics)")
-            if method != allowed:
-                raise HttpError(405, f"{path} takes {allowed}, not {method}")
-            if self.service.stopping:
-                raise HttpError(503, "shutting down")
-            if path == "/tag":
-                with self.service.admitted():  # held until answered: a shutdown waits for the answer
-                    try:
-                        status, records = self._tag(query, started)
-                    except HttpError as error:
-                        status, records = error.status, [{"error": error.message}]
-                    self._answer(status, records, "application/x-ndjson" if len(records) > 1 else "application/json")
-                self.service.count(status, time.monotonic() - started)
-            elif path == "/healthz":
-                info = self.service.tagger.model.info
-                self._answer(200, [{"status": "ok", "model": info.name, "version": __version__,
-                                    "checkpoint_sha256": info.checkpoint_sha256}])
-                self.service.count(200)
-            else:
-                self._send(200, self.service.metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
-                self.service.count(200)
-        except HttpError as error:
-            self._answer(error.status, [{"error": error.message}])
-            self.service.count(error.status, time.monotonic() - started if self.path.startswith("/tag") else None)
-        except Exception as error:  # a bug: one line in the log and a 500, never a traceback or a silent drop
-            _log(f"serve: unexpected {type(error).__name__} answering {self.requestline!r}: {error}")
-            self._answer(500, [{"error": f"unexpected {type(error).__name__}: {error}"}])
-            self.service.count(500)
-        finally:
-            self._access_log(started)
-
-    def _tag(self, query: dict, started: float) -> tuple:
-        request = _TagRequest(query)
-        length, chunked = self._body_framing()
-        if length is not None and length > self.service.args.max_body:
-            raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
-        self._body = Body(self.rfile, length, chunked, self.service.args.max_body, started + self.service.args.timeout,
-                          self.service.args.idle_timeout, self.connection.settimeout, self._send_continue)
-        return self.service.tag(self._body, request, started + self.service.args.timeout)
-
-    def _body_framing(self) -> tuple:
-        """(Content-Length or None, chunked), as RFC 9112 6.3 has it; 400 for anything else."""
-        coding = self.headers.get("Transfer-Encoding")
-        length = self.headers.get_all("Content-Length") or []
-        if coding is not None:
-            if coding.strip().lower() != "chunked" or length:
-                raise HttpError(400, f"unsupported Transfer-Encoding {coding!r} (only chunked, without "
-                                     "Content-Length)")
-            return None, True
-        if len(set(length)) > 1 or (length and not length[0].strip().isdigit()):
-            raise HttpError(400, f"malformed Content-Length {', '.join(length)!r}")
-        if not length or int(length[0]) == 0:
-            raise HttpError(400, "empty body: POST the audio file's bytes (with a Content-Length, or chunked)")
-        return int(length[0]), False
-
-    def _send_continue(self):
-        if self._expects_continue:
-            self.send_response_only(100)
-            self.end_headers()
-
-    def _parse_target(self) -> tuple:
-        target = urlsplit(self.path)
-        try:
-            pairs = parse_qsl(target.query, keep_blank_values=True, strict_parsing=bool(target.query),
-                              encoding="utf-8", errors="surrogateescape")
-        except ValueError:
-            raise HttpError(400, f"malformed query string {target.query[:80]!r}") from None
-        query = {}
-        for key, value in pairs:
-            if key in query:
-                raise HttpError(400, f"query parameter {key!r} given twice")
-            query[key] = value
-        return target.path, query
-
-    def _authorized(self) -> bool:
-        from _operator import _compare_digest  # hmac.compare_digest without hashlib (not in the binary)
-
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and _compare_digest(token.strip().encode(errors="surrogateescape"),
-                                                               self.service.token)
-
-    def _answer(self, status: int, records: list, content_type: str = "application/json"):
-        from .output import format_record
-
-        self._send(status, "".join(format_record(rec, "jsonl") for rec in records).encode(errors="surrogateescape"),
-                   content_type)
-
-    def _send(self, status: int, payload: bytes, content_type: str):
-        # A body left unread (an early error, a stream cut short) would be taken for the next request.
-        unread = not self._body.done if self._body is not None else \
-            any(name in (getattr(self, "headers", None) or ()) for name in ("Content-Length", "Transfer-Encoding"))
-        if unread or self.service.stopping:
-            self.close_connection = True
-        self._status, self._sent = status, len(payload)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            if status == 401:
-                self.send_header("WWW-Authenticate", "Bearer")
-            if status == 503:
-                self.send_header("Retry-After", "1")
-            if status == 405:
-                self.send_header("Allow", {"/tag": "POST"}.get(urlsplit(self.path).path, "GET"))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
-            if unread:
-                self._discard_rest()
-        except OSError:  # the client has gone: nothing to tell it
-            self.close_connection = True
-            self._status = 499
-
-    def _discard_rest(self):
-        """Read (and drop) what the client is still sending before closing: closing with unread bytes resets the
-        connection, and the client, still busy sending, would never read the answer. Bounded in time and size."""
-        self.connection.shutdown(socket.SHUT_WR)
-        end, dropped = time.monotonic() + LINGER_SECONDS, 0
-        while dropped < LINGER_BYTES and (left := end - time.monotonic()) > 0:
-            self.connection.settimeout(left)
-            try:
-                data = self.connection.recv(1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            dropped += len(data)
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own errors (malformed request line, huge headers, unknown method) as JSON, logged."""
-        self._body = None
-        self.close_connection = True
-        self.request_version = "HTTP/1.1"  # not 0.9 (what a garbled request line is taken for): a status line
-        started = time.monotonic()
-        self._answer(code, [{"error": message or self.responses.get(code, ("error",))[0]}])
-        self.service.count(code)
-        self._access_log(started)
-
-    def log_request(self, code="-", size="-"):
-        pass  # one line per request is written by _access_log, with its size and time
-
-    def log_message(self, format, *args):
-        if not self.service.args.quiet:
-            _log(f"serve: {self._client()}: {format % args}")
-
-    def _access_log(self, started: float):
-        if self.service.args.quiet:
-            return
-        line = getattr(self, "requestline", "") or "-"
-        _log(f"{self._client()} \"{line}\" {getattr(self, '_status', '-')} {getattr(self, '_sent', 0)} "
-             f"{time.monotonic() - started:.3f}s")
-
-    def _client(self) -> str:
-        return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
-
-
-class _Quiet:
-    """What both servers share: no DNS at start, no traceback when a connection goes wrong."""
-
-    daemon_threads = True
-    request_queue_size = 128  # many crawler threads connecting at once
-
-    def handle_error(self, request, client_address):
-        error = sys.exc_info()[1]
-        if not isinstance(error, OSError):  # a dropped connection is not worth a line
-            _log(f"serve: unexpected {type(error).__name__} on a connection: {error}")
-
-
-class _TCPServer(_Quiet, http.server.ThreadingHTTPServer):
-    def __init__(self, address, service, family):
-        self.address_family = family
-        self.service = service
-        super().__init__(address, _Handler)
-
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)  # HTTPServer's would look up the host's name
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-
-class _UnixServer(_Quiet, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    def __init__(self, path, service):
-        self.service = service
-        super().__init__(path, _Handler)
-
-
-def _listen(args, service):
-    if args.socket:
-        _remove_stale_socket(args.socket)
-        return _UnixServer(args.socket, service)
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    return _TCPServer((args.host, args.port), service, family)
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A socket left by a server that is gone is removed; a live one, or any other file, is not."""
-    import stat
-
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise FileExistsError(17, "file exists and is not a socket", path)
-    except FileNotFoundError:
-        return
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(path)
-        raise OSError(98, "address already in use (a server answers there)")
-    except ConnectionRefusedError:
-        os.unlink(path)
-    finally:
-        probe.close()
 
 
 def _is_loopback(host: str) -> bool:
@@ -622,35 +315,6 @@ def _read_token(parser, path):
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _int_parameter(query, name, default, minimum):
-    if name not in query:
-        return default
-    try:
-        value = int(query[name])
-    except ValueError:
-        raise HttpError(400, f"{name}={query[name]}: expected a whole number") from None
-    if value < minimum:
-        raise HttpError(400, f"{name}={value}: must be at least {minimum}")
-    return value
-
-
-def _flag(query, name) -> bool:
-    value = query.get(name, "0").lower()
-    if value not in ("0", "1", "true", "false", ""):
-        raise HttpError(400, f"{name}={value}: expected 1 or 0")
-    return value in ("1", "true", "")
-
-
-def _log(message: str) -> None:
-    """One line on stderr (control characters escaped); a failing stderr never stops the server."""
-    line = "audiotag: " + "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class _Parser(argparse.ArgumentParser):
