@@ -104,7 +104,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._answer(500, [{"error": f"unexpected {type(error).__name__}: {error}"}])
             self.service.count(500)
         finally:
-            self._accesslog(started)
+            self.connection.settimeout(self.timeout)  # a body's reads may have shortened it to their deadline
+            self._access_log(started)
 
     def _tag(self, query: dict, started: float) -> tuple:
         request = TagRequest(query)
@@ -213,7 +214,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         started = time.monotonic()
         self._answer(code, [{"error": message or self.responses.get(code, ("error",))[0]}])
         self.service.count(code)
-        self._accesslog(started)
+        self._access_log(started)
 
     def log_request(self, code="-", size="-"):
         pass  # one line per request is written by _access_log, with its size and time
@@ -222,12 +223,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not self.service.args.quiet:
             log(f"serve: {self._client()}: {format % args}")
 
-    def _accesslog(self, started: float):
+    def _access_log(self, started: float):
         if self.service.args.quiet:
             return
         line = getattr(self, "requestline", "") or "-"
         log(f"{self._client()} \"{line}\" {getattr(self, '_status', '-')} {getattr(self, '_sent', 0)} "
-             f"{time.monotonic() - started:.3f}s")
+            f"{time.monotonic() - started:.3f}s")
 
     def _client(self) -> str:
         return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
