@@ -11,7 +11,7 @@ measures, rounds interleaved:
       before: a service's start-up is paid once);
   (c) the latency of one 10 s clip, posted over and over by 1 client and by ``--clients`` clients: p50 and p99;
   (d) (not with --quick) the server's peak memory before and after a 20-minute WAV uploaded chunked.
-Every answer must be 200 and equal (path aside) to (a)'s record for that file. Target (exit status 1 when
+Every answer must be 200 and agree with (a)'s record for that file (scripts/compare_records.py). Target (exit status 1 when
 missed): (b) reaches TARGET_OF_DIR of (a)'s files/s. Figures are medians over rounds; the load average is shown.
 """
 
@@ -33,6 +33,7 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+from compare_records import compare_lines  # noqa: E402
 from make_corpus import make_corpus  # noqa: E402
 
 TARGET_OF_DIR = 0.7
@@ -154,7 +155,7 @@ def _post_all(server, files, bodies, clients: int) -> tuple:
 
 def _check(answers, files, records) -> None:
     for path, (status, answer) in zip(files, answers):
-        if status != 200 or answer != records[str(path)]:
+        if status != 200 or compare_lines([answer], [records[str(path)]]):
             raise SystemExit(f"bench_serve: {path}: answer {status} {answer} differs from audiotag DIR's record "
                              f"{records[str(path)]}")
 
