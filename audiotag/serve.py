@@ -154,7 +154,7 @@ def main(argv) -> int:
         server = listen(args, service)
     except OSError as error:
         log(f"serve: cannot listen on {args.socket or f'{args.host}:{args.port}'}: "
-             f"{(error.strerror or str(error)).lower()}")
+            f"{(error.strerror or str(error)).lower()}")
         return EXIT_USAGE
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -163,7 +163,7 @@ def main(argv) -> int:
                      daemon=True).start()
     where = f"unix:{args.socket}" if args.socket else f"http://{_url_host(args.host)}:{server.server_address[1]}"
     log(f"serving {where} (model {tagger.model.info.name}, jobs {args.jobs}"
-         + (f", providers {', '.join(tagger.model.providers)}" if args.verbose else "") + ")")
+        + (f", providers {', '.join(tagger.model.providers)}" if args.verbose else "") + ")")
     while not stop.wait(1.0):
         pass
     stopped = time.monotonic()
@@ -176,6 +176,7 @@ def main(argv) -> int:
     unanswered = service.wait_idle(SHUTDOWN_GRACE - (time.monotonic() - stopped))
     log("serve: stopped" + (f"; {unanswered} requests were still in work" if unanswered else ""))
     return EXIT_OK
+
 
 class Service:
     """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics."""
@@ -264,6 +265,7 @@ class Service:
                 with self._lock:
                     self.queued -= 1
             raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s") from None
+
     def count(self, status: int, seconds=None) -> None:
         self.metrics.count(status, seconds)
 

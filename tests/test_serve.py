@@ -266,6 +266,13 @@ def test_token_required_off_loopback(cli, serve, tmp_path):
     assert status == 200 and answer[0]["tags"][0]["label"] == "Music"
 
 
+def test_address_in_use_is_refused_at_start(cli, serve):
+    server = serve()
+    result = cli("serve", "--port", server.port)
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode() == f"audiotag: serve: cannot listen on 127.0.0.1:{server.port}: address already in use\n"
+
+
 def test_unix_socket(cli, tmp_path):
     path = tmp_path / "audiotag.sock"
     process = cli.popen("serve", "--socket", path)
