@@ -126,6 +126,20 @@ def test_query_options_match_the_cli(cli, serve, tmp_path):
     assert any('"POST /tag?name=' in line and '" 200 ' in line for line in server.lines), server.log()
 
 
+def test_a_wav_the_stream_parser_does_not_read_is_decoded_whole(cli, serve, tmp_path):
+    """A chunked WAV in an encoding only libsndfile reads (mu-law, IMA ADPCM): the header is replayed into it."""
+    import soundfile
+
+    samples, rate = soundfile.read(str(AUDIO / "speech.wav"))
+    server = serve()
+    for subtype in ("ULAW", "IMA_ADPCM"):
+        path = tmp_path / f"speech-{subtype}.wav"
+        soundfile.write(str(path), samples, rate, subtype=subtype)
+        expected = json.loads(cli(path, "-f", "jsonl").stdout)
+        status, answer = server.post(f"/tag?name={quote(str(path))}", _chunks(path.read_bytes(), 4000))
+        assert status == 200 and compare_lines(answer, [expected]) == [], subtype
+
+
 def test_error_codes(serve, tmp_path):
     server = serve("--max-body", "200k", "--idle-timeout", "1")
     music = (AUDIO / "music.wav").read_bytes()
