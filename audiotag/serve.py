@@ -238,6 +238,9 @@ class Service:
         if request.raw or (body.chunked and head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
             # Decoded as it arrives, in this connection's thread: its pace is the client's.
             outcome = tag_with(lambda _: _open_stream(body, request))
+            with contextlib.suppress(HttpError):  # what follows the samples (the last chunk, tags), so the
+                while body.failure is None and body.read(1 << 16):  # connection can take the next request
+                    pass
         else:
             data = body.read()
             outcome = self._in_worker(lambda: tag_with(lambda _: audio.open_bytes(data)), deadline)
