@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--binary", metavar="PATH", help="run this frozen audiotag instead of python -m audiotag")
     args = parser.parse_args()
     rounds = 1 if args.quick else 3
-    command = [args.binary] if args.binary else [sys.executable, "-m", "audiotag"]
+    command = [str(Path(args.binary).resolve())] if args.binary else [sys.executable, "-m", "audiotag"]
     cores = len(os.sched_getaffinity(0))
     print(f"machine: {cores} cores; audiotag: {' '.join(command)}; load average at start: {_load()}")
 
