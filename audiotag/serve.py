@@ -7,7 +7,7 @@ go to one ``pipeline.Batcher``, so concurrent requests share one model session a
 of ``audiotag DIR`` do.
 
 Here: the command line, start-up checks, the shutdown, and the ``Service`` that tags a request's body. The HTTP
-side is ``httpserver.py`` (on the standard library's ``http.server``: no dependency, 0.07 MB in the binary),
+side is ``httpserver.py`` (on the standard library's ``http.server``: no dependency, 0.05 MB in the binary),
 request bodies ``httpbody.py``, the counters ``metrics.py``.
 """
 
