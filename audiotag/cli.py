@@ -58,6 +58,8 @@ environment:
   AUDIOTAG_PROVIDERS   onnxruntime execution providers, comma-separated (e.g. "cuda,cpu"); default automatic:
                        CUDA, ROCm, MIGraphX, CoreML, DirectML, then CPU, whichever are available
 
+HTTP service: audiotag serve [--host 127.0.0.1] [--port 8750] (audiotag serve --help)
+
 examples:
   audiotag clip.wav
   audiotag /data/crawl -o tags.jsonl --resume --embeddings emb/
@@ -130,6 +132,9 @@ def main(argv=None) -> int:
     # pool would only compete with them, and it spins for a tenth of a second of CPU at every start.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _make_std_streams_safe()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the HTTP front end (a file named "serve" is ./serve)
+        return _serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
@@ -146,6 +151,14 @@ def main(argv=None) -> int:
         _silence_stdout()
         code = EXIT_BROKEN_PIPE
     return _finish(code)
+
+
+def _serve(argv) -> int:
+    from . import serve
+
+    if not {"-v", "--verbose", "-h", "--help"} & set(argv):
+        _quiet_native_stderr()
+    return _finish(serve.main(argv))
 
 
 def _check_arguments(parser, args) -> None:

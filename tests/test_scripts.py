@@ -40,3 +40,10 @@ def test_event_study():
 def test_aggregate_study():
     code, out = run_script("aggregate_study.py")
     assert code == 0 and "25 clips over 10 s" in out and "24 clips up to 10 s" in out, out
+
+
+def test_bench_serve(tmp_path):
+    code, out = run_script("bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    assert code in (0, 1)  # 1: the target missed, as it may be on 8 short clips
+    for line in ("(a) audiotag DIR", "(b) audiotag serve, 4 clients", "1 client : p50", "4 clients: p50", "(b)/(a) = "):
+        assert line in out, out

@@ -1,0 +1,355 @@
+"""``audiotag serve``: an HTTP front end for crawlers that hold each download in memory.
+
+``POST /tag`` takes a file's bytes and answers the JSON record ``audiotag FILE`` prints; ``GET /healthz`` and
+``GET /metrics`` (Prometheus text) say how it is doing. Like the CLI this module only parses and formats: the
+bytes decode through ``audio.open_bytes`` (or, as they arrive, ``audio.open_stdin``) and every request's windows
+go to one ``pipeline.Batcher``, so concurrent requests share one model session and its batches, as the inputs
+of ``audiotag DIR`` do.
+
+Here: the command line, start-up checks, the shutdown, and the ``Service`` that tags a request's body. The HTTP
+side is ``httpserver.py`` (on the standard library's ``http.server``: no dependency, 0.05 MB in the binary),
+request bodies ``httpbody.py``, the counters ``metrics.py``.
+"""
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from .httpbody import Body, HttpError
+from .httpserver import TagRequest, listen, log
+from .metrics import Metrics
+
+EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3  # as the CLI's
+DEFAULT_PORT = 8750
+DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
+DEFAULT_MAX_PENDING = 32  # requests taken in at once; worst-case memory is about this many bodies
+DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
+DEFAULT_IDLE_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
+SHUTDOWN_GRACE = 9.0  # after SIGTERM, requests in flight get this long to be answered (exit within 10 s)
+MAX_SECONDS = 86400.0
+
+EPILOG = f"""\
+endpoints:
+  POST /tag       the body is an audio file's bytes (any format `audiotag FILE` reads); the answer is the JSON
+                  record `audiotag FILE` prints (Content-Type application/json):
+                    {{"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1, "tags": [...]}}
+                  query parameters:
+                    name=NAME       echoed as "path" (default "-")
+                    top_k=N         labels in the answer (default 10)
+                    segments=1      also each window's tags: JSON lines, window records before the clip's
+                    raw=FORMAT&rate=HZ[&channels=C]   headerless samples (s16le, s32le, f32le)
+                  A body with Content-Length is read whole (up to --max-body), then decoded as a file is. A
+                  chunked body (Transfer-Encoding: chunked) holding a WAV stream or raw samples is decoded as
+                  it arrives: memory stays flat however long the upload.
+  GET /healthz    200 {{"status": "ok", "model": ..., "version": ...}}
+  GET /metrics    Prometheus text: audiotag_requests_total{{code}}, audiotag_audio_seconds_total,
+                  audiotag_model_seconds_total, audiotag_queue_depth, audiotag_request_duration_seconds...
+
+status codes (errors are JSON {{"error": "reason"}}):
+  200  tagged: the record
+  400  empty or malformed request (body, framing, query parameter)
+  401  missing or wrong bearer token (with --token-file)
+  404  no such path; 405 wrong method for the path
+  408  the client sent nothing for --idle-timeout seconds
+  413  body over --max-body
+  422  audio that cannot be tagged: the CLI's error record {{"path": NAME, "error": "cannot decode: ..."}}
+  503  --max-pending requests already in work (Retry-After: 1), or shutting down
+  504  not answered within --timeout seconds
+
+safety: binds 127.0.0.1 by default; any other (non-loopback) address needs --token-file, and every request
+must then carry "Authorization: Bearer TOKEN". SIGTERM or SIGINT: stops accepting, answers what is in
+flight, exits 0 within 10 s. One access-log line per request on stderr (--quiet: none).
+
+exit status: 0 stopped by SIGTERM/SIGINT; 2 bad command line, or the address cannot be used; 3 the model
+cannot be loaded.
+
+examples:
+  audiotag serve --port {DEFAULT_PORT}
+  curl --data-binary @clip.mp3 'http://127.0.0.1:{DEFAULT_PORT}/tag?name=clip.mp3&top_k=5'
+  ffmpeg -i talk.m4a -f wav - | curl -X POST -T - 'http://127.0.0.1:{DEFAULT_PORT}/tag?name=talk.m4a&segments=1'
+      (curl sends stdin chunked: the WAV stream is tagged as it arrives)
+  curl --unix-socket /run/audiotag.sock --data-binary @clip.wav 'http://localhost/tag?name=clip.wav'
+  audiotag serve --host 0.0.0.0 --token-file /etc/audiotag/token
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="audiotag serve",
+        description="Serve AudioSet tags over HTTP: POST a file's bytes to /tag, get the record `audiotag FILE` "
+                    "prints. One model, shared by every request.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listen = parser.add_argument_group("listening")
+    listen.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; a non-loopback one needs --token-file)")
+    listen.add_argument("--port", type=_number(int, 0, 65535), default=DEFAULT_PORT,
+                        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one, named in the start-up line)")
+    listen.add_argument("--socket", metavar="PATH", help="listen on a Unix socket at PATH instead of TCP")
+    listen.add_argument("--token-file", metavar="FILE",
+                        help="require 'Authorization: Bearer TOKEN' on every request, TOKEN being FILE's content")
+    listen.add_argument("-q", "--quiet", action="store_true", help="no access-log line per request on stderr")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body", type=_size, default=DEFAULT_MAX_BODY, metavar="BYTES",
+                        help="largest body accepted, e.g. 64M (default 64M); more is answered 413")
+    limits.add_argument("--max-pending", type=_number(int, 1), default=DEFAULT_MAX_PENDING, metavar="N",
+                        help=f"requests taken in at once, uploading, queued or tagged (default "
+                             f"{DEFAULT_MAX_PENDING}); more are answered 503 at once")
+    limits.add_argument("--timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
+                        metavar="SEC", help=f"seconds from a request's headers to its answer (default "
+                                            f"{DEFAULT_TIMEOUT:g}); later is answered 504")
+    limits.add_argument("--idle-timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_IDLE_TIMEOUT,
+                        metavar="SEC", help=f"a client that sends nothing for this long is dropped (default "
+                                            f"{DEFAULT_IDLE_TIMEOUT:g})")
+    windows = parser.add_argument_group("long recordings (as the CLI's)")
+    windows.add_argument("--window", type=_number(float, 0, MAX_SECONDS), default=10.0, metavar="SEC",
+                         help="seconds per model pass (default 10); 0 = the whole file in one pass")
+    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), metavar="SEC",
+                         help="seconds between windows (default: half the window, 5)")
+    engine = parser.add_argument_group("engine (as the CLI's)")
+    engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
+    engine.add_argument("--provider", metavar="LIST",
+                        help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
+    engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
+                        help="uploads decoded at once (default: all cores); a streamed upload decodes as it "
+                             "arrives, in its own connection's thread")
+    engine.add_argument("--threads", type=_number(int, 0), default=1, metavar="N",
+                        help="onnxruntime intra-op threads (default 1: the jobs keep every core busy)")
+    engine.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs")
+    return parser
+
+
+def main(argv) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.hop is None:
+        args.hop = args.window / 2 if args.window else 5.0
+    if 0 < args.window < 1:
+        parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
+    if args.window and args.hop > args.window:
+        parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s")
+    token = _read_token(parser, args.token_file)
+    if args.socket is None and token is None and not _is_loopback(args.host):
+        parser.error(f"--host {args.host} is reachable from other machines: give --token-file FILE (a secret "
+                     "every request must send as 'Authorization: Bearer TOKEN'), or bind 127.0.0.1")
+
+    from .model import ModelError, requested_providers
+    from .tagger import Tagger
+
+    try:
+        tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
+    except (ModelError, FileNotFoundError) as error:
+        log(str(error))
+        return EXIT_MODEL
+    service = Service(tagger, args, token)
+    try:
+        server = listen(args, service)
+    except OSError as error:
+        log(f"serve: cannot listen on {args.socket or f'{args.host}:{args.port}'}: "
+            f"{(error.strerror or str(error)).lower()}")
+        return EXIT_USAGE
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="audiotag-serve",
+                     daemon=True).start()
+    where = f"unix:{args.socket}" if args.socket else f"http://{_url_host(args.host)}:{server.server_address[1]}"
+    log(f"serving {where} (model {tagger.model.info.name}, jobs {args.jobs}"
+        + (f", providers {', '.join(tagger.model.providers)}" if args.verbose else "") + ")")
+    while not stop.wait(1.0):
+        pass
+    stopped = time.monotonic()
+    service.stopping = True  # keep-alive connections get 503 from now on
+    server.shutdown()
+    server.server_close()  # no more connections are accepted
+    if args.socket:
+        with contextlib.suppress(OSError):
+            os.unlink(args.socket)
+    unanswered = service.wait_idle(SHUTDOWN_GRACE - (time.monotonic() - stopped))
+    log("serve: stopped" + (f"; {unanswered} requests were still in work" if unanswered else ""))
+    return EXIT_OK
+
+
+class Service:
+    """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics."""
+
+    def __init__(self, tagger, args, token):
+        from . import pipeline
+
+        self.tagger = tagger
+        self.token = token
+        self.args = args
+        self.batcher = pipeline.Batcher(tagger, runners=pipeline.model_runners(tagger.model, args.jobs))
+        self._workers = ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="audiotag-job")
+        self._lock = threading.Condition()
+        self.pending = 0  # requests taken in and not yet answered
+        self.queued = 0  # of those, bodies read and waiting for a worker
+        self.stopping = False
+        self.metrics = Metrics()
+
+    @contextlib.contextmanager
+    def admitted(self):
+        with self._lock:
+            if self.pending >= self.args.max_pending:
+                raise HttpError(503, f"busy: {self.pending} requests in work (--max-pending)")
+            self.pending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending -= 1
+                self._lock.notify_all()
+
+    def wait_idle(self, seconds: float) -> int:
+        """Wait until no request is in work, or ``seconds``; the requests still in work."""
+        end = time.monotonic() + seconds
+        with self._lock:
+            while self.pending and (left := end - time.monotonic()) > 0:
+                self._lock.wait(left)
+            return self.pending
+
+    def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
+        """(status, records) for one POST /tag."""
+        from . import audio, output, pipeline
+        from .tagger import TagOptions
+
+        options = TagOptions(top_k=request.top_k, window=self.args.window, hop=self.args.hop,
+                             segments=request.segments)
+        segments = []
+
+        def on_segment(name, segment):
+            segments.append(output.segment_record(name, segment))
+
+        def tag_with(open_input):
+            return pipeline.tag_input(pipeline.Input(request.name), open_input, self.tagger, self.batcher,
+                                      options, on_segment if request.segments else None)
+
+        head = body.peek(12)
+        if not head:
+            raise HttpError(400, "empty body: POST the audio file's bytes")
+        if request.raw or (body.chunked and head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
+            # Decoded as it arrives, in this connection's thread: its pace is the client's.
+            outcome = tag_with(lambda _: _open_stream(body, request))
+            with contextlib.suppress(HttpError):  # what follows the samples (the last chunk, tags), so the
+                while body.failure is None and body.read(1 << 16):  # connection can take the next request
+                    pass
+        else:
+            data = body.read()
+            outcome = self._in_worker(lambda: tag_with(lambda _: audio.open_bytes(data)), deadline)
+        if body.failure is not None:
+            raise body.failure
+        if outcome.error is None:
+            self.metrics.tagged(outcome.duration)
+        return (200 if outcome.error is None else 422), [*segments, output.record(outcome)]
+
+    def _in_worker(self, work, deadline: float):
+        """``work()`` in one of the --jobs workers; 504 at the deadline (the work then ends unheard: it is bounded
+        by --max-body)."""
+        def job():
+            with self._lock:
+                self.queued -= 1
+            return work()
+
+        with self._lock:
+            self.queued += 1
+        future = self._workers.submit(job)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if future.cancel():
+                with self._lock:
+                    self.queued -= 1
+            raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s") from None
+
+    def count(self, status: int, seconds=None) -> None:
+        self.metrics.count(status, seconds)
+
+    def metrics_text(self) -> str:
+        with self._lock:
+            pending, queued = self.pending, self.queued
+        return self.metrics.text(self.batcher, pending, queued)
+
+
+def _open_stream(body: Body, request: TagRequest):
+    """A WAV stream or raw samples, decoded as they arrive. A WAV whose header the stream parser does not take
+    (an encoding other than PCM or float) is decoded whole, as a file, as long as the bytes read can be replayed."""
+    from . import audio
+
+    try:
+        return audio.open_stdin(body, request.raw, request.rate, request.channels)
+    except audio.AudioError:
+        replay = None if request.raw or body.failure else body.replay()
+        if replay is None:
+            raise
+        return audio.open_bytes(replay + body.read())
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (only this machine can connect)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def _read_token(parser, path):
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            token = file.read().strip()
+    except OSError as error:
+        parser.error(f"--token-file {path}: {(error.strerror or str(error)).lower()}")
+    if not token or b"\n" in token or b" " in token:
+        parser.error(f"--token-file {path}: expected one token (no spaces) on one line")
+    return token
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
+        self.exit(EXIT_USAGE, f"audiotag serve: {message} (audiotag serve --help for usage)\n")
+
+
+def _number(kind, minimum, maximum=None):
+    """An argparse type: a number of ``kind`` within [minimum, maximum]."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= minimum or (maximum is not None and not value <= maximum):  # also refuses NaN, inf
+            raise argparse.ArgumentTypeError(f"must be within {minimum}..{maximum or 'any'}, got {text}")
+        return value
+
+    return parse
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G (powers of 1024)."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes such as 64M, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text}")
+    return value

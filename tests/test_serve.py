@@ -1,0 +1,382 @@
+"""``audiotag serve``: a real server on 127.0.0.1, started as a user starts it (package and frozen binary, through the
+``cli`` fixture), talked to over real sockets. Answers are compared with the CLI's records on the same files."""
+
+import http.client
+import json
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import pytest
+
+from conftest import AUDIO, compare_lines  # two processes: scores within 1e-5, all else equal
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+CLIPS = sorted(p for d in (AUDIO, AUDIO / "extra") for p in d.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+START_TIMEOUT = 120  # seconds for the server's start-up line (the binary's first start unpacks it)
+
+
+class Server:
+    """A running ``audiotag serve``; its stderr is read all along (the access log would fill a pipe)."""
+
+    def __init__(self, cli, *args, host="127.0.0.1"):
+        self.process = cli.popen("serve", "--port", 0, "--host", host, *args)
+        self.process.stdin.close()
+        self.lines = []
+        self._started = threading.Event()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        assert self._started.wait(START_TIMEOUT), f"no start-up line: {self.lines}"
+        first = self.lines[0]
+        assert first.startswith("audiotag: serving http://"), self.lines
+        self.port = int(first.split("://", 1)[1].split(" ")[0].rsplit(":", 1)[1])
+
+    def _read_stderr(self):
+        for raw in self.process.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            self._started.set()
+        self._started.set()
+
+    def connection(self, timeout=120) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, connection=None):
+        """(status, headers, decoded JSON lines or text)."""
+        conn = connection or self.connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            data = response.read().decode()
+        finally:
+            if connection is None:
+                conn.close()
+        kind = response.getheader("Content-Type", "")
+        parsed = [json.loads(line) for line in data.splitlines()] if "json" in kind else data
+        return response.status, response, parsed
+
+    def post(self, path, body, **kwargs):
+        status, _, parsed = self.request("POST", path, body, **kwargs)
+        return status, parsed
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        return code
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def serve(cli):
+    servers = []
+
+    def start(*args, **kwargs) -> Server:
+        server = Server(cli, *args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        code = server.stop()
+        assert code == 0, server.log()
+        assert "Traceback" not in server.log(), server.log()
+
+
+def cli_records(cli, paths, *args) -> dict:
+    result = cli(*paths, "-f", "jsonl", *args)
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    return {rec["path"]: rec for rec in records if "start" not in rec}
+
+
+def test_every_clip_answers_the_cli_record(cli, serve):
+    expected = cli_records(cli, CLIPS)
+    server = serve("--quiet")
+    conn = server.connection()
+    for clip in CLIPS:
+        status, answer = server.post(f"/tag?name={quote(str(clip))}", clip.read_bytes(), connection=conn)
+        assert status == 200 and compare_lines(answer, [expected[str(clip)]]) == [], clip
+    for clip in (c for c in CLIPS if c.suffix == ".wav"):  # chunked: decoded as it arrives, the same answer
+        status, answer = server.post(f"/tag?name={quote(str(clip))}", _chunks(clip.read_bytes(), 3000),
+                                     connection=conn)
+        assert status == 200 and compare_lines(answer, [expected[str(clip)]]) == [], clip
+
+
+def test_query_options_match_the_cli(cli, serve, tmp_path):
+    clip = AUDIO / "extra" / "max-train.wav"
+    expected = cli(clip, "-f", "jsonl", "--top-k", 3, "--segments").stdout.decode().splitlines()
+    server = serve()
+    status, response, answer = server.request("POST", f"/tag?name={clip}&top_k=3&segments=1", clip.read_bytes())
+    assert status == 200 and response.getheader("Content-Type") == "application/x-ndjson"
+    assert compare_lines(answer, expected) == []
+    raw = tmp_path / "music.s16"
+    import soundfile
+
+    samples, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="int16")
+    raw.write_bytes(samples.tobytes())
+    expected = json.loads(cli("-", "--raw", "s16le", "--rate", rate, "-f", "jsonl", stdin=raw.read_bytes()).stdout)
+    for body in (raw.read_bytes(), _chunks(raw.read_bytes(), 5000)):
+        status, answer = server.post(f"/tag?raw=s16le&rate={rate}", body)
+        assert status == 200 and compare_lines(answer, [expected]) == []
+    assert any('"POST /tag?name=' in line and '" 200 ' in line for line in server.lines), server.log()
+
+
+def test_a_wav_the_stream_parser_does_not_read_is_decoded_whole(cli, serve, tmp_path):
+    """A chunked WAV in an encoding only libsndfile reads (mu-law, IMA ADPCM): the header is replayed into it."""
+    import soundfile
+
+    samples, rate = soundfile.read(str(AUDIO / "speech.wav"))
+    server = serve()
+    for subtype in ("ULAW", "IMA_ADPCM"):
+        path = tmp_path / f"speech-{subtype}.wav"
+        soundfile.write(str(path), samples, rate, subtype=subtype)
+        expected = json.loads(cli(path, "-f", "jsonl").stdout)
+        status, answer = server.post(f"/tag?name={quote(str(path))}", _chunks(path.read_bytes(), 4000))
+        assert status == 200 and compare_lines(answer, [expected]) == [], subtype
+
+
+def test_error_codes(serve, tmp_path):
+    server = serve("--max-body", "200k", "--idle-timeout", "1")
+    music = (AUDIO / "music.wav").read_bytes()
+    assert server.post("/tag", b"") == (400, [{"error": "empty body: POST the audio file's bytes "
+                                                         "(with a Content-Length, or chunked)"}])
+    status, answer = server.post("/tag?colour=blue", music)
+    assert status == 400 and "unknown query parameter 'colour'" in answer[0]["error"]
+    assert server.post("/tag?top_k=zero", music)[0] == 400
+    assert server.post("/tag?raw=s16le", music)[0] == 400  # raw needs rate
+    assert server.post("/tag?name=noise.bin", b"not audio at all") == \
+        (422, [{"path": "noise.bin", "error": "cannot decode: Format not recognised."}])
+    status, answer = server.post("/tag?name=big.wav", music)  # 640 kB > 200 kB
+    assert status == 413 and "--max-body" in answer[0]["error"]
+    status, answer = server.post("/tag?name=big.wav", _chunks(music, 10000))  # chunked: no length to check first
+    assert status == 413 and "--max-body" in answer[0]["error"]
+    assert server.request("GET", "/nowhere")[0] == 404
+    assert server.request("GET", "/tag")[0] == 405
+    status, response, _ = server.request("DELETE", "/healthz")
+    assert status == 405 and response.getheader("Allow") == "GET"
+    # Malformed chunked framing
+    assert _raw_exchange(server.port, b"POST /tag HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"zz\r\nRIFF\r\n0\r\n\r\n")[0] == 400
+    # A client that stalls in its body: 408 once --idle-timeout passes
+    status, answer = _raw_exchange(server.port, b"POST /tag HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                                                b"RIFF")
+    assert status == 408 and "--idle-timeout" in answer["error"]
+
+
+def test_busy_and_timeout(serve):
+    """503 past --max-pending, 504 past --timeout: a held upload fills the one place; a trickling one runs late."""
+    server = serve("--max-pending", "1", "--timeout", "2", "--idle-timeout", "60")
+    wav = (AUDIO / "music.wav").read_bytes()
+    held = _start_upload(server.port, wav, len(wav) // 2)
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 1)
+    status, response, answer = server.request("POST", "/tag?name=second", wav)
+    assert status == 503 and response.getheader("Retry-After") == "1" and "--max-pending" in answer[0]["error"]
+    held.close()
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 0)
+
+    # A chunked WAV stream whose pieces come slower than --timeout allows, until the server answers.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=120)
+    sock.sendall(b"POST /tag?name=late HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for offset in range(0, len(wav), 16000):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(wav[offset:offset + 16000]), wav[offset:offset + 16000]))
+        if select.select([sock], [], [], 0.2)[0]:
+            break
+    status, answer = _read_response(sock)
+    assert status == 504 and "--timeout" in answer["error"]
+    assert server.post("/tag?name=music", wav)[0] == 200  # and it still serves
+
+
+def test_metrics_and_health(serve):
+    server = serve()
+    status, _, health = server.request("GET", "/healthz")
+    assert status == 200 and health[0]["status"] == "ok" and health[0]["model"] == "mn04_as"
+    for _ in range(3):
+        assert server.post("/tag", (AUDIO / "speech.wav").read_bytes())[0] == 200
+    assert server.post("/tag", b"junk")[0] == 422
+    _, response, text = server.request("GET", "/metrics")
+    assert response.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+    values = _parse_metrics(text)
+    assert values['audiotag_requests_total{code="200"}'] >= 4  # the 3 tags and /healthz
+    assert values['audiotag_requests_total{code="422"}'] == 1
+    assert values["audiotag_audio_seconds_total"] == pytest.approx(30.0)
+    assert values["audiotag_model_windows_total"] == 3 and values["audiotag_model_seconds_total"] > 0
+    assert values['audiotag_request_duration_seconds_bucket{le="+Inf"}'] == 4
+    assert values["audiotag_request_duration_seconds_count"] == 4
+    assert values["audiotag_queue_depth"] == 0
+
+
+def test_load_8_clients_100_requests(cli, serve):
+    clips = [AUDIO / "music.wav", AUDIO / "speech.wav", AUDIO / "typing.wav", AUDIO / "extra" / "librosa-robin.ogg",
+             AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3", AUDIO / "extra" / "sonicpi-loop_amen.flac"]
+    expected = cli_records(cli, clips)
+    bodies = [clip.read_bytes() for clip in clips]
+    server = serve("--quiet")
+
+    def client(number):
+        conn = server.connection()
+        answers = []
+        for i in range(100):
+            k = (number + i) % len(clips)
+            status, answer = server.post(f"/tag?name={number}-{i}-{k}", bodies[k], connection=conn)
+            answers.append((status, answer))
+        return answers
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client, range(8)))
+    for number, answers in enumerate(results):
+        assert len(answers) == 100
+        for i, (status, answer) in enumerate(answers):
+            k = (number + i) % len(clips)
+            assert status == 200
+            assert compare_lines(answer, [dict(expected[str(clips[k])], path=f"{number}-{i}-{k}")]) == []
+    assert _parse_metrics(server.request("GET", "/metrics")[2])['audiotag_requests_total{code="200"}'] == 800
+
+
+def test_a_slow_upload_does_not_delay_others(serve):
+    """One decode worker, and a client that has sent half its body: everyone else is still answered."""
+    server = serve("--jobs", "1", "--idle-timeout", "120")
+    wav = (AUDIO / "speech.wav").read_bytes()
+    slow = _start_upload(server.port, wav, len(wav) // 2, name="slow")
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 1)
+    for i in range(10):
+        assert server.post(f"/tag?name=fast{i}", wav)[0] == 200
+    slow.sendall(wav[len(wav) // 2:])
+    status, answer = _read_response(slow)
+    assert status == 200 and answer["path"] == "slow" and answer["tags"]
+
+
+def test_sigterm_answers_requests_in_flight(serve):
+    server = serve("--idle-timeout", "120")
+    wav = (AUDIO / "typing.wav").read_bytes()
+    uploads = [_start_upload(server.port, wav, 1000 * (i + 1), name=f"inflight{i}") for i in range(3)]
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 3)
+    server.process.send_signal(signal.SIGTERM)
+    _wait_for(lambda: not _accepts(server.port))  # stops accepting at once...
+    for i, upload in enumerate(uploads):  # ...and answers what it had taken in
+        upload.sendall(wav[1000 * (i + 1):])
+        status, answer = _read_response(upload)
+        assert status == 200 and answer["path"] == f"inflight{i}"
+    assert server.process.wait(timeout=30) == 0
+
+
+def test_token_required_off_loopback(cli, serve, tmp_path):
+    result = cli("serve", "--host", "0.0.0.0", "--port", 0)
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1 and "--token-file" in result.stderr.decode()
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    server = serve("--token-file", token, host="0.0.0.0")  # traffic below goes to 127.0.0.1 only
+    wav = (AUDIO / "music.wav").read_bytes()
+    status, response, answer = server.request("POST", "/tag", wav)
+    assert status == 401 and response.getheader("WWW-Authenticate") == "Bearer"
+    assert server.request("POST", "/tag", wav, {"Authorization": "Bearer wrong"})[0] == 401
+    assert server.request("GET", "/metrics")[0] == 401
+    status, _, answer = server.request("POST", "/tag", wav, {"Authorization": "Bearer s3cret-token"})
+    assert status == 200 and answer[0]["tags"][0]["label"] == "Music"
+
+
+def test_address_in_use_is_refused_at_start(cli, serve):
+    server = serve()
+    result = cli("serve", "--port", server.port)
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode() == f"audiotag: serve: cannot listen on 127.0.0.1:{server.port}: address already in use\n"
+
+
+def test_unix_socket(cli, tmp_path):
+    path = tmp_path / "audiotag.sock"
+    process = cli.popen("serve", "--socket", path)
+    try:
+        _wait_for(path.exists, 120)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(60)
+        _wait_for(lambda: sock.connect_ex(str(path)) == 0)
+        wav = (AUDIO / "speech.wav").read_bytes()
+        sock.sendall(b"POST /tag?name=u HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(wav) + wav)
+        status, answer = _read_response(sock)
+        assert status == 200 and answer["path"] == "u"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert not path.exists()
+    assert b"Traceback" not in process.stderr.read()
+
+
+def test_bad_http_never_breaks_the_server(serve):
+    server = serve()
+    assert _raw_exchange(server.port, b"GARBAGE\r\n\r\n")[0] == 400
+    assert _raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")[0] == 431
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+    assert _raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\n" + many + b"\r\n")[0] == 431
+    assert _raw_exchange(server.port, b"GET /healthz HTTP/1.1\r\nContent-Length: x\r\n\r\n")[0] == 200
+    for partial in (b"", b"POS", b"POST /tag HTTP/1.1\r\nContent-Le",
+                    b"POST /tag HTTP/1.1\r\nContent-Length: 99999\r\n\r\nRIFF\x00\x00"):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(partial)
+        sock.close()  # gone mid-request
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /tag HTTP/1.1\r\nHost: x\r\nContent-Length: 640044\r\n\r\n" + b"RIFF" + b"\0" * 5000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # reset while the body arrives
+    status, _, health = server.request("GET", "/healthz")
+    assert status == 200 and health[0]["status"] == "ok"
+    assert "Traceback" not in server.log()
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+def _chunks(data: bytes, size: int):
+    """An iterable body: http.client sends it chunked."""
+    return (data[i:i + size] for i in range(0, len(data), size))
+
+
+def _start_upload(port: int, body: bytes, sent: int, name="held") -> socket.socket:
+    """A POST whose body has been sent only up to ``sent`` bytes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.sendall(b"POST /tag?name=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (name.encode(), len(body))
+                 + body[:sent])
+    return sock
+
+
+def _read_response(sock) -> tuple:
+    """(status, decoded JSON body) of one response on a raw socket."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    data = response.read()
+    sock.close()
+    return response.status, json.loads(data)
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.sendall(request)
+    return _read_response(sock)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _metric(server, name: str) -> float:
+    return _parse_metrics(server.request("GET", "/metrics")[2]).get(name)
+
+
+def _parse_metrics(text: str) -> dict:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    """Poll until ``condition()``: a guard against a hang, not a timing assertion."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, f"condition not met within {seconds} s"
+        time.sleep(0.05)
