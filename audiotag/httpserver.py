@@ -22,17 +22,27 @@ RAW_FORMATS = ("s16le", "s32le", "f32le")
 LINGER_SECONDS, LINGER_BYTES = 2.0, 64 << 20  # an error answered before the body was read: how much to drop after
 
 
+OPTION_PARAMETERS = ("top_k", "threshold", "aggregate", "segments", "events")  # TagOptions a request may set
+INPUT_PARAMETERS = ("name", "raw", "rate", "channels")
+
+
 class TagRequest:
-    """The query parameters of POST /tag, checked (400 on anything unknown or out of range)."""
+    """The query parameters of POST /tag, checked (400 on anything unknown or out of range). The output options
+    are the CLI's, parsed and checked by ``TagOptions.from_strings`` so both front ends refuse the same values."""
 
     def __init__(self, query: dict):
-        unknown = sorted(set(query) - {"name", "top_k", "segments", "raw", "rate", "channels"})
+        from .tagger import TagOptions
+
+        unknown = sorted(set(query) - set(OPTION_PARAMETERS) - set(INPUT_PARAMETERS))
         if unknown:
-            raise HttpError(400, f"unknown query parameter {unknown[0]!r} (known: name, top_k, segments, raw, "
-                                 "rate, channels)")
+            raise HttpError(400, f"unknown query parameter {unknown[0]!r} (known: "
+                                 f"{', '.join(INPUT_PARAMETERS + OPTION_PARAMETERS)})")
         self.name = query.get("name", "-")
-        self.top_k = _int_parameter(query, "top_k", 10, 1)
-        self.segments = _flag(query, "segments")
+        try:
+            self.options = TagOptions.from_strings({key: query[key] for key in OPTION_PARAMETERS if key in query})
+        except ValueError as error:
+            raise HttpError(400, str(error)) from None
+        self.segments = self.options.segments
         self.raw = query.get("raw")
         if self.raw is not None and self.raw not in RAW_FORMATS:
             raise HttpError(400, f"raw={self.raw}: expected one of {', '.join(RAW_FORMATS)}")

@@ -13,6 +13,7 @@ request bodies ``httpbody.py``, the counters ``metrics.py``.
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -43,7 +44,11 @@ endpoints:
                   query parameters:
                     name=NAME       echoed as "path" (default "-")
                     top_k=N         labels in the answer (default 10)
+                    threshold=T     only labels scoring at least T (within top_k), as --threshold
+                    aggregate=mean  window scores to the clip's by their mean (default max), as --aggregate
                     segments=1      also each window's tags: JSON lines, window records before the clip's
+                    events=1        also when each sound is present: JSON lines, event records
+                                    {{"path", "label", "start", "end", "score"}} before the clip's, as --events
                     raw=FORMAT&rate=HZ[&channels=C]   headerless samples (s16le, s32le, f32le)
                   A body with Content-Length is read whole (up to --max-body), then decoded as a file is. A
                   chunked body (Transfer-Encoding: chunked) holding a WAV stream or raw samples is decoded as
@@ -219,10 +224,7 @@ class Service:
     def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
         """(status, records) for one POST /tag."""
         from . import audio, output, pipeline
-        from .tagger import TagOptions
-
-        options = TagOptions(top_k=request.top_k, window=self.args.window, hop=self.args.hop,
-                             segments=request.segments)
+        options = dataclasses.replace(request.options, window=self.args.window, hop=self.args.hop)
         segments = []
 
         def on_segment(name, segment):
@@ -248,7 +250,8 @@ class Service:
             raise body.failure
         if outcome.error is None:
             self.metrics.tagged(outcome.duration)
-        return (200 if outcome.error is None else 422), [*segments, output.record(outcome)]
+        return (200 if outcome.error is None else 422), [*segments, *output.event_records(outcome),
+                                                          output.record(outcome)]
 
     def _in_worker(self, work, deadline: float):
         """``work()`` in one of the --jobs workers; 504 at the deadline (the work then ends unheard: it is bounded

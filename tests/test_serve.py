@@ -114,6 +114,16 @@ def test_query_options_match_the_cli(cli, serve, tmp_path):
     status, response, answer = server.request("POST", f"/tag?name={clip}&top_k=3&segments=1", clip.read_bytes())
     assert status == 200 and response.getheader("Content-Type") == "application/x-ndjson"
     assert compare_lines(answer, expected) == []
+    cli_args = ("-k", 527, "--threshold", 0.05, "--aggregate", "mean", "--events")
+    expected = cli(clip, "-f", "jsonl", *cli_args).stdout.decode().splitlines()
+    assert len(expected) > 1 and all("label" in json.loads(line) for line in expected[:-1])  # events, then the clip
+    status, answer = server.post(f"/tag?name={clip}&top_k=527&threshold=0.05&aggregate=mean&events=1",
+                                 clip.read_bytes())
+    assert status == 200 and compare_lines(answer, expected) == []
+    assert min(tag["score"] for tag in answer[-1]["tags"]) >= 0.05
+    for bad in ("threshold=2", "aggregate=median", "events=maybe", "top_k=0"):
+        status, answer = server.post(f"/tag?{bad}", clip.read_bytes())
+        assert status == 400 and bad.split("=")[0] in answer[0]["error"], (bad, answer)
     raw = tmp_path / "music.s16"
     import soundfile
 
