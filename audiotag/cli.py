@@ -394,6 +394,17 @@ def _write_embedding(target: str, embedding) -> None:
         raise
 
 
+def embedding_path(directory: str, name: str) -> str:
+    """Where an input's embedding goes: DIR/<its path>.npy, the path's components kept apart from each other
+    and from DIR ("%" written %25, a ".." component %2E%2E, stdin as %stdin), so two inputs never share a file.
+    The one exception: a leading "/" is dropped, so /a/b.wav and a/b.wav (given in one run) would."""
+    if name == "-":
+        return os.path.join(directory, "%stdin.npy")
+    parts = [part.replace("%", "%25") for part in name.split(os.sep) if part not in ("", ".")]
+    parts = ["%2E%2E" if part == ".." else part for part in parts]
+    return os.path.join(directory, *parts[:-1], parts[-1] + ".npy")
+
+
 def hashed_embedding_path(directory: str, name: str) -> str:
     """Where an input's embedding goes when its own path cannot be a file name: DIR/%hash/<32 hex digits>.npy,
     the BLAKE2b-128 digest of the path's bytes (``hashlib.blake2b(os.fsencode(path), digest_size=16)``)."""

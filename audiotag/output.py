@@ -180,14 +180,14 @@ def _jsonl_records(file) -> tuple:
                 raise ResumeError("its last line is not an audiotag record: not resuming into this file")
             break
         line = line[:-1]
-        rec = _record(line)
-        if rec is None and line.strip():
+        name = _record_path(line)
+        if name is None and line.strip():
             if not line.startswith(RECORD_START):
                 raise ResumeError(f"line {number} is not an audiotag record: not resuming into this file")
             dropped = number  # the last line, cut short by a lost tail: dropped, its input tagged again
             continue
-        if rec is not None and "start" not in rec:
-            digests += name_digest(rec["path"])
+        if name:
+            digests += name_digest(name)
         keep += len(raw)
     return keep, digests
 
@@ -252,6 +252,26 @@ def _table_records(file, fmt: str, rows_per_record: int) -> tuple:
         else:
             digests += name_digest(current[0])
     return position, digests
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _record_path(line: str):
+    """The path of the clip record a JSON line holds, "" for a window record, None when it is not a record.
+    A line as audiotag writes it has its path first: only that is decoded (a full parse of 10 million lines
+    would dominate a resume)."""
+    if line.startswith(RECORD_START) and line.endswith("}"):
+        try:
+            name, end = _DECODER.raw_decode(line, len(RECORD_START))
+        except ValueError:
+            name = None
+        if isinstance(name, str) and line.startswith(", ", end):
+            return "" if line.startswith(', "start": ', end) else name
+    rec = _record(line)  # written some other way (key order, spacing): parse it whole
+    if rec is None:
+        return None
+    return "" if "start" in rec else rec["path"]
 
 
 def _record(line: str):
