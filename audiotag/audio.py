@@ -33,6 +33,7 @@ RAW_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
 # per try, growing, and tries per file, so garbage costs a bounded number of reopenings.
 RESYNC_SKIPS = (4096, 16384, 65536, 262144)
 MAX_RESYNCS = 32
+EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: ending short of it is a failure
 _HOLD_BACK = 64  # resampled samples kept back until the end, so the total can be trimmed to librosa's length
 
 
@@ -232,18 +233,25 @@ def _open_soundfile(file, closer) -> Stream:
         while True:
             start = current[0].tell()
             out = np.empty((frames, sound.channels), np.float32)
+            failure = got = None
             try:
                 block = current[0].read(frames, dtype="float32", always_2d=True, out=out)
             except (soundfile.LibsndfileError, RuntimeError) as error:
+                failure = error
                 reason = _sndfile_reason(error)
                 got = _frames_before_error(current[0], start, frames)
+            else:
+                if len(block) == 0 and sound.format in EXACT_LENGTH and start < (stream.known_frames or 0):
+                    reason = f"the decoder stopped at {start / sound.samplerate:.1f} s"  # a hole it cannot cross
+                    got = 0
+            if got is not None:
                 if got:  # the frames decoded before the bad one are good
                     decoded += got
                     yield out[:got]
                 skipped = _resync(current, file, start + got) if resyncs < MAX_RESYNCS else None
                 if skipped is None:
                     if not decoded:
-                        raise AudioError(f"cannot decode {kind}: {reason}") from error
+                        raise AudioError(f"cannot decode {kind}: {reason}") from failure
                     stream.warning = _salvage_warning(decoded, max(stream.known_frames or 0, start + got),
                                                       sound.samplerate, reason, resyncs)
                     return
@@ -436,5 +444,9 @@ def _skip(binary, size: int) -> None:
 
 
 def _sndfile_reason(error) -> str:
-    """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix."""
-    return (getattr(error, "error_string", None) or str(error)).strip()
+    """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix; one misleading message
+    (libsndfile's answer when its MPEG decoder rejects a file's first frames) says what is really wrong."""
+    reason = (getattr(error, "error_string", None) or str(error)).strip()
+    if reason.startswith("File does not exist or is not a regular file"):
+        return "no valid audio stream at its start (the decoder could not parse its first frames)"
+    return reason

@@ -209,3 +209,30 @@ def test_an_embedding_for_a_name_too_long_for_a_file(cli, tmp_path):
     digest = hashlib.blake2b(os.fsencode(str(tmp_path / name)), digest_size=16).hexdigest()
     assert target == str(tmp_path / "emb" / "%hash" / f"{digest}.npy")  # as the README says
     assert np.load(target).shape == (384,)
+
+
+def test_mutated_mp3s_are_not_called_pipes():
+    """libsndfile says "File does not exist or is not a regular file (possibly a pipe?)" when its MPEG decoder
+    rejects a file's first frames: the record must say what is wrong instead."""
+    from audiotag import audio
+
+    source = (AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()
+    rng = np.random.default_rng(0)
+    messages = set()
+    for index in range(300):  # the mutants scripts/salvage_rate.py style: bytes near the start, cuts, bad runs
+        mutant = bytearray(source)
+        kind = index % 3
+        if kind == 0:
+            for _ in range(rng.integers(1, 20)):
+                mutant[rng.integers(0, min(len(mutant), 2000))] = rng.integers(0, 256)
+        elif kind == 1:
+            mutant = mutant[:rng.integers(10, len(mutant))]
+        else:
+            spot = rng.integers(0, len(mutant))
+            mutant[spot:spot + 200] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        try:
+            audio.open_bytes(bytes(mutant)).read()
+        except audio.AudioError as error:
+            messages.add(str(error))
+    assert not any("possibly a pipe" in message for message in messages)
+    assert "cannot decode: no valid audio stream at its start (the decoder could not parse its first frames)" in messages
