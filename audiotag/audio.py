@@ -29,6 +29,11 @@ MIN_RATE, MAX_RATE = 1000, 768000  # beyond this a "rate" is a broken header, no
 MAX_CHANNELS = 1024  # libsndfile's own limit
 SAMPLE_LIMIT = np.float32(1e4)  # float files can hold anything; far beyond full scale only overflows the power
 RAW_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}
+# Salvage past a bad frame (a corrupt FLAC frame makes libsndfile report "lost sync" and stop): frames skipped
+# per try, growing, and tries per file, so garbage costs a bounded number of reopenings.
+RESYNC_SKIPS = (4096, 16384, 65536, 262144)
+MAX_RESYNCS = 32
+EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: ending short of it is a failure
 _HOLD_BACK = 64  # resampled samples kept back until the end, so the total can be trimmed to librosa's length
 
 
@@ -54,6 +59,9 @@ class Stream:
         self.rate = rate
         self.channels = channels
         self.frames = 0  # source frames read so far; the total once ``samples()`` is exhausted
+        self.known_frames = None  # the length the container announces, when it does
+        self.truncated = False  # the blocks were cut short on purpose (``limits``)
+        self.warning = None  # what the decoder could not read, when it gave what it had (salvage)
         self._blocks = blocks  # (frames, channels) float32
         self._closer = closer
 
@@ -102,6 +110,10 @@ class Stream:
         """The whole clip in memory (for clips the caller wants whole, e.g. one pass over the file)."""
         samples = np.concatenate(list(self.samples()))
         return Audio(samples, self.rate, self.channels, self.duration)
+
+    def map_blocks(self, transform) -> None:
+        """Pass the source blocks through ``transform`` (an iterator of blocks to one), e.g. to cut an input."""
+        self._blocks = transform(self._blocks)
 
     def add_closer(self, closer) -> None:
         """Also call ``closer`` on close (after what the stream already closes)."""
@@ -207,28 +219,106 @@ def _open_soundfile(file, closer) -> Stream:
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
     kind = f"{sound.format} {sound.subtype}"
+    current = [sound]  # a resync reopens the file: the decoder that is open now
 
     def close():
-        sound.close()
+        current[0].close()
         if closer:
             closer()
 
     def blocks():
         frames = block_frames(sound.channels, sound.samplerate)
+        decoded = resyncs = 0
+        reason = None  # the last decoding error passed
         while True:
+            start = current[0].tell()
+            out = np.empty((frames, sound.channels), np.float32)
+            failure = got = None
             try:
-                block = sound.read(frames, dtype="float32", always_2d=True)
+                block = current[0].read(frames, dtype="float32", always_2d=True, out=out)
             except (soundfile.LibsndfileError, RuntimeError) as error:
-                raise AudioError(f"cannot decode {kind}: {_sndfile_reason(error)}") from error
+                failure = error
+                reason = _sndfile_reason(error)
+                got = _frames_before_error(current[0], start, frames)
+            else:
+                if len(block) == 0 and sound.format in EXACT_LENGTH and start < (stream.known_frames or 0):
+                    reason = f"the decoder stopped at {start / sound.samplerate:.1f} s"  # a hole it cannot cross
+                    got = 0
+            if got is not None:
+                if got:  # the frames decoded before the bad one are good
+                    decoded += got
+                    yield out[:got]
+                skipped = _resync(current, file, start + got) if resyncs < MAX_RESYNCS else None
+                if skipped is None:
+                    if not decoded:
+                        raise AudioError(f"cannot decode {kind}: {reason}") from failure
+                    stream.warning = _salvage_warning(decoded, max(stream.known_frames or 0, start + got),
+                                                      sound.samplerate, reason, resyncs)
+                    return
+                resyncs += 1
+                for offset in range(0, skipped, frames):  # the frames skipped are silence: times stay right
+                    yield np.zeros((min(frames, skipped - offset), sound.channels), np.float32)
+                continue
             if len(block) == 0:
+                if reason is not None:
+                    stream.warning = _salvage_warning(decoded, start, sound.samplerate, reason, resyncs)
                 return
+            decoded += len(block)
             yield block
 
     try:
-        return Stream(blocks(), sound.samplerate, sound.channels, close)
+        stream = Stream(blocks(), sound.samplerate, sound.channels, close)
     except AudioError:
         close()
         raise
+    if sound.seekable() and 0 < sound.frames < 1 << 62:
+        stream.known_frames = sound.frames
+    return stream
+
+
+def _salvage_warning(decoded: int, whole: int, rate: int, reason: str, resyncs: int) -> str:
+    """E.g. "decoded 16.2 of 30.0 s: flac decoder lost sync (2 bad spots skipped)"."""
+    text = f"decoded {decoded / rate:.1f} of {whole / rate:.1f} s: {reason.removeprefix('Error : ').rstrip('.')}"
+    return text + (f" ({resyncs} bad spot{'s' if resyncs > 1 else ''} skipped)" if resyncs else "")
+
+
+def _frames_before_error(sound, start: int, frames: int) -> int:
+    """How many frames a read that failed had decoded into its buffer (libsndfile's position moved on)."""
+    try:
+        return max(0, min(frames, sound.tell() - start))
+    except (soundfile.LibsndfileError, RuntimeError):
+        return 0
+
+
+def _resync(current: list, file, position: int) -> Optional[int]:
+    """Past a bad frame: reopen the file and seek a little further each try (a seek finds the next frame that
+    parses). Returns the frames skipped, or None when no later position decodes; ``current[0]`` is then the new
+    decoder."""
+    old = current[0]
+    if not old.seekable():
+        return None
+    for skip in RESYNC_SKIPS:
+        if old.frames and position + skip >= old.frames:
+            return None
+        try:
+            if isinstance(file, int):
+                os.lseek(file, 0, os.SEEK_SET)
+            else:
+                file.seek(0)
+            fresh = soundfile.SoundFile(file, closefd=False)
+        except (soundfile.LibsndfileError, RuntimeError, OSError):
+            return None
+        try:
+            fresh.seek(position + skip)
+            fresh.read(1, dtype="float32", always_2d=True)  # the next frame must decode, too
+            fresh.seek(position + skip)
+        except (soundfile.LibsndfileError, RuntimeError):
+            fresh.close()
+            continue
+        old.close()
+        current[0] = fresh
+        return skip
+    return None
 
 
 def _open_wav_stream(binary) -> Stream:
@@ -354,5 +444,9 @@ def _skip(binary, size: int) -> None:
 
 
 def _sndfile_reason(error) -> str:
-    """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix."""
-    return (getattr(error, "error_string", None) or str(error)).strip()
+    """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix; one misleading message
+    (libsndfile's answer when its MPEG decoder rejects a file's first frames) says what is really wrong."""
+    reason = (getattr(error, "error_string", None) or str(error)).strip()
+    if reason.startswith("File does not exist or is not a regular file"):
+        return "no valid audio stream at its start (the decoder could not parse its first frames)"
+    return reason

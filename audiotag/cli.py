@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import __version__
+from .supervisor import WORKER_FLAG
 
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1  # at least one input could not be tagged; the others were
@@ -112,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds between windows (default: half the window, 5)")
     windows.add_argument("--aggregate", choices=AGGREGATES, default="max",
                          help="a label's score in a long file: its best window's (max, default) or the mean")
+    limits = parser.add_argument_group("limits per input (defaults apply to batch runs: a directory, a list, several inputs)")
+    limits.add_argument("--max-duration", type=_number(float, 0), metavar="SEC",
+                        help="tag only the first SEC seconds of each input; the record says it was cut "
+                             "(default 7200 in batch runs, else no limit; 0 = no limit)")
+    limits.add_argument("--timeout", type=_number(float, 0), metavar="SEC",
+                        help="give up on an input after SEC seconds: its record is an error, the run goes on "
+                             "(default 300 in batch runs, else no limit; 0 = no limit)")
+    limits.add_argument("--in-process", action="store_true",
+                        help="tag batch inputs in this process, without a watched worker: a crashing decoder "
+                             "then ends the run (default: a native crash fails only the input that caused it)")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
@@ -131,17 +142,29 @@ def main(argv=None) -> int:
     # Before numpy loads: audiotag runs its own workers and its matrix products are small, so OpenBLAS's thread
     # pool would only compete with them, and it spins for a tenth of a second of CPU at every start.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == [WORKER_FLAG]:
+        from . import supervisor
+
+        return _finish(supervisor.serve())
     _make_std_streams_safe()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the HTTP front end (a file named "serve" is ./serve)
         return _serve(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     _check_arguments(parser, args)
     signal.signal(signal.SIGTERM, _terminate)
     if not args.verbose:
         _quiet_native_stderr()
     try:
+        if _supervised(args) and not (args.version or args.self_check):
+            from . import supervisor
+
+            try:
+                args.worker = supervisor.spawn()  # first thing: it starts up while this process does
+            except supervisor.WorkerError:
+                pass  # tried again, and reported, where the worker is needed
         code = _run(args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
@@ -192,6 +215,11 @@ def _check_arguments(parser, args) -> None:
         parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
                      "(a directory walk would take it for an input)")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
+    from .limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
+    batch = _batch_mode(args)
+    for name in ("max_duration", "timeout"):
+        value = getattr(args, name)
+        setattr(args, name, (getattr(BATCH, name) if batch else None) if value is None else (value or None))
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
 
@@ -219,9 +247,11 @@ def _run(args) -> int:
     from .model import ModelError, requested_providers
     from .tagger import Tagger
 
+    if args.threads is None:
+        args.threads = 1 if _batch_mode(args) else 0
+    if _supervised(args) and not (args.version or args.self_check):
+        return _tag_inputs(args, None)  # the model is loaded in the worker process only
     try:
-        if args.threads is None:
-            args.threads = 1 if _batch_mode(args) else 0
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
     except (ModelError, FileNotFoundError) as error:
         if args.version:
@@ -239,43 +269,69 @@ def _run(args) -> int:
 
 
 def _tag_inputs(args, tagger) -> int:
+    """Tag every input with ``tagger``, or, when it is None, in a watched worker process (``supervisor``)."""
     import threading
 
-    from . import audio, inputs, output, pipeline
-    from .pipeline import failure_message
+    from . import output, pipeline, supervisor
+    from .limits import Limits
+    from .model import requested_providers
     from .tagger import TagOptions
+
+    lock = threading.Lock()  # segments are written by worker threads, clip records by this one
+    writers = []  # the writer, once the output is open
+
+    def on_segment(name, segment):
+        with lock:
+            writers[0].write(output.segment_record(name, segment))
+
+    open_input = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout))
+    options = tag_options(args, TagOptions)
+    segments = on_segment if args.segments else None
+    if tagger is not None:
+        run = lambda items: pipeline.run(items, open_input, tagger, options, args.jobs, segments)  # noqa: E731
+        return _write_outcomes(args, lambda: len(tagger.model.info.labels), run, writers, lock)
+    # The worker starts first, so that its start-up (imports, the model) overlaps the rest of ours.
+    config = supervisor.WorkerConfig(open_input, options, args.jobs, args.model, requested_providers(args.provider),
+                                     args.threads, args.segments,
+                                     watchdog=2 * args.timeout + 10 if args.timeout else None)
+    watched = supervisor.Supervisor(config, segments, getattr(args, "worker", None))
+    try:
+        if args.verbose:
+            _warn(f"execution providers: {', '.join(watched.ready()['providers'])} (in a watched worker "
+                  f"process); jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
+        return _write_outcomes(args, lambda: watched.ready()["labels"], watched.outcomes, writers, lock)
+    except supervisor.WorkerError as error:
+        _warn(str(error))
+        return EXIT_MODEL
+    finally:
+        watched.close()
+
+
+def _write_outcomes(args, labels, run, writers: list, lock) -> int:
+    """Expand the inputs, skip those already recorded (--resume), tag the rest with ``run`` and write the
+    records. ``labels()``: the model's label count (asked only when needed: a worker may still be starting)."""
+    from . import inputs, output
+    from .pipeline import failure_message
 
     batch_mode = _batch_mode(args)
     listed = _list_source(args.files_from, inputs) if args.files_from else ()  # a bad LIST must not touch -o
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
-        rows = None if args.threshold > 0 else min(args.top_k, len(tagger.model.info.labels))
+        rows = None if args.threshold > 0 else (lambda: min(args.top_k, labels()))
         done = output.recorded_paths(args.output, args.format, rows) if args.resume else set()
         writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
     except (OSError, output.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
-    lock = threading.Lock()  # segments are written by worker threads, clip records by this one
-
-    def on_segment(name, segment):
-        with lock:
-            writer.write(output.segment_record(name, segment))
-
-    def open_input(name):
-        if name == "-":
-            return audio.open_stdin(sys.stdin.buffer, args.raw, args.rate, args.channels)
-        return audio.open_file(name, args.raw, args.rate, args.channels)
-
+    writers.append(writer)
     items = _chain(inputs.expand(args.inputs), listed)
     items = (item for item in items if item.name not in done)
-    options = tag_options(args, TagOptions)
     progress = _progress_bar(args)
     counts = {"ok": 0, "failed": 0, "audio": 0.0}
     started = time.perf_counter()
     try:
         writer.begin()
-        for outcome in pipeline.run(items, open_input, tagger, options, args.jobs,
-                                    on_segment if args.segments else None):
+        for outcome in run(items):
             if outcome.error is None and args.embeddings:
                 outcome = _save_embedding(outcome, args.embeddings)
             if outcome.error is not None:
@@ -318,6 +374,12 @@ def _batch_mode(args) -> bool:
     return len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
 
 
+def _supervised(args) -> bool:
+    """Batch inputs go to a watched worker (see supervisor), unless audio comes on stdin: it cannot be read
+    twice, so it could not be retried."""
+    return _batch_mode(args) and not args.in_process and "-" not in args.inputs
+
+
 def _list_source(name, inputs):
     from .pipeline import failure_message
 
@@ -336,27 +398,36 @@ def _chain(*iterables):
 
 
 def _save_embedding(outcome, directory):
-    """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file."""
-    import numpy as np
-
+    """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file. A
+    path the file system cannot take as a name (too long, too deep) goes to its hashed name instead."""
     from .pipeline import failure_message
 
     target = embedding_path(directory, outcome.name)
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        # A short temporary name: the input's own name may already be as long as the file system allows.
-        partial = os.path.join(os.path.dirname(target), f".audiotag-{os.getpid()}-{next(_PART_NUMBERS)}.part")
         try:
-            with open(partial, "xb") as file:  # created with the umask's permissions, as the results are
-                np.save(file, outcome.prediction.embedding, allow_pickle=False)
-            os.replace(partial, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
+            _write_embedding(target, outcome.prediction.embedding)
+        except (OSError, RecursionError):
+            target = hashed_embedding_path(directory, outcome.name)
+            _write_embedding(target, outcome.prediction.embedding)
     except OSError as error:
         outcome.error = f"cannot save embedding {target}: {failure_message(error)}"
     return outcome
+
+
+def _write_embedding(target: str, embedding) -> None:
+    import numpy as np
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    # A short temporary name: the input's own name may already be as long as the file system allows.
+    partial = os.path.join(os.path.dirname(target), f".audiotag-{os.getpid()}-{next(_PART_NUMBERS)}.part")
+    try:
+        with open(partial, "xb") as file:  # created with the umask's permissions, as the results are
+            np.save(file, embedding, allow_pickle=False)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def embedding_path(directory: str, name: str) -> str:
@@ -368,6 +439,14 @@ def embedding_path(directory: str, name: str) -> str:
     parts = [part.replace("%", "%25") for part in name.split(os.sep) if part not in ("", ".")]
     parts = ["%2E%2E" if part == ".." else part for part in parts]
     return os.path.join(directory, *parts[:-1], parts[-1] + ".npy")
+
+
+def hashed_embedding_path(directory: str, name: str) -> str:
+    """Where an input's embedding goes when its own path cannot be a file name: DIR/%hash/<32 hex digits>.npy,
+    the BLAKE2b-128 digest of the path's bytes (``hashlib.blake2b(os.fsencode(path), digest_size=16)``)."""
+    from .output import name_digest
+
+    return os.path.join(directory, "%hash", name_digest(name).hex() + ".npy")
 
 
 def _progress_bar(args):

@@ -40,42 +40,58 @@ def walk(top: str) -> Iterator[Input]:
     A link back to a directory above it (a loop) is reported. A directory reached again through another link is
     walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of
     links exponentially many times. Entries that are not regular files (a FIFO would block the run until
-    someone wrote to it) are reported, not opened.
+    someone wrote to it) are reported, not opened. The walk keeps its own stack (one sorted listing per level),
+    so a tree of any depth is walked: recursion would stop at Python's limit, about 1,000 levels.
     """
     walked = set()
-
-    def visit(directory: str, ancestors: frozenset) -> Iterator[Input]:
+    ancestors = {}  # identities of the directories on the stack, in stack order (a dict: ordered, fast lookup)
+    stack = []  # iterators over the sorted entries of each directory being walked
+    opened = yield from _enter(top, ancestors, walked)
+    if opened is not None:
+        stack.append(opened)
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            ancestors.popitem()
+            continue
         try:
-            identity = _identity(directory)
-            if identity in ancestors:
-                yield Input(directory, error="symlink loop: a link back to a directory above it")
-                return
-            if identity in walked:
-                return
-            walked.add(identity)
-            with os.scandir(directory) as scan:
-                entries = sorted(scan, key=lambda entry: entry.name)
+            is_dir = entry.is_dir()  # follows symlinks
+            is_file = entry.is_file()
         except OSError as error:
-            yield Input(directory, error=f"cannot read directory: {failure_message(error)}")
-            return
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-                is_file = entry.is_file()
-            except OSError as error:
-                yield Input(entry.path, error=failure_message(error))
-                continue
-            if is_dir:
-                yield from visit(entry.path, ancestors | {identity})
-            elif is_audio_name(entry.name):
-                if entry.is_symlink() and not os.path.exists(entry.path):
-                    yield Input(entry.path, error="broken symlink")
-                elif not is_file:
-                    yield Input(entry.path, error="not a regular file (a FIFO, socket or device)")
-                else:
-                    yield Input(entry.path)
+            yield Input(entry.path, error=failure_message(error))
+            continue
+        if is_dir:
+            opened = yield from _enter(entry.path, ancestors, walked)
+            if opened is not None:
+                stack.append(opened)
+        elif is_audio_name(entry.name):
+            if entry.is_symlink() and not os.path.exists(entry.path):
+                yield Input(entry.path, error="broken symlink")
+            elif not is_file:
+                yield Input(entry.path, error="not a regular file (a FIFO, socket or device)")
+            else:
+                yield Input(entry.path)
 
-    yield from visit(top, frozenset())
+
+def _enter(directory: str, ancestors: dict, walked: set):
+    """A generator returning an iterator over the sorted entries of ``directory`` (pushing its identity onto
+    ``ancestors``), or None when it is not walked; problems are yielded as inputs with an error."""
+    try:
+        identity = _identity(directory)
+        if identity in ancestors:
+            yield Input(directory, error="symlink loop: a link back to a directory above it")
+            return None
+        if identity in walked:
+            return None
+        walked.add(identity)
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as error:
+        yield Input(directory, error=f"cannot read directory: {failure_message(error)}")
+        return None
+    ancestors[identity] = None
+    return iter(entries)
 
 
 def read_list(lines: TextIO, name: str = "-") -> Iterator[Input]:

@@ -13,21 +13,28 @@ from typing import Optional, Sequence
 
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
 TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "rank", "label", "mid", "index", "score", "categories",
-                 "error")
+                 "warning", "error")
 
 
 def record(outcome) -> dict:
     """The JSON object for one input (scripts rely on this shape)."""
     if outcome.error is not None:
         return {"path": outcome.name, "error": outcome.error}
-    return {
+    rec = {
         "path": outcome.name,
         "duration": round(outcome.duration, 6),
         "sample_rate": outcome.sample_rate,
         "channels": outcome.channels,
-        "categories": categories_json(outcome.prediction.categories),
-        "tags": tags_json(outcome.prediction.tags),
     }
+    if outcome.truncated:  # only the first --max-duration seconds were tagged
+        rec["truncated"] = True
+        if outcome.audio_duration is not None:
+            rec["audio_duration"] = round(outcome.audio_duration, 6)
+    if outcome.warning is not None:
+        rec["warning"] = outcome.warning
+    rec["categories"] = categories_json(outcome.prediction.categories)
+    rec["tags"] = tags_json(outcome.prediction.tags)
+    return rec
 
 
 def categories_json(categories) -> list:
@@ -90,16 +97,26 @@ def _table_rows(rec: dict, delimiter: str) -> str:
     if "error" in rec:
         return _table_line(base + ["", "", "", "", "", "", rec["error"]], delimiter)
     categories = categories_cell(rec["categories"])
+    warning = _table_warning(rec)
     if not rec["tags"]:  # nothing reached --threshold: one row still records the clip and its categories
-        return _table_line(base + ["", "", "", "", "", categories, ""], delimiter)
-    return "".join(_table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], categories, ""], delimiter)
-                   for rank, t in enumerate(rec["tags"], 1))
+        return _table_line(base + ["", "", "", "", "", categories, warning, ""], delimiter)
+    return "".join(_table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], categories, warning, ""],
+                               delimiter) for rank, t in enumerate(rec["tags"], 1))
 
 
 def categories_cell(categories) -> str:
     """All seven categories in one cell, best first: "Music:0.598102;Human sounds:0.012..." (no category name
     holds ":" or ";")."""
     return ";".join(f"{c['name']}:{c['score']}" for c in categories)
+
+
+def _table_warning(rec: dict) -> str:
+    """The warning column: the decoder's warning, and a cut at --max-duration (tables have no column for it)."""
+    notes = [rec["warning"]] if "warning" in rec else []
+    if rec.get("truncated"):
+        whole = f" of {rec['audio_duration']:g} s" if "audio_duration" in rec else ""
+        notes.append(f"truncated: tagged the first {rec['duration']:g} s{whole}")
+    return "; ".join(notes)
 
 
 def _table_line(values, delimiter: str) -> str:
@@ -126,83 +143,164 @@ class ResumeError(ValueError):
 RECORD_START = '{"path": '  # how every JSON line audiotag writes begins
 
 
-def recorded_paths(path: str, fmt: str, rows_per_record: Optional[int] = 1) -> set:
+class RecordedPaths:
+    """The inputs an output file records, for ``name in recorded``: a sorted array of 16-byte BLAKE2b digests of
+    the names, so a resume of 10 million records holds 160 MB, not the names and records themselves. (Two names
+    share a digest with odds of about 1 in 10^24 at that size.)"""
+
+    def __init__(self, digests: bytes = b""):
+        import numpy as np
+
+        self._digests = np.sort(np.frombuffer(digests, dtype="S16"))  # fixed width: no padding ambiguity
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __contains__(self, name: str) -> bool:
+        digest = name_digest(name)
+        index = int(self._digests.searchsorted(digest))
+        return index < len(self._digests) and self._digests[index] == digest
+
+
+def name_digest(name: str) -> bytes:
+    """16 bytes that stand for an input's name (its bytes, when it is not UTF-8)."""
+    # _blake2 directly: hashlib would bring OpenSSL into the frozen binary (build.spec leaves it out).
+    from _blake2 import blake2b
+
+    return blake2b(name.encode("utf-8", errors="surrogateescape"), digest_size=16).digest()
+
+
+def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1) -> RecordedPaths:
     """Inputs already recorded in an output file, after cutting off a torn end (for --resume).
 
     Only the end of the file is ever cut: what follows the last newline (a record the writer did not finish), a
     last JSON line that does not parse (a disk that lost the tail), or a last CSV/TSV record with fewer rows than
-    the file's other records have (``rows_per_record`` when there are none), so that input is tagged again. With
+    the file's other records have (``rows_per_record()`` when there are none), so that input is tagged again. With
     ``rows_per_record`` None (``--threshold``: records have any number of rows) a last CSV/TSV clip record is
     always cut and tagged again, since whether it is whole cannot be told. A file that is not an audiotag output
     of this format raises ResumeError and is not touched; OSError passes.
+    The file is read once, line by line: memory does not grow with its size beyond 16 bytes per record.
     """
     if not os.path.exists(path):
-        return set()
+        return RecordedPaths()
     if not os.path.isfile(path):
         raise ResumeError("not a regular file: --resume needs the output file of an earlier run")
     with open(path, "rb+") as file:
-        data = file.read()
-        text = data.decode("utf-8", errors="surrogateescape")  # names need not be UTF-8
         if fmt in ("jsonl", "json"):
-            keep, paths = _jsonl_records(text)
+            keep, digests = _jsonl_records(file)
         else:
-            keep, paths = _table_records(text, fmt, rows_per_record)
-        size = len(text[:keep].encode("utf-8", errors="surrogateescape"))
-        if size < len(data):
-            file.truncate(size)
-    return paths
+            keep, digests = _table_records(file, fmt, rows_per_record)
+        if keep < file.seek(0, os.SEEK_END):
+            file.truncate(keep)
+    return RecordedPaths(bytes(digests))
 
 
-def _jsonl_records(text: str) -> tuple:
-    """(characters to keep, paths recorded) of a JSONL output; only "\n" ends a record (a name may hold U+2028)."""
-    *lines, torn = text.split("\n")
-    keep, paths = 0, set()
-    for number, line in enumerate(lines, 1):
-        rec = _record(line)
-        if rec is None and line.strip():
-            if number == len(lines) and not torn and line.startswith(RECORD_START):
-                break  # the last line, cut short by a lost tail: dropped, its input tagged again
-            raise ResumeError(f"line {number} is not an audiotag record: not resuming into this file")
-        if rec is not None and "start" not in rec:
-            paths.add(rec["path"])
-        keep += len(line) + 1
-    if torn and not (torn.startswith(RECORD_START) or RECORD_START.startswith(torn)):
-        raise ResumeError("its last line is not an audiotag record: not resuming into this file")
-    return keep, paths
+def _jsonl_records(file) -> tuple:
+    """(bytes to keep, digests of the paths recorded) of a JSONL output; only "\n" ends a record (a name may
+    hold U+2028)."""
+    keep, digests, dropped = 0, bytearray(), None  # dropped: a line that does not parse, kept only if last
+    for number, raw in enumerate(file, 1):
+        if dropped is not None:
+            raise ResumeError(f"line {dropped} is not an audiotag record: not resuming into this file")
+        line = raw.decode("utf-8", errors="surrogateescape")
+        if not line.endswith("\n"):  # what follows the last newline: a torn record
+            if not (line.startswith(RECORD_START) or RECORD_START.startswith(line)):
+                raise ResumeError("its last line is not an audiotag record: not resuming into this file")
+            break
+        line = line[:-1]
+        name = _record_path(line)
+        if name is None and line.strip():
+            if not line.startswith(RECORD_START):
+                raise ResumeError(f"line {number} is not an audiotag record: not resuming into this file")
+            dropped = number  # the last line, cut short by a lost tail: dropped, its input tagged again
+            continue
+        if name:
+            digests += name_digest(name)
+        keep += len(raw)
+    return keep, digests
 
 
-def _table_records(text: str, fmt: str, rows_per_record: int) -> tuple:
-    """(characters to keep, paths recorded) of a CSV/TSV output.
+def _table_records(file, fmt: str, rows_per_record: int) -> tuple:
+    """(bytes to keep, digests of the paths recorded) of a CSV/TSV output.
 
     Rows are matched by writing them again: the kept part of the file is exactly what the writer would write for
     the rows it holds, whatever newlines or quotes the names contain.
     """
     delimiter = _delimiter(fmt)
     header = table_header(fmt)
-    if not text.startswith(header):
-        if header.startswith(text):
-            return 0, set()  # empty, or a header cut short: start again
+    first = file.readline().decode("utf-8", errors="surrogateescape")
+    if first != header:
+        if header.startswith(first):
+            return 0, bytearray()  # empty, or a header cut short: start again
         raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
                           "not resuming into this file")
-    rows = list(csv.reader(io.StringIO(text[len(header):]), delimiter=delimiter))
-    position, records = len(header), []  # records: [path, error, row count, characters]
-    for index, row in enumerate(rows):
-        line = _table_line(row, delimiter)
-        if len(row) != len(TABLE_COLUMNS) or not text.startswith(line, position):
-            if index < len(rows) - 1:  # more rows follow: not a torn end but a file written by someone else
-                raise ResumeError(f"row {index + 2} is not an audiotag {fmt} row: not resuming into this file")
+    taken = []  # the lines the csv reader took for the row it gives next
+
+    def lines():
+        for raw in file:
+            taken.append(raw)
+            yield raw.decode("utf-8", errors="surrogateescape")
+
+    position, digests = len(first.encode("utf-8", errors="surrogateescape")), bytearray()
+    current, most_rows = None, 0  # current: [path, error, row count, bytes] of the record being read
+    torn = None  # the number of a row that does not match: only the last row may be one
+    reader = csv.reader(lines(), delimiter=delimiter)
+    number = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
             break
-        if records and records[-1][0] == row[0] and not row[-1]:
-            records[-1][2] += 1
-            records[-1][3] += len(line)
+        except csv.Error:  # e.g. a quote left open by a torn end
+            row = None
+        number += 1
+        raw = b"".join(taken)
+        taken.clear()
+        if torn is not None:
+            raise ResumeError(f"row {torn} is not an audiotag {fmt} row: not resuming into this file")
+        if row is None or len(row) != len(TABLE_COLUMNS) or \
+                raw.decode("utf-8", errors="surrogateescape") != _table_line(row, delimiter):
+            torn = number
+            if row is None:
+                break
+            continue
+        if current and current[0] == row[0] and not row[-1] and not current[1]:
+            current[2] += 1
+            current[3] += len(raw)
         else:
-            records.append([row[0], row[-1], 1, len(line)])
-        position += len(line)
-    if records and not records[-1][1]:  # the last record is a clip's rows: are they all there?
-        earlier = [count for _, error, count, _ in records[:-1] if not error]
-        if rows_per_record is None or records[-1][2] < (max(earlier) if earlier else rows_per_record):
-            position -= records.pop()[3]
-    return position, {record[0] for record in records}
+            if current:
+                digests += name_digest(current[0])
+                if not current[1]:
+                    most_rows = max(most_rows, current[2])
+            current = [row[0], row[-1], 1, len(raw)]
+        position += len(raw)
+    if current:
+        whole = rows_per_record is not None and current[2] >= (most_rows or rows_per_record())
+        if not current[1] and not whole:  # a clip's rows, not all there (or it cannot be told)
+            position -= current[3]
+        else:
+            digests += name_digest(current[0])
+    return position, digests
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _record_path(line: str):
+    """The path of the clip record a JSON line holds, "" for a window record, None when it is not a record.
+    A line as audiotag writes it has its path first: only that is decoded (a full parse of 10 million lines
+    would dominate a resume)."""
+    if line.startswith(RECORD_START) and line.endswith("}"):
+        try:
+            name, end = _DECODER.raw_decode(line, len(RECORD_START))
+        except ValueError:
+            name = None
+        if isinstance(name, str) and line.startswith(", ", end):
+            return "" if line.startswith(', "start": ', end) else name
+    rec = _record(line)  # written some other way (key order, spacing): parse it whole
+    if rec is None:
+        return None
+    return "" if "start" in rec else rec["path"]
 
 
 def _record(line: str):

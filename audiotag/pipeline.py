@@ -12,6 +12,7 @@ as soon as it arrives.
 
 import collections
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -20,7 +21,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from . import audio
+from . import audio, limits
+from .limits import Limits
 from .tagger import CLIP_LAYOUT, Accumulator, Prediction, Segment, TagOptions, Tagger, layouts, model_input
 from .windows import passes
 
@@ -36,6 +38,23 @@ class Input:
     error: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class Opener:
+    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way)."""
+
+    raw: Optional[str] = None  # headerless samples: their format, rate and channels
+    rate: Optional[int] = None
+    channels: int = 1
+    limits: Limits = Limits()
+
+    def __call__(self, name: str) -> audio.Stream:
+        if name == "-":
+            stream = audio.open_stdin(sys.stdin.buffer, self.raw, self.rate, self.channels)
+        else:
+            stream = audio.open_file(name, self.raw, self.rate, self.channels)
+        return limits.apply(stream, self.limits)
+
+
 @dataclass
 class Outcome:
     """What became of one input: a prediction and where it came from, or an error message."""
@@ -44,7 +63,10 @@ class Outcome:
     prediction: Optional[Prediction] = None
     sample_rate: int = 0
     channels: int = 0
-    duration: float = 0.0  # seconds of audio
+    duration: float = 0.0  # seconds of audio tagged
+    truncated: bool = False  # cut at --max-duration
+    audio_duration: Optional[float] = None  # seconds the input holds, when cut and known
+    warning: Optional[str] = None  # tagged from what could be decoded; this says what could not
     error: Optional[str] = None
     timings: Optional[dict] = None  # seconds spent per stage in this input's worker
 
@@ -275,7 +297,9 @@ def start_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: 
         prediction = _or_failure(item.name, finish)
         if isinstance(prediction, Outcome):
             return prediction
-        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, timings=timings)
+        whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
+        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
+                       whole, stream.warning, timings=timings)
 
     return outcome
 

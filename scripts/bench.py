@@ -277,7 +277,7 @@ def _cli(args: list, output: Path, checkout: Path) -> tuple:
 
 def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path, checkout: Path) -> dict:
     """Wall and CPU seconds of ``audiotag DIR`` for the default and a few --jobs/--threads settings, interleaved."""
-    settings = {"default": []}
+    settings = {"default": [], "--in-process (no crash isolation)": ["--in-process"]}
     for jobs, threads in ((1, 1), (cores, 1), (cores + 1, 1), (2 * cores, 1)):
         settings[f"--jobs {jobs} --threads {threads}"] = ["--jobs", jobs, "--threads", threads]
     runs = {name: [] for name in settings}
@@ -330,6 +330,8 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
     rows.append(("(c) audiotag FILE, one process per file", rates["c"]))
     for name, rate in rows:
         print(f"{name:46s} {rate:9.1f} {rate * clip:11.0f}")
+    isolated = end_to_end["--in-process (no crash isolation)"][0] / end_to_end["default"][0]
+    print(f"    crash isolation (default) / --in-process throughput: {isolated:.3f} (target >= 0.95)")
     print(f"    start-up alone (audiotag --version): {single['startup']:.2f} s; "
           f"(b) without it: {count / (end_to_end['default'][0] - single['startup']):.1f} files/s")
     print()

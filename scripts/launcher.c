@@ -358,6 +358,10 @@ int main(int argc, char **argv) {
     if ((st.st_uid != getuid() && st.st_uid != 0) || (st.st_mode & 022))
         die("%s is not owned by you or is writable by others: delete it, or set AUDIOTAG_CACHE_DIR", dir);
 
+    /* The bundled program (PyInstaller's bootloader) restarts itself through /proc/self/exe; without /proc it
+       would fall back to the server's own loader and C library and fail with a cryptic "GLIBC_2.xx not found". */
+    if (access("/proc/self/exe", F_OK) < 0)
+        die("needs /proc (the bundled program starts through /proc/self/exe): mount it, e.g. mount -t proc proc /proc");
     char **args = calloc((size_t)argc + 7, sizeof *args);
     if (!args) die("out of memory");
     int n = 0;

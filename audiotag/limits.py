@@ -1,0 +1,50 @@
+"""Per-input limits, so that no single input holds a worker for long: how much audio is tagged
+(``--max-duration``) and how long an input may take (``--timeout``).
+
+Both act on the decoded blocks of any decoder's ``audio.Stream``: a cut input stops decoding at the limit (a
+393 kB FLAC can hold 10 hours of silence), and an input past its time fails between two blocks with "timed out
+after SEC s". A decoder stuck inside one native call is not reached here: the supervisor kills that worker
+(see ``supervisor``).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .audio import AudioError, Stream
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_duration: Optional[float] = None  # seconds of audio tagged from the start; the rest is not decoded
+    timeout: Optional[float] = None  # seconds an input may take from its opening
+
+
+# Batch runs (directories, lists, several inputs) over audio nobody vetted: 2 hours of audio is about 10 s of one
+# core's work, and 300 s is thirty times that, so neither limit touches an honest recording on a busy server.
+BATCH = Limits(max_duration=7200.0, timeout=300.0)
+
+
+def apply(stream: Stream, limits: Limits) -> Stream:
+    """``stream`` with the limits on its blocks; ``stream.truncated`` says whether the cut happened."""
+    if not (limits.max_duration or limits.timeout):
+        return stream
+    deadline = time.monotonic() + limits.timeout if limits.timeout else None
+    max_frames = math.ceil(limits.max_duration * stream.rate) if limits.max_duration else None
+
+    def limited(blocks):
+        seen = 0
+        for block in blocks:
+            if deadline is not None and time.monotonic() > deadline:
+                raise AudioError(f"timed out after {limits.timeout:g} s")
+            if max_frames is not None and seen + len(block) > max_frames:
+                if seen < max_frames:
+                    yield block[:max_frames - seen]
+                stream.truncated = True
+                return  # the decoder is closed with the stream: nothing more is read
+            seen += len(block)
+            yield block
+
+    stream.map_blocks(limited)
+    return stream

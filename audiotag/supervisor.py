@@ -1,0 +1,339 @@
+"""Crash isolation: batch inputs are tagged in a worker process that this one watches.
+
+libsndfile, mpg123, libFLAC (and any other decoder) parse bytes nobody vetted; a native crash there (SIGSEGV,
+SIGBUS, SIGABRT...) or an out-of-memory kill would end a run of weeks. So the supervisor (this process: it walks,
+reads lists, writes the records) sends inputs to a worker process running the ordinary ``pipeline.run``, and
+gets their outcomes back in order. It knows which inputs are in flight: when the worker dies it starts a new one
+and reruns those inputs one at a time, so the one that kills a worker alone is the culprit (its record:
+"decoder crashed (SIGSEGV)") and the innocent ones that were beside it are tagged. A worker that stops answering
+(a decoder looping in native code, beyond the cooperative ``--timeout``) is killed and handled the same way.
+
+Why a worker process and not a process per input: one long-lived worker keeps the model loaded and batches
+windows across inputs, so supervision costs only the pickling of each input and outcome (``scripts/bench.py``).
+The tagging code does not know it is watched: the worker runs ``pipeline.run`` as the CLI would in-process.
+
+Messages are length-prefixed pickles on the worker's stdin (config, then inputs; EOF ends) and on a copy of its
+stdout (ready, segments, outcomes); the worker's own file descriptor 1 is pointed at its stderr, so a chatty C
+library cannot corrupt the channel.
+"""
+
+import collections
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+WORKER_FLAG = "--_supervised-worker"  # argv[1] of a worker; not a user option
+_LENGTH = struct.Struct("<Q")
+_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGKILL", "SIGTERM", "SIGSYS", "SIGTRAP")
+
+
+class WorkerError(RuntimeError):
+    """No worker can be started (the model cannot be loaded there, the program cannot be executed)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs to tag inputs as the CLI would in-process (all picklable)."""
+
+    opener: Callable  # name -> audio.Stream (``pipeline.Opener``)
+    options: object  # tagger.TagOptions
+    jobs: int
+    model: Optional[str] = None
+    providers: Optional[tuple] = None
+    threads: int = 1
+    segments: bool = False
+    watchdog: Optional[float] = None  # seconds without an outcome after which the worker counts as hung
+
+
+def crash_reason(returncode: int) -> str:
+    """An input's error message for a worker that ended with ``returncode`` (negative: killed by a signal)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if name == "SIGKILL":
+            return "worker killed (SIGKILL: out of memory?)"
+        return f"decoder crashed ({name})"
+    return f"worker exited with status {returncode}"
+
+
+class Supervisor:
+    """Starts a worker at once (its start-up overlaps this process's own), then ``outcomes(items)``: outcomes in
+    input order, as ``pipeline.run`` gives them, whatever happens to the worker."""
+
+    def __init__(self, config: WorkerConfig, on_segment=None, process: Optional[subprocess.Popen] = None):
+        self._config = config
+        self._on_segment = on_segment
+        self._events = queue.Queue()  # ("item", x) ("end",) from the feeder; ("msg"/"exit", worker, x) from readers
+        self._worker = None
+        self._generation = 0
+        self._ready = False
+        self._kill_reason = None  # why the supervisor killed the current worker (hung)
+        # Enough inputs in the worker to keep its decoders and batches full, few enough to rerun after a crash.
+        self._window = 3 * config.jobs + 2
+        self.info = None  # the first worker's model: {"labels": count, "providers": [...]}, once ready
+        self._start_worker(process)
+
+    def ready(self) -> dict:
+        """Wait for the first worker to load its model; WorkerError when it cannot."""
+        while self.info is None:
+            event = self._events.get()
+            if event[0] == "exit":
+                raise WorkerError(f"the worker process could not start ({crash_reason(event[2])})")
+            if event[0] == "msg":
+                self._take_ready(event[2])
+        return self.info
+
+    def close(self) -> None:
+        """Stop the worker now (a run that ends early)."""
+        if self._worker is not None and self._worker.poll() is None:
+            self._worker.kill()
+            self._worker.wait()
+
+    def _take_ready(self, message) -> None:
+        if message[0] == "fatal":
+            raise WorkerError(message[1])
+        if message[0] == "ready":
+            self._ready = True
+            self.info = self.info or message[1]
+
+    def outcomes(self, items: Iterable) -> Iterator:
+        from .pipeline import Outcome
+
+        slots = threading.Semaphore(self._window)  # the feeder reads no further ahead than the window
+        stop = threading.Event()
+        threading.Thread(target=self._feed, args=(items, slots, stop), name="audiotag-supervisor-feed",
+                         daemon=True).start()
+        waiting = collections.deque()  # read, not yet sent
+        in_flight = collections.deque()  # sent to the current worker, no outcome yet, oldest first
+        suspects = collections.deque()  # in flight when a worker died: rerun one at a time
+        ended = False
+        last_progress = time.monotonic()
+        try:
+            while waiting or in_flight or suspects or not ended:
+                if suspects and not in_flight:
+                    in_flight.append(suspects.popleft())
+                    self._send(in_flight[-1])
+                    last_progress = time.monotonic()
+                elif not suspects:
+                    if waiting and not in_flight:
+                        last_progress = time.monotonic()
+                    while waiting:
+                        in_flight.append(waiting.popleft())
+                        self._send(in_flight[-1])
+                event = self._next_event(in_flight, last_progress)
+                kind = event[0]
+                if kind == "item":
+                    waiting.append(event[1])
+                elif kind == "end":
+                    ended = True
+                    if event[1] is not None:
+                        raise event[1]  # the list of inputs could not be read: as pipeline.run does
+                elif kind == "hung":
+                    self._kill_reason = f"timed out after {self._config.watchdog:g} s"
+                    self._worker.kill()
+                elif event[1] != self._generation:
+                    continue  # from a worker already replaced
+                elif kind == "msg":
+                    message = event[2]
+                    if message[0] in ("ready", "fatal"):
+                        self._take_ready(message)
+                        last_progress = time.monotonic()
+                    elif message[0] == "segment":
+                        if self._on_segment is not None:
+                            self._on_segment(*message[1:])
+                    elif message[0] == "outcome":
+                        in_flight.popleft()
+                        last_progress = time.monotonic()
+                        slots.release()
+                        yield message[1]
+                elif kind == "exit":
+                    returncode = event[2]
+                    reason = self._kill_reason or crash_reason(returncode)
+                    was_ready = self._ready
+                    self._worker = None
+                    if not in_flight:
+                        continue  # died between inputs: the next input starts a new one
+                    if not was_ready:
+                        raise WorkerError(f"the worker process could not start ({reason})")
+                    if len(in_flight) == 1:  # alone in the worker: the culprit
+                        item = in_flight.popleft()
+                        slots.release()
+                        yield Outcome(item.name, error=reason)
+                    else:  # which one? each alone, in order, before anything newer
+                        suspects.extendleft(reversed(in_flight))
+                        in_flight.clear()
+            self._finish_worker()
+        finally:
+            stop.set()
+            for _ in range(self._window):
+                slots.release()  # a feeder waiting for a slot sees the stop
+            self.close()  # interrupted, or the consumer stopped early
+
+    def _feed(self, items, slots, stop) -> None:
+        error = None
+        try:
+            for item in items:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                self._events.put(("item", item))
+        except BaseException as failure:  # e.g. the list of paths became unreadable
+            error = failure
+        self._events.put(("end", error))
+
+    def _next_event(self, in_flight, last_progress):
+        watchdog = self._config.watchdog
+        if not (watchdog and in_flight):
+            return self._events.get()
+        try:
+            return self._events.get(timeout=max(0.0, last_progress + watchdog - time.monotonic()))
+        except queue.Empty:
+            return ("hung",)
+
+    def _send(self, item) -> None:
+        if self._worker is None:
+            self._start_worker()
+        try:
+            _write(self._worker.stdin, item)
+        except (BrokenPipeError, OSError):
+            pass  # the worker is dying: its exit event follows, and this input is in flight
+
+    def _start_worker(self, worker: Optional[subprocess.Popen] = None) -> None:
+        self._generation += 1
+        self._ready = False
+        self._kill_reason = None
+        worker = worker or spawn()
+        self._worker = worker
+        _write(worker.stdin, self._config)
+        threading.Thread(target=self._read, args=(worker, self._generation), name="audiotag-supervisor-read",
+                         daemon=True).start()
+
+    def _read(self, worker, generation) -> None:
+        try:
+            while (message := _read(worker.stdout)) is not None:
+                self._events.put(("msg", generation, message))
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+            pass  # a torn message from a dying worker: its exit follows
+        self._events.put(("exit", generation, worker.wait()))
+
+    def _finish_worker(self) -> None:
+        """Every outcome is out: close the worker's input, and it ends."""
+        if self._worker is None:
+            return
+        try:
+            self._worker.stdin.close()
+            self._worker.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # killed below
+
+
+# --- the worker -------------------------------------------------------------------------------------------------
+
+def spawn() -> subprocess.Popen:
+    """Start a worker process; it loads its libraries while it waits for its WorkerConfig (so a caller may spawn
+    it first thing and do its own start-up meanwhile)."""
+    try:
+        return subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=worker_environment(), close_fds=True)
+    except OSError as error:
+        raise WorkerError(f"cannot start the worker process: {error.strerror or error}") from error
+
+
+def worker_command() -> list:
+    """How to start a worker: this same program, installed package or frozen binary."""
+    if getattr(sys, "frozen", False):
+        # The frozen program runs through the loader bundled next to it (see scripts/launcher.c): the server's own
+        # loader and C library may be too old for the bundle, so the worker starts the same way.
+        bundle = sys._MEIPASS  # noqa: SLF001 -- PyInstaller's folder of bundled files
+        program = os.path.join(os.path.dirname(bundle), "audiotag")
+        loader = os.path.join(bundle, "ld-linux-x86-64.so.2")
+        if os.path.exists(loader):
+            return [loader, "--library-path", bundle, "--argv0", program, program, WORKER_FLAG]
+        return [sys.executable, WORKER_FLAG]
+    return [sys.executable, "-m", "audiotag", WORKER_FLAG]
+
+
+def worker_environment() -> dict:
+    """The environment the program started with. PyInstaller's bootloader points LD_LIBRARY_PATH into the bundle
+    (keeping the original in LD_LIBRARY_PATH_ORIG); the worker starts the bundle's own way and sets it again."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        env.pop("LD_LIBRARY_PATH", None)
+        if original is not None:
+            env["LD_LIBRARY_PATH"] = original
+    return env
+
+
+def serve() -> int:
+    """The worker's main: config, then inputs from stdin; ready, segments and outcomes to the supervisor."""
+    # Ctrl-C and SIGTERM reach the whole process group: the supervisor decides, and kills this worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # C libraries printing to stdout must not write into the channel
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    lock = threading.Lock()
+
+    def send(message) -> None:
+        with lock:
+            _write(replies, message)
+
+    from . import pipeline  # before the config arrives: this start-up overlaps the supervisor's
+    from .model import ModelError
+    from .tagger import Tagger
+
+    config = _read(requests)
+    if config is None:
+        return 0  # the supervisor ended before it needed a worker
+
+    try:
+        tagger = Tagger(config.model, providers=config.providers, threads=config.threads)
+    except (ModelError, OSError) as error:
+        send(("fatal", str(error)))
+        return 3
+    send(("ready", {"labels": len(tagger.model.info.labels), "providers": tagger.model.providers}))
+
+    def inputs():
+        while (item := _read(requests)) is not None:
+            yield item
+
+    on_segment = (lambda name, segment: send(("segment", name, segment))) if config.segments else None
+    try:
+        for outcome in pipeline.run(inputs(), config.opener, tagger, config.options, config.jobs, on_segment):
+            send(("outcome", outcome))
+    except BrokenPipeError:
+        return 141  # the supervisor is gone
+    replies.close()
+    return 0
+
+
+def _write(stream, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read(stream):
+    """The next message, or None at the end of the stream."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("torn message")
+    return pickle.loads(data)

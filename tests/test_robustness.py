@@ -1,0 +1,241 @@
+"""A run of weeks survives any single input (issue 12): native crashes, deep trees, bombs, corrupt frames, long
+names. Native crashes are simulated by an LD_PRELOAD library compiled here: any process that opens a path
+holding a marker dies with the signal asked for, as a decoder crashing on that file would."""
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import AUDIO
+
+CRASH_LIBRARY = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void check(const char *path) {
+    const char *marker = getenv("CRASH_MARKER");
+    if (path && marker && *marker && strstr(path, marker)) {
+        const char *how = getenv("CRASH_SIGNAL");
+        if (how && !strcmp(how, "hang")) for (;;) pause();
+        raise(how ? atoi(how) : SIGSEGV);
+        _exit(99);
+    }
+}
+#define WRAP(name) int name(const char *p, int f, ...) { static int (*real)(const char *, int, ...); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); check(p); va_list a; va_start(a, f); int m = va_arg(a, int); \
+    va_end(a); return real(p, f, m); }
+#define WRAPAT(name) int name(int d, const char *p, int f, ...) { static int (*real)(int, const char *, int, ...); \
+    if (!real) real = dlsym(RTLD_NEXT, #name); check(p); va_list a; va_start(a, f); int m = va_arg(a, int); \
+    va_end(a); return real(d, p, f, m); }
+WRAP(open) WRAP(open64) WRAPAT(openat) WRAPAT(openat64)
+"""
+
+
+@pytest.fixture(scope="module")
+def crash_library(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("crash")
+    (directory / "crash.c").write_text(CRASH_LIBRARY)
+    library = directory / "libcrash.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(directory / "crash.c"), "-ldl"],
+                   check=True)
+    return library
+
+
+def _corpus(directory, names):
+    directory.mkdir(exist_ok=True)
+    clip = (AUDIO / "speech.wav").read_bytes()
+    for name in names:
+        (directory / name).write_bytes(clip)
+    return [str(directory / name) for name in sorted(names)]
+
+
+def _records(stdout: bytes) -> list:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+def _crash_env(library, sig="11"):
+    return {"LD_PRELOAD": str(library), "CRASH_MARKER": "CRASHME", "CRASH_SIGNAL": sig}
+
+
+def test_a_native_crash_fails_only_its_input(cli, tmp_path, crash_library):
+    names = [f"c{i:02d}.wav" for i in range(12)] + ["c04-CRASHME.wav"]
+    paths = _corpus(tmp_path / "corpus", names)
+    result = cli(tmp_path / "corpus", "--jobs", 2, "--top-k", 1, env=_crash_env(crash_library))
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["path"] for r in records] == paths  # every input once, in order
+    failed = [r for r in records if "error" in r]
+    assert failed == [{"path": str(tmp_path / "corpus" / "c04-CRASHME.wav"), "error": "decoder crashed (SIGSEGV)"}]
+    assert all(r["tags"][0]["label"] == "Speech" for r in records if "error" not in r)  # innocents tagged
+    assert b"c04-CRASHME.wav: decoder crashed (SIGSEGV)" in result.stderr
+
+
+def test_without_isolation_the_same_crash_ends_the_run(cli, tmp_path, crash_library):
+    """The control: the LD_PRELOAD library does crash a process, so the test above shows the supervisor at work."""
+    _corpus(tmp_path / "corpus", ["a.wav", "b-CRASHME.wav"])
+    result = cli(tmp_path / "corpus", "--in-process", env=_crash_env(crash_library))
+    assert result.returncode == -signal.SIGSEGV or result.returncode == 128 + signal.SIGSEGV
+
+
+@pytest.mark.parametrize("sig, reason", [("6", "decoder crashed (SIGABRT)"), ("7", "decoder crashed (SIGBUS)"),
+                                         ("9", "worker killed (SIGKILL: out of memory?)")])
+def test_crashes_in_a_piped_list_and_resume(cli, tmp_path, crash_library, sig, reason):
+    names = ["a.wav", "b-CRASHME.wav", "c.wav", "d-CRASHME.wav", "e.wav"]
+    paths = _corpus(tmp_path / "corpus", names)
+    out = tmp_path / "out.jsonl"
+    listing = "".join(f"{path}\n" for path in paths).encode()
+    result = cli("--files-from", "-", "-o", out, stdin=listing, env=_crash_env(crash_library, sig))
+    assert result.returncode == 1, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == paths
+    assert [r.get("error") for r in records] == [None, reason, None, reason, None]
+    # --resume skips what is recorded, crashes included: it never crashes on the same file again
+    _corpus(tmp_path / "corpus", ["f.wav"])
+    again = cli(tmp_path / "corpus", "-o", out, "--resume", env=_crash_env(crash_library, sig))
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == paths + [str(tmp_path / "corpus/f.wav")]
+
+
+def test_the_long_lived_process_survives_a_crash(cli, tmp_path, crash_library):
+    """A crawler pipes paths and waits for each answer: after a crash the same process answers the next one."""
+    paths = _corpus(tmp_path / "corpus", ["a-CRASHME.wav", "b.wav"])
+    process = cli.popen("--files-from", "-", env=_crash_env(crash_library))
+    from conftest import readline_within
+
+    try:
+        for path, expected in zip(paths, ("decoder crashed (SIGSEGV)", None)):
+            process.stdin.write(f"{path}\n".encode())
+            process.stdin.flush()
+            record = json.loads(readline_within(process.stdout))
+            assert record["path"] == path and record.get("error") == expected
+        process.stdin.close()
+        assert process.wait(timeout=60) == 1
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_hung_decoder_is_killed_and_the_run_goes_on(cli, tmp_path, crash_library):
+    paths = _corpus(tmp_path / "corpus", ["a.wav", "b-CRASHME.wav", "c.wav"])
+    result = cli(tmp_path / "corpus", "--timeout", 1, env=_crash_env(crash_library, "hang"), timeout=200)
+    assert result.returncode == 1, result.stderr
+    assert [(r["path"], r.get("error")) for r in _records(result.stdout)] == \
+        [(paths[0], None), (paths[1], "timed out after 12 s"), (paths[2], None)]
+
+
+def test_a_tree_deeper_than_the_recursion_limit(cli, tmp_path):
+    top = tmp_path / "deep"
+    os.makedirs(top)
+    depth = 1100  # Python's recursion limit is 1,000
+    fd = os.open(top, os.O_RDONLY)
+    try:  # made relative to a descriptor: the whole path is longer than some tools like
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        with open(os.open("deep.wav", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "wb") as clip:
+            clip.write((AUDIO / "speech.wav").read_bytes())
+    finally:
+        os.close(fd)
+    (top / "z.wav").write_bytes((AUDIO / "music.wav").read_bytes())
+    try:
+        result = cli(top, "--top-k", 1)
+    finally:  # pytest's own clean-up of tmp_path recurses and would fail on this tree; GNU rm does not
+        subprocess.run(["rm", "-rf", str(top / "d")], check=True)
+    assert result.returncode == 0, result.stderr
+    records = _records(result.stdout)
+    assert [r["path"] for r in records] == [str(top) + "/d" * depth + "/deep.wav", str(top / "z.wav")]
+    assert records[0]["tags"][0]["label"] == "Speech"
+
+
+def _long_flac(path, seconds, rate=8000):
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(str(path), (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, subtype="PCM_16")
+
+
+def test_max_duration_tags_the_start_and_says_so(cli, tmp_path):
+    _long_flac(tmp_path / "long.flac", 120)
+    result = cli(tmp_path / "long.flac", "--max-duration", 30, "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    (record,) = _records(result.stdout)
+    assert record["duration"] == 30.0 and record["truncated"] is True and record["audio_duration"] == 120.0
+    assert list(record)[:7] == ["path", "duration", "sample_rate", "channels", "truncated", "audio_duration", "tags"]
+    whole = _records(cli(tmp_path / "long.flac", "--format", "jsonl").stdout)[0]
+    assert whole["duration"] == 120.0 and "truncated" not in whole
+    table = cli(tmp_path / "long.flac", "--max-duration", 30, "--format", "csv", "--top-k", 1).stdout.decode()
+    assert "truncated: tagged the first 30 s of 120 s" in table.splitlines()[1]
+
+
+def test_timeout_is_an_error_record_and_the_run_goes_on(cli, tmp_path):
+    _long_flac(tmp_path / "a-long.flac", 1800)  # half an hour: far more than 50 ms of work
+    (tmp_path / "b.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
+    result = cli(tmp_path / "a-long.flac", tmp_path / "b.wav", "--timeout", 0.05)
+    records = _records(result.stdout)
+    assert records[0] == {"path": str(tmp_path / "a-long.flac"), "error": "timed out after 0.05 s"}
+    assert result.returncode == 1 and records[1]["tags"][0]["label"] == "Speech"
+
+
+def test_a_corrupt_flac_frame_is_skipped_with_a_warning(cli, tmp_path):
+    data, rate = soundfile.read(str(AUDIO / "music.wav"))
+    soundfile.write(str(tmp_path / "clip.flac"), data, rate)
+    corrupt = bytearray((tmp_path / "clip.flac").read_bytes())
+    middle = len(corrupt) // 3
+    corrupt[middle:middle + 50] = bytes(range(50))
+    (tmp_path / "clip.flac").write_bytes(corrupt)
+    (tmp_path / "noise.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    result = cli(tmp_path / "clip.flac", tmp_path / "noise.flac", "--top-k", 1)
+    good, bad = _records(result.stdout)
+    assert good["warning"].startswith("decoded 9.") and "of 10.0 s: flac decoder lost sync" in good["warning"]
+    assert good["duration"] == 10.0 and good["tags"][0]["label"] == "Music"
+    assert "error" in bad and result.returncode == 1  # no usable audio at all: still an error
+
+
+def test_an_embedding_for_a_name_too_long_for_a_file(cli, tmp_path):
+    name = "x" * 251 + ".wav"  # 255 bytes: the name is legal, name + ".npy" is not
+    (tmp_path / name).write_bytes((AUDIO / "speech.wav").read_bytes())
+    result = cli(tmp_path / name, "--embeddings", tmp_path / "emb", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    from audiotag.cli import hashed_embedding_path
+    import hashlib
+
+    target = hashed_embedding_path(str(tmp_path / "emb"), str(tmp_path / name))
+    digest = hashlib.blake2b(os.fsencode(str(tmp_path / name)), digest_size=16).hexdigest()
+    assert target == str(tmp_path / "emb" / "%hash" / f"{digest}.npy")  # as the README says
+    assert np.load(target).shape == (384,)
+
+
+def test_mutated_mp3s_are_not_called_pipes():
+    """libsndfile says "File does not exist or is not a regular file (possibly a pipe?)" when its MPEG decoder
+    rejects a file's first frames: the record must say what is wrong instead."""
+    from audiotag import audio
+
+    source = (AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()
+    rng = np.random.default_rng(0)
+    messages = set()
+    for index in range(300):  # the mutants scripts/salvage_rate.py style: bytes near the start, cuts, bad runs
+        mutant = bytearray(source)
+        kind = index % 3
+        if kind == 0:
+            for _ in range(rng.integers(1, 20)):
+                mutant[rng.integers(0, min(len(mutant), 2000))] = rng.integers(0, 256)
+        elif kind == 1:
+            mutant = mutant[:rng.integers(10, len(mutant))]
+        else:
+            spot = rng.integers(0, len(mutant))
+            mutant[spot:spot + 200] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        try:
+            audio.open_bytes(bytes(mutant)).read()
+        except audio.AudioError as error:
+            messages.add(str(error))
+    assert not any("possibly a pipe" in message for message in messages)
+    assert "cannot decode: no valid audio stream at its start (the decoder could not parse its first frames)" in messages
