@@ -95,7 +95,7 @@ def _table_rows(rec: dict, delimiter: str) -> str:
         return ""  # tables hold one kind of row: clips (not windows, not events)
     base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", "")]
     if "error" in rec:
-        return _table_line(base + ["", "", "", "", "", "", rec["error"]], delimiter)
+        return _table_line(base + [""] * (len(TABLE_COLUMNS) - len(base) - 1) + [rec["error"]], delimiter)
     categories = categories_cell(rec["categories"])
     warning = _table_warning(rec)
     if not rec["tags"]:  # nothing reached --threshold: one row still records the clip and its categories

@@ -100,7 +100,7 @@ def test_csv_carries_all_seven_categories_in_every_row(cli):
     assert [name for name, _ in parsed][0] == "Sounds of things" and len(parsed) == 7
     assert float(parsed[0][1]) == float(rows[0]["score"])  # its best label, Computer keyboard, is a thing
     tsv = cli("--format", "tsv", "-k", 3, AUDIO / "typing.wav").stdout.decode().splitlines()
-    assert tsv[0].split("\t")[-2:] == ["categories", "error"]
+    assert tsv[0].split("\t")[-3:] == ["categories", "warning", "error"]
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "x"])
