@@ -10,6 +10,7 @@ import sys
 import time
 
 from . import __version__
+from .argtypes import number as _number
 from .supervisor import WORKER_FLAG
 
 EXIT_OK = 0
@@ -607,18 +608,3 @@ def _silence_stdout(stream=None) -> None:
         pass
 
 
-def _number(kind, minimum, maximum=None):
-    """An argparse type: a number of ``kind`` within [minimum, maximum], with a message that says so."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value >= minimum:  # also refuses NaN
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        if maximum is not None and not value <= maximum:  # also refuses inf
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
-        return value
-
-    return parse

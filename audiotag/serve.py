@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from .argtypes import number as _number
 from .httpbody import Body, HttpError
 from .httpserver import TagRequest, listen, log
 from .metrics import Metrics
@@ -329,21 +330,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         message = message.replace("\r", "\\r").replace("\n", "\\n")
         self.exit(EXIT_USAGE, f"audiotag serve: {message} (audiotag serve --help for usage)\n")
-
-
-def _number(kind, minimum, maximum=None):
-    """An argparse type: a number of ``kind`` within [minimum, maximum]."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value >= minimum or (maximum is not None and not value <= maximum):  # also refuses NaN, inf
-            raise argparse.ArgumentTypeError(f"must be within {minimum}..{maximum or 'any'}, got {text}")
-        return value
-
-    return parse
 
 
 def _size(text: str) -> int:

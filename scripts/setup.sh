@@ -2,9 +2,12 @@
 # Set up a checkout: .venv with audiotag and its dev tools, the frontend arrays, the exported model.
 # Idempotent: a second run only checks. The model is exported from the upstream checkpoint found in
 # $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt, class_labels_indices.csv
-# and ontology.json), else downloaded.
+# and ontology.json; default ../shared/upstream when that exists), else downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${AUDIOTAG_ASSETS_DIR:-}" ] && [ -d ../shared/upstream ]; then
+    export AUDIOTAG_ASSETS_DIR=../shared/upstream  # the project's shared folder beside the checkout: no download
+fi
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
