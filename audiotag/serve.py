@@ -33,6 +33,7 @@ DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
 DEFAULT_MAX_PENDING = 32  # requests taken in at once; worst-case memory is about this many bodies
 DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
+DEFAULT_MAX_DURATION = 7200.0  # seconds of audio tagged per request, as the CLI's batch default
 DEFAULT_IDLE_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
 SHUTDOWN_GRACE = 9.0  # after SIGTERM, requests in flight get this long to be answered (exit within 10 s)
 MAX_SECONDS = 86400.0
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
                         metavar="SEC", help=f"seconds from a request's headers to its answer (default "
                                             f"{DEFAULT_TIMEOUT:g}); later is answered 504")
+    limits.add_argument("--max-duration", type=_number(float, 0, MAX_SECONDS), default=DEFAULT_MAX_DURATION,
+                        metavar="SEC", help=f"tag only the first SEC seconds of each body, as the CLI's option; the "
+                                            f"record says it was cut (default {DEFAULT_MAX_DURATION:g}; 0 = no limit)")
     limits.add_argument("--idle-timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_IDLE_TIMEOUT,
                         metavar="SEC", help=f"a client that sends nothing for this long is dropped (default "
                                             f"{DEFAULT_IDLE_TIMEOUT:g})")
@@ -224,16 +228,19 @@ class Service:
 
     def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
         """(status, records) for one POST /tag."""
-        from . import audio, output, pipeline
+        from . import audio, limits, output, pipeline
+
         options = dataclasses.replace(request.options, window=self.args.window, hop=self.args.hop)
+        max_duration = self.args.max_duration or None  # the CLI's --max-duration: the record says it was cut
         segments = []
 
         def on_segment(name, segment):
             segments.append(output.segment_record(name, segment))
 
-        def tag_with(open_input):
-            return pipeline.tag_input(pipeline.Input(request.name), open_input, self.tagger, self.batcher,
-                                      options, on_segment if request.segments else None)
+        def tag_with(open_input, timeout=None):
+            bounds = limits.Limits(max_duration, timeout)
+            return pipeline.tag_input(pipeline.Input(request.name), lambda name: limits.apply(open_input(name), bounds),
+                                      self.tagger, self.batcher, options, on_segment if request.segments else None)
 
         head = body.peek(12)
         if not head:
@@ -246,7 +253,10 @@ class Service:
                     pass
         else:
             data = body.read()
-            outcome = self._in_worker(lambda: tag_with(lambda _: audio.open_bytes(data)), deadline)
+            # Past its deadline the request is answered 504; its decoding then stops at its next block (a second
+            # later, so the 504 comes first) instead of running on unheard.
+            timeout = max(0.001, deadline - time.monotonic()) + 1.0
+            outcome = self._in_worker(lambda: tag_with(lambda _: audio.open_bytes(data), timeout), deadline)
         if body.failure is not None:
             raise body.failure
         if outcome.error is None:

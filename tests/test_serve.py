@@ -390,3 +390,17 @@ def _wait_for(condition, seconds: float = 60) -> None:
     while not condition():
         assert time.monotonic() < end, f"condition not met within {seconds} s"
         time.sleep(0.05)
+
+
+def test_max_duration_cuts_a_long_body_as_the_cli_does(cli, serve, tmp_path):
+    import numpy as np
+    import soundfile
+
+    samples, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="float32")
+    long = tmp_path / "thirty.wav"
+    soundfile.write(str(long), np.tile(samples, 3), rate)  # 30 s
+    expected = cli("--max-duration", 5, "-f", "jsonl", long).stdout.decode().splitlines()
+    server = serve("--quiet", "--max-duration", 5)
+    status, answer = server.post(f"/tag?name={quote(str(long))}", long.read_bytes())
+    assert status == 200 and compare_lines(answer, expected) == []
+    assert answer[0]["duration"] == 5.0 and answer[0]["truncated"] is True and answer[0]["audio_duration"] == 30.0
