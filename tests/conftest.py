@@ -101,3 +101,16 @@ def tagger():
     from audiotag import Tagger
 
     return Tagger()
+
+
+def save_as_format_1(source, target) -> None:
+    """An audiotag model as exported before the categories (model format 1): no category metadata."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    for prop in list(proto.metadata_props):
+        if prop.key in ("categories", "ontology_sha256"):
+            proto.metadata_props.remove(prop)
+        elif prop.key == "audiotag_model_format":
+            prop.value = "1"
+    onnx.save(proto, str(target))

@@ -23,6 +23,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import export_model  # noqa: E402
 from efficientat_mn import MobileNetV3, width_from_name  # noqa: E402
 
+from conftest import save_as_format_1  # noqa: E402
+
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 CHECKPOINT = SHARED / "upstream" / "mn04_as_mAP_432.pt"
 LABELS = SHARED / "upstream" / "class_labels_indices.csv"
@@ -256,14 +258,8 @@ def test_if_stale_skips_a_current_model_and_redoes_an_old_one(onnx_path, tmp_pat
     """setup.sh's --if-stale: a model of this format is left alone (no input is even looked for); one of an older
     format (no categories) is exported again."""
     assert export_model.main(["--if-stale", "--output", str(onnx_path), "--assets-dir", str(tmp_path)]) == 0
-    old = onnx.load(str(onnx_path))
-    for prop in list(old.metadata_props):
-        if prop.key in ("categories", "ontology_sha256"):
-            old.metadata_props.remove(prop)
-        elif prop.key == "audiotag_model_format":
-            prop.value = "1"
     stale = tmp_path / "stale.onnx"
-    onnx.save(old, str(stale))
+    save_as_format_1(onnx_path, stale)
     refs = tmp_path / "refs"
     refs.mkdir()
     shutil.copy(SHARED / "reference" / "music.npz", refs)

@@ -8,6 +8,7 @@ import pytest
 
 from audiotag.assets import DEFAULT_MODEL, asset_path
 from audiotag.model import Model, ModelError, choose_providers, requested_providers
+from conftest import save_as_format_1
 
 GPU_BOX = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -70,14 +71,8 @@ def test_model_without_metadata_is_refused(tmp_path):
 
 
 def test_model_exported_before_categories_is_refused_with_what_to_do(tmp_path):
-    proto = onnx.load(str(asset_path(DEFAULT_MODEL)))
-    for prop in list(proto.metadata_props):
-        if prop.key in ("categories", "ontology_sha256"):
-            proto.metadata_props.remove(prop)
-        elif prop.key == "audiotag_model_format":
-            prop.value = "1"
     path = tmp_path / "old.onnx"
-    onnx.save(proto, str(path))
+    save_as_format_1(asset_path(DEFAULT_MODEL), path)
     message = r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): export it again with"
     with pytest.raises(ModelError, match=message + " scripts/export_model.py"):
         Model(path)
