@@ -151,13 +151,17 @@ class RecordedPaths:
     def __init__(self, digests: bytes = b""):
         import numpy as np
 
-        self._digests = np.sort(np.frombuffer(digests, dtype="S16"))  # fixed width: no padding ambiguity
+        # "V16", raw bytes: "S16" would drop a digest's trailing zero bytes when read back, and a name whose
+        # digest ends in 0x00 (1 in 256) would never be found, so --resume tagged it again.
+        self._digests = np.sort(np.frombuffer(digests, dtype="V16"))
 
     def __len__(self) -> int:
         return len(self._digests)
 
     def __contains__(self, name: str) -> bool:
-        digest = name_digest(name)
+        import numpy as np
+
+        digest = np.void(name_digest(name))
         index = int(self._digests.searchsorted(digest))
         return index < len(self._digests) and self._digests[index] == digest
 
