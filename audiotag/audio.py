@@ -1,11 +1,14 @@
 """Decoding: files and streams to mono float32 blocks at the model's rate, never the whole file at once.
 
-soundfile (libsndfile, bundled in its wheel) decodes; soxr resamples with the settings upstream's
+soundfile (libsndfile, bundled in its wheel) decodes first; what it refuses (AAC/M4A/MP4, WebM/Matroska, WMA,
+AC-3, AMR, ALAC, video files...) goes to FFmpeg (``ffmpeg``), chosen by the bytes, never by the name. soxr resamples with the settings upstream's
 ``librosa.load`` uses ("soxr_hq", float32 in). soxr's streaming resampler gives the same samples as its one-shot
 call, so decoding in blocks keeps peak memory flat and still reproduces upstream's waveform bit for bit.
 
 stdin cannot seek, so a WAV stream is parsed here (header, then plain PCM until EOF: streaming writers put a
-bogus size in the header) and FLAC/OGG streams are read into memory before libsndfile sees them.
+bogus size in the header), FLAC/OGG streams are read into memory before libsndfile sees them (the same samples
+as the file), an MP4/MOV/3GP or CAF (whose index may come last) is read into memory for FFmpeg, and every other
+container streams into FFmpeg as it arrives. What is held in memory is bounded by STDIN_MEMORY_LIMIT.
 """
 
 import io
@@ -35,10 +38,15 @@ RESYNC_SKIPS = (4096, 16384, 65536, 262144)
 MAX_RESYNCS = 32
 EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: ending short of it is a failure
 _HOLD_BACK = 64  # resampled samples kept back until the end, so the total can be trimmed to librosa's length
+STDIN_MEMORY_LIMIT = 1 << 30  # bytes of a stdin (or HTTP) input held in memory to be decoded whole (FLAC, Ogg, MP4)
 
 
 class AudioError(ValueError):
     """An input that cannot be tagged; the message says what is wrong, for one line on stderr."""
+
+
+class Refused(AudioError):
+    """libsndfile would not open the input at all: the second decoder may take it."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class Audio:
     sample_rate: int  # of the source
     channels: int  # of the source
     duration: float  # seconds, of the source
+    codec: Optional[str] = None  # what was decoded, in FFmpeg's names: "pcm_s16le", "flac", "mp3", "aac"...
 
 
 class Stream:
@@ -62,6 +71,7 @@ class Stream:
         self.known_frames = None  # the length the container announces, when it does
         self.truncated = False  # the blocks were cut short on purpose (``limits``)
         self.warning = None  # what the decoder could not read, when it gave what it had (salvage)
+        self.codec = None  # what is decoded, in FFmpeg's names ("pcm_s16le", "aac", ...)
         self._blocks = blocks  # (frames, channels) float32
         self._closer = closer
 
@@ -109,7 +119,7 @@ class Stream:
     def read(self) -> Audio:
         """The whole clip in memory (for clips the caller wants whole, e.g. one pass over the file)."""
         samples = np.concatenate(list(self.samples()))
-        return Audio(samples, self.rate, self.channels, self.duration)
+        return Audio(samples, self.rate, self.channels, self.duration, self.codec)
 
     def map_blocks(self, transform) -> None:
         """Pass the source blocks through ``transform`` (an iterator of blocks to one), e.g. to cut an input."""
@@ -153,37 +163,171 @@ def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None
             raise AudioError("empty file")
         # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
         # the GIL) for every 4 kB read.
-        return _open_soundfile(file.fileno(), file.close)
+        try:
+            stream = _open_soundfile(file.fileno(), None)
+        except Refused as refused:
+            file.seek(0)
+            return _second_decoder(refused, file, file.close)
+        return _unless_chained(stream, file, info.st_size, file.close)
     except BaseException:
         file.close()
         raise
 
 
 def open_bytes(data: bytes) -> Stream:
-    """Open a whole in-memory file (WAV, FLAC, OGG, MP3...)."""
+    """Open a whole in-memory file (any format either decoder takes)."""
     if not data:
         raise AudioError("no data")
-    return _open_soundfile(io.BytesIO(data), None)
+    try:
+        stream = _open_soundfile(io.BytesIO(data), None)
+    except Refused as refused:
+        return _second_decoder(refused, io.BytesIO(data), None)
+    return _unless_chained(stream, io.BytesIO(data), len(data), None)
+
+
+def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
+    """``stream``, unless it is the first of a chained Ogg's logical streams: then FFmpeg decodes them all."""
+    from . import ffmpeg, sniff
+
+    def unchanged():
+        if closer:
+            stream.add_closer(closer)
+        return stream
+
+    if stream.codec not in ("vorbis", "opus", "flac") or size < 2 * 28:
+        return unchanged()
+    head = os.pread(file.fileno(), 28, 0) if isinstance(file, io.BufferedReader) else file.getvalue()[:28]
+    if head[:4] != b"OggS":
+        return unchanged()
+    start = max(0, size - sniff.TAIL)
+    tail = os.pread(file.fileno(), sniff.TAIL, start) if isinstance(file, io.BufferedReader) else \
+        file.getvalue()[start:]
+    if not sniff.is_chained_ogg(head, tail) or not ffmpeg.available():
+        return unchanged()
+    stream.close()  # libsndfile's decoder; the file stays open for FFmpeg
+    file.seek(0)
+    chained = ffmpeg.open_source(file)
+    if closer:
+        chained.add_closer(closer)
+    return chained
+
+
+def _second_decoder(refused: AudioError, file, closer) -> Stream:
+    """What libsndfile refused (``refused``) from the seekable ``file``: MPEG audio behind junk, decoded by
+    libsndfile from its first frame (``sniff``), else FFmpeg. When FFmpeg finds no container it knows either, or
+    is not installed, libsndfile's answer stands."""
+    from . import ffmpeg, sniff
+
+    head = file.read(sniff.SEARCHED)
+    start = None if sniff.is_container(head) else sniff.mpeg_audio_start(head)
+    if start:
+        try:
+            stream = _open_soundfile(sniff.Window(file, start), None)
+        except Refused:
+            pass
+        else:
+            if closer:
+                stream.add_closer(closer)
+            return stream
+    file.seek(0)
+    if not ffmpeg.available():
+        raise refused
+    try:
+        stream = ffmpeg.open_source(file)
+    except ffmpeg.NotMedia:
+        raise refused from None
+    except AudioError:
+        if "Format not recognised" not in str(refused):  # libsndfile knew the format: its reason is the one
+            raise refused from None
+        raise
+    if closer:
+        stream.add_closer(closer)
+    return stream
 
 
 def open_raw(binary, raw_format: str, rate: int, channels: int = 1) -> Stream:
     """Headerless little-endian interleaved samples from a binary file object, read as they arrive."""
     _check_format(rate, channels)
-    return Stream(_pcm_blocks(binary, np.dtype(RAW_FORMATS[raw_format]), channels, rate), rate, channels)
+    stream = Stream(_pcm_blocks(binary, np.dtype(RAW_FORMATS[raw_format]), channels, rate), rate, channels)
+    stream.codec = "pcm_" + raw_format
+    return stream
 
 
 def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
-    """A stream on stdin: raw samples when ``raw_format`` is given, else a sniffed WAV, FLAC or OGG stream."""
+    """A stream on stdin: raw samples when ``raw_format`` is given, else sniffed from its first bytes (see the
+    module's docstring for what is streamed and what is held in memory)."""
     if raw_format:
         return open_raw(binary, raw_format, rate, channels)
     head = _read_exactly(binary, 12)
     if not head:
         raise AudioError("no data")
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return _open_wav_stream(binary)
+        recorder = _Recorder(binary)
+        try:
+            stream = _open_wav_stream(recorder)
+        except _WavEncoding:  # mu-law, ADPCM, MP3 in WAV...: libsndfile decodes it whole, as the file
+            return open_bytes(_read_whole(head + recorder.stop(), binary, "a compressed WAV stream"))
+        recorder.stop()
+        return stream
     if head[:4] in (b"fLaC", b"OggS"):
-        return open_bytes(head + binary.read())
-    raise AudioError("not a WAV, FLAC or OGG stream (for headerless samples give --raw FORMAT --rate HZ)")
+        return open_bytes(_read_whole(head, binary, "a FLAC or Ogg stream"))
+    from . import ffmpeg, sniff
+
+    if head.startswith(b"ID3"):  # MP3 (its tag may hold a large cover): libsndfile decodes it, as the file
+        return open_bytes(_read_whole(head, binary, "an MP3 stream"))
+    if not sniff.is_container(head):
+        head += _read_exactly(binary, sniff.SEARCHED - len(head))
+        if not sniff.is_container(head) and sniff.mpeg_audio_start(head) is not None:  # MP3, behind junk or not
+            return open_bytes(_read_whole(head, binary, "an MP3 stream"))
+
+    if not ffmpeg.available():
+        raise AudioError("not a WAV, FLAC or OGG stream, and the FFmpeg decoder is not installed "
+                         "(for headerless samples give --raw FORMAT --rate HZ)")
+    try:
+        if head[4:8] == b"ftyp" or head[:4] == b"caff":  # MP4/M4A/MOV/3GP, CAF: the index may be at the end
+            return ffmpeg.open_source(io.BytesIO(_read_whole(head, binary, "an MP4 or CAF stream")))
+        return ffmpeg.open_source(ffmpeg.StreamReader(head, binary), seekable=False)
+    except ffmpeg.NotMedia:
+        raise AudioError("not an audio format audiotag decodes (for headerless samples give --raw FORMAT "
+                         "--rate HZ)") from None
+
+
+class _Recorder:
+    """A stream that keeps what is read from it until ``stop()`` (a WAV header, replayed when libsndfile must
+    decode the stream whole)."""
+
+    def __init__(self, binary):
+        self._binary = binary
+        self._kept = []
+
+    def read(self, size: int = -1) -> bytes:
+        return self._keep(self._binary.read(size))
+
+    def read1(self, size: int = -1) -> bytes:
+        read = getattr(self._binary, "read1", self._binary.read)
+        return self._keep(read(size))
+
+    def _keep(self, data: bytes) -> bytes:
+        if self._kept is not None:
+            self._kept.append(data)
+        return data
+
+    def stop(self) -> bytes:
+        kept, self._kept = b"".join(self._kept or ()), None
+        return kept
+
+
+class _WavEncoding(AudioError):
+    """A WAV stream in an encoding the stream parser does not read (libsndfile may)."""
+
+
+def _read_whole(head: bytes, binary, what: str) -> bytes:
+    """A stream that is decoded whole, read into memory up to STDIN_MEMORY_LIMIT."""
+    data = head + binary.read(STDIN_MEMORY_LIMIT + 1 - len(head))
+    if len(data) > STDIN_MEMORY_LIMIT:
+        raise AudioError(f"{what} on stdin is held in memory to be decoded, and this one is over "
+                         f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
+    return data
 
 
 def load(path) -> Audio:
@@ -217,8 +361,9 @@ def _open_soundfile(file, closer) -> Stream:
     try:
         sound = soundfile.SoundFile(file, closefd=False)
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise AudioError(f"cannot decode: {_sndfile_reason(error)}") from error
+        raise Refused(f"cannot decode: {_sndfile_reason(error)}") from error
     kind = f"{sound.format} {sound.subtype}"
+    codec = _sndfile_codec(sound.format, sound.subtype)
     current = [sound]  # a resync reopens the file: the decoder that is open now
 
     def close():
@@ -271,9 +416,29 @@ def _open_soundfile(file, closer) -> Stream:
     except AudioError:
         close()
         raise
+    stream.codec = codec
     if sound.seekable() and 0 < sound.frames < 1 << 62:
         stream.known_frames = sound.frames
     return stream
+
+
+_BIG_ENDIAN = ("AIFF", "AU", "CAF", "SVX", "NIST", "IRCAM", "MAT4", "MAT5", "PVF", "XI")
+_SNDFILE_CODECS = {"ULAW": "pcm_mulaw", "ALAW": "pcm_alaw", "IMA_ADPCM": "adpcm_ima_wav", "MS_ADPCM": "adpcm_ms",
+                   "GSM610": "gsm_ms", "VORBIS": "vorbis", "OPUS": "opus", "MPEG_LAYER_I": "mp1",
+                   "MPEG_LAYER_II": "mp2", "MPEG_LAYER_III": "mp3", "PCM_S8": "pcm_s8", "PCM_U8": "pcm_u8"}
+_PCM_CODECS = {"PCM_16": "pcm_s16", "PCM_24": "pcm_s24", "PCM_32": "pcm_s32", "FLOAT": "pcm_f32",
+               "DOUBLE": "pcm_f64"}
+
+
+def _sndfile_codec(fmt: str, subtype: str) -> str:
+    """libsndfile's format and subtype in FFmpeg's codec names (one vocabulary for the ``codec`` field)."""
+    if fmt == "FLAC" or subtype == "FLAC":
+        return "flac"
+    if subtype.startswith("ALAC"):
+        return "alac"
+    if subtype in _PCM_CODECS:
+        return _PCM_CODECS[subtype] + ("be" if fmt in _BIG_ENDIAN else "le")
+    return _SNDFILE_CODECS.get(subtype, subtype.lower())
 
 
 def _salvage_warning(decoded: int, whole: int, rate: int, reason: str, resyncs: int) -> str:
@@ -344,10 +509,16 @@ def _open_wav_stream(binary) -> Stream:
         tag = struct.unpack("<H", fmt[24:26])[0]
     dtype = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}.get((tag, bits))
     if dtype is None:
-        raise AudioError(f"WAV stream encoding not supported (format tag {tag:#x}, {bits} bits)")
+        raise _WavEncoding(f"WAV stream encoding not supported (format tag {tag:#x}, {bits} bits)")
     # Streaming writers cannot know the size: 0 and 0xFFFFFFFF mean "until the end of the stream".
     limit = None if size in (0, 0xFFFFFFFF) else size
-    return Stream(_pcm_blocks(binary, dtype, channels, rate, limit), rate, channels)
+    stream = Stream(_pcm_blocks(binary, dtype, channels, rate, limit), rate, channels)
+    stream.codec = _WAV_CODECS[dtype]
+    return stream
+
+
+_WAV_CODECS = {"u1": "pcm_u8", "<i2": "pcm_s16le", "i3": "pcm_s24le", "<i4": "pcm_s32le", "<f4": "pcm_f32le",
+               "<f8": "pcm_f64le"}
 
 
 def _pcm_blocks(binary, dtype, channels: int, rate: int, limit: Optional[int] = None) -> Iterator[np.ndarray]:

@@ -27,20 +27,27 @@ AGGREGATES = ("max", "mean")  # as tagger.AGGREGATES (not imported: --help must 
 
 EPILOG = """\
 inputs:
-  FILE     any file libsndfile decodes: WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF... (any rate, any channel count)
-  DIR      every audio file below it (by extension, case-insensitive), in sorted order
-  -        a WAV/FLAC/OGG stream on stdin; with --raw, headerless samples (consumed as they arrive)
+  FILE     an audio or video file, told by its bytes, not its name: WAV, FLAC, Ogg Vorbis/Opus/FLAC, MP3 (junk
+           before the first frame is skipped), AIFF, CAF, AAC/M4A/MP4/3GP, WebM/MKV/MKA, WMA/ASF, AC-3/E-AC-3,
+           AMR-NB/WB, ALAC, MPEG-TS, FLV, AVI, MOV... (any rate, any channel count); of a video file, its default
+           audio stream (the video is never decoded). libsndfile decodes what it can, FFmpeg the rest.
+  DIR      every audio or video file below it (by extension, case-insensitive; --all-files: every regular file),
+           in sorted order
+  -        any of those on stdin (curl URL | audiotag -): WAV and most containers are decoded as they arrive;
+           FLAC, Ogg, MP4/MOV/3GP and CAF (whose index may come last) are held in memory, up to 1024 MB;
+           with --raw, headerless samples (consumed as they arrive)
 
 output formats (default: text on a terminal, jsonl otherwise):
   text   "SCORE  LABEL" lines, best first, then "category: NAME SCORE" (the best top-level category);
          "== INPUT" heads each input when there are several
   jsonl  one object per input per line ("json" is the same):
-           {"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1,
+           {"path": "a.wav", "duration": 10.0, "sample_rate": 32000, "channels": 1, "codec": "pcm_s16le",
             "categories": [{"name": "Music", "score": 0.598}, ...all seven, best first],
             "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
          or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
          with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
-  csv, tsv  one row per label: path,duration,sample_rate,channels,rank,label,mid,index,score,categories,error
+  csv, tsv  one row per label:
+           path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
          (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
@@ -87,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, directory, or - for stdin")
     parser.add_argument("--files-from", metavar="LIST", help="also read input paths, one per line, from LIST (- for stdin)")
+    parser.add_argument("--all-files", action="store_true",
+                        help="in directories, try every regular file, whatever its name (crawlers save index.php?id=1); "
+                             "what is not audio becomes an error record")
     parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per input (default 10)")
     parser.add_argument("-t", "--threshold", type=_number(float, 0, 1), default=0.0, metavar="T",
                         help="only labels scoring at least T, within --top-k (-k 527 -t 0.2: every label above 0.2)")
@@ -315,7 +325,7 @@ def _write_outcomes(args, labels, run, writers: list, lock) -> int:
     from .pipeline import failure_message
 
     batch_mode = _batch_mode(args)
-    listed = _list_source(args.files_from, inputs) if args.files_from else ()  # a bad LIST must not touch -o
+    listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()  # a bad LIST must not touch -o
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, labels()))
@@ -325,7 +335,7 @@ def _write_outcomes(args, labels, run, writers: list, lock) -> int:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
     writers.append(writer)
-    items = _chain(inputs.expand(args.inputs), listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files), listed)
     items = (item for item in items if item.name not in done)
     progress = _progress_bar(args)
     counts = {"ok": 0, "failed": 0, "audio": 0.0}
@@ -381,16 +391,16 @@ def _supervised(args) -> bool:
     return _batch_mode(args) and not args.in_process and "-" not in args.inputs
 
 
-def _list_source(name, inputs):
+def _list_source(name, inputs, all_files):
     from .pipeline import failure_message
 
     if name == "-":
-        return inputs.read_list(sys.stdin)
+        return inputs.read_list(sys.stdin, all_files=all_files)
     try:
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
-    return inputs.read_list(handle, name)
+    return inputs.read_list(handle, name, all_files)
 
 
 def _chain(*iterables):

@@ -46,7 +46,7 @@ IO_TASKS_PER_WORKER = 1
 ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
 
 # The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
-COLUMNS = ("path", "duration", "sample_rate", "channels", "categories", "tags", "events", "embedding", "error")
+COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events", "embedding", "error")
 EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
@@ -62,6 +62,7 @@ def schema():
         ("duration", pa.float64()),
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
+        ("codec", pa.string()),
         ("categories", pa.list_(category)),
         ("tags", pa.list_(tag)),
         ("events", pa.list_(event)),  # null unless asked for (--events)
@@ -110,7 +111,7 @@ class TagBatch:
         except Exception as error:  # worded as the CLI words the same failure
             outcome = Outcome(path, error=failure_message(error))
         else:
-            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration)
+            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec)
         row = dict.fromkeys(COLUMNS)
         row.update(output.record(outcome))
         if self.options.events and outcome.error is None:  # the CLI's event records, less the path

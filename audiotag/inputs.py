@@ -9,10 +9,16 @@ from typing import Iterable, Iterator, TextIO
 
 from .pipeline import Input, failure_message
 
-# Extensions of the formats libsndfile decodes, matched case-insensitively when walking directories.
+# Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
+# (audio containers, raw codec streams, and video files, whose audio is tagged). The decoder is chosen from the
+# bytes, so a wrong extension costs nothing; --all-files takes every name.
 AUDIO_EXTENSIONS = frozenset({
     ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mp2", ".mp1",
     ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".voc", ".sd2", ".sf", ".htk", ".pvf", ".xi", ".wve",
+    ".m4a", ".m4b", ".m4r", ".m4p", ".mp4", ".m4v", ".aac", ".adts", ".3gp", ".3g2", ".3ga", ".mov", ".qt",
+    ".f4a", ".f4v", ".ts", ".mts", ".m2ts", ".flv", ".webm", ".weba", ".mka", ".mkv", ".wma", ".wmv", ".asf",
+    ".ac3", ".eac3", ".ec3", ".amr", ".awb", ".spx", ".avi", ".mpg", ".mpeg", ".vob", ".ape", ".wv", ".tta",
+    ".mpc", ".dts", ".mlp", ".thd", ".tak", ".ra", ".rm", ".dsf", ".gsm", ".oma", ".loas", ".latm",
 })
 
 
@@ -20,12 +26,13 @@ def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
-def expand(operands: Iterable[str]) -> Iterator[Input]:
-    """Operands as given: "-" and files are inputs themselves, directories yield their audio files."""
+def expand(operands: Iterable[str], all_files: bool = False) -> Iterator[Input]:
+    """Operands as given: "-" and files are inputs themselves, directories yield their audio files (every
+    regular file with ``all_files``)."""
     for operand in operands:
         if operand != "-" and os.path.isdir(operand):
             found = False
-            for item in walk(operand):
+            for item in walk(operand, all_files):
                 found = True
                 yield item
             if not found:
@@ -34,8 +41,8 @@ def expand(operands: Iterable[str]) -> Iterator[Input]:
             yield Input(operand)
 
 
-def walk(top: str) -> Iterator[Input]:
-    """Audio files below ``top``, sorted by name at every level; follows symlinks, reports loops.
+def walk(top: str, all_files: bool = False) -> Iterator[Input]:
+    """Audio files (``all_files``: every file) below ``top``, sorted by name at every level; follows symlinks, reports loops.
 
     A link back to a directory above it (a loop) is reported. A directory reached again through another link is
     walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of
@@ -65,7 +72,7 @@ def walk(top: str) -> Iterator[Input]:
             opened = yield from _enter(entry.path, ancestors, walked)
             if opened is not None:
                 stack.append(opened)
-        elif is_audio_name(entry.name):
+        elif all_files or is_audio_name(entry.name):
             if entry.is_symlink() and not os.path.exists(entry.path):
                 yield Input(entry.path, error="broken symlink")
             elif not is_file:
@@ -94,7 +101,7 @@ def _enter(directory: str, ancestors: dict, walked: set):
     return iter(entries)
 
 
-def read_list(lines: TextIO, name: str = "-") -> Iterator[Input]:
+def read_list(lines: TextIO, name: str = "-", all_files: bool = False) -> Iterator[Input]:
     """Paths one per line (blank lines skipped); each line is taken as soon as it arrives. A list that cannot be
     read on (an I/O error) ends there, reported as an input that failed, named after the list."""
     while True:
@@ -107,7 +114,7 @@ def read_list(lines: TextIO, name: str = "-") -> Iterator[Input]:
             return
         path = line.rstrip("\r\n")
         if path.strip():
-            yield from expand([path])
+            yield from expand([path], all_files)
 
 
 def _identity(directory: str):

@@ -12,7 +12,7 @@ import os
 from typing import Optional, Sequence
 
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
-TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "rank", "label", "mid", "index", "score", "categories",
+TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank", "label", "mid", "index", "score", "categories",
                  "warning", "error")
 
 
@@ -26,6 +26,8 @@ def record(outcome) -> dict:
         "sample_rate": outcome.sample_rate,
         "channels": outcome.channels,
     }
+    if outcome.codec is not None:
+        rec["codec"] = outcome.codec
     if outcome.truncated:  # only the first --max-duration seconds were tagged
         rec["truncated"] = True
         if outcome.audio_duration is not None:
@@ -93,7 +95,8 @@ def _text(rec: dict, header: bool) -> str:
 def _table_rows(rec: dict, delimiter: str) -> str:
     if "start" in rec:
         return ""  # tables hold one kind of row: clips (not windows, not events)
-    base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", "")]
+    base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", ""),
+            rec.get("codec", "")]
     if "error" in rec:
         return _table_line(base + [""] * (len(TABLE_COLUMNS) - len(base) - 1) + [rec["error"]], delimiter)
     categories = categories_cell(rec["categories"])

@@ -69,6 +69,7 @@ class Outcome:
     warning: Optional[str] = None  # tagged from what could be decoded; this says what could not
     error: Optional[str] = None
     timings: Optional[dict] = None  # seconds spent per stage in this input's worker
+    codec: Optional[str] = None  # what was decoded ("aac", "pcm_s16le", ...)
 
 
 class Batcher:
@@ -299,7 +300,7 @@ def start_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: 
             return prediction
         whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
         return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
-                       whole, stream.warning, timings=timings)
+                       whole, stream.warning, timings=timings, codec=stream.codec)
 
     return outcome
 

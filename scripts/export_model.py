@@ -193,13 +193,25 @@ def export(model: MobileNetV3, path: Path, metadata: dict[str, str], doc: str) -
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     if [p.name for p in path.parent.iterdir()] != [path.name]:
         raise ExportError("the exporter wrote external data files; expected one self-contained .onnx")
-    proto = onnx.load(str(path))
+    proto = with_shapes(onnx.load(str(path)))
     onnx.helper.set_model_props(proto, metadata)
     proto.producer_name = "audiotag scripts/export_model.py"
     proto.producer_version = f"torch {torch.__version__}"
     proto.doc_string = doc
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
+
+
+def with_shapes(proto):
+    """The graph with every intermediate tensor's shape, in terms of the symbolic batch and frames: onnxruntime's
+    optimiser fuses what it can prove the shapes of (without them, 6 residual Adds and 18 Reshapes stay unfused;
+    the model runs 3-5% faster with them, outputs within 1e-5)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    if inferred is None:
+        raise ExportError("onnxruntime's symbolic shape inference failed on the exported graph")
+    return inferred
 
 
 def check_ops(path: Path) -> Counter:

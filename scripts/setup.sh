@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a checkout: .venv with audiotag and its dev tools, the frontend arrays, the exported model.
+# Set up a checkout: .venv with audiotag and its dev tools, the second decoder (scripts/build_ffmpeg.sh), the
+# frontend arrays, the exported model.
 # Idempotent: a second run only checks. The model is exported from the upstream checkpoint found in
 # $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt, class_labels_indices.csv
 # and ontology.json; default ../shared/upstream when that exists), else downloaded.
@@ -14,6 +15,13 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export,ray]"
+# The second decoder: PyAV against a slim LGPL FFmpeg, built by our script (cached in build/ffmpeg/), never
+# PyPI's av wheel (GPL codecs, 10x the size). Reinstalled when the build changes.
+wheel=$(scripts/build_ffmpeg.sh .venv/bin/python)
+if [ "$(cat .venv/.audiotag-av-wheel 2>/dev/null)" != "$wheel" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+    echo "$wheel" >.venv/.audiotag-av-wheel
+fi
 .venv/bin/python scripts/make_frontend_assets.py
 # Exported again when missing or of an older model format (e.g. one without the ontology's categories).
 .venv/bin/python scripts/export_model.py --if-stale

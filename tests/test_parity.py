@@ -47,7 +47,7 @@ def test_cli_json_matches_upstream(cli):
         assert [t["label"] for t in out["tags"]] == [t["display_name"] for t in record["top10"]]
         assert [t["index"] for t in out["tags"]] == [t["index"] for t in record["top10"]]
         assert set(out["tags"][0]) == {"label", "mid", "index", "score"}
-        assert list(out) == ["path", "duration", "sample_rate", "channels", "categories", "tags"]
+        assert list(out) == ["path", "duration", "sample_rate", "channels", "codec", "categories", "tags"]
         np.testing.assert_allclose([t["score"] for t in out["tags"]], [t["prob"] for t in record["top10"]], atol=1e-4)
 
 

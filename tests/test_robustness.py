@@ -169,8 +169,8 @@ def test_max_duration_tags_the_start_and_says_so(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     (record,) = _records(result.stdout)
     assert record["duration"] == 30.0 and record["truncated"] is True and record["audio_duration"] == 120.0
-    assert list(record)[:8] == ["path", "duration", "sample_rate", "channels", "truncated", "audio_duration",
-                               "categories", "tags"]
+    assert list(record)[:9] == ["path", "duration", "sample_rate", "channels", "codec", "truncated",
+                               "audio_duration", "categories", "tags"]
     whole = _records(cli(tmp_path / "long.flac", "--format", "jsonl").stdout)[0]
     assert whole["duration"] == 120.0 and "truncated" not in whole
     table = cli(tmp_path / "long.flac", "--max-duration", 30, "--format", "csv", "--top-k", 1).stdout.decode()

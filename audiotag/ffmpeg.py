@@ -1,0 +1,221 @@
+"""The second decoder: FFmpeg's libraries through PyAV, for what libsndfile refuses.
+
+AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, MP3 behind junk, the audio
+of video files. libsndfile stays the first decoder (``audio`` asks this module only after it refused an input),
+so what decoded before keeps its samples bit for bit. The FFmpeg here is a slim LGPL build made by
+scripts/build_ffmpeg.sh: audio demuxers, decoders and parsers only, no network, no encoders.
+
+Only the first (default) audio stream is decoded; video packets are read past, never decoded. Samples come out as
+float32 scaled as libsndfile scales them (int16 / 32768, ...), in blocks of ``audio.block_frames``; resampling
+stays with ``audio.Stream`` (soxr), as for every decoder.
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from . import audio
+
+# A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
+# kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
+_MAX_BAD_PACKETS = 1000  # packets that fail to decode before an input counts as garbage
+_SCALES = {"u8": None, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63, "flt": 1.0, "dbl": 1.0}
+
+# Decoder names to the codec's own name (FFmpeg's codec id names), so a record says "opus", not "libopus".
+_CODEC_NAMES = {"libopus": "opus", "libopencore_amrnb": "amr_nb", "amrwb": "amr_wb", "mp3float": "mp3",
+                "mp2float": "mp2", "mp1float": "mp1", "mp3adufloat": "mp3adu", "mp3on4float": "mp3on4",
+                "aac_fixed": "aac", "ac3_fixed": "ac3", "dca": "dts", "real_144": "ra_144", "real_288": "ra_288"}
+
+_av = None
+
+
+def _import_av():
+    """PyAV, imported on the first input libsndfile refuses (``import av`` costs about 70 ms), with FFmpeg's own
+    log lines off: a bad input is reported once, by audiotag."""
+    global _av
+    if _av is None:
+        import av
+        import av.logging
+
+        av.logging.set_level(av.logging.PANIC)
+        _av = av
+    return _av
+
+
+def available() -> bool:
+    try:
+        _import_av()
+    except ImportError:
+        return False
+    return True
+
+
+class NotMedia(audio.AudioError):
+    """FFmpeg found no container it knows in the input: the caller may prefer libsndfile's message."""
+
+
+def open_source(source, seekable: bool = True) -> audio.Stream:
+    """Decode ``source`` (a path, or a binary file object; ``seekable`` False for a pipe) with FFmpeg."""
+    av = _import_av()
+    try:
+        # No options: PyAV 12 frees per-stream option arrays sized before probing, and a container whose
+        # streams appear while it is probed (FLV) then crashes it.
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except av.error.InvalidDataError as error:
+        raise NotMedia(f"cannot decode: {_reason(error)}") from error
+    except (av.error.FFmpegError, ValueError) as error:
+        raise audio.AudioError(f"cannot decode: {_reason(error)}") from error
+    try:
+        return _stream(container, seekable)
+    except BaseException:
+        container.close()
+        raise
+
+
+def _stream(container, seekable: bool) -> audio.Stream:
+    av = _av
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams})
+        what = f" (it holds {', '.join(kinds)})" if kinds else ""
+        raise audio.AudioError(f"no audio stream in this {container.format.name.split(',')[0]} file{what}")
+    # The first audio stream: muxers put the default one first (PyAV 12 shows no disposition). Packets of the
+    # other streams (a video file's video) are read past by demux(), never decoded.
+    source = container.streams.audio[0]
+    context = source.codec_context
+    if context.codec.name == "libopus":
+        context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
+    codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)
+    state = {"bad": 0, "stopped": None, "reason": None}
+    frames = _frames(container, source, state)
+    first = next(frames, None)
+    if first is None:
+        raise audio.AudioError(f"cannot decode {codec}: {state['stopped'] or state['reason'] or 'no audio frames'}")
+    rate, channels = first[1], first[0].shape[1]
+    audio._check_format(rate, channels)
+
+    def blocks():
+        step = audio.block_frames(channels, rate)
+        pending, held, decoded = [], 0, 0
+        for samples, frame_rate in _chain(first, frames):
+            pending.append(_conform(samples, frame_rate, rate, channels))
+            held += len(pending[-1])
+            if held >= step:
+                decoded += held
+                yield np.concatenate(pending)
+                pending, held = [], 0
+        if pending:
+            decoded += held
+            yield np.concatenate(pending)
+        # On a pipe, a container error after the audio is how some demuxers (WavPack) meet the end they cannot
+        # seek to: what arrived was tagged, and there is no length to say it fell short of.
+        if state["bad"] or (state["stopped"] and seekable):
+            stream.warning = _warning(decoded, stream.known_frames, rate, state)
+
+    stream = audio.Stream(blocks(), rate, channels, container.close)
+    stream.codec = codec
+    if seekable:
+        seconds = None
+        if source.duration and source.time_base:
+            seconds = float(source.duration * source.time_base)
+        elif container.duration:
+            seconds = container.duration / av.time_base
+        if seconds and seconds > 0:
+            stream.known_frames = round(seconds * rate)
+    return stream
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _frames(container, source, state):
+    """(samples (frames, channels) float32, rate) per decoded frame. A packet that fails to decode is skipped
+    (counted in ``state``: a bad frame is resynced past); a container that cannot be read on ends the stream
+    there (``state["stopped"]``), and what came before stands."""
+    av = _av
+    try:
+        for packet in container.demux(source):
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError as error:
+                state["bad"] += 1
+                state["reason"] = _reason(error)
+                if state["bad"] > _MAX_BAD_PACKETS:
+                    raise audio.AudioError(f"cannot decode: {state['reason']} ({state['bad']} bad packets)")
+                continue
+            for frame in decoded:
+                samples = _samples(frame)
+                if len(samples):
+                    yield samples, frame.sample_rate
+    except av.error.FFmpegError as error:
+        state["stopped"] = _reason(error)
+
+
+def _samples(frame) -> np.ndarray:
+    """A decoded frame as (frames, channels) float32, scaled as libsndfile scales integer samples."""
+    data = frame.to_ndarray()
+    name = frame.format.name
+    if frame.format.is_planar:
+        data = data.T
+    else:
+        data = data.reshape(-1, len(frame.layout.channels))
+    base = name.rstrip("p")
+    if base == "u8":
+        return (data.astype(np.float32) - 128) / np.float32(128)
+    scale = _SCALES.get(base)
+    if scale is None:
+        raise audio.AudioError(f"cannot decode: unexpected sample format {name}")
+    if scale == 1.0:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    return (data * (1.0 / scale)).astype(np.float32)
+
+
+def _conform(samples: np.ndarray, frame_rate: int, rate: int, channels: int) -> np.ndarray:
+    """A frame in the stream's first rate and channel count (a mid-stream change is rare, but real)."""
+    if samples.shape[1] != channels:
+        mono = samples.mean(axis=1, dtype=np.float32, keepdims=True)
+        samples = np.repeat(mono, channels, axis=1)
+    if frame_rate != rate and audio.MIN_RATE <= frame_rate <= audio.MAX_RATE:
+        import soxr
+
+        samples = soxr.resample(samples, frame_rate, rate, quality="HQ").astype(np.float32)
+    return samples
+
+
+def _warning(decoded: int, known: Optional[int], rate: int, state: dict) -> str:
+    """E.g. "decoded 16.2 of 30.0 s: Invalid data found when processing input (3 bad packets skipped)"."""
+    whole = max(decoded, known or 0)
+    text = f"decoded {decoded / rate:.1f} of {whole / rate:.1f} s" if whole > decoded else \
+        f"decoded {decoded / rate:.1f} s"
+    reason = state["stopped"] or state["reason"]
+    text += f": {reason}"
+    if state["bad"]:
+        text += f" ({state['bad']} bad packet{'s' if state['bad'] > 1 else ''} skipped)"
+    return text
+
+
+def _reason(error) -> str:
+    """FFmpeg's message without PyAV's "[Errno N] ...: 'path'" wrapping."""
+    text = getattr(error, "strerror", None) or str(error)
+    return str(text).strip().rstrip(".")
+
+
+class StreamReader:
+    """A pipe for FFmpeg: the bytes already read to sniff it (``head``), then the rest as it arrives. No seek
+    method, so FFmpeg treats it as the stream it is."""
+
+    def __init__(self, head: bytes, binary):
+        self._head = head
+        self._binary = binary
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0:
+                data, self._head = self._head + self._binary.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        if hasattr(self._binary, "read1"):
+            return self._binary.read1(size if size > 0 else 1 << 16)
+        return self._binary.read(size)

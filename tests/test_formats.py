@@ -1,0 +1,362 @@
+"""Every format a crawler downloads, made at test time from the shared clips with Debian's ffmpeg (a test-time
+tool only) and a small AMR encoder compiled here: tagged by the package and the binary through a file list, a
+directory walk and stdin, with the codec each record names; lossless streams in other containers give the same
+samples; junk before an MP3 is skipped; video files give their audio; bad input in the new formats is one line."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+
+from audiotag import audio, ffmpeg
+from conftest import AUDIO, REPO, compare_lines
+
+MUSIC = AUDIO / "extra" / "max-guitar.wav"  # 10 s, 44.1 kHz stereo, 16-bit: the web's usual music format
+SPEECH = AUDIO / "speech.wav"  # 10 s, 32 kHz mono
+FFMPEG = shutil.which("ffmpeg")
+VIDEO = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=10.1"]  # a picture to go with the sound
+
+# name -> (source, ffmpeg options before the output, the codec the record must name). "amr ..." sources go
+# through tests/fixtures/amr_encode.c; "video" ones get a picture stream first.
+KINDS = {
+    # what libsndfile decoded before: it still does
+    "pcm16.wav": (MUSIC, ["-c:a", "pcm_s16le"], "pcm_s16le"),
+    "pcm24.wav": (MUSIC, ["-c:a", "pcm_s24le"], "pcm_s24le"),
+    "float.wav": (MUSIC, ["-c:a", "pcm_f32le"], "pcm_f32le"),
+    "mulaw.wav": (SPEECH, ["-c:a", "pcm_mulaw", "-ar", "8000"], "pcm_mulaw"),
+    "msadpcm.wav": (MUSIC, ["-c:a", "adpcm_ms"], "adpcm_ms"),
+    "mp3-in.wav": (MUSIC, ["-c:a", "libmp3lame"], "mp3"),
+    "pcm.aiff": (MUSIC, [], "pcm_s16be"),
+    "pcm.caf": (MUSIC, ["-c:a", "pcm_s16be"], "pcm_s16be"),
+    "clip.flac": (MUSIC, [], "flac"),
+    "vorbis.ogg": (MUSIC, ["-c:a", "libvorbis"], "vorbis"),
+    "opus.opus": (MUSIC, ["-c:a", "libopus"], "opus"),
+    "mp2.mp2": (MUSIC, [], "mp2"),
+    "cbr.mp3": (MUSIC, ["-b:a", "128k"], "mp3"),
+    "vbr.mp3": (MUSIC, ["-q:a", "4"], "mp3"),
+    "mpeg2.mp3": (SPEECH, ["-ar", "22050"], "mp3"),
+    # what FFmpeg decodes now
+    "aac.m4a": (MUSIC, ["-c:a", "aac", "-b:a", "128k"], "aac"),
+    "aac.mp4": (MUSIC, ["-c:a", "aac"], "aac"),
+    "aac-faststart.m4a": (MUSIC, ["-c:a", "aac", "-movflags", "+faststart"], "aac"),
+    "aac-fragmented.mp4": (MUSIC, ["-c:a", "aac", "-movflags", "frag_keyframe+empty_moov+default_base_moof"], "aac"),
+    "aac.3gp": (SPEECH, ["-c:a", "aac", "-ar", "16000"], "aac"),
+    "aac.m4b": (MUSIC, ["-c:a", "aac", "-f", "ipod"], "aac"),
+    "adts.aac": (MUSIC, ["-c:a", "aac"], "aac"),
+    "aac.ts": (MUSIC, ["-c:a", "aac"], "aac"),
+    "aac.flv": (MUSIC, ["-c:a", "aac"], "aac"),
+    "aac.mkv": (MUSIC, ["-c:a", "aac"], "aac"),
+    "alac.m4a": (MUSIC, ["-c:a", "alac"], "alac"),
+    "alac.caf": (MUSIC, ["-c:a", "alac"], "alac"),
+    "opus.webm": (MUSIC, ["-c:a", "libopus"], "opus"),
+    "opus.mka": (MUSIC, ["-c:a", "libopus"], "opus"),
+    "vorbis.webm": (MUSIC, ["-c:a", "libvorbis"], "vorbis"),
+    "flac.mkv": (MUSIC, ["-c:a", "flac"], "flac"),
+    "flac.oga": (MUSIC, ["-c:a", "flac", "-f", "ogg"], "flac"),
+    "wmav2.wma": (MUSIC, ["-c:a", "wmav2"], "wmav2"),
+    "wmav1.asf": (MUSIC, ["-c:a", "wmav1"], "wmav1"),
+    "ac3.ac3": (MUSIC, [], "ac3"),
+    "eac3.eac3": (MUSIC, [], "eac3"),
+    "dts.dts": (MUSIC, ["-c:a", "dca", "-strict", "-2"], "dts"),
+    "wavpack.wv": (MUSIC, [], "wavpack"),
+    "tta.tta": (MUSIC, [], "tta"),
+    "amrnb.amr": ("amr nb", [], "amr_nb"),
+    "amrnb-dtx.amr": ("amr nb dtx", [], "amr_nb"),
+    "amrwb.awb": ("amr wb", [], "amr_wb"),
+    "mp3-http-header.mp3": ("http", [], "mp3"),
+    "mp3-junk.mp3": ("junk", [], "mp3"),
+    "chained.ogg": ("chained vorbis.ogg", [], "vorbis"),
+    "chained.opus": ("chained opus.opus", [], "opus"),
+    # video files: their audio is tagged
+    "h264-aac.mp4": (MUSIC, ["video", "-c:v", "libx264", "-c:a", "aac"], "aac"),
+    "h264-aac.mov": (MUSIC, ["video", "-c:v", "libx264", "-c:a", "aac"], "aac"),
+    "vp8-vorbis.webm": (MUSIC, ["video", "-c:v", "libvpx", "-c:a", "libvorbis"], "vorbis"),
+    "vp9-opus.webm": (MUSIC, ["video", "-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus"], "opus"),
+    "h264-mp3.mkv": (MUSIC, ["video", "-c:v", "libx264", "-c:a", "libmp3lame"], "mp3"),
+    "mpeg4-mp3.avi": (MUSIC, ["video", "-c:v", "mpeg4", "-c:a", "libmp3lame"], "mp3"),
+    "h264-aac.ts": (MUSIC, ["video", "-c:v", "libx264", "-c:a", "aac"], "aac"),
+}
+NEW_KINDS = [name for name in KINDS if list(KINDS).index(name) >= list(KINDS).index("aac.m4a")]
+
+
+def _ffmpeg(*args):
+    subprocess.run([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+def _make(folder, name, source, options, encoder):
+    target = folder / name
+    if source in (MUSIC, SPEECH):
+        if options[:1] == ["video"]:
+            _ffmpeg(*VIDEO, "-i", source, "-shortest", *options[1:], target)
+        else:
+            _ffmpeg("-i", source, *options, target)
+    elif source.startswith("amr"):
+        kind = source.split()[1:]
+        rate = 8000 if kind[0] == "nb" else 16000
+        pcm = subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(SPEECH), "-ar", str(rate),
+                              "-ac", "1", "-f", "s16le", "-"], check=True, capture_output=True).stdout
+        target.write_bytes(subprocess.run([str(encoder), *kind], input=pcm, check=True, capture_output=True).stdout)
+    elif source == "http":  # a crawler that saved the response with its header
+        header = b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: 161167\r\n\r\n"
+        target.write_bytes(header + (folder / "cbr.mp3").read_bytes())
+    elif source == "junk":
+        junk = np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+        target.write_bytes(junk + (folder / "cbr.mp3").read_bytes())
+    elif source.startswith("chained"):  # speech, then music: two logical streams in a row
+        suffix = source.split()[1]
+        parts = []
+        for index, clip in enumerate((SPEECH, AUDIO / "music.wav")):
+            part = folder.parent / f"part{index}-{suffix}"
+            _ffmpeg("-i", clip, "-c:a", "libvorbis" if suffix.endswith("ogg") else "libopus", part)
+            parts.append(part.read_bytes())
+        target.write_bytes(b"".join(parts))
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """Every kind in one folder (and nothing else there)."""
+    if FFMPEG is None:
+        pytest.fail("Debian's ffmpeg makes these fixtures: apt-get install ffmpeg (scripts/setup.sh does)")
+    work = tmp_path_factory.mktemp("formats")
+    encoder = work / "amr_encode"
+    subprocess.run(["gcc", "-O2", "-o", str(encoder), str(REPO / "tests" / "fixtures" / "amr_encode.c"),
+                    "-lopencore-amrnb", "-lvo-amrwbenc"], check=True)
+    folder = work / "kinds"
+    folder.mkdir()
+    for name, (source, options, _codec) in KINDS.items():
+        _make(folder, name, source, options, encoder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def source_tags(tagger):
+    """The top label of each source clip, tagged from its WAV."""
+    return {source: tagger.predict(audio.load(source)).tags[0].label
+            for source in (MUSIC, SPEECH, AUDIO / "music.wav")}
+
+
+def _source(name):
+    source = KINDS[name][0]
+    return SPEECH if not isinstance(source, type(MUSIC)) and source.startswith(("amr", "chained")) else \
+        MUSIC if not isinstance(source, type(MUSIC)) else source
+
+
+def _check_record(record, name, source_tags):
+    source, _options, codec = KINDS[name]
+    assert "error" not in record, (name, record)
+    assert record["codec"] == codec, (name, record["codec"])
+    expected = 20.0 if name.startswith("chained") else 10.0
+    assert abs(record["duration"] - expected) < 0.1, (name, record["duration"])
+    top = [tag["label"] for tag in record["tags"][:3]]
+    assert source_tags[_source(name)] in top, (name, top)
+
+
+def test_ffmpeg_is_the_slim_lgpl_build():
+    """The second decoder is ours: no encoders, no network protocols, libopus and opencore in place of FFmpeg's
+    own Opus and AMR-NB decoders."""
+    assert ffmpeg.available()
+    import av
+
+    assert av.__version__ == "12.3.0"
+    codecs = av.codecs_available
+    assert {"aac", "alac", "wmav2", "eac3", "amrwb", "libopus", "libopencore_amrnb"} <= codecs
+    assert not {"opus", "amrnb", "h264", "vp9", "libx264"} & codecs
+    for name in ("aac", "flac", "libopus"):
+        with pytest.raises(Exception):
+            av.codec.Codec(name, "w")  # no encoder at all
+
+
+def test_every_kind_through_a_list(cli, fixtures, source_tags, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{fixtures / name}\n" for name in KINDS))
+    result = cli("--files-from", listing, "-f", "jsonl", "-k", 5)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["path"] for r in records] == [str(fixtures / name) for name in KINDS]
+    for record, name in zip(records, KINDS):
+        _check_record(record, name, source_tags)
+
+
+def test_a_walk_picks_up_every_kind(cli, fixtures, source_tags):
+    result = cli(fixtures, "-f", "jsonl", "-k", 5)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    records = {os.path.basename(r["path"]): r for r in map(json.loads, result.stdout.decode().splitlines())}
+    assert sorted(records) == sorted(KINDS)
+    for name, record in records.items():
+        _check_record(record, name, source_tags)
+
+
+@pytest.mark.parametrize("name", NEW_KINDS + ["pcm.aiff", "pcm.caf", "mulaw.wav", "msadpcm.wav", "cbr.mp3"])
+def test_stdin_gives_the_files_record(cli, fixtures, name):
+    """Piped in (curl URL | audiotag -): the record of the file itself, but for the path (scores within 1e-5;
+    an MP3 on stdin goes to FFmpeg, the file to libsndfile: samples within 2e-6)."""
+    path = fixtures / name
+    from_file = cli(path, "-f", "jsonl")
+    piped = cli("-", "-f", "jsonl", stdin=path.read_bytes())
+    assert from_file.returncode == 0 and piped.returncode == 0, piped.stderr
+    expected = json.loads(from_file.stdout)
+    expected["path"] = "-"
+    problems = compare_lines([json.dumps(expected)], piped.stdout.decode().splitlines())
+    assert not problems, (name, problems)
+
+
+def _samples(path):
+    return audio.load(path).samples
+
+
+def test_lossless_streams_in_other_containers_give_the_same_samples(fixtures):
+    flac = _samples(fixtures / "clip.flac")
+    for name in ("flac.mkv", "flac.oga"):
+        assert np.array_equal(_samples(fixtures / name), flac), name
+    wav = _samples(fixtures / "pcm16.wav")
+    for name in ("alac.m4a", "alac.caf", "wavpack.wv", "tta.tta"):
+        assert np.array_equal(_samples(fixtures / name), wav), name
+
+
+def test_junk_before_an_mp3_is_skipped_to_the_clean_files_samples(fixtures):
+    clean = audio.open_file(fixtures / "cbr.mp3").read()
+    for name in ("mp3-http-header.mp3", "mp3-junk.mp3"):
+        junk = audio.open_file(fixtures / name).read()
+        assert junk.codec == "mp3" and np.array_equal(junk.samples, clean.samples), name
+
+
+def test_video_files_give_their_audio_stream(fixtures, tmp_path):
+    """The same samples as the audio stream copied out of the file (-vn -c:a copy), video never decoded."""
+    for name, container in (("h264-aac.mp4", "m4a"), ("h264-aac.mov", "m4a"), ("vp8-vorbis.webm", "webm"),
+                            ("vp9-opus.webm", "webm"), ("h264-mp3.mkv", "mka"), ("h264-aac.ts", "ts")):
+        extracted = tmp_path / f"{name}.{container}"
+        _ffmpeg("-i", fixtures / name, "-vn", "-c:a", "copy", extracted)
+        assert np.array_equal(_samples(fixtures / name), _samples(extracted)), name
+
+
+def test_chained_ogg_is_one_recording(fixtures, tagger):
+    """Speech then music, two logical streams: both are decoded, one after the other."""
+    for name in ("chained.ogg", "chained.opus"):
+        clip = audio.load(fixtures / name)
+        assert abs(clip.duration - 20.0) < 0.01, name
+        labels = [t.label for t in tagger.predict(clip).tags]
+        assert "Speech" in labels and "Music" in labels, (name, labels)
+
+
+def test_amr_nb_with_dtx_frames_decodes(fixtures, tagger):
+    """FFmpeg's own AMR-NB decoder rejects SID (DTX) frames; libopencore-amrnb decodes them."""
+    data = (fixtures / "amrnb-dtx.amr").read_bytes()
+    assert len(data) < len((fixtures / "amrnb.amr").read_bytes())  # SID frames are shorter than speech frames
+    clip = audio.load(fixtures / "amrnb-dtx.amr")
+    assert clip.codec == "amr_nb" and abs(clip.duration - 10.0) < 0.05
+    assert tagger.predict(clip).tags[0].label == "Speech"
+
+
+def test_opus_through_libopus_matches_libsndfile(fixtures):
+    """Opus in WebM (FFmpeg with libopus, float output) and the same stream in Ogg (libsndfile): the same audio,
+    up to float rounding, once the two decoders' starts are lined up."""
+    webm = audio.load(fixtures / "opus.webm").samples
+    ogg = audio.load(fixtures / "opus.opus").samples
+    assert abs(len(webm) - len(ogg)) < 32000 * 0.03
+    best = min(range(-1000, 1001), key=lambda shift: np.abs(_shifted(webm, ogg, shift)).mean())
+    assert np.abs(_shifted(webm, ogg, best)).max() < 1e-3
+
+
+def _shifted(a, b, shift):
+    a, b = (a[shift:], b) if shift >= 0 else (a, b[-shift:])
+    n = min(len(a), len(b)) - 2000
+    return a[:n] - b[:n]
+
+
+def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    whole = (fixtures / "aac.m4a").read_bytes()
+    (bad / "truncated.m4a").write_bytes(whole[:len(whole) // 2])  # index (moov) at the end: cut off
+    faststart = (fixtures / "aac-faststart.m4a").read_bytes()
+    (bad / "truncated-faststart.m4a").write_bytes(faststart[:len(faststart) // 2])  # index first: half the audio
+    _ffmpeg(*VIDEO, "-c:v", "libx264", bad / "video-only.mp4")
+    (bad / "random.m4a").write_bytes(np.random.default_rng(3).integers(0, 256, 50000, dtype=np.uint8).tobytes())
+    (bad / "good.m4a").write_bytes(whole)
+    out = tmp_path / "out.jsonl"
+    result = cli(bad, "-o", out)
+    assert result.returncode == 1
+    records = {os.path.basename(r["path"]): r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(records) == ["good.m4a", "random.m4a", "truncated-faststart.m4a", "truncated.m4a",
+                               "video-only.mp4"]
+    assert "error" not in records["good.m4a"]
+    assert records["random.m4a"]["error"] == "cannot decode: Format not recognised."
+    assert records["truncated.m4a"]["error"].startswith("cannot decode: ")
+    assert records["video-only.mp4"]["error"] == "no audio stream in this mov file (it holds video)"
+    salvaged = records["truncated-faststart.m4a"]
+    assert "error" not in salvaged and salvaged["duration"] < 6.0, salvaged
+    lines = result.stderr.decode().splitlines()
+    assert "Traceback" not in result.stderr.decode()
+    for name in ("random.m4a", "truncated.m4a", "video-only.mp4"):
+        assert sum(name in line for line in lines) == 1, (name, lines)
+
+
+def test_all_files_tries_every_name(cli, fixtures, tmp_path):
+    """Crawlers save whatever the URL said: --all-files tries every regular file in a walk."""
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    shutil.copy(fixtures / "aac.m4a", crawl / "index.php?id=1")
+    (crawl / "robots.txt").write_text("User-agent: *\n")
+    default = cli(crawl, "-f", "jsonl")
+    assert default.returncode == 1 and "no audio files in this directory" in default.stderr.decode()
+    every = cli(crawl, "--all-files", "-f", "jsonl")
+    records = {os.path.basename(r["path"]): r for r in map(json.loads, every.stdout.decode().splitlines())}
+    assert every.returncode == 1 and sorted(records) == ["index.php?id=1", "robots.txt"]
+    assert records["index.php?id=1"]["codec"] == "aac" and "error" in records["robots.txt"]
+
+
+def test_the_codec_column_in_tables(cli, fixtures):
+    result = cli(fixtures / "aac.m4a", "-f", "csv", "-k", 1)
+    header, row = result.stdout.decode().splitlines()
+    assert header.split(",")[:5] == ["path", "duration", "sample_rate", "channels", "codec"]
+    assert row.split(",")[4] == "aac"
+
+
+def test_an_mp4_on_stdin_past_the_memory_limit_is_refused(monkeypatch):
+    """An MP4 is held in memory to be decoded (its index may come last): past the limit, one clear error."""
+    import io
+
+    monkeypatch.setattr(audio, "STDIN_MEMORY_LIMIT", 1 << 16)
+    data = b"\0\0\0\x20ftypisom" + bytes(1 << 17)
+    with pytest.raises(audio.AudioError, match="over 0 MB: save it to a file"):
+        audio.open_stdin(io.BytesIO(data))
+
+
+def test_a_pipe_streams_into_ffmpeg_as_it_arrives(fixtures):
+    """A streamable container on a pipe is decoded before the pipe ends: the first block comes while the writer
+    still holds back the rest."""
+    import threading
+
+    data = (fixtures / "aac.ts").read_bytes()
+    read_end, write_end = os.pipe()
+    first_read = threading.Event()
+
+    def write():
+        with os.fdopen(write_end, "wb") as writer:
+            writer.write(data[:len(data) * 3 // 4])
+            writer.flush()
+            first_read.wait(60)  # the rest only once a block was decoded from what came so far
+            writer.write(data[len(data) * 3 // 4:])
+
+    threading.Thread(target=write, daemon=True).start()
+    with os.fdopen(read_end, "rb") as pipe:
+        stream = audio.open_stdin(pipe)
+        blocks = stream.samples()
+        first = next(blocks)
+        assert not first_read.is_set() and len(first) > 0 and stream.codec == "aac"
+        first_read.set()
+        total = len(first) + sum(len(block) for block in blocks)
+    assert abs(total / audio.TARGET_RATE - 10.05) < 0.05
+
+
+def test_a_soundfile_written_wav_is_still_libsndfiles(tmp_path):
+    """What libsndfile decodes never reaches FFmpeg (upstream parity stays bit for bit)."""
+    path = tmp_path / "clip.wav"
+    samples = audio.load(AUDIO / "music.wav").samples
+    soundfile.write(path, samples, audio.TARGET_RATE, subtype="FLOAT")
+    clip = audio.load(path)
+    assert clip.codec == "pcm_f32le" and np.array_equal(clip.samples, samples)
