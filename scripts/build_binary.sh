@@ -40,6 +40,14 @@ fi
 
 log "PyInstaller (build.spec) -> dist/audiotag-onedir"
 rm -rf dist/audiotag-onedir
+# The slim FFmpeg's libraries (scripts/build_ffmpeg.sh) find each other there, not in the system's folders: a
+# Debian ffmpeg installed on the build host (the tests' fixture maker) would otherwise be bundled, 60 MB of it.
+ffmpeg_lib=$(.venv/bin/python -c 'import av, os, pathlib, re, subprocess
+core = next(pathlib.Path(av.__file__).parent.glob("_core*.so"))
+out = subprocess.run(["ldd", str(core)], capture_output=True, text=True).stdout
+print(os.path.dirname(re.search(r"libavcodec\S* => (\S+)", out).group(1)))') ||
+    { echo "build_binary.sh: PyAV is not installed in .venv (run scripts/setup.sh)" >&2; exit 1; }
+LD_LIBRARY_PATH="$ffmpeg_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
 .venv/bin/python -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/pyinstaller build.spec
 
 log "launcher (scripts/launcher.c)"
