@@ -1,0 +1,107 @@
+"""Decode speed per format for both decoders, and `audiotag DIR` on a corpus of M4A files.
+
+    .venv/bin/python scripts/bench_decoders.py [--repeat 20] [--corpus 100]
+
+Fixtures are made with Debian's ffmpeg (a benchmark-time tool) from a 10 s 44.1 kHz stereo clip of
+../shared/audio. "decode ms" is the median time to open a file and decode all of it to float32 blocks at its own
+rate (no resampling, no model), pinned to one core, for libsndfile where it takes the format and for FFmpeg
+(audiotag.ffmpeg) on every format. Then `audiotag DIR -o out.jsonl` over N copies of an M4A file: files/s.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
+SOURCE = SHARED / "audio" / "extra" / "max-guitar.wav"
+
+FORMATS = {  # file name -> ffmpeg options
+    "pcm.wav": [], "clip.flac": [], "vorbis.ogg": ["-c:a", "libvorbis"], "opus.opus": ["-c:a", "libopus"],
+    "cbr.mp3": ["-b:a", "128k"], "aac.m4a": ["-c:a", "aac", "-b:a", "128k"], "adts.aac": ["-c:a", "aac"],
+    "opus.webm": ["-c:a", "libopus"], "vorbis.webm": ["-c:a", "libvorbis"], "alac.m4a": ["-c:a", "alac"],
+    "wmav2.wma": ["-c:a", "wmav2"], "ac3.ac3": [], "eac3.eac3": [], "flac.mkv": ["-c:a", "flac"],
+    "h264-aac.mp4": ["video"],
+}
+
+
+def make(folder: Path) -> None:
+    for name, options in FORMATS.items():
+        if options == ["video"]:
+            command = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=10", "-i", str(SOURCE),
+                       "-shortest", "-c:v", "libx264", "-c:a", "aac"]
+        else:
+            command = ["-i", str(SOURCE), *options]
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *command, str(folder / name)], check=True)
+
+
+def decode_ms(path: Path, decoder: str, repeat: int):
+    import soundfile
+
+    from audiotag import audio, ffmpeg
+
+    def once():
+        if decoder == "libsndfile":
+            with open(path, "rb") as file:
+                stream = audio._open_soundfile(file.fileno(), None)
+                for _ in stream._blocks:
+                    pass
+                stream.close()
+        else:
+            with open(path, "rb") as file:
+                stream = ffmpeg.open_source(file)
+                for _ in stream._blocks:
+                    pass
+                stream.close()
+
+    try:
+        once()
+    except (audio.AudioError, soundfile.LibsndfileError):
+        return None
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--corpus", type=int, default=100, help="M4A files in the directory run")
+    args = parser.parse_args()
+    if shutil.which("ffmpeg") is None:
+        sys.exit("bench_decoders: Debian's ffmpeg makes the fixtures (scripts/install_test_tools.sh)")
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
+    with tempfile.TemporaryDirectory() as work:
+        folder = Path(work)
+        make(folder)
+        print("| format | libsndfile ms | FFmpeg ms |\n|---|---|---|")
+        for name in FORMATS:
+            results = [decode_ms(folder / name, decoder, args.repeat) for decoder in ("libsndfile", "ffmpeg")]
+            cells = ["refused" if ms is None else f"{ms:.1f}" for ms in results]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        corpus = folder / "corpus"
+        corpus.mkdir()
+        for index in range(args.corpus):
+            os.link(folder / "aac.m4a", corpus / f"clip{index:04d}.m4a")
+        command = [sys.executable, "-m", "audiotag", str(corpus), "-o", str(folder / "out.jsonl")]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        seconds = time.perf_counter() - start
+        print(f"\naudiotag DIR on {args.corpus} M4A files (10 s AAC, 44.1 kHz stereo): {seconds:.1f} s, "
+              f"{args.corpus / seconds:.1f} files/s ({os.cpu_count()} cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
