@@ -323,7 +323,7 @@ class _WavEncoding(AudioError):
 
 def _read_whole(head: bytes, binary, what: str) -> bytes:
     """A stream that is decoded whole, read into memory up to STDIN_MEMORY_LIMIT."""
-    data = head + binary.read(STDIN_MEMORY_LIMIT + 1 - len(head))
+    data = head + _read_exactly(binary, STDIN_MEMORY_LIMIT + 1 - len(head))
     if len(data) > STDIN_MEMORY_LIMIT:
         raise AudioError(f"{what} on stdin is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")

@@ -82,6 +82,8 @@ def _stream(container, seekable: bool) -> audio.Stream:
     # other streams (a video file's video) are read past by demux(), never decoded.
     source = container.streams.audio[0]
     context = source.codec_context
+    if context is None or context.codec is None:  # a codec this build has no decoder for
+        raise audio.AudioError("cannot decode: no decoder for its audio stream's codec")
     if context.codec.name == "libopus":
         context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
     codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)
