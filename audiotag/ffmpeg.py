@@ -19,7 +19,11 @@ from . import audio
 # A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
 # kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
 _MAX_BAD_PACKETS = 1000  # packets that fail to decode before an input counts as garbage
-_SCALES = {"u8": None, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63, "flt": 1.0, "dbl": 1.0}
+# Frames held before they are joined into a block, however few samples each has: a crafted file of one-sample
+# packets would otherwise keep 260,000 frame objects (500 MB) alive per block. AAC's 1024-sample frames fill a
+# stereo block first.
+_MAX_HELD_FRAMES = 256
+_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
 
 # Decoder names to the codec's own name (FFmpeg's codec id names), so a record says "opus", not "libopus".
 _CODEC_NAMES = {"libopus": "opus", "libopencore_amrnb": "amr_nb", "amrwb": "amr_wb", "mp3float": "mp3",
@@ -92,22 +96,15 @@ def _stream(container, seekable: bool) -> audio.Stream:
     first = next(frames, None)
     if first is None:
         raise audio.AudioError(f"cannot decode {codec}: {state['stopped'] or state['reason'] or 'no audio frames'}")
-    rate, channels = first[1], first[0].shape[1]
+    rate, channels = first.sample_rate, len(first.layout.channels)
     audio._check_format(rate, channels)
 
     def blocks():
-        step = audio.block_frames(channels, rate)
-        pending, held, decoded = [], 0, 0
-        for samples, frame_rate in _chain(first, frames):
-            pending.append(_conform(samples, frame_rate, rate, channels))
-            held += len(pending[-1])
-            if held >= step:
-                decoded += held
-                yield np.concatenate(pending)
-                pending, held = [], 0
-        if pending:
-            decoded += held
-            yield np.concatenate(pending)
+        decoded = 0
+        for block in _gathered(_chain(first, frames), audio.block_frames(channels, rate)):
+            samples = _conform(block, rate, channels)
+            decoded += len(samples)
+            yield samples
         # On a pipe, a container error after the audio is how some demuxers (WavPack) meet the end they cannot
         # seek to: what arrived was tagged, and there is no length to say it fell short of.
         if state["bad"] or (state["stopped"] and seekable):
@@ -132,9 +129,9 @@ def _chain(first, rest):
 
 
 def _frames(container, source, state):
-    """(samples (frames, channels) float32, rate) per decoded frame. A packet that fails to decode is skipped
-    (counted in ``state``: a bad frame is resynced past); a container that cannot be read on ends the stream
-    there (``state["stopped"]``), and what came before stands."""
+    """The decoded audio frames. A packet that fails to decode is skipped (counted in ``state``: a bad frame is
+    resynced past); a container that cannot be read on ends the stream there (``state["stopped"]``), and what
+    came before stands."""
     av = _av
     try:
         for packet in container.demux(source):
@@ -147,41 +144,80 @@ def _frames(container, source, state):
                     raise audio.AudioError(f"cannot decode: {state['reason']} ({state['bad']} bad packets)")
                 continue
             for frame in decoded:
-                samples = _samples(frame)
-                if len(samples):
-                    yield samples, frame.sample_rate
+                if frame.samples:
+                    yield frame
     except av.error.FFmpegError as error:
         state["stopped"] = _reason(error)
 
 
-def _samples(frame) -> np.ndarray:
-    """A decoded frame as (frames, channels) float32, scaled as libsndfile scales integer samples."""
-    data = frame.to_ndarray()
-    name = frame.format.name
-    if frame.format.is_planar:
-        data = data.T
-    else:
-        data = data.reshape(-1, len(frame.layout.channels))
+def _gathered(frames, step: int):
+    """(samples (frames, channels) float32, rate) in blocks of about ``step`` frames, or of _MAX_HELD_FRAMES
+    decoded frames. Each frame's planes are viewed as numpy arrays (no copy) and joined a block at a time:
+    PyAV's to_ndarray per frame (430 frames per 10 s of AAC) cost more than FFmpeg's decoding. A frame of
+    another format, rate or layout starts a block."""
+    pending, held, kind = [], 0, None
+    for frame in frames:
+        frame_kind = (frame.format.name, frame.sample_rate, len(frame.layout.channels))
+        if frame_kind != kind and pending:
+            yield _joined(pending, kind)
+            pending, held = [], 0
+        kind = frame_kind
+        pending.append(_planes(frame, frame_kind))
+        held += frame.samples
+        if held >= step or len(pending) >= _MAX_HELD_FRAMES:
+            yield _joined(pending, kind)
+            pending, held = [], 0
+    if pending:
+        yield _joined(pending, kind)
+
+
+def _planes(frame, kind: tuple) -> list:
+    """A frame's planes as numpy views: one per channel (planar formats), or one interleaved."""
+    name, _, channels = kind
+    dtype = _DTYPES.get(name.rstrip("p"))
+    if dtype is None:
+        raise audio.AudioError(f"cannot decode: unexpected sample format {name}")
+    count = frame.samples if name.endswith("p") else frame.samples * channels
+    try:
+        return [np.frombuffer(plane, dtype, count) for plane in frame.planes]
+    except ValueError as error:  # a plane smaller than the frame says
+        raise audio.AudioError(f"cannot decode: {error}") from error
+
+
+def _joined(pending: list, kind: tuple):
+    """Frames' planes (from _planes) as one block (samples (frames, channels) float32, rate), scaled as
+    libsndfile scales integer samples. Planar data stays planar, as a transposed view: the downmix reads a
+    channel at a time, and interleaving the block first cost more than FFmpeg took to decode it."""
+    name, rate, channels = kind
+    first = pending[0]
+    data = np.empty((len(first), sum(len(planes[0]) for planes in pending)), first[0].dtype)
+    for index in range(len(first)):
+        np.concatenate([planes[index] for planes in pending], out=data[index])
+    data = data.T if name.endswith("p") else data[0].reshape(-1, channels)
     base = name.rstrip("p")
     if base == "u8":
-        return (data.astype(np.float32) - 128) / np.float32(128)
-    scale = _SCALES.get(base)
-    if scale is None:
-        raise audio.AudioError(f"cannot decode: unexpected sample format {name}")
-    if scale == 1.0:
-        return np.ascontiguousarray(data, dtype=np.float32)
-    return (data * (1.0 / scale)).astype(np.float32)
+        return (data.astype(np.float32) - 128) / np.float32(128), rate
+    if base == "flt":
+        return data, rate
+    if base == "dbl":
+        return data.astype(np.float32), rate
+    if base == "s64":
+        return (data * 2.0 ** -63).astype(np.float32), rate
+    # s16, s32: the scale is a power of two, so scaling in float32 rounds as scaling in float64 does
+    return np.multiply(data, np.float32(2.0 ** -15 if base == "s16" else 2.0 ** -31), dtype=np.float32), rate
 
 
-def _conform(samples: np.ndarray, frame_rate: int, rate: int, channels: int) -> np.ndarray:
-    """A frame in the stream's first rate and channel count (a mid-stream change is rare, but real)."""
+def _conform(block, rate: int, channels: int) -> np.ndarray:
+    """A block (samples, its rate) in the stream's first rate and channel count (a mid-stream change is rare,
+    but real)."""
+    samples, frame_rate = block
     if samples.shape[1] != channels:
         mono = samples.mean(axis=1, dtype=np.float32, keepdims=True)
         samples = np.repeat(mono, channels, axis=1)
     if frame_rate != rate and audio.MIN_RATE <= frame_rate <= audio.MAX_RATE:
         import soxr
 
-        samples = soxr.resample(samples, frame_rate, rate, quality="HQ").astype(np.float32)
+        samples = soxr.resample(np.ascontiguousarray(samples), frame_rate, rate, quality="HQ").astype(np.float32)
     return samples
 
 

@@ -5,7 +5,9 @@
 Fixtures are made with Debian's ffmpeg (a benchmark-time tool) from a 10 s 44.1 kHz stereo clip of
 ../shared/audio. "decode ms" is the median time to open a file and decode all of it to float32 blocks at its own
 rate (no resampling, no model), pinned to one core, for libsndfile where it takes the format and for FFmpeg
-(audiotag.ffmpeg) on every format. Then `audiotag DIR -o out.jsonl` over N copies of an M4A file: files/s.
+(audiotag.ffmpeg) on every format; "PyAV alone" is the floor under FFmpeg's figure: PyAV's own demux and
+decode loop, the samples left untouched. Then `audiotag DIR -o out.jsonl` over N copies of the M4A file and N
+of the WAV it was made from: files/s of each, and their ratio.
 """
 
 import argparse
@@ -48,7 +50,13 @@ def decode_ms(path: Path, decoder: str, repeat: int):
     from audiotag import audio, ffmpeg
 
     def once():
-        if decoder == "libsndfile":
+        if decoder == "pyav":
+            import av
+
+            with av.open(str(path)) as container:
+                for _ in container.decode(audio=0):
+                    pass
+        elif decoder == "libsndfile":
             with open(path, "rb") as file:
                 stream = audio._open_soundfile(file.fileno(), None)
                 for _ in stream._blocks:
@@ -84,22 +92,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         make(folder)
-        print("| format | libsndfile ms | FFmpeg ms |\n|---|---|---|")
+        print("| format | libsndfile ms | FFmpeg ms | PyAV alone ms |\n|---|---|---|---|")
         for name in FORMATS:
-            results = [decode_ms(folder / name, decoder, args.repeat) for decoder in ("libsndfile", "ffmpeg")]
+            results = [decode_ms(folder / name, decoder, args.repeat) for decoder in ("libsndfile", "ffmpeg", "pyav")]
             cells = ["refused" if ms is None else f"{ms:.1f}" for ms in results]
-            print(f"| {name} | {cells[0]} | {cells[1]} |")
+            print(f"| {name} | {' | '.join(cells)} |")
         os.sched_setaffinity(0, set(range(os.cpu_count())))
-        corpus = folder / "corpus"
-        corpus.mkdir()
-        for index in range(args.corpus):
-            os.link(folder / "aac.m4a", corpus / f"clip{index:04d}.m4a")
-        command = [sys.executable, "-m", "audiotag", str(corpus), "-o", str(folder / "out.jsonl")]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        seconds = time.perf_counter() - start
-        print(f"\naudiotag DIR on {args.corpus} M4A files (10 s AAC, 44.1 kHz stereo): {seconds:.1f} s, "
-              f"{args.corpus / seconds:.1f} files/s ({os.cpu_count()} cores)")
+        rates = {}
+        for kind, source in (("M4A", "aac.m4a"), ("WAV", "pcm.wav")):  # the same clip, side by side
+            corpus = folder / f"corpus-{kind}"
+            corpus.mkdir()
+            for index in range(args.corpus):
+                os.link(folder / source, corpus / f"clip{index:04d}{Path(source).suffix}")
+            command = [sys.executable, "-m", "audiotag", str(corpus), "-o", str(folder / f"out-{kind}.jsonl")]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds = time.perf_counter() - start
+            rates[kind] = args.corpus / seconds
+            print(f"\naudiotag DIR on {args.corpus} {kind} files (the 10 s clip, 44.1 kHz stereo): {seconds:.1f} s, "
+                  f"{rates[kind]:.1f} files/s ({os.cpu_count()} cores)", end="")
+        print(f"\nM4A / WAV: {rates['M4A'] / rates['WAV']:.2f}")
     return 0
 
 
