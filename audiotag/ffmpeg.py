@@ -19,10 +19,6 @@ from . import audio
 # A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
 # kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
 _MAX_BAD_PACKETS = 1000  # packets that fail to decode before an input counts as garbage
-# Frames held before they are joined into a block, however few samples each has: a crafted file of one-sample
-# packets would otherwise keep 260,000 frame objects (500 MB) alive per block. AAC's 1024-sample frames fill a
-# stereo block first.
-_MAX_HELD_FRAMES = 256
 _DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
 
 # Decoder names to the codec's own name (FFmpeg's codec id names), so a record says "opus", not "libopus".
@@ -151,49 +147,54 @@ def _frames(container, source, state):
 
 
 def _gathered(frames, step: int):
-    """(samples (frames, channels) float32, rate) in blocks of about ``step`` frames, or of _MAX_HELD_FRAMES
-    decoded frames. Each frame's planes are viewed as numpy arrays (no copy) and joined a block at a time:
-    PyAV's to_ndarray per frame (430 frames per 10 s of AAC) cost more than FFmpeg's decoding. A frame of
-    another format, rate or layout starts a block."""
-    pending, held, kind = [], 0, None
+    """(samples (frames, channels) float32, rate) in blocks of about ``step`` frames. Each frame is copied into
+    the block at once (and so freed: FFmpeg reuses its buffers), and the block is converted to float when full:
+    PyAV's to_ndarray per frame (430 frames per 10 s of AAC) cost more than FFmpeg's decoding, and frames kept
+    alive until their block was joined cost a third of it. A frame of another format, rate or layout, or one
+    that does not fit, starts a block."""
+    block, kind = None, None
     for frame in frames:
         frame_kind = (frame.format.name, frame.sample_rate, len(frame.layout.channels))
-        if frame_kind != kind and pending:
-            yield _joined(pending, kind)
-            pending, held = [], 0
-        kind = frame_kind
-        pending.append(_planes(frame, frame_kind))
-        held += frame.samples
-        if held >= step or len(pending) >= _MAX_HELD_FRAMES:
-            yield _joined(pending, kind)
-            pending, held = [], 0
-    if pending:
-        yield _joined(pending, kind)
+        count = frame.samples
+        if block is not None and (frame_kind != kind or filled + count > room):
+            yield _finished(block, filled, kind)
+            block = None
+        if block is None:
+            kind, room, filled = frame_kind, max(step, count), 0
+            block, width = _new_block(kind, room)
+            rows = list(block)
+        start, end = filled * width, (filled + count) * width
+        try:
+            for row, plane in zip(rows, frame.planes):
+                row[start:end] = np.frombuffer(plane, row.dtype, end - start)
+        except ValueError as error:  # a plane smaller than the frame says
+            raise audio.AudioError(f"cannot decode: {error}") from error
+        filled += count
+        if filled >= step:
+            yield _finished(block, filled, kind)
+            block = None
+    if block is not None and filled:
+        yield _finished(block, filled, kind)
 
 
-def _planes(frame, kind: tuple) -> list:
-    """A frame's planes as numpy views: one per channel (planar formats), or one interleaved."""
+def _new_block(kind: tuple, frames: int):
+    """(room for ``frames`` frames in the decoder's own sample format, values per frame in a row): a row per
+    channel for planar formats, else one row of interleaved frames."""
     name, _, channels = kind
     dtype = _DTYPES.get(name.rstrip("p"))
     if dtype is None:
         raise audio.AudioError(f"cannot decode: unexpected sample format {name}")
-    count = frame.samples if name.endswith("p") else frame.samples * channels
-    try:
-        return [np.frombuffer(plane, dtype, count) for plane in frame.planes]
-    except ValueError as error:  # a plane smaller than the frame says
-        raise audio.AudioError(f"cannot decode: {error}") from error
+    if name.endswith("p"):
+        return np.empty((channels, frames), dtype), 1
+    return np.empty((1, frames * channels), dtype), channels
 
 
-def _joined(pending: list, kind: tuple):
-    """Frames' planes (from _planes) as one block (samples (frames, channels) float32, rate), scaled as
-    libsndfile scales integer samples. Planar data stays planar, as a transposed view: the downmix reads a
-    channel at a time, and interleaving the block first cost more than FFmpeg took to decode it."""
+def _finished(block: np.ndarray, filled: int, kind: tuple):
+    """A block's first ``filled`` frames as (samples (frames, channels) float32, rate), scaled as libsndfile
+    scales integer samples. Planar data stays planar, as a transposed view: the downmix reads a channel at a
+    time, and interleaving the block first cost more than FFmpeg took to decode it."""
     name, rate, channels = kind
-    first = pending[0]
-    data = np.empty((len(first), sum(len(planes[0]) for planes in pending)), first[0].dtype)
-    for index in range(len(first)):
-        np.concatenate([planes[index] for planes in pending], out=data[index])
-    data = data.T if name.endswith("p") else data[0].reshape(-1, channels)
+    data = block[:, :filled].T if name.endswith("p") else block[0, :filled * channels].reshape(-1, channels)
     base = name.rstrip("p")
     if base == "u8":
         return (data.astype(np.float32) - 128) / np.float32(128), rate
