@@ -44,7 +44,11 @@ def make(folder: Path) -> None:
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *command, str(folder / name)], check=True)
 
 
-def decode_ms(path: Path, decoder: str, repeat: int):
+DECODERS = ("libsndfile", "ffmpeg", "pyav")
+
+
+def decoder_run(path: Path, decoder: str):
+    """A function decoding ``path`` whole with ``decoder``, or None when that decoder refuses the file."""
     import soundfile
 
     from audiotag import audio, ffmpeg
@@ -56,29 +60,32 @@ def decode_ms(path: Path, decoder: str, repeat: int):
             with av.open(str(path)) as container:
                 for _ in container.decode(audio=0):
                     pass
-        elif decoder == "libsndfile":
-            with open(path, "rb") as file:
-                stream = audio._open_soundfile(file.fileno(), None)
-                for _ in stream._blocks:
-                    pass
-                stream.close()
-        else:
-            with open(path, "rb") as file:
-                stream = ffmpeg.open_source(file)
-                for _ in stream._blocks:
-                    pass
-                stream.close()
+            return
+        with open(path, "rb") as file:
+            stream = audio._open_soundfile(file.fileno(), None) if decoder == "libsndfile" else \
+                ffmpeg.open_source(file)
+            for _ in stream._blocks:
+                pass
+            stream.close()
 
     try:
         once()
     except (audio.AudioError, soundfile.LibsndfileError):
         return None
-    times = []
+    return once
+
+
+def decode_ms(path: Path, repeat: int) -> dict:
+    """Median ms per decoder, the decoders taking turns round by round (a machine that slows down or speeds up
+    midway slows all of them alike)."""
+    runs = {decoder: decoder_run(path, decoder) for decoder in DECODERS}
+    times = {decoder: [] for decoder, run in runs.items() if run is not None}
     for _ in range(repeat):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for decoder in times:
+            start = time.perf_counter()
+            runs[decoder]()
+            times[decoder].append(time.perf_counter() - start)
+    return {decoder: statistics.median(times[decoder]) * 1000 if decoder in times else None for decoder in DECODERS}
 
 
 def main() -> int:
@@ -94,8 +101,8 @@ def main() -> int:
         make(folder)
         print("| format | libsndfile ms | FFmpeg ms | PyAV alone ms |\n|---|---|---|---|")
         for name in FORMATS:
-            results = [decode_ms(folder / name, decoder, args.repeat) for decoder in ("libsndfile", "ffmpeg", "pyav")]
-            cells = ["refused" if ms is None else f"{ms:.1f}" for ms in results]
+            results = decode_ms(folder / name, args.repeat)
+            cells = ["refused" if ms is None else f"{ms:.1f}" for ms in results.values()]
             print(f"| {name} | {' | '.join(cells)} |")
         os.sched_setaffinity(0, set(range(os.cpu_count())))
         rates = {}
