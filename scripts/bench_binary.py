@@ -99,6 +99,14 @@ def paired(label, a, b, args, pairs, cwd):
     return result
 
 
+def report(checks: dict) -> int:
+    """Print each target as ok or MISS; the exit status: 1 when one is missed."""
+    print()
+    for name, passed in checks.items():
+        print(f"{'ok  ' if passed else 'MISS'} {name}")
+    return 0 if all(checks.values()) else 1
+
+
 def drop_caches():
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -230,10 +238,7 @@ def main() -> int:
         print(f"| tag one 10 s clip, page cache dropped | {cold['binary']} ms | {cold['python -m audiotag']} ms |")
     print(f"| peak RSS, tag one clip | {tagging['binary']['rss_mb']} MB | {tagging['python -m audiotag']['rss_mb']} MB |")
     print(f"| peak RSS, --version | {version['binary']['rss_mb']} MB | {version['python -m audiotag']['rss_mb']} MB |")
-    print()
-    for name, passed in checks.items():
-        print(f"{'ok  ' if passed else 'MISS'} {name}")
-    return 0 if all(checks.values()) else 1
+    return report(checks)
 
 
 if __name__ == "__main__":

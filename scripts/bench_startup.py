@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_binary import CLIP, REPO, clean_env, median_ms, paired, run_rusage  # noqa: E402
+from bench_binary import CLIP, REPO, clean_env, median_ms, paired, report, run_rusage  # noqa: E402
 
 TARGET_FIRST_START_S = 0.5
 TARGET_RATIO = 1.05
@@ -80,10 +80,7 @@ def main() -> int:
     ratio = tagging["binary"]["median_ms"] / tagging["baseline"]["median_ms"]
     checks = {f"first start (--version) <= {TARGET_FIRST_START_S} s": first_version["binary"] <= TARGET_FIRST_START_S * 1000,
               f"repeated tag one clip <= {TARGET_RATIO} x baseline ({ratio:.3f})": ratio <= TARGET_RATIO}
-    print()
-    for name, passed in checks.items():
-        print(f"{'ok  ' if passed else 'MISS'} {name}")
-    return 0 if all(checks.values()) else 1
+    return report(checks)
 
 
 if __name__ == "__main__":
