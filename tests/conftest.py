@@ -48,6 +48,15 @@ if _binary().is_file():
     CLI_COMMANDS["binary"] = [str(_binary())]
 
 
+@pytest.fixture(scope="session")
+def binary() -> Path:
+    """The frozen binary: a test that needs it fails, not skips, when it is missing (CI always builds it)."""
+    path = _binary()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(f"no frozen binary at {path}: build it with scripts/build_binary.sh (or set AUDIOTAG_BINARY)")
+    return path
+
+
 BINARY_CACHE = Path(tempfile.mkdtemp(prefix="binary-test-cache-"))  # not "audiotag*": test_binary looks for that
 
 

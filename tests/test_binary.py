@@ -29,13 +29,6 @@ EXTRA_CLIPS = sorted(p for p in (AUDIO / "extra").iterdir() if p.suffix.lower() 
 
 
 @pytest.fixture(scope="session")
-def binary() -> Path:
-    if not BINARY.is_file() or not os.access(BINARY, os.X_OK):
-        pytest.fail(f"no frozen binary at {BINARY}: build it with scripts/build_binary.sh (or set AUDIOTAG_BINARY)")
-    return BINARY
-
-
-@pytest.fixture(scope="session")
 def cache(tmp_path_factory) -> Path:
     """One cache folder for the tests that do not test the cache itself, so the binary unpacks once."""
     return tmp_path_factory.mktemp("binary-cache")

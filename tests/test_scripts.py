@@ -47,3 +47,20 @@ def test_bench_serve(tmp_path):
     assert code in (0, 1)  # 1: the target missed, as it may be on 8 short clips
     for line in ("(a) audiotag DIR", "(b) audiotag serve, 4 clients", "1 client : p50", "4 clients: p50", "(b)/(a) = "):
         assert line in out, out
+
+
+def test_bench_decoders():
+    code, out = run_script("bench_decoders.py", "--repeat", 1, "--corpus", 2)
+    assert code == 0 and "| pcm.wav | " in out and "| aac.m4a | refused | " in out and "M4A / WAV: " in out, out
+
+
+def test_bench_model_files():
+    """The shipped model against itself: the same outputs."""
+    code, out = run_script("bench_model_files.py", REPO / "audiotag" / "assets" / "mn04_as.onnx", "--rounds", 1)
+    assert code == 0 and "| batch 1 | " in out and out.count("| 0.00e+00 |") == 2, out
+
+
+def test_bench_startup(binary):
+    """The binary against itself."""
+    code, out = run_script("bench_startup.py", "--binary", binary, "--baseline", binary, "--pairs", 1)
+    assert code in (0, 1) and "| first start, --version (ms) | " in out and "| repeated tag one clip (ms) | " in out, out
