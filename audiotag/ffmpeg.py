@@ -19,6 +19,9 @@ from . import audio
 # A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
 # kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
 _MAX_BAD_PACKETS = 1000  # packets that fail to decode before an input counts as garbage
+# PyAV 12 finds a frame's planes through its channel layout: with none (FFmpeg names no layout for 10-channel
+# Vorbis, say) it walks past the real ones into garbage pointers, and reading them crashes.
+_NO_LAYOUT = "without a channel layout (PyAV 12 cannot read them)"
 _DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
 
 # Decoder names to the codec's own name (FFmpeg's codec id names), so a record says "opus", not "libopus".
@@ -93,6 +96,8 @@ def _stream(container, seekable: bool) -> audio.Stream:
     if first is None:
         raise audio.AudioError(f"cannot decode {codec}: {state['stopped'] or state['reason'] or 'no audio frames'}")
     rate, channels = first.sample_rate, len(first.layout.channels)
+    if not channels:
+        raise audio.AudioError(f"cannot decode {codec}: {context.channels} channels {_NO_LAYOUT}")
     audio._check_format(rate, channels)
 
     def blocks():
@@ -155,6 +160,8 @@ def _gathered(frames, step: int):
     block, kind = None, None
     for frame in frames:
         frame_kind = (frame.format.name, frame.sample_rate, len(frame.layout.channels))
+        if not frame_kind[2]:
+            raise audio.AudioError(f"cannot decode: a frame {_NO_LAYOUT}")
         count = frame.samples
         if block is not None and (frame_kind != kind or filled + count > room):
             yield _finished(block, filled, kind)

@@ -278,21 +278,27 @@ def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
     _ffmpeg(*VIDEO, "-c:v", "libx264", bad / "video-only.mp4")
     (bad / "random.m4a").write_bytes(np.random.default_rng(3).integers(0, 256, 50000, dtype=np.uint8).tobytes())
     (bad / "good.m4a").write_bytes(whole)
+    # Ten channels in Vorbis: FFmpeg names no layout for them, and PyAV 12 reading such a frame crashed.
+    _ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=3", "-filter_complex",
+            "[0]asplit=10" + "".join(f"[a{i}]" for i in range(10)) + ";" + "".join(f"[a{i}]" for i in range(10))
+            + "amerge=inputs=10", "-c:a", "libvorbis", bad / "ten-channels.mka")
     out = tmp_path / "out.jsonl"
     result = cli(bad, "-o", out)
     assert result.returncode == 1
     records = {os.path.basename(r["path"]): r for r in map(json.loads, out.read_text().splitlines())}
-    assert sorted(records) == ["good.m4a", "random.m4a", "truncated-faststart.m4a", "truncated.m4a",
-                               "video-only.mp4"]
+    assert sorted(records) == ["good.m4a", "random.m4a", "ten-channels.mka", "truncated-faststart.m4a",
+                               "truncated.m4a", "video-only.mp4"]
     assert "error" not in records["good.m4a"]
     assert records["random.m4a"]["error"] == "cannot decode: Format not recognised."
     assert records["truncated.m4a"]["error"].startswith("cannot decode: ")
     assert records["video-only.mp4"]["error"] == "no audio stream in this mov file (it holds video)"
+    assert records["ten-channels.mka"]["error"] == ("cannot decode vorbis: 10 channels without a channel layout "
+                                                    "(PyAV 12 cannot read them)")
     salvaged = records["truncated-faststart.m4a"]
     assert "error" not in salvaged and salvaged["duration"] < 6.0, salvaged
     lines = result.stderr.decode().splitlines()
     assert "Traceback" not in result.stderr.decode()
-    for name in ("random.m4a", "truncated.m4a", "video-only.mp4"):
+    for name in ("random.m4a", "truncated.m4a", "video-only.mp4", "ten-channels.mka"):
         assert sum(name in line for line in lines) == 1, (name, lines)
 
 
