@@ -235,6 +235,8 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
     try:
         stream = ffmpeg.open_source(file)
     except ffmpeg.NotMedia:
+        if sniff.is_container(head):  # a container FFmpeg knows, cut short: its reason, not "not recognised"
+            raise
         raise refused from None
     except AudioError:
         if "Format not recognised" not in str(refused):  # libsndfile knew the format: its reason is the one

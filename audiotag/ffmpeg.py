@@ -20,8 +20,11 @@ from . import audio
 # kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
 _MAX_BAD_PACKETS = 1000  # packets that fail to decode before an input counts as garbage
 # PyAV 12 finds a frame's planes through its channel layout: with none (FFmpeg names no layout for 10-channel
-# Vorbis, say) it walks past the real ones into garbage pointers, and reading them crashes.
-_NO_LAYOUT = "without a channel layout (PyAV 12 cannot read them)"
+# Vorbis, say) it walks past the real ones into garbage pointers, and reading them crashes. Such frames are
+# skipped as bad ones. Past 16 channels it misreads the layout itself (a different count on every run, and the
+# decoder then decodes with it), so those streams are refused.
+_NO_LAYOUT = "channels without a channel layout (PyAV 12 cannot read them)"
+_MAX_CHANNELS = 16
 _DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
 
 # Decoder names to the codec's own name (FFmpeg's codec id names), so a record says "opus", not "libopus".
@@ -64,6 +67,8 @@ def open_source(source, seekable: bool = True) -> audio.Stream:
         # No options: PyAV 12 frees per-stream option arrays sized before probing, and a container whose
         # streams appear while it is probed (FLV) then crashes it.
         container = av.open(source, mode="r", metadata_errors="ignore")
+    except av.error.EOFError as error:  # too short to probe: a container header and nothing after it, or noise
+        raise NotMedia("cannot decode: it ends before any audio") from error
     except av.error.InvalidDataError as error:
         raise NotMedia(f"cannot decode: {_reason(error)}") from error
     except (av.error.FFmpegError, ValueError) as error:
@@ -90,14 +95,17 @@ def _stream(container, seekable: bool) -> audio.Stream:
     if context.codec.name == "libopus":
         context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
     codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)
+    if context.channels > _MAX_CHANNELS:
+        raise audio.AudioError(f"cannot decode {codec}: {context.channels} channels (at most {_MAX_CHANNELS} "
+                               f"through FFmpeg: PyAV 12 misreads the layout of more)")
     state = {"bad": 0, "stopped": None, "reason": None}
     frames = _frames(container, source, state)
     first = next(frames, None)
     if first is None:
-        raise audio.AudioError(f"cannot decode {codec}: {state['stopped'] or state['reason'] or 'no audio frames'}")
+        reason = state["reason"] or state["stopped"]
+        raise audio.AudioError(f"cannot decode {codec}: "
+                               f"{'no audio frames' if reason in (None, 'End of file') else reason}")
     rate, channels = first.sample_rate, len(first.layout.channels)
-    if not channels:
-        raise audio.AudioError(f"cannot decode {codec}: {context.channels} channels {_NO_LAYOUT}")
     audio._check_format(rate, channels)
 
     def blocks():
@@ -139,16 +147,28 @@ def _frames(container, source, state):
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as error:
-                state["bad"] += 1
-                state["reason"] = _reason(error)
-                if state["bad"] > _MAX_BAD_PACKETS:
-                    raise audio.AudioError(f"cannot decode: {state['reason']} ({state['bad']} bad packets)")
+                _bad(state, _reason(error))
                 continue
             for frame in decoded:
-                if frame.samples:
+                if not frame.samples:
+                    continue
+                channels = len(frame.layout.channels)
+                if not channels:
+                    _bad(state, f"{source.codec_context.channels} {_NO_LAYOUT}")
+                elif channels > _MAX_CHANNELS:  # a stream gone wrong midway: its planes cannot be trusted
+                    _bad(state, f"frames of {channels} channels (at most {_MAX_CHANNELS} through FFmpeg)")
+                else:
                     yield frame
     except av.error.FFmpegError as error:
         state["stopped"] = _reason(error)
+
+
+def _bad(state: dict, reason: str) -> None:
+    """One more packet or frame skipped; too many, and the input counts as garbage."""
+    state["bad"] += 1
+    state["reason"] = reason
+    if state["bad"] > _MAX_BAD_PACKETS:
+        raise audio.AudioError(f"cannot decode: {reason} ({state['bad']} bad packets)")
 
 
 def _gathered(frames, step: int):
@@ -160,8 +180,6 @@ def _gathered(frames, step: int):
     block, kind = None, None
     for frame in frames:
         frame_kind = (frame.format.name, frame.sample_rate, len(frame.layout.channels))
-        if not frame_kind[2]:
-            raise audio.AudioError(f"cannot decode: a frame {_NO_LAYOUT}")
         count = frame.samples
         if block is not None and (frame_kind != kind or filled + count > room):
             yield _finished(block, filled, kind)
@@ -207,10 +225,9 @@ def _finished(block: np.ndarray, filled: int, kind: tuple):
         return (data.astype(np.float32) - 128) / np.float32(128), rate
     if base == "flt":
         return data, rate
-    if base == "dbl":
-        return data.astype(np.float32), rate
-    if base == "s64":
-        return (data * 2.0 ** -63).astype(np.float32), rate
+    if base in ("dbl", "s64"):
+        with np.errstate(over="ignore"):  # doubles past float32's range become inf, which the stream repairs
+            return (data if base == "dbl" else data * 2.0 ** -63).astype(np.float32), rate
     # s16, s32: the scale is a power of two, so scaling in float32 rounds as scaling in float64 does
     return np.multiply(data, np.float32(2.0 ** -15 if base == "s16" else 2.0 ** -31), dtype=np.float32), rate
 

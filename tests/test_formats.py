@@ -279,16 +279,23 @@ def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
     (bad / "random.m4a").write_bytes(np.random.default_rng(3).integers(0, 256, 50000, dtype=np.uint8).tobytes())
     (bad / "good.m4a").write_bytes(whole)
     # Ten channels in Vorbis: FFmpeg names no layout for them, and PyAV 12 reading such a frame crashed.
-    _ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=3", "-filter_complex",
-            "[0]asplit=10" + "".join(f"[a{i}]" for i in range(10)) + ";" + "".join(f"[a{i}]" for i in range(10))
-            + "amerge=inputs=10", "-c:a", "libvorbis", bad / "ten-channels.mka")
+    _ffmpeg(*_sine_channels(10), "-c:a", "libvorbis", bad / "ten-channels.mka")
+    # Seventeen PCM channels: PyAV 12 misreads the layout of more than 16 (another count each run).
+    _ffmpeg(*_sine_channels(17), "-c:a", "pcm_s16le", bad / "seventeen-channels.mkv")
+    # Doubles far past float32's range: tagged (as silence where they overflow), with no numpy warning.
+    huge = tmp_path / "huge.f64"
+    np.where(np.arange(44100) % 1000 == 0, 1e300, 0.25).astype("<f8").tofile(huge)
+    _ffmpeg("-f", "f64le", "-ar", 44100, "-ac", 1, "-i", huge, "-c:a", "pcm_f64le", bad / "huge-doubles.mkv")
     out = tmp_path / "out.jsonl"
     result = cli(bad, "-o", out)
     assert result.returncode == 1
     records = {os.path.basename(r["path"]): r for r in map(json.loads, out.read_text().splitlines())}
-    assert sorted(records) == ["good.m4a", "random.m4a", "ten-channels.mka", "truncated-faststart.m4a",
-                               "truncated.m4a", "video-only.mp4"]
+    assert sorted(records) == ["good.m4a", "huge-doubles.mkv", "random.m4a", "seventeen-channels.mkv",
+                               "ten-channels.mka", "truncated-faststart.m4a", "truncated.m4a", "video-only.mp4"]
     assert "error" not in records["good.m4a"]
+    assert "error" not in records["huge-doubles.mkv"] and records["huge-doubles.mkv"]["codec"] == "pcm_f64le"
+    assert records["seventeen-channels.mkv"]["error"] == ("cannot decode pcm_s16le: 17 channels (at most 16 "
+                                                          "through FFmpeg: PyAV 12 misreads the layout of more)")
     assert records["random.m4a"]["error"] == "cannot decode: Format not recognised."
     assert records["truncated.m4a"]["error"].startswith("cannot decode: ")
     assert records["video-only.mp4"]["error"] == "no audio stream in this mov file (it holds video)"
@@ -298,8 +305,18 @@ def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
     assert "error" not in salvaged and salvaged["duration"] < 6.0, salvaged
     lines = result.stderr.decode().splitlines()
     assert "Traceback" not in result.stderr.decode()
-    for name in ("random.m4a", "truncated.m4a", "video-only.mp4", "ten-channels.mka"):
+    for name in ("random.m4a", "truncated.m4a", "video-only.mp4", "ten-channels.mka", "seventeen-channels.mkv"):
         assert sum(name in line for line in lines) == 1, (name, lines)
+    assert "Warning" not in result.stderr.decode()
+    alone = cli(bad / "huge-doubles.mkv")
+    assert alone.returncode == 0 and alone.stderr == b"", alone.stderr
+
+
+def _sine_channels(count: int) -> list:
+    """ffmpeg input options for 3 s of a sine in ``count`` channels."""
+    labels = "".join(f"[a{i}]" for i in range(count))
+    return ["-f", "lavfi", "-i", "sine=f=440:d=3", "-filter_complex",
+            f"[0]asplit={count}{labels};{labels}amerge=inputs={count}"]
 
 
 def test_all_files_tries_every_name(cli, fixtures, tmp_path):
