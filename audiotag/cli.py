@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
     engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
                         help="inputs decoded in parallel (default: all cores)")
+    engine.add_argument("--workers", type=_number(int, 1), default=1, metavar="N",
+                        help="worker processes for a batch, each decoding --jobs inputs at a time and loading "
+                             "its own model (about 115 MB each). FFmpeg formats (AAC/M4A, WebM, WMA...) keep at "
+                             "most one core per process busy: for those use --workers CORES --jobs 1 (default: 1)")
     engine.add_argument("--threads", type=_number(int, 0), metavar="N",
                         help="onnxruntime intra-op threads (default: 1 when tagging several inputs, as --jobs "
                              "already keeps every core busy; else 0, all cores)")
@@ -205,6 +209,10 @@ def _check_arguments(parser, args) -> None:
         parser.error("stdin (-) can be read only once")
     if args.resume and not args.output:
         parser.error("--resume needs -o FILE")
+    if args.workers > 1 and args.in_process:
+        parser.error("--workers starts worker processes: it cannot be combined with --in-process")
+    if args.workers > 256:
+        parser.error(f"--workers {args.workers}: at most 256")
     if 0 < args.window < 1:
         parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
     if args.hop is None:
@@ -305,7 +313,10 @@ def _tag_inputs(args, tagger) -> int:
     config = supervisor.WorkerConfig(open_input, options, args.jobs, args.model, requested_providers(args.provider),
                                      args.threads, args.segments,
                                      watchdog=2 * args.timeout + 10 if args.timeout else None)
-    watched = supervisor.Supervisor(config, segments, getattr(args, "worker", None))
+    if args.workers > 1:
+        watched = supervisor.Pool(config, args.workers, segments, getattr(args, "worker", None))
+    else:
+        watched = supervisor.Supervisor(config, segments, getattr(args, "worker", None))
     try:
         if args.verbose:
             _warn(f"execution providers: {', '.join(watched.ready()['providers'])} (in a watched worker "

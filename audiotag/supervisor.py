@@ -18,6 +18,7 @@ library cannot corrupt the channel.
 """
 
 import collections
+import itertools
 import os
 import pickle
 import queue
@@ -235,6 +236,75 @@ class Supervisor:
             self._worker.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             pass  # killed below
+
+
+class Pool:
+    """Several watched workers (``--workers N``), one Supervisor each: inputs are dealt to them in turn and their
+    outcomes merged back into input order. Processes, not more threads, because PyAV holds Python's lock for
+    its per-packet work: threads decode FFmpeg formats (AAC, WebM...) no faster than one does."""
+
+    def __init__(self, config: WorkerConfig, count: int, on_segment=None, process: Optional[subprocess.Popen] = None):
+        self._members = [Supervisor(config, on_segment, process if index == 0 else None) for index in range(count)]
+        self._lane_size = 2 * config.jobs + 2
+
+    def ready(self) -> dict:
+        """Wait for every worker's model; WorkerError when one cannot start."""
+        return [member.ready() for member in self._members][0]
+
+    def close(self) -> None:
+        for member in self._members:
+            member.close()
+
+    def outcomes(self, items: Iterable) -> Iterator:
+        count = len(self._members)
+        lanes = [queue.Queue(self._lane_size) for _ in range(count)]
+        stop = threading.Event()
+        threading.Thread(target=self._deal, args=(items, lanes, stop), name="audiotag-pool-deal",
+                         daemon=True).start()
+        streams = [member.outcomes(_lane(lane)) for member, lane in zip(self._members, lanes)]
+        try:
+            for index in itertools.count():
+                outcome = next(streams[index % count], None)  # its lane ended: so did the inputs, here
+                if outcome is None:
+                    return
+                yield outcome
+        finally:
+            stop.set()
+            for stream in streams:
+                stream.close()
+
+    @staticmethod
+    def _deal(items, lanes, stop) -> None:
+        """Input k to lane k mod N; at the end (or a failure to read the inputs, raised where it happened, after
+        the inputs before it) every lane is closed."""
+        index, last = 0, ("end", None)
+        try:
+            for item in items:
+                _put(lanes[index % len(lanes)], ("item", item), stop)
+                index += 1
+        except BaseException as failure:  # e.g. the list of paths became unreadable
+            last = ("error", failure)
+        for offset in range(len(lanes)):
+            _put(lanes[(index + offset) % len(lanes)], last if offset == 0 else ("end", None), stop)
+
+
+def _put(lane: queue.Queue, message, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            lane.put(message, timeout=0.5)
+            return
+        except queue.Full:
+            pass
+
+
+def _lane(lane: queue.Queue):
+    while True:
+        kind, value = lane.get()
+        if kind == "error":
+            raise value
+        if kind == "end":
+            return
+        yield value
 
 
 # --- the worker -------------------------------------------------------------------------------------------------

@@ -240,3 +240,32 @@ def test_mutated_mp3s_are_not_called_pipes():
             messages.add(str(error))
     assert not any("possibly a pipe" in message for message in messages)
     assert "cannot decode: no valid audio stream at its start (the decoder could not parse its first frames)" in messages
+
+
+def test_several_workers_tag_in_order_and_survive_crashes(cli, tmp_path, crash_library):
+    """--workers 2: inputs are dealt to two worker processes and their records come back in input order; a crash
+    in one fails only its input (the other process goes on), and the records equal a one-worker run's."""
+    names = [f"c{i:02d}.wav" for i in range(12)] + ["c04-CRASHME.wav", "c09-CRASHME.wav"]
+    paths = _corpus(tmp_path / "corpus", names)
+    result = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "--top-k", 1, env=_crash_env(crash_library))
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["path"] for r in records] == paths
+    assert [r["path"] for r in records if "error" in r] == [p for p in paths if "CRASHME" in p]
+    assert all(r["error"] == "decoder crashed (SIGSEGV)" for r in records if "error" in r)
+    single = cli(tmp_path / "corpus", "--top-k", 1, env=_crash_env(crash_library))
+    assert _records(single.stdout) == records
+
+
+def test_workers_with_segments_and_a_list(cli, tmp_path):
+    """Segments of each input come before its record, whichever worker tagged it; a piped list works too."""
+    paths = _corpus(tmp_path / "corpus", [f"s{i}.wav" for i in range(5)])
+    listing = "".join(f"{path}\n" for path in paths).encode()
+    result = cli("--files-from", "-", "--workers", 3, "--segments", "--window", 4, "-f", "jsonl", stdin=listing)
+    assert result.returncode == 0, result.stderr
+    lines = _records(result.stdout)
+    clips = [line["path"] for line in lines if "tags" in line and "start" not in line]
+    assert clips == paths
+    for path in paths:  # this input's segments, then its record
+        own = [index for index, line in enumerate(lines) if line["path"] == path]
+        assert len(own) > 1 and "start" not in lines[own[-1]], (path, [lines[i] for i in own])
