@@ -264,8 +264,10 @@ class Pool:
         streams = [member.outcomes(_lane(lane)) for member, lane in zip(self._members, lanes)]
         try:
             for index in itertools.count():
-                outcome = next(streams[index % count], None)  # its lane ended: so did the inputs, here
-                if outcome is None:
+                outcome = next(streams[index % count], None)
+                if outcome is None:  # its lane ended, so the inputs did, here: the others end too, gracefully
+                    for stream in streams:
+                        next(stream, None)
                     return
                 yield outcome
         finally:
