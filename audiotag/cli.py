@@ -319,8 +319,9 @@ def _tag_inputs(args, tagger) -> int:
         watched = supervisor.Supervisor(config, segments, getattr(args, "worker", None))
     try:
         if args.verbose:
-            _warn(f"execution providers: {', '.join(watched.ready()['providers'])} (in a watched worker "
-                  f"process); jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
+            where = "a watched worker process" if args.workers == 1 else f"{args.workers} watched worker processes"
+            _warn(f"execution providers: {', '.join(watched.ready()['providers'])} (in {where}); "
+                  f"jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
         return _write_outcomes(args, lambda: watched.ready()["labels"], watched.outcomes, writers, lock)
     except supervisor.WorkerError as error:
         _warn(str(error))
