@@ -2,28 +2,18 @@
 (or ``-o``), problems to stderr as one line each (``audiotag: INPUT: what is wrong``)."""
 
 import argparse
-import contextlib
-import itertools
 import os
 import signal
 import sys
 import time
 
 from . import __version__
-from .argtypes import number as _number
-from .supervisor import WORKER_FLAG
+from .errors import (EXIT_BROKEN_PIPE, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT,
+                     EXIT_TERMINATED, EXIT_USAGE, failure_message)
+from .errors import warn as _warn
+from .options import RAW_FORMATS, Parser, TagOptions, add_engine_arguments, add_tag_arguments, number, tag_options, window_problem
 
-EXIT_OK = 0
-EXIT_INPUT_FAILED = 1  # at least one input could not be tagged; the others were
-EXIT_USAGE = 2  # bad command line
-EXIT_MODEL = 3  # the model or its assets cannot be loaded
-EXIT_OUTPUT = 4  # the results could not be written (disk full, I/O error)
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
-EXIT_BROKEN_PIPE = 141  # stdout was closed by the reader (e.g. `| head -1`), as if killed by SIGPIPE
-EXIT_TERMINATED = 143  # SIGTERM
-_PART_NUMBERS = itertools.count()  # names of embedding files being written
-MAX_SECONDS = 86400.0  # --window and --hop: a day is already far past anything useful
-AGGREGATES = ("max", "mean")  # as tagger.AGGREGATES (not imported: --help must not load numpy)
+WORKER_FLAG = "--_supervised-worker"  # argv[1] of a batch worker process (batch.supervisor); not a user option
 
 EPILOG = """\
 inputs:
@@ -77,16 +67,8 @@ examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr, as every other error is (exit 2)."""
-
-    def error(self, message):
-        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a name holds
-        self.exit(EXIT_USAGE, f"audiotag: {message} (audiotag --help for usage)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="audiotag",
         description="Print the most likely AudioSet labels (527 classes) for audio files, directories or stdin.",
         epilog=EPILOG,
@@ -97,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all-files", action="store_true",
                         help="in directories, try every regular file, whatever its name (crawlers save index.php?id=1); "
                              "what is not audio becomes an error record")
-    parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per input (default 10)")
-    parser.add_argument("-t", "--threshold", type=_number(float, 0, 1), default=0.0, metavar="T",
-                        help="only labels scoring at least T, within --top-k (-k 527 -t 0.2: every label above 0.2)")
     out = parser.add_argument_group("output")
     out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
                      help="output format (default: text on a terminal, else jsonl)")
@@ -107,45 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", action="store_true",
                      help="with -o: skip inputs already recorded in FILE and append the rest")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
-    out.add_argument("--segments", action="store_true", help="also print each window's tags as soon as it is done")
-    out.add_argument("--events", action="store_true",
-                     help="also print, before each input's record, the stretches where each label is present "
-                          "(start, end, peak score), found on 2 s windows every 1 s")
     out.add_argument("--progress", action="store_true", help="show a progress bar on stderr (default: when stderr is a terminal)")
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("raw samples on stdin")
-    raw.add_argument("--raw", choices=("s16le", "s32le", "f32le"), help="stdin carries headerless little-endian samples")
-    raw.add_argument("--rate", type=_number(int, 1), metavar="HZ", help="sample rate of --raw input (required with --raw)")
-    raw.add_argument("--channels", type=_number(int, 1), default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
-    windows = parser.add_argument_group("long recordings")
-    windows.add_argument("--window", type=_number(float, 0, MAX_SECONDS), default=10.0, metavar="SEC",
-                         help="seconds per model pass (default 10); 0 = the whole file in one pass, as upstream")
-    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), metavar="SEC",
-                         help="seconds between windows (default: half the window, 5)")
-    windows.add_argument("--aggregate", choices=AGGREGATES, default="max",
-                         help="a label's score in a long file: its best window's (max, default) or the mean")
+    raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
+    raw.add_argument("--rate", type=number(int, 1), metavar="HZ", help="sample rate of --raw input (required with --raw)")
+    raw.add_argument("--channels", type=number(int, 1), default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
+    tagging = parser.add_argument_group("tagging (the same options as audiotag serve's and audiotag-ray's)")
+    add_tag_arguments(tagging)
     limits = parser.add_argument_group("limits per input (defaults apply to batch runs: a directory, a list, several inputs)")
-    limits.add_argument("--max-duration", type=_number(float, 0), metavar="SEC",
-                        help="tag only the first SEC seconds of each input; the record says it was cut "
-                             "(default 7200 in batch runs, else no limit; 0 = no limit)")
-    limits.add_argument("--timeout", type=_number(float, 0), metavar="SEC",
-                        help="give up on an input after SEC seconds: its record is an error, the run goes on "
-                             "(default 300 in batch runs, else no limit; 0 = no limit)")
+    add_engine_arguments(limits, "max_duration", "timeout")
     limits.add_argument("--in-process", action="store_true",
                         help="tag batch inputs in this process, without a watched worker: a crashing decoder "
                              "then ends the run (default: a native crash fails only the input that caused it)")
     engine = parser.add_argument_group("engine")
-    engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
-    engine.add_argument("--provider", metavar="LIST", help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
-    engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
-                        help="inputs decoded in parallel (default: all cores)")
-    engine.add_argument("--workers", type=_number(int, 1), default=1, metavar="N",
+    add_engine_arguments(engine, "model", "provider", "jobs")
+    engine.add_argument("--workers", type=number(int, 1), default=1, metavar="N",
                         help="worker processes for a batch, each decoding --jobs inputs at a time and loading "
                              "its own model (about 115 MB each). FFmpeg formats (AAC/M4A, WebM, WMA...) keep at "
                              "most one core per process busy: for those use --workers CORES --jobs 1 (default: 1)")
-    engine.add_argument("--threads", type=_number(int, 0), metavar="N",
-                        help="onnxruntime intra-op threads (default: 1 when tagging several inputs, as --jobs "
-                             "already keeps every core busy; else 0, all cores)")
+    add_engine_arguments(engine, "threads")
     parser.add_argument("--version", action="store_true",
                         help="print versions of audiotag, its model and onnxruntime, and the providers available")
     parser.add_argument("--self-check", action="store_true",
@@ -159,9 +119,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == [WORKER_FLAG]:
-        from . import supervisor
+        from .batch import supervisor
 
-        return _finish(supervisor.serve())
+        return _finish(supervisor.worker_main())
     _make_std_streams_safe()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the HTTP front end (a file named "serve" is ./serve)
@@ -174,7 +134,7 @@ def main(argv=None) -> int:
         _quiet_native_stderr()
     try:
         if _supervised(args) and not (args.version or args.self_check):
-            from . import supervisor
+            from .batch import supervisor
 
             try:
                 args.worker = supervisor.spawn()  # first thing: it starts up while this process does
@@ -213,13 +173,9 @@ def _check_arguments(parser, args) -> None:
         parser.error("--workers starts worker processes: it cannot be combined with --in-process")
     if args.workers > 256:
         parser.error(f"--workers {args.workers}: at most 256")
-    if 0 < args.window < 1:
-        parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
-    if args.hop is None:
-        args.hop = args.window / 2 if args.window else 5.0
-    if args.window and args.hop > args.window:
-        parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s: audio between windows "
-                     "would never be tagged")
+    problem = window_problem(args.window, args.hop)
+    if problem:
+        parser.error(problem)
     if args.events and args.format in ("csv", "tsv"):
         parser.error("--events needs jsonl or text output: a table has one kind of row (clips)")
     if sys.stdin is None and "-" in (*args.inputs, args.files_from):
@@ -234,7 +190,7 @@ def _check_arguments(parser, args) -> None:
         parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
                      "(a directory walk would take it for an input)")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
-    from .limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
+    from .decode.limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
     batch = _batch_mode(args)
     for name in ("max_duration", "timeout"):
         value = getattr(args, name)
@@ -263,8 +219,8 @@ def _finish(code: int) -> int:
 
 
 def _run(args) -> int:
-    from .model import ModelError, requested_providers
-    from .tagger import Tagger
+    from .infer.model import ModelError, requested_providers
+    from .infer.tagger import Tagger
 
     if args.threads is None:
         args.threads = 1 if _batch_mode(args) else 0
@@ -288,62 +244,56 @@ def _run(args) -> int:
 
 
 def _tag_inputs(args, tagger) -> int:
-    """Tag every input with ``tagger``, or, when it is None, in a watched worker process (``supervisor``)."""
+    """Tag every input with ``tagger``, or, when it is None, in watched worker processes (``batch.supervisor``)."""
     import threading
 
-    from . import output, pipeline, supervisor
-    from .limits import Limits
-    from .model import requested_providers
-    from .tagger import TagOptions
+    from . import records
+    from .batch import pipeline, supervisor
+    from .batch.run import Engine
+    from .decode.limits import Limits
+    from .infer.model import requested_providers
 
     lock = threading.Lock()  # segments are written by worker threads, clip records by this one
     writers = []  # the writer, once the output is open
 
     def on_segment(name, segment):
         with lock:
-            writers[0].write(output.segment_record(name, segment))
+            writers[0].write(records.segment_record(name, segment))
 
-    open_input = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout))
-    options = tag_options(args, TagOptions)
-    segments = on_segment if args.segments else None
-    if tagger is not None:
-        run = lambda items: pipeline.run(items, open_input, tagger, options, args.jobs, segments)  # noqa: E731
-        return _write_outcomes(args, lambda: len(tagger.model.info.labels), run, writers, lock)
-    # The worker starts first, so that its start-up (imports, the model) overlaps the rest of ours.
-    config = supervisor.WorkerConfig(open_input, options, args.jobs, args.model, requested_providers(args.provider),
-                                     args.threads, args.segments,
-                                     watchdog=2 * args.timeout + 10 if args.timeout else None)
-    if args.workers > 1:
-        watched = supervisor.Pool(config, args.workers, segments, getattr(args, "worker", None))
-    else:
-        watched = supervisor.Supervisor(config, segments, getattr(args, "worker", None))
+    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout))
+    options = tag_options(args)
+    # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
+    engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
+                    providers=requested_providers(args.provider), threads=args.threads,
+                    on_segment=on_segment if args.segments else None, spawned=getattr(args, "worker", None))
     try:
-        if args.verbose:
+        if args.verbose and tagger is None:
             where = "a watched worker process" if args.workers == 1 else f"{args.workers} watched worker processes"
-            _warn(f"execution providers: {', '.join(watched.ready()['providers'])} (in {where}); "
+            _warn(f"execution providers: {', '.join(engine.providers())} (in {where}); "
                   f"jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
-        return _write_outcomes(args, lambda: watched.ready()["labels"], watched.outcomes, writers, lock)
+        return _write_outcomes(args, engine, writers, lock)
     except supervisor.WorkerError as error:
         _warn(str(error))
         return EXIT_MODEL
     finally:
-        watched.close()
+        engine.close()
 
 
-def _write_outcomes(args, labels, run, writers: list, lock) -> int:
-    """Expand the inputs, skip those already recorded (--resume), tag the rest with ``run`` and write the
-    records. ``labels()``: the model's label count (asked only when needed: a worker may still be starting)."""
-    from . import inputs, output
-    from .pipeline import failure_message
+def _write_outcomes(args, engine, writers: list, lock) -> int:
+    """Expand the inputs, skip those already recorded (--resume), tag the rest with ``engine`` and write the
+    records. The model's label count is asked only when needed: a worker may still be starting."""
+    from . import records
+    from .batch import inputs, writer as results
+    from .batch.embeddings import save_embedding
 
     batch_mode = _batch_mode(args)
     listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()  # a bad LIST must not touch -o
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
-        rows = None if args.threshold > 0 else (lambda: min(args.top_k, labels()))
-        done = output.recorded_paths(args.output, args.format, rows) if args.resume else set()
-        writer = output.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
-    except (OSError, output.ResumeError) as error:
+        rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
+        done = results.recorded_paths(args.output, args.format, rows) if args.resume else set()
+        writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
+    except (OSError, results.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
     writers.append(writer)
@@ -354,9 +304,9 @@ def _write_outcomes(args, labels, run, writers: list, lock) -> int:
     started = time.perf_counter()
     try:
         writer.begin()
-        for outcome in run(items):
+        for outcome in engine.outcomes(items):
             if outcome.error is None and args.embeddings:
-                outcome = _save_embedding(outcome, args.embeddings)
+                outcome = save_embedding(outcome, args.embeddings)
             if outcome.error is not None:
                 counts["failed"] += 1
                 _warn(f"{outcome.name}: {outcome.error}", progress)
@@ -364,7 +314,7 @@ def _write_outcomes(args, labels, run, writers: list, lock) -> int:
                 counts["ok"] += 1
                 counts["audio"] += outcome.duration
             with lock:
-                writer.write(output.record(outcome), header=batch_mode, before=output.event_records(outcome))
+                writer.write(records.record(outcome), header=batch_mode, before=records.event_records(outcome))
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(errors=counts["failed"], refresh=False)
@@ -385,13 +335,6 @@ def _write_outcomes(args, labels, run, writers: list, lock) -> int:
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
 
 
-def tag_options(args, options_class):
-    """The TagOptions the command line asks for (audiotag-ray builds its own the same way)."""
-    return options_class(top_k=args.top_k, threshold=args.threshold, window=args.window, hop=args.hop,
-                         aggregate=args.aggregate, segments=getattr(args, "segments", False),
-                         events=getattr(args, "events", False))
-
-
 def _batch_mode(args) -> bool:
     """Several inputs (or a directory, or a list): one record per input, each headed by its path."""
     return len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
@@ -404,8 +347,6 @@ def _supervised(args) -> bool:
 
 
 def _list_source(name, inputs, all_files):
-    from .pipeline import failure_message
-
     if name == "-":
         return inputs.read_list(sys.stdin, all_files=all_files)
     try:
@@ -418,58 +359,6 @@ def _list_source(name, inputs, all_files):
 def _chain(*iterables):
     for iterable in iterables:
         yield from iterable
-
-
-def _save_embedding(outcome, directory):
-    """DIR/<input path>.npy, written atomically before the record, so a recorded input always has its file. A
-    path the file system cannot take as a name (too long, too deep) goes to its hashed name instead."""
-    from .pipeline import failure_message
-
-    target = embedding_path(directory, outcome.name)
-    try:
-        try:
-            _write_embedding(target, outcome.prediction.embedding)
-        except (OSError, RecursionError):
-            target = hashed_embedding_path(directory, outcome.name)
-            _write_embedding(target, outcome.prediction.embedding)
-    except OSError as error:
-        outcome.error = f"cannot save embedding {target}: {failure_message(error)}"
-    return outcome
-
-
-def _write_embedding(target: str, embedding) -> None:
-    import numpy as np
-
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    # A short temporary name: the input's own name may already be as long as the file system allows.
-    partial = os.path.join(os.path.dirname(target), f".audiotag-{os.getpid()}-{next(_PART_NUMBERS)}.part")
-    try:
-        with open(partial, "xb") as file:  # created with the umask's permissions, as the results are
-            np.save(file, embedding, allow_pickle=False)
-        os.replace(partial, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-
-
-def embedding_path(directory: str, name: str) -> str:
-    """Where an input's embedding goes: DIR/<its path>.npy, the path's components kept apart from each other
-    and from DIR ("%" written %25, a ".." component %2E%2E, stdin as %stdin), so two inputs never share a file.
-    The one exception: a leading "/" is dropped, so /a/b.wav and a/b.wav (given in one run) would."""
-    if name == "-":
-        return os.path.join(directory, "%stdin.npy")
-    parts = [part.replace("%", "%25") for part in name.split(os.sep) if part not in ("", ".")]
-    parts = ["%2E%2E" if part == ".." else part for part in parts]
-    return os.path.join(directory, *parts[:-1], parts[-1] + ".npy")
-
-
-def hashed_embedding_path(directory: str, name: str) -> str:
-    """Where an input's embedding goes when its own path cannot be a file name: DIR/%hash/<32 hex digits>.npy,
-    the BLAKE2b-128 digest of the path's bytes (``hashlib.blake2b(os.fsencode(path), digest_size=16)``)."""
-    from .output import name_digest
-
-    return os.path.join(directory, "%hash", name_digest(name).hex() + ".npy")
 
 
 def _progress_bar(args):
@@ -511,8 +400,6 @@ def _self_check(tagger) -> int:
     """Tag a 1 kHz tone: the model must call it a beep or a sine wave. Proves assets, frontend and model agree."""
     import numpy as np
 
-    from .tagger import TagOptions
-
     rate = 32000
     tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(3 * rate) / rate)
     labels = [tag.label for tag in tagger.tag(tone.astype(np.float32), rate, TagOptions(top_k=3)).tags]
@@ -530,8 +417,6 @@ def _print_result(text: str) -> int:
     except BrokenPipeError:
         raise
     except OSError as error:
-        from .pipeline import failure_message
-
         _warn(f"stdout: cannot write results: {failure_message(error)}")
         _silence_stdout()
         return EXIT_OUTPUT
@@ -545,20 +430,6 @@ class _Terminated(BaseException):
 
 def _terminate(signum, frame):
     raise _Terminated()
-
-
-def _warn(message: str, progress=None) -> None:
-    """One line on stderr (a newline in a file name is shown as \\n). A stderr that fails (a full disk) must
-    not stop the tagging: the message is lost, the results are not."""
-    line = "audiotag: " + message.replace("\r", "\\r").replace("\n", "\\n")
-    try:
-        if progress is not None:
-            progress.write(line, file=sys.stderr)
-        else:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _make_std_streams_safe() -> None:
@@ -581,7 +452,7 @@ def _make_std_streams_safe() -> None:
 
 
 def _is_audio_name(path: str) -> bool:
-    from .inputs import is_audio_name  # not at the top: it brings numpy and the decoders, --help needs neither
+    from .batch.inputs import is_audio_name  # not at the top: it brings numpy and the decoders, --help needs neither
 
     return is_audio_name(path)
 

@@ -24,16 +24,13 @@ import warnings
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from . import __version__
+from .errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK, EXIT_USAGE
+from .options import Parser, add_engine_arguments, add_tag_arguments, number, tag_options
 
 if TYPE_CHECKING:
-    from .tagger import TagOptions
+    from .options import TagOptions
 
-EXIT_OK = 0
-EXIT_INPUT_FAILED = 1  # some files could not be tagged: their rows carry an error
-EXIT_USAGE = 2  # bad command line, or an input that does not exist
-EXIT_MODEL = 3  # the model or its assets cannot be loaded (checked here before the run starts)
-EXIT_RUN_FAILED = 3  # the run itself failed (cluster, workers, output); what was written stays and is resumed
-EXIT_INTERRUPTED = 130
+EXIT_RUN_FAILED = EXIT_MODEL  # the run itself failed (cluster, workers, output); what was written stays and is resumed
 
 BATCH_FILES = 16  # files per actor call (0.3 s of work for 10 s clips on one core): the unit Ray retries
 ROWS_PER_FILE = 1000  # rows gathered per Parquet file: fewer, larger files; a killed run redoes at most this many
@@ -82,8 +79,9 @@ class TagBatch:
 
     def __init__(self, options: Optional["TagOptions"] = None, *, embeddings: bool = False,
                  model: Optional[str] = None, threads: int = 1, prefix: str = ""):
-        from .model import requested_providers
-        from .tagger import TagOptions, Tagger
+        from .infer.model import requested_providers
+        from .infer.tagger import Tagger
+        from .options import TagOptions
 
         self.tagger = Tagger(model, providers=requested_providers(None), threads=threads)
         self.options = options or TagOptions()
@@ -100,23 +98,24 @@ class TagBatch:
 
     def row(self, path: str, data: bytes) -> dict:
         """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
-        from . import audio, output
-        from .pipeline import Outcome, failure_message
+        from . import decode, records
+        from .errors import failure_message
+        from .infer.results import Outcome
 
         try:
             if not data:
-                raise audio.AudioError("empty file")  # what the CLI says of the same file
-            clip = audio.load_bytes(data)
+                raise decode.AudioError("empty file")  # what the CLI says of the same file
+            clip = decode.load_bytes(data)
             prediction = self.tagger.predict(clip, self.options)
         except Exception as error:  # worded as the CLI words the same failure
             outcome = Outcome(path, error=failure_message(error))
         else:
             outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec)
         row = dict.fromkeys(COLUMNS)
-        row.update(output.record(outcome))
+        row.update(records.record(outcome))
         if self.options.events and outcome.error is None:  # the CLI's event records, less the path
             row["events"] = [{key: value for key, value in event.items() if key != "path"}
-                             for event in output.event_records(outcome)]
+                             for event in records.event_records(outcome)]
         if self.embeddings and outcome.error is None:
             row["embedding"] = prediction.embedding.tolist()
         return row
@@ -155,7 +154,7 @@ def list_inputs(locations: Sequence[str]) -> Tuple[object, str, List[str]]:
     """
     from pyarrow import fs
 
-    from .inputs import is_audio_name
+    from .batch.inputs import is_audio_name
 
     filesystem, prefix, paths = None, None, set()
     for location in locations:
@@ -281,34 +280,23 @@ on); 130 interrupted.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import AGGREGATES, _number
-
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="audiotag-ray", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tag audio files on every node of a Ray cluster; write one Parquet row per file. "
                     "Files already in the output are skipped, so the same command resumes an interrupted run.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file or directory: a local path or a URI")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="Parquet directory (local path or URI)")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, `ray start`'s, or local)")
-    parser.add_argument("-k", "--top-k", type=_number(int, 1), default=10, metavar="N", help="labels per file (default 10)")
-    parser.add_argument("-t", "--threshold", type=_number(float, 0, 1), default=0.0, metavar="T",
-                        help="only labels scoring at least T, within --top-k")
-    parser.add_argument("--aggregate", choices=AGGREGATES, default="max",
-                        help="a label's score in a long file: its best window's (max, default) or the mean")
-    parser.add_argument("--events", action="store_true",
-                        help="also store the stretches where each label is present (start, end, peak score)")
+    add_tag_arguments(parser.add_argument_group("tagging (as audiotag's)"), exclude=("segments",))
     parser.add_argument("--embeddings", action="store_true", help="also store each file's embedding")
-    parser.add_argument("--window", type=_number(float, 0), default=10.0, metavar="SEC",
-                        help="seconds per model pass (default 10; 0 = whole file)")
-    parser.add_argument("--hop", type=_number(float, 0.01), default=5.0, metavar="SEC", help="seconds between windows (default 5)")
-    parser.add_argument("--model", metavar="PATH", help="an audiotag .onnx model, at this path on every node")
-    parser.add_argument("--workers", type=_number(int, 1), metavar="N",
+    add_engine_arguments(parser, "model", model=dict(help="an audiotag .onnx model, at this path on every node"))
+    parser.add_argument("--workers", type=number(int, 1), metavar="N",
                         help="tagging processes in all (default: the cluster's CPUs / --worker-cpus)")
-    parser.add_argument("--worker-cpus", type=_number(int, 1), default=1, metavar="C",
+    parser.add_argument("--worker-cpus", type=number(int, 1), default=1, metavar="C",
                         help="CPUs (onnxruntime threads) per tagging process (default 1)")
-    parser.add_argument("--batch-size", type=_number(int, 1), default=BATCH_FILES, metavar="N",
+    parser.add_argument("--batch-size", type=number(int, 1), default=BATCH_FILES, metavar="N",
                         help=f"files per task (default {BATCH_FILES})")
-    parser.add_argument("--rows-per-file", type=_number(int, 1), default=ROWS_PER_FILE, metavar="N",
+    parser.add_argument("--rows-per-file", type=number(int, 1), default=ROWS_PER_FILE, metavar="N",
                         help=f"rows gathered per Parquet file (default {ROWS_PER_FILE})")
     parser.add_argument("-v", "--verbose", action="store_true", help="let Ray's own logs through to stderr")
     parser.add_argument("--version", action="version", version=f"audiotag-ray {__version__}")
@@ -325,11 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args) -> int:
-    from .cli import tag_options
-    from .tagger import TagOptions
-
     try:
-        options = tag_options(args, TagOptions)  # checked before anything is listed or started
+        options = tag_options(args)  # checked before anything is listed or started
     except ValueError as error:
         _warn(str(error))
         return EXIT_USAGE
@@ -386,8 +371,8 @@ def _run(args) -> int:
 def _model_problem(model: Optional[str]) -> Optional[str]:
     """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback.
     (The workers load the same path, or the same bundled model: every node runs the same audiotag.)"""
-    from .model import ModelError
-    from .tagger import Tagger
+    from .infer.model import ModelError
+    from .infer.tagger import Tagger
 
     try:
         Tagger(model, threads=1)

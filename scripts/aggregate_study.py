@@ -26,7 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from audiotag import TagOptions, Tagger, audio  # noqa: E402
+from audiotag import TagOptions, Tagger, decode  # noqa: E402
 
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 EXTRA = SHARED / "audio" / "extra"
@@ -47,7 +47,7 @@ def main() -> int:
     clips = 0
     print(f"{'clip':<44} {'s':>5} " + " ".join(f"{name + ' rec':>14} {name + ' agr':>14}" for name in METHODS))
     for name in sorted(expected):
-        clip = audio.load(EXTRA / name)
+        clip = decode.load(EXTRA / name)
         if clip.duration <= 10.0:
             continue
         clips += 1
@@ -75,7 +75,7 @@ def short_events(tagger: Tagger, expected: dict) -> None:
     totals = {name: [0, 0] for name in METHODS}
     clips = 0
     for name in sorted(expected):
-        clip = audio.load(EXTRA / name)
+        clip = decode.load(EXTRA / name)
         if clip.duration > 10.0:
             continue
         clips += 1

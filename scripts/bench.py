@@ -34,11 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from audiotag import audio  # noqa: E402
+from audiotag import decode  # noqa: E402
 from audiotag.assets import DEFAULT_MODEL, asset_path  # noqa: E402
-from audiotag.model import Model  # noqa: E402
-from audiotag.tagger import TagOptions, model_input  # noqa: E402
-from audiotag.windows import windows  # noqa: E402
+from audiotag.infer.model import Model  # noqa: E402
+from audiotag import TagOptions
+from audiotag.infer.clip import model_input  # noqa: E402
+from audiotag.infer.windows import windows  # noqa: E402
 
 TARGET_OF_BOUND = 0.40  # end to end must reach this share of the model-alone files/s
 TARGET_OVER_SINGLE = 5.0  # end to end must be this many times faster than a process per file
@@ -145,7 +146,7 @@ def measure_stages(files: list, options: TagOptions, rounds: int) -> tuple:
             clip_windows = windows([samples], options.window_samples, options.hop_samples)
             window_mels = _timed(times["frontend"], lambda: [model_input(w) for _, w in clip_windows])
             packaged = _timed(times["decode+resample (audio.py)"],
-                              lambda: np.concatenate(list(audio.open_file(path).samples())))
+                              lambda: np.concatenate(list(decode.open_file(path).samples())))
         assert len(packaged) == len(samples), (path, len(packaged), len(samples))
         for name in STAGES:
             per_file[name].append(np.median(times[name], axis=0))
@@ -169,15 +170,15 @@ def _decode(path):
     blocks = []
     with soundfile.SoundFile(str(path)) as sound:
         rate = sound.samplerate
-        while len(block := sound.read(audio.block_frames(sound.channels, sound.samplerate), dtype="float32", always_2d=True)):
-            blocks.append(audio._downmix(block))
+        while len(block := sound.read(decode.block_frames(sound.channels, sound.samplerate), dtype="float32", always_2d=True)):
+            blocks.append(decode.stream._downmix(block))
     return blocks, rate
 
 
 def _resample(blocks, rate):
-    if rate == audio.TARGET_RATE:
+    if rate == decode.TARGET_RATE:
         return np.concatenate(blocks)
-    stream = soxr.ResampleStream(rate, audio.TARGET_RATE, 1, dtype="float32", quality="HQ")
+    stream = soxr.ResampleStream(rate, decode.TARGET_RATE, 1, dtype="float32", quality="HQ")
     out = [stream.resample_chunk(block) for block in blocks]
     out.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     return np.concatenate(out)

@@ -9,9 +9,9 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
-from audiotag import Tagger, audio, frontend
+from audiotag import Tagger, decode
+from audiotag.infer import frontend
 
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 
@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--clip", type=Path, default=SHARED / "audio" / "music.wav")
     args = parser.parse_args()
-    clip = audio.load(args.clip)
+    clip = decode.load(args.clip)
     print(f"clip {args.clip.name}: {clip.duration:.1f} s; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
     mel = frontend.log_mel(clip.samples)
-    decode = median_ms(lambda: audio.load(args.clip), args.runs)
+    decoding = median_ms(lambda: decode.load(args.clip), args.runs)
     front = median_ms(lambda: frontend.log_mel(clip.samples), args.runs)
-    print(f"decode {decode:6.2f} ms   frontend {front:6.2f} ms")
+    print(f"decode {decoding:6.2f} ms   frontend {front:6.2f} ms")
     for threads in (1, 0):
         tagger = Tagger(threads=threads)
         model = median_ms(lambda: tagger.model.run(mel[None]), args.runs)

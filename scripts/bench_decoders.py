@@ -51,7 +51,8 @@ def decoder_run(path: Path, decoder: str):
     """A function decoding ``path`` whole with ``decoder``, or None when that decoder refuses the file."""
     import soundfile
 
-    from audiotag import audio, ffmpeg
+    from audiotag import decode
+    from audiotag.decode import ffmpeg
 
     def once():
         if decoder == "pyav":
@@ -62,7 +63,7 @@ def decoder_run(path: Path, decoder: str):
                     pass
             return
         with open(path, "rb") as file:
-            stream = audio._open_soundfile(file.fileno(), None) if decoder == "libsndfile" else \
+            stream = decode.sndfile.open_soundfile(file.fileno(), None) if decoder == "libsndfile" else \
                 ffmpeg.open_source(file)
             for _ in stream._blocks:
                 pass
@@ -70,7 +71,7 @@ def decoder_run(path: Path, decoder: str):
 
     try:
         once()
-    except (audio.AudioError, soundfile.LibsndfileError):
+    except (decode.AudioError, soundfile.LibsndfileError):
         return None
     return once
 

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 
-from audiotag import audio, frontend  # noqa: E402
-from audiotag.model import Model  # noqa: E402
+from audiotag import decode
+from audiotag.infer import frontend  # noqa: E402
+from audiotag.infer.model import Model  # noqa: E402
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     models = {"model": Model(args.model, threads=1), "other": Model(args.other, threads=1)}
     clips = sorted((SHARED / "audio").glob("*.wav"))[:8]
-    mels = [frontend.log_mel(audio.load(clip).samples[:audio.TARGET_RATE * 10]) for clip in clips]
+    mels = [frontend.log_mel(decode.load(clip).samples[:decode.TARGET_RATE * 10]) for clip in clips]
     frames = min(mel.shape[-1] for mel in mels)
     batch = np.stack([mel[:, :frames] for mel in mels])  # (clips, 128, frames)
     inputs = {"batch 1": batch[:1], f"batch {len(batch)}": batch}

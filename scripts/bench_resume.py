@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_resume.py [--records 1000000] [--before REV] [--format jsonl|csv]
 
 Writes an output of RECORDS records (10 tags each, as audiotag writes them, a torn record at the end), then
-reads it with ``output.recorded_paths`` of this checkout and of git revision REV (default main), each in a fresh
+reads it with ``recorded_paths`` (``audiotag.batch.writer``) of this checkout and of git revision REV (default main), each in a fresh
 process: its peak RSS, its wall time, the records found, and whether the torn end was cut. Target: at most
 300 MB and 30 s for 1,000,000 records (exit status 1 when missed).
 """
@@ -20,11 +20,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MB, TARGET_S = 300, 30.0
 READER = """
-import importlib.util, json, sys, time
-spec = importlib.util.spec_from_file_location("output_under_test", sys.argv[1])
-output = importlib.util.module_from_spec(spec); spec.loader.exec_module(output)
+import inspect, json, sys, time
+sys.path.insert(0, sys.argv[1])  # the checkout under test
+try:
+    from audiotag.batch.writer import recorded_paths
+except ImportError:  # before the package was laid out in folders
+    from audiotag.output import recorded_paths
 started = time.perf_counter()
-paths = output.recorded_paths(sys.argv[2], sys.argv[3], *( [lambda: 10] if "lambda: 1" in open(sys.argv[1]).read() else [10]))
+rows = (lambda: 10) if "lambda: 1" in inspect.getsource(recorded_paths) else 10
+paths = recorded_paths(sys.argv[2], sys.argv[3], rows)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "records": len(paths), "first": "/crawl/d0/f0000000.mp3" in paths,
                   "torn": "/crawl/torn.mp3" in paths}))
@@ -37,20 +41,20 @@ def main() -> int:
     parser.add_argument("--before", default="main", help="git revision to compare with (default main)")
     parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from audiotag import output
 
     with tempfile.TemporaryDirectory(prefix="audiotag-resume-") as scratch:
         scratch = Path(scratch)
         path = scratch / f"out.{args.format}"
         started = time.perf_counter()
-        _write(path, args.records, args.format, output)
+        _write(path, args.records, args.format)
         print(f"wrote {args.records} records ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
-        before = scratch / "output_before.py"
-        before.write_bytes(subprocess.run(["git", "show", f"{args.before}:audiotag/output.py"], cwd=REPO,
-                                          check=True, capture_output=True).stdout)
+        before = scratch / "before"  # the package at REV, unpacked
+        before.mkdir()
+        archive = subprocess.run(["git", "archive", args.before, "audiotag"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
         results = {}
-        for name, module in ((f"before ({args.before})", before), ("after (this checkout)", REPO / "audiotag/output.py")):
+        for name, module in ((f"before ({args.before})", before), ("after (this checkout)", REPO)):
             copy = scratch / "copy"  # a reader cuts the torn end: each reads its own copy
             subprocess.run(["cp", "--reflink=auto", str(path), str(copy)], check=True)
             results[name] = _measure(module, copy, args.format)
@@ -68,14 +72,16 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _write(path: Path, count: int, fmt: str, output) -> None:
+def _write(path: Path, count: int, fmt: str) -> None:
+    from audiotag import records
+
     tags = [{"label": f"Label {i}", "mid": f"/m/0{i:05d}", "index": i, "score": round(0.9 / (i + 1), 6)}
             for i in range(10)]
     with open(path, "w", encoding="utf-8") as file:
         if fmt == "csv":
-            file.write(output.table_header("csv"))
+            file.write(records.table_header("csv"))
         chunk = []
-        sample = output.format_record({"path": "@", "duration": 10.0, "sample_rate": 44100, "channels": 2,
+        sample = records.format_record({"path": "@", "duration": 10.0, "sample_rate": 44100, "channels": 2,
                                        "tags": tags}, fmt)
         head, tail = sample.split("@")  # every record alike but its path: formatted once
         for number in range(count):
@@ -85,7 +91,7 @@ def _write(path: Path, count: int, fmt: str, output) -> None:
                 file.write("".join(chunk))
                 chunk.clear()
         file.write("".join(chunk))
-        torn = output.format_record({"path": "/crawl/torn.mp3", "duration": 1.0, "sample_rate": 8000, "channels": 1,
+        torn = records.format_record({"path": "/crawl/torn.mp3", "duration": 1.0, "sample_rate": 8000, "channels": 1,
                                      "tags": tags}, fmt)
         file.write(torn[:len(torn) // 2])
 

@@ -27,7 +27,7 @@ import soundfile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from audiotag import TagOptions, Tagger  # noqa: E402
-from audiotag.events import find_events  # noqa: E402
+from audiotag.infer.events import find_events  # noqa: E402
 
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 PART_SECONDS = 20

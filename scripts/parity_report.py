@@ -19,7 +19,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from audiotag import Tagger, TagOptions, audio, frontend  # noqa: E402
+from audiotag import Tagger, TagOptions, decode
+from audiotag.infer import frontend  # noqa: E402
 
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 
@@ -32,7 +33,7 @@ def main() -> int:
     print(f"{'clip':44s} {'rate':>6s} {'seconds':>7s} {'mel diff':>9s} {'logit diff':>10s}  top-10")
     for subdir in ("", "extra"):
         for record in _records(subdir):
-            clip = audio.load(SHARED / "audio" / subdir / record["file"])
+            clip = decode.load(SHARED / "audio" / subdir / record["file"])
             with np.load(SHARED / "reference" / subdir / record["npz"]) as arrays:
                 ref = dict(arrays)
             if clip.duration < 1.0:

@@ -48,14 +48,17 @@ def main() -> int:
     args = parser.parse_args()
 
     openblas = set(thread_cpu()) - {threading.get_native_id()}
-    from audiotag import audio, inputs, pipeline
-    from audiotag.tagger import TagOptions, Tagger
+    from audiotag import decode
+    from audiotag.batch import inputs
+    from audiotag.batch import pipeline
+    from audiotag.infer import batcher as batching
+    from audiotag import TagOptions, Tagger
 
     before_ort = set(thread_cpu())
     tagger = Tagger(threads=args.threads)
     ort_pool = set(thread_cpu()) - before_ort
-    runners = args.runners or pipeline.model_runners(tagger.model, args.jobs)
-    batcher = pipeline.Batcher(tagger, args.max_batch or None, runners)
+    runners = args.runners or batching.model_runners(tagger.model, args.jobs)
+    batcher = batching.Batcher(tagger, args.max_batch or None, runners)
     items = list(inputs.expand([args.directory]))
     input_walls = []
     entry = "start_input" if hasattr(pipeline, "start_input") else "tag_input"  # what a worker runs per input
@@ -88,7 +91,7 @@ def main() -> int:
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    outcomes = list(pipeline.run(items, audio.open_file, tagger, TagOptions(), args.jobs, batcher=batcher))
+    outcomes = list(pipeline.run(items, decode.open_file, tagger, TagOptions(), args.jobs, batcher=batcher))
     if profiler:
         profiler.disable()
     wall = time.perf_counter() - started

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 
-from audiotag import audio  # noqa: E402
+from audiotag import decode  # noqa: E402
 
 
 def main() -> int:
@@ -53,9 +53,9 @@ def main() -> int:
             where = int(rng.integers(len(mutant) // 10, max(len(mutant) // 10 + 1, len(mutant) - size)))
             mutant[where:where + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
             try:
-                stream = audio.open_bytes(bytes(mutant))
+                stream = decode.open_bytes(bytes(mutant))
                 got = stream.read()
-            except audio.AudioError as error:
+            except decode.AudioError as error:
                 hit += 1
                 after_errors += 1
                 reasons[f"{kind}: {error}"] += 1
@@ -63,7 +63,7 @@ def main() -> int:
             if stream.warning:
                 hit += 1
                 salvaged += 1
-                whole = audio.open_bytes(original).read()
+                whole = decode.open_bytes(original).read()
                 kept.append(got.duration / whole.duration)
                 reasons[f"{kind}: warning: {stream.warning.split(': ', 1)[1]}"] += 1
         rate = f"{salvaged / hit:.0%}" if hit else "-"

@@ -50,7 +50,8 @@ import time
 
 import numpy as np
 
-from audiotag import Tagger, TagOptions, audio, frontend
+from audiotag import Tagger, TagOptions, decode
+from audiotag.infer import frontend
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "audio")
 SR = frontend.SAMPLE_RATE
@@ -160,8 +161,8 @@ def load_clips(tagger):
         clips.append((os.path.basename(path), path, None))  # expected: top 3 of the whole clip
     out = []
     for name, path, expected in clips:
-        samples = audio.load(path).samples
-        full = tagger.predict(audio.Audio(samples, SR, 1, len(samples) / SR), TagOptions(top_k=10))
+        samples = decode.load(path).samples
+        full = tagger.predict(decode.Audio(samples, SR, 1, len(samples) / SR), TagOptions(top_k=10))
         top10 = {t.index for t in full.tags}
         if expected is None:
             expected = [t.index for t in full.tags[:3]]

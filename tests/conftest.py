@@ -20,7 +20,7 @@ AUDIO = SHARED / "audio"
 MAIN_CLIPS = ("music", "speech", "typing")  # the 32 kHz reference clips
 
 sys.path.insert(0, str(REPO / "scripts"))
-from compare_records import compare_lines  # noqa: E402  (two runs agree: scores within 1e-5, all else equal)
+from compare_records import compare_lines  # noqa: E402,F401  (two runs agree: scores within 1e-5, all else equal)
 
 if not (REFERENCE / "reference.jsonl").is_file():
     raise pytest.UsageError(f"reference data not found in {SHARED}: set AUDIOTAG_SHARED to the shared directory")

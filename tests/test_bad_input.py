@@ -15,7 +15,8 @@ import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiotag import audio, tagger as tagger_module
+from audiotag import decode
+from audiotag.infer import clip as clip_rules
 from conftest import AUDIO
 
 MUSIC = (AUDIO / "music.wav").read_bytes()
@@ -147,12 +148,12 @@ def test_decoder_properties(tmp_path_factory, frames, rate, channels, subtype, s
     data = np.clip(scale * np.random.default_rng(seed).standard_normal((frames, channels)), -1, 1).astype(np.float32)
     buffer = io.BytesIO()
     soundfile.write(buffer, data, rate, format="WAV", subtype=subtype)
-    clip = audio.load_bytes(buffer.getvalue())
+    clip = decode.load_bytes(buffer.getvalue())
     assert (clip.sample_rate, clip.channels) == (rate, channels)
     assert len(clip.samples) == -(-frames * 32000 // rate)  # ceil, as librosa
     assert clip.samples.dtype == np.float32 and np.isfinite(clip.samples).all()
     # A WAV piped on stdin decodes to the same samples as the file.
-    assert np.array_equal(audio.open_stdin(io.BytesIO(buffer.getvalue())).read().samples, clip.samples)
+    assert np.array_equal(decode.open_stdin(io.BytesIO(buffer.getvalue())).read().samples, clip.samples)
 
 
 @PROPERTY_SETTINGS
@@ -166,20 +167,20 @@ def test_frontend_properties(length, values, seed):
         "constant": np.full(length, 0.3), "zero": np.zeros(length),
     }[values].astype(np.float32)
     try:
-        clip = audio.from_array(samples, 32000)
-        mel = tagger_module.model_input(clip.samples)
-    except audio.AudioError as error:  # refused with a clear message, and only for what the rules refuse
-        refusals = {"too short": length < tagger_module.MIN_CLIP_SAMPLES, "no valid samples": values == "nan"}
+        clip = decode.from_array(samples, 32000)
+        mel = clip_rules.model_input(clip.samples)
+    except decode.AudioError as error:  # refused with a clear message, and only for what the rules refuse
+        refusals = {"too short": length < clip_rules.MIN_CLIP_SAMPLES, "no valid samples": values == "nan"}
         assert any(fragment in str(error) and expected for fragment, expected in refusals.items()), str(error)
         return
-    assert length >= tagger_module.MIN_CLIP_SAMPLES
+    assert length >= clip_rules.MIN_CLIP_SAMPLES
     assert mel.shape[0] == 128 and mel.shape[1] >= 1
     assert mel.dtype == np.float32 and np.isfinite(mel).all()
 
 
 def test_an_array_with_no_channels_is_refused():
-    with pytest.raises(audio.AudioError, match="unsupported channel count 0"):
-        audio.from_array(np.zeros((32000, 0), np.float32), 32000)
+    with pytest.raises(decode.AudioError, match="unsupported channel count 0"):
+        decode.from_array(np.zeros((32000, 0), np.float32), 32000)
 
 
 def test_an_overflowing_frame_is_averaged_even_beside_a_nan():
@@ -188,16 +189,16 @@ def test_an_overflowing_frame_is_averaged_even_beside_a_nan():
     block = np.full((40000, 2), 0.25, np.float32)
     block[100] = 3e38
     block[30000, 1] = np.nan
-    samples = audio.from_array(block, 32000).samples
-    assert samples[100] == audio.SAMPLE_LIMIT and samples[30000] == 0 and samples[5] == np.float32(0.25)
+    samples = decode.from_array(block, 32000).samples
+    assert samples[100] == decode.stream.SAMPLE_LIMIT and samples[30000] == 0 and samples[5] == np.float32(0.25)
 
 
 def test_blocks_stay_small_after_resampling_a_low_rate(tmp_path):
     """2^19 samples of 1 kHz would be 64 MB once at 32 kHz: blocks are bounded after resampling too."""
     path = tmp_path / "low.wav"
     soundfile.write(str(path), np.random.default_rng(0).uniform(-0.5, 0.5, 1000 * 1200), 1000, subtype="PCM_16")
-    sizes = [len(block) for block in audio.open_file(path).samples()]
-    assert sum(sizes) == 32000 * 1200 and max(sizes) <= 1.01 * audio.BLOCK_SAMPLES  # soxr hands out a little late
+    sizes = [len(block) for block in decode.open_file(path).samples()]
+    assert sum(sizes) == 32000 * 1200 and max(sizes) <= 1.01 * decode.stream.BLOCK_SAMPLES  # soxr hands out a little late
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,9 +208,9 @@ def test_stdin_sniffing_fuzz(magic, data):
     """Arbitrary bytes on stdin, also behind each sniffed signature: decoded or refused with AudioError,
     nothing else, and never a hang."""
     try:
-        stream = audio.open_stdin(io.BytesIO(magic + data))
+        stream = decode.open_stdin(io.BytesIO(magic + data))
         stream.read()
-    except audio.AudioError as error:
+    except decode.AudioError as error:
         assert str(error)
 
 
@@ -220,19 +221,19 @@ def test_stdin_sniffing_fuzz(magic, data):
 def test_stdin_wav_header_fuzz(body, channels, rate, bits, tag, size):
     """Plausible-looking WAV headers with absurd fields: tags or AudioError."""
     try:
-        audio.open_stdin(io.BytesIO(wav_header(channels, rate, bits, size, tag) + body)).read()
-    except audio.AudioError as error:
+        decode.open_stdin(io.BytesIO(wav_header(channels, rate, bits, size, tag) + body)).read()
+    except decode.AudioError as error:
         assert str(error)
 
 
 @settings(max_examples=100, deadline=None)
-@given(data=st.binary(max_size=4000), fmt=st.sampled_from(sorted(audio.RAW_FORMATS)), channels=st.integers(1, 8))
+@given(data=st.binary(max_size=4000), fmt=st.sampled_from(sorted(decode.RAW_FORMATS)), channels=st.integers(1, 8))
 def test_raw_parsing_fuzz(data, fmt, channels):
     try:
-        clip = audio.open_raw(io.BytesIO(data), fmt, 16000, channels).read()
-    except audio.AudioError as error:
+        clip = decode.open_raw(io.BytesIO(data), fmt, 16000, channels).read()
+    except decode.AudioError as error:
         assert str(error)
         return
-    width = np.dtype(audio.RAW_FORMATS[fmt]).itemsize * channels
+    width = np.dtype(decode.RAW_FORMATS[fmt]).itemsize * channels
     assert clip.duration == (len(data) // width) / 16000
     assert np.isfinite(clip.samples).all()

@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiotag import TagOptions, audio, inputs, output, pipeline
-from audiotag.model import Model
+from audiotag import TagOptions, decode
+from audiotag.infer import batcher as batching
+from audiotag.batch import writer
+from audiotag.batch import inputs
+from audiotag.batch import pipeline
+from audiotag.infer.model import Model
 from conftest import AUDIO, readline_within
 
 
@@ -28,7 +32,7 @@ def corpus(tmp_path_factory):
     sources = sorted((AUDIO / "extra").glob("*.*"))
     sources = [p for p in sources if p.suffix != ".csv"][:12]
     for index, source in enumerate(sources):
-        clip = audio.load(source)
+        clip = decode.load(source)
         head = clip.samples[:3 * 32000]
         folder = root / ("a" if index % 2 else "b") / ("deep" if index % 3 == 0 else "")
         folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +163,7 @@ def test_output_file_and_embeddings(cli, corpus, tmp_path, tagger):
     assert len(records) == 24
     first = records[0]["path"]
     saved = np.load(str(embeddings) + os.path.abspath(first) + ".npy") if os.path.isabs(first) else None
-    expected = tagger.predict(audio.load(first)).embedding
+    expected = tagger.predict(decode.load(first)).embedding
     assert saved is not None and saved.shape == expected.shape and saved.dtype == np.float32
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
@@ -229,18 +233,18 @@ def test_resume_after_a_killed_run(cli, corpus, tmp_path, signal_number, code):
 def _names_whose_digest_ends_in_zero(folder, count):
     """File names in folder whose full path's digest ends in a zero byte (1 name in 256 has one)."""
     names = (f"clip{index}.wav" for index in range(100000))
-    return [name for name in names if output.name_digest(str(folder / name))[-1] == 0][:count]
+    return [name for name in names if writer.name_digest(str(folder / name))[-1] == 0][:count]
 
 
 def test_resume_finds_names_whose_digest_ends_in_zero_bytes(cli, tmp_path):
     """A digest is raw bytes: one ending in 0x00 is still found (numpy's "S16" dropped that byte, so --resume
     tagged such a file again: a flaky CI run)."""
     names = _names_whose_digest_ends_in_zero(tmp_path / "in", 3)
-    recorded = output.RecordedPaths(b"".join(output.name_digest(str(tmp_path / "in" / n)) for n in names))
+    recorded = writer.RecordedPaths(b"".join(writer.name_digest(str(tmp_path / "in" / n)) for n in names))
     assert all(str(tmp_path / "in" / n) in recorded for n in names)
     assert str(tmp_path / "in" / "other.wav") not in recorded
     (tmp_path / "in").mkdir()
-    clip = audio.load(AUDIO / "speech.wav").samples[:32000]
+    clip = decode.load(AUDIO / "speech.wav").samples[:32000]
     for name in names:
         soundfile.write(tmp_path / "in" / name, clip, 32000)
     out = tmp_path / "tags.jsonl"
@@ -285,10 +289,10 @@ def test_exit_status_when_some_fail(cli, corpus, tmp_path):
 
 def test_pipeline_results_equal_one_by_one(tagger, corpus):
     items = list(inputs.expand([str(corpus)]))
-    outcomes = list(pipeline.run(items, audio.open_file, tagger, TagOptions(), jobs=2))
+    outcomes = list(pipeline.run(items, decode.open_file, tagger, TagOptions(), jobs=2))
     assert [o.name for o in outcomes] == [i.name for i in items] and all(o.error is None for o in outcomes)
     for index in (0, 5, 23):
-        single = tagger.predict(audio.load(items[index].name))
+        single = tagger.predict(decode.load(items[index].name))
         np.testing.assert_allclose(outcomes[index].prediction.logits, single.logits, atol=1e-5)
 
 
@@ -299,7 +303,7 @@ def test_an_unforeseen_failure_is_that_inputs_error(tagger, corpus):
     def open_input(name):
         if name == items[1].name:
             raise RuntimeError("decoder exploded")
-        return audio.open_file(name)
+        return decode.open_file(name)
 
     outcomes = list(pipeline.run(items, open_input, tagger, TagOptions(), jobs=2))
     assert [o.error for o in outcomes] == [None, "unexpected RuntimeError: decoder exploded", None]
@@ -329,7 +333,7 @@ class GatedModel:
 
 def _batcher_with_gate(tagger, runners=1):
     gated = GatedModel(tagger.model, hold=runners)
-    return pipeline.Batcher(types.SimpleNamespace(model=gated), runners=runners), gated
+    return batching.Batcher(types.SimpleNamespace(model=gated), runners=runners), gated
 
 
 def _submit_in_thread(batcher, mel):
@@ -344,7 +348,7 @@ def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     in batches of the model's max_batch, with the same answers as one by one."""
     batcher, gated = _batcher_with_gate(tagger)
     size = tagger.model.max_batch
-    queued = pipeline.QUEUED_BATCHES * size
+    queued = batching.QUEUED_BATCHES * size
     mels = np.random.default_rng(0).standard_normal((1 + queued, 128, 300)).astype(np.float32)
     first, _ = _submit_in_thread(batcher, mels[0])
     assert gated.inside.acquire(timeout=60)  # that thread now runs the model and holds the only runner's place
@@ -353,7 +357,7 @@ def test_windows_waiting_while_the_model_runs_go_in_one_batch(tagger):
     gated.gate.set()
     results = [future.result(timeout=60) for future in futures]
     first.join(timeout=60)
-    assert [shape[0] for shape in gated.shapes] == [1] + [size] * pipeline.QUEUED_BATCHES
+    assert [shape[0] for shape in gated.shapes] == [1] + [size] * batching.QUEUED_BATCHES
     assert batcher.windows == 1 + queued and batcher.batches == len(gated.shapes)
     logits, _ = tagger.model.run(mels[1:4])
     np.testing.assert_allclose(np.stack([r[0] for r in results[:3]]), logits, atol=1e-5)
@@ -366,7 +370,7 @@ def test_a_submitter_waits_while_the_model_is_far_behind(tagger):
     mel = np.zeros((128, 300), np.float32)
     first, _ = _submit_in_thread(batcher, mel)
     assert gated.inside.acquire(timeout=60)
-    for _ in range(pipeline.QUEUED_BATCHES * tagger.model.max_batch):
+    for _ in range(batching.QUEUED_BATCHES * tagger.model.max_batch):
         batcher.submit(mel)  # up to the bound: returns at once
     late, futures = _submit_in_thread(batcher, mel)
     late.join(timeout=0.5)
@@ -378,7 +382,7 @@ def test_a_submitter_waits_while_the_model_is_far_behind(tagger):
 
 def test_a_model_that_answers_short_fails_the_batch_instead_of_hanging(tagger):
     short = types.SimpleNamespace(max_batch=4, run=lambda mels: tuple(a[:-1] for a in tagger.model.run(mels)))
-    batcher = pipeline.Batcher(types.SimpleNamespace(model=short))
+    batcher = batching.Batcher(types.SimpleNamespace(model=short))
     future = batcher.submit(np.zeros((128, 300), np.float32))
     with pytest.raises(RuntimeError, match="answered 0 windows of 1"):
         future.result(timeout=60)
@@ -415,7 +419,7 @@ def test_runners_call_the_one_session_side_by_side(tagger):
 
 def test_a_window_submitted_when_the_model_is_idle_is_run_at_once(tagger):
     """Nobody waits for company: the submitting thread runs its window itself and returns with the result."""
-    batcher = pipeline.Batcher(tagger)
+    batcher = batching.Batcher(tagger)
     future = batcher.submit(np.zeros((128, 300), np.float32))
     assert future.done() and batcher.batches == 1
 
@@ -444,14 +448,14 @@ def test_a_lone_long_input_has_its_model_runs_in_the_idle_worker(tagger, tmp_pat
 
     def open_input(name):
         decoders.append(threading.current_thread().name)
-        return audio.open_file(name)
+        return decode.open_file(name)
 
     recording = ThreadRecordingModel(tagger.model)
-    batcher = pipeline.Batcher(types.SimpleNamespace(model=recording), runners=2)
-    [outcome] = pipeline.run([pipeline.Input(str(path))], open_input, tagger, TagOptions(), jobs=2, batcher=batcher)
+    batcher = batching.Batcher(types.SimpleNamespace(model=recording), runners=2)
+    [outcome] = pipeline.run([inputs.Input(str(path))], open_input, tagger, TagOptions(), jobs=2, batcher=batcher)
     assert outcome.error is None and batcher.windows == 11
     assert set(recording.threads) - set(decoders), recording.threads  # not all in the decoding thread
-    single = tagger.predict(audio.load(path))
+    single = tagger.predict(decode.load(path))
     np.testing.assert_allclose(outcome.prediction.logits, single.logits, atol=1e-5)
 
 
@@ -473,11 +477,11 @@ def test_segments_of_an_input_come_out_in_time_order(tagger, tmp_path):
     path = tmp_path / "long.wav"
     soundfile.write(str(path), np.tile(music, 6), rate)  # 60 s: 11 windows, run by two threads at once
     segments = []
-    batcher = pipeline.Batcher(types.SimpleNamespace(model=JitteryModel(tagger.model)), runners=2)
+    batcher = batching.Batcher(types.SimpleNamespace(model=JitteryModel(tagger.model)), runners=2)
     options = TagOptions(segments=True)
     for _ in range(3):
         segments.clear()
-        [outcome] = pipeline.run([pipeline.Input(str(path))], audio.open_file, tagger, options, jobs=2,
+        [outcome] = pipeline.run([inputs.Input(str(path))], decode.open_file, tagger, options, jobs=2,
                                  on_segment=lambda name, segment: segments.append(segment.start), batcher=batcher)
         assert outcome.error is None and segments == sorted(segments) and len(segments) == 11
 
@@ -488,7 +492,7 @@ def test_closing_the_outcomes_early_stops_the_workers(tagger, corpus):
 
     def open_input(name):
         opened.append(name)
-        return audio.open_file(name)
+        return decode.open_file(name)
 
     items = list(inputs.expand([str(corpus)])) * 20
     outcomes = pipeline.run(items, open_input, tagger, TagOptions(), jobs=2)
@@ -511,10 +515,10 @@ def test_batches_are_small_on_the_cpu_and_large_on_an_accelerator(tagger):
 
 def test_the_model_runs_in_one_thread_per_worker_only_on_a_one_thread_cpu_session():
     cpu = types.SimpleNamespace(providers=["CPUExecutionProvider"], threads=1)
-    assert pipeline.model_runners(cpu, jobs=4) == 4
-    assert pipeline.model_runners(types.SimpleNamespace(providers=["CPUExecutionProvider"], threads=0), 4) == 1
+    assert batching.model_runners(cpu, jobs=4) == 4
+    assert batching.model_runners(types.SimpleNamespace(providers=["CPUExecutionProvider"], threads=0), 4) == 1
     gpu = types.SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
-    assert pipeline.model_runners(gpu, jobs=4) == 1
+    assert batching.model_runners(gpu, jobs=4) == 1
 
 
 def test_verbose_names_the_provider(cli):

@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
-import soundfile
 
-from audiotag import TagOptions, audio
-from conftest import AUDIO, MAIN_CLIPS, REFERENCE, SHARED, reference_arrays, reference_records
+from audiotag import TagOptions, decode
+from conftest import AUDIO, MAIN_CLIPS, SHARED, reference_arrays, reference_records
 
 ONTOLOGY = SHARED / "upstream" / "ontology.json"
 LABELS_CSV = SHARED / "upstream" / "class_labels_indices.csv"
@@ -41,7 +40,7 @@ def sigmoid(logits):
 
 @pytest.mark.parametrize("path", ALL_CLIPS, ids=lambda p: p.name)
 def test_categories_are_the_max_over_each_ontology_subtree(tagger, path):
-    prediction = tagger.predict(audio.load(path))
+    prediction = tagger.predict(decode.load(path))
     expected = brute_force_categories(sigmoid(prediction.logits))
     assert len(prediction.categories) == len(expected) == 7
     assert {c.name: c.score for c in prediction.categories} == pytest.approx(expected, abs=1e-9)
@@ -65,7 +64,7 @@ def test_categories_in_the_cli_match_upstream_scores(cli):
 
 def test_threshold_keeps_exactly_the_labels_at_or_above_it(cli, tagger):
     path = AUDIO / "speech.wav"
-    scores = sigmoid(tagger.predict(audio.load(path)).logits)
+    scores = sigmoid(tagger.predict(decode.load(path)).logits)
     result = cli("-k", 527, "--threshold", 0.2, "--format", "jsonl", path)
     assert result.returncode == 0, result.stderr
     tags = json.loads(result.stdout)["tags"]
@@ -126,7 +125,7 @@ def test_resume_with_a_threshold_tags_the_last_table_record_again(cli, tmp_path)
 
 
 def test_aggregate_mean_and_max_of_the_window_scores(tagger):
-    clip = audio.load(AUDIO / "extra" / "librosa-pibble.ogg")  # 47 s: 9 windows
+    clip = decode.load(AUDIO / "extra" / "librosa-pibble.ogg")  # 47 s: 9 windows
     windows = tagger.predict(clip, TagOptions(top_k=527, segments=True)).segments
     scores = np.zeros((len(windows), 527))
     for row, segment in enumerate(windows):

@@ -26,7 +26,7 @@ if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow"
 import pyarrow.parquet as pq  # noqa: E402 -- ray itself is imported by the cluster fixture, after its settings
 
 from audiotag import distributed
-from audiotag.inputs import is_audio_name
+from audiotag.batch.inputs import is_audio_name
 from conftest import AUDIO, REPO, compare_lines
 
 LOOPBACK = "127.0.0.1"
@@ -193,7 +193,7 @@ def test_bad_command_lines_are_one_line_errors(tmp_path):
 
 def test_cli_and_package_never_import_ray():
     """The frozen binary must not carry Ray: nothing the CLI loads may import it, or this module."""
-    code = ("import sys, audiotag, audiotag.cli, audiotag.tagger, audiotag.pipeline, audiotag.inputs; "
+    code = ("import sys, audiotag, audiotag.cli, audiotag.infer.tagger, audiotag.batch.pipeline, audiotag.batch.inputs; "
             "audiotag.cli.build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow') or m == 'audiotag.distributed'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **RAY_ENV},
@@ -237,17 +237,17 @@ def test_any_failure_on_one_file_is_a_row_not_a_failed_task(monkeypatch):
     row (a failed task would be retried by Ray for ever), and the batch's other files are tagged."""
     import pyarrow as pa
 
-    from audiotag import audio
+    from audiotag import decode
 
     good = (AUDIO / "music.wav").read_bytes()
-    decode = audio.load_bytes
+    real_load_bytes = decode.load_bytes
 
     def load_bytes(data):
         if data == b"odd":
             raise RuntimeError("boom")
-        return decode(data)
+        return real_load_bytes(data)
 
-    monkeypatch.setattr(audio, "load_bytes", load_bytes)
+    monkeypatch.setattr(decode, "load_bytes", load_bytes)
     batch = pa.table({"path": ["a.wav", "odd.wav", "b.wav"], "bytes": [good, b"odd", good]})
     rows = distributed.TagBatch()(batch).to_pylist()
     assert [row["error"] for row in rows] == [None, "unexpected RuntimeError: boom", None]
@@ -259,7 +259,7 @@ def test_rows_carry_the_options_and_fields_of_the_cli(tmp_path):
     options (categories included), and its events column holds the CLI's event records."""
     import pyarrow as pa
 
-    from audiotag.tagger import TagOptions
+    from audiotag import TagOptions
 
     path = AUDIO / "extra" / "librosa-pibble.ogg"
     cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", "-t", "0.2", "--aggregate", "mean",

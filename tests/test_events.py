@@ -7,7 +7,7 @@ import pytest
 import soundfile
 
 from audiotag import TagOptions
-from audiotag.events import find_events
+from audiotag.infer.events import find_events
 from conftest import AUDIO
 
 PART = 20  # seconds of each sound in the acceptance recording

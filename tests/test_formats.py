@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiotag import audio, ffmpeg
+from audiotag import decode
+from audiotag.decode import ffmpeg
 from conftest import AUDIO, REPO, compare_lines
 
 MUSIC = AUDIO / "extra" / "max-guitar.wav"  # 10 s, 44.1 kHz stereo, 16-bit: the web's usual music format
@@ -136,7 +137,7 @@ def fixtures(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source_tags(tagger):
     """The top label of each source clip, tagged from its WAV."""
-    return {source: tagger.predict(audio.load(source)).tags[0].label
+    return {source: tagger.predict(decode.load(source)).tags[0].label
             for source in (MUSIC, SPEECH, AUDIO / "music.wav")}
 
 
@@ -206,7 +207,7 @@ def test_stdin_gives_the_files_record(cli, fixtures, name):
 
 
 def _samples(path):
-    return audio.load(path).samples
+    return decode.load(path).samples
 
 
 def test_lossless_streams_in_other_containers_give_the_same_samples(fixtures):
@@ -219,9 +220,9 @@ def test_lossless_streams_in_other_containers_give_the_same_samples(fixtures):
 
 
 def test_junk_before_an_mp3_is_skipped_to_the_clean_files_samples(fixtures):
-    clean = audio.open_file(fixtures / "cbr.mp3").read()
+    clean = decode.open_file(fixtures / "cbr.mp3").read()
     for name in ("mp3-http-header.mp3", "mp3-junk.mp3"):
-        junk = audio.open_file(fixtures / name).read()
+        junk = decode.open_file(fixtures / name).read()
         assert junk.codec == "mp3" and np.array_equal(junk.samples, clean.samples), name
 
 
@@ -237,7 +238,7 @@ def test_video_files_give_their_audio_stream(fixtures, tmp_path):
 def test_chained_ogg_is_one_recording(fixtures, tagger):
     """Speech then music, two logical streams: both are decoded, one after the other."""
     for name in ("chained.ogg", "chained.opus"):
-        clip = audio.load(fixtures / name)
+        clip = decode.load(fixtures / name)
         assert abs(clip.duration - 20.0) < 0.01, name
         labels = [t.label for t in tagger.predict(clip).tags]
         assert "Speech" in labels and "Music" in labels, (name, labels)
@@ -247,7 +248,7 @@ def test_amr_nb_with_dtx_frames_decodes(fixtures, tagger):
     """FFmpeg's own AMR-NB decoder rejects SID (DTX) frames; libopencore-amrnb decodes them."""
     data = (fixtures / "amrnb-dtx.amr").read_bytes()
     assert len(data) < len((fixtures / "amrnb.amr").read_bytes())  # SID frames are shorter than speech frames
-    clip = audio.load(fixtures / "amrnb-dtx.amr")
+    clip = decode.load(fixtures / "amrnb-dtx.amr")
     assert clip.codec == "amr_nb" and abs(clip.duration - 10.0) < 0.05
     assert tagger.predict(clip).tags[0].label == "Speech"
 
@@ -255,8 +256,8 @@ def test_amr_nb_with_dtx_frames_decodes(fixtures, tagger):
 def test_opus_through_libopus_matches_libsndfile(fixtures):
     """Opus in WebM (FFmpeg with libopus, float output) and the same stream in Ogg (libsndfile): the same audio,
     up to float rounding, once the two decoders' starts are lined up."""
-    webm = audio.load(fixtures / "opus.webm").samples
-    ogg = audio.load(fixtures / "opus.opus").samples
+    webm = decode.load(fixtures / "opus.webm").samples
+    ogg = decode.load(fixtures / "opus.opus").samples
     assert abs(len(webm) - len(ogg)) < 32000 * 0.03
     best = min(range(-1000, 1001), key=lambda shift: np.abs(_shifted(webm, ogg, shift)).mean())
     assert np.abs(_shifted(webm, ogg, best)).max() < 1e-3
@@ -344,10 +345,10 @@ def test_an_mp4_on_stdin_past_the_memory_limit_is_refused(monkeypatch):
     """An MP4 is held in memory to be decoded (its index may come last): past the limit, one clear error."""
     import io
 
-    monkeypatch.setattr(audio, "STDIN_MEMORY_LIMIT", 1 << 16)
+    monkeypatch.setattr(decode, "STDIN_MEMORY_LIMIT", 1 << 16)
     data = b"\0\0\0\x20ftypisom" + bytes(1 << 17)
-    with pytest.raises(audio.AudioError, match="over 0 MB: save it to a file"):
-        audio.open_stdin(io.BytesIO(data))
+    with pytest.raises(decode.AudioError, match="over 0 MB: save it to a file"):
+        decode.open_stdin(io.BytesIO(data))
 
 
 def test_a_pipe_streams_into_ffmpeg_as_it_arrives(fixtures):
@@ -368,21 +369,21 @@ def test_a_pipe_streams_into_ffmpeg_as_it_arrives(fixtures):
 
     threading.Thread(target=write, daemon=True).start()
     with os.fdopen(read_end, "rb") as pipe:
-        stream = audio.open_stdin(pipe)
+        stream = decode.open_stdin(pipe)
         blocks = stream.samples()
         first = next(blocks)
         assert not first_read.is_set() and len(first) > 0 and stream.codec == "aac"
         first_read.set()
         total = len(first) + sum(len(block) for block in blocks)
-    assert abs(total / audio.TARGET_RATE - 10.05) < 0.05
+    assert abs(total / decode.TARGET_RATE - 10.05) < 0.05
 
 
 def test_a_soundfile_written_wav_is_still_libsndfiles(tmp_path):
     """What libsndfile decodes never reaches FFmpeg (upstream parity stays bit for bit)."""
     path = tmp_path / "clip.wav"
-    samples = audio.load(AUDIO / "music.wav").samples
-    soundfile.write(path, samples, audio.TARGET_RATE, subtype="FLOAT")
-    clip = audio.load(path)
+    samples = decode.load(AUDIO / "music.wav").samples
+    soundfile.write(path, samples, decode.TARGET_RATE, subtype="FLOAT")
+    clip = decode.load(path)
     assert clip.codec == "pcm_f32le" and np.array_equal(clip.samples, samples)
 
 
@@ -394,7 +395,7 @@ def test_one_sample_packets_decode_in_bounded_memory(tmp_path):
     _ffmpeg("-i", MUSIC, "-t", "3", "-c:a", "pcm_s16le", wav)
     assert np.array_equal(_samples(tiny), _samples(wav))
     # VmHWM, the peak of this process's own memory (ru_maxrss would carry over the forking parent's).
-    measure = ("import sys; from audiotag import audio; audio.load(sys.argv[1]); "
+    measure = ("import sys; from audiotag import decode; decode.load(sys.argv[1]); "
                "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
     peak_kb = int(subprocess.run([sys.executable, "-c", measure, str(tiny)], check=True, capture_output=True,
                                  cwd=REPO, text=True).stdout)

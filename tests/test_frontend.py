@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from audiotag import frontend
+from audiotag.infer import frontend
 from audiotag.assets import asset_path
 from conftest import MAIN_CLIPS, REPO, reference_arrays, reference_records
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiotag import frontend
+from audiotag.infer import frontend
 from conftest import AUDIO, MAIN_CLIPS, reference_arrays, reference_records
 
 LOGIT_TOLERANCE = 2e-4
@@ -98,9 +98,9 @@ def test_top_k(cli):
 
 
 def test_file_path_and_array_agree(tagger):
-    from audiotag import audio
+    from audiotag import decode
 
-    clip = audio.load(AUDIO / "music.wav")
+    clip = decode.load(AUDIO / "music.wav")
     samples, rate = soundfile.read(AUDIO / "music.wav", dtype="float32")
     assert tagger.predict(clip).tags == tagger.tag(samples, rate).tags
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import soxr
 
-from audiotag import TagOptions, audio
+from audiotag import TagOptions, decode
 from conftest import AUDIO, readline_within, reference_arrays, reference_records
 
 EXTRA_LOGIT_TOLERANCE = 1e-3
@@ -27,7 +27,7 @@ def test_the_reference_set_is_what_we_think():
 @pytest.mark.parametrize("record", EXTRA_UPSTREAM, ids=lambda r: r["file"])
 def test_extra_clip_matches_upstream(tagger, record):
     """1-10 s clips with default settings, longer ones with --window 0: upstream's top-10 and logits."""
-    clip = audio.load(AUDIO / "extra" / record["file"])
+    clip = decode.load(AUDIO / "extra" / record["file"])
     assert len(clip.samples) == record["n_samples"]
     options = TagOptions() if clip.duration <= 10.0 else TagOptions(window=0)
     prediction = tagger.predict(clip, options)
@@ -66,7 +66,7 @@ def test_every_common_format(tagger, music, tmp_path, ext, container, subtype):
     data = soxr.resample(np.stack([samples, samples], axis=1), rate, rate_out, quality="HQ")
     path = tmp_path / f"music.{ext}"
     soundfile.write(path, data, rate_out, format=container, subtype=subtype)
-    clip = audio.load(path)
+    clip = decode.load(path)
     assert (clip.sample_rate, clip.channels) == (rate_out, 2)
     assert abs(clip.duration - 10.0) < 0.1
     labels = [t.label for t in tagger.predict(clip).tags]
@@ -79,7 +79,7 @@ def test_every_common_format(tagger, music, tmp_path, ext, container, subtype):
 def test_any_rate_is_resampled_like_librosa(tagger, music, rate):
     samples, source_rate = music
     resampled = soxr.resample(samples, source_rate, rate, quality="HQ")
-    clip = audio.from_array(resampled, rate)
+    clip = decode.from_array(resampled, rate)
     assert len(clip.samples) == math.ceil(len(resampled) * 32000 / rate)  # librosa's fix_length
     np.testing.assert_array_equal(clip.samples[:-1], soxr.resample(resampled, rate, 32000, quality="HQ")[:len(clip.samples) - 1])
     top = [t.label for t in tagger.predict(clip).tags[:3]]
@@ -90,7 +90,7 @@ def test_any_rate_is_resampled_like_librosa(tagger, music, rate):
 def test_channels_are_downmixed_by_the_mean(music, channels):
     samples, rate = music
     gains = np.linspace(0.2, 1.0, channels, dtype=np.float32)
-    clip = audio.from_array(samples[:, None] * gains, rate)
+    clip = decode.from_array(samples[:, None] * gains, rate)
     np.testing.assert_allclose(clip.samples, samples * gains.mean(), atol=1e-6)
     assert clip.channels == channels
 
@@ -102,21 +102,21 @@ def test_block_decoding_equals_whole_file_decoding(tmp_path, music):
     soundfile.write(path, soxr.resample(long, rate, 44100, quality="HQ"), 44100)
     whole, _ = soundfile.read(path, dtype="float32")
     expected = soxr.resample(whole, 44100, 32000, quality="HQ")
-    got = audio.load(path).samples
+    got = decode.load(path).samples
     assert len(got) == math.ceil(len(whole) * 32000 / 44100)
     np.testing.assert_array_equal(got[:len(expected)], expected[:len(got)])
 
 
 def test_a_short_event_in_a_long_recording_still_shows(tagger, tmp_path):
     """A 2 s bark in a 10-minute recording of quiet noise: windows keep it; the score is the max over windows."""
-    bark = audio.load(AUDIO / "extra" / "gcompris-mem-LRBark_1_LA_cut.ogg").samples
+    bark = decode.load(AUDIO / "extra" / "gcompris-mem-LRBark_1_LA_cut.ogg").samples
     rng = np.random.default_rng(0)
     recording = (0.003 * rng.standard_normal(600 * 32000)).astype(np.float32)
     at = 377 * 32000
     recording[at:at + len(bark)] += bark
     path = tmp_path / "ten-minutes.flac"
     soundfile.write(path, recording, 32000)
-    prediction = tagger.predict(audio.load(path), TagOptions(segments=True))
+    prediction = tagger.predict(decode.load(path), TagOptions(segments=True))
     labels = [t.label for t in prediction.tags]
     assert "Dog" in labels[:3] and "Bark" in labels
     windows = prediction.segments
@@ -193,8 +193,8 @@ def test_stdin_wav_stream_equals_file(music, tmp_path, subtype):
     path = tmp_path / "clip.wav"
     soundfile.write(path, samples[:64000], rate, subtype=subtype)
     with open(path, "rb") as pipe:
-        streamed = audio.open_stdin(pipe).read()
-    np.testing.assert_array_equal(streamed.samples, audio.load(path).samples)
+        streamed = decode.open_stdin(pipe).read()
+    np.testing.assert_array_equal(streamed.samples, decode.load(path).samples)
 
 
 def test_stdin_wavex_stream(music, tmp_path):
@@ -202,8 +202,8 @@ def test_stdin_wavex_stream(music, tmp_path):
     path = tmp_path / "clip.wav"
     soundfile.write(path, np.stack([samples, samples], 1), rate, format="WAVEX", subtype="PCM_24")
     with open(path, "rb") as pipe:
-        streamed = audio.open_stdin(pipe).read()
-    np.testing.assert_array_equal(streamed.samples, audio.load(path).samples)
+        streamed = decode.open_stdin(pipe).read()
+    np.testing.assert_array_equal(streamed.samples, decode.load(path).samples)
 
 
 @pytest.mark.parametrize("container,subtype", [("FLAC", "PCM_16"), ("OGG", "VORBIS")])

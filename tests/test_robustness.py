@@ -206,7 +206,7 @@ def test_an_embedding_for_a_name_too_long_for_a_file(cli, tmp_path):
     (tmp_path / name).write_bytes((AUDIO / "speech.wav").read_bytes())
     result = cli(tmp_path / name, "--embeddings", tmp_path / "emb", "--format", "jsonl")
     assert result.returncode == 0, result.stderr
-    from audiotag.cli import hashed_embedding_path
+    from audiotag.batch.embeddings import hashed_embedding_path
     import hashlib
 
     target = hashed_embedding_path(str(tmp_path / "emb"), str(tmp_path / name))
@@ -218,7 +218,7 @@ def test_an_embedding_for_a_name_too_long_for_a_file(cli, tmp_path):
 def test_mutated_mp3s_are_not_called_pipes():
     """libsndfile says "File does not exist or is not a regular file (possibly a pipe?)" when its MPEG decoder
     rejects a file's first frames: the record must say what is wrong instead."""
-    from audiotag import audio
+    from audiotag import decode
 
     source = (AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()
     rng = np.random.default_rng(0)
@@ -235,8 +235,8 @@ def test_mutated_mp3s_are_not_called_pipes():
             spot = rng.integers(0, len(mutant))
             mutant[spot:spot + 200] = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
         try:
-            audio.open_bytes(bytes(mutant)).read()
-        except audio.AudioError as error:
+            decode.open_bytes(bytes(mutant)).read()
+        except decode.AudioError as error:
             messages.add(str(error))
     assert not any("possibly a pipe" in message for message in messages)
     assert "cannot decode: no valid audio stream at its start (the decoder could not parse its first frames)" in messages

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiotag import audio, frontend
-from audiotag.tagger import MIN_CLIP_SAMPLES, SHORT_CLIP_SAMPLES, model_input
+from audiotag import decode
+from audiotag.infer import frontend
+from audiotag.infer.clip import MIN_CLIP_SAMPLES, SHORT_CLIP_SAMPLES, model_input
 from conftest import AUDIO
 
 
@@ -22,7 +23,7 @@ def test_thresholds():
 
 
 def test_a_clip_under_one_second_is_repeated_to_one_second():
-    clip = audio.load(AUDIO / "extra" / "gcompris-melody-xylofon_son1.wav")  # 0.39 s
+    clip = decode.load(AUDIO / "extra" / "gcompris-melody-xylofon_son1.wav")  # 0.39 s
     assert len(clip.samples) == 12346
     tiled = np.concatenate([clip.samples, clip.samples, clip.samples[:32000 - 2 * 12346]])
     np.testing.assert_array_equal(model_input(clip.samples), frontend.log_mel(tiled))
@@ -34,26 +35,26 @@ def test_one_second_and_longer_is_untouched():
 
 
 def test_a_quarter_second_snare_is_still_a_drum(tagger):
-    snare = audio.load(AUDIO / "extra" / "hydrogen-GMRockKit-Snare-Hard.wav").samples
-    prediction = tagger.predict(audio.Audio(loudest(snare, 8000), 32000, 1, 0.25))
+    snare = decode.load(AUDIO / "extra" / "hydrogen-GMRockKit-Snare-Hard.wav").samples
+    prediction = tagger.predict(decode.Audio(loudest(snare, 8000), 32000, 1, 0.25))
     assert {"Drum", "Snare drum"} <= {t.label for t in prediction.tags[:3]}
 
 
 def test_half_a_second_of_a_bark_is_still_a_dog(tagger):
-    bark = audio.load(AUDIO / "extra" / "gcompris-mem-LRBark_1_LA_cut.ogg").samples
-    prediction = tagger.predict(audio.Audio(loudest(bark, 16000), 32000, 1, 0.5))
+    bark = decode.load(AUDIO / "extra" / "gcompris-mem-LRBark_1_LA_cut.ogg").samples
+    prediction = tagger.predict(decode.Audio(loudest(bark, 16000), 32000, 1, 0.5))
     assert "Dog" in [t.label for t in prediction.tags[:3]]
 
 
 @pytest.mark.parametrize("n_samples", [1, 10, 513])
 def test_under_16_ms_is_refused_with_a_reason(n_samples):
-    with pytest.raises(audio.AudioError, match=r"too short: .* ms of audio, audiotag needs at least 16 ms"):
+    with pytest.raises(decode.AudioError, match=r"too short: .* ms of audio, audiotag needs at least 16 ms"):
         model_input(np.full(n_samples, 0.1, np.float32))
 
 
 def test_exactly_16_ms_is_tagged(tagger):
-    samples = loudest(audio.load(AUDIO / "music.wav").samples, 514)
-    prediction = tagger.predict(audio.Audio(samples, 32000, 1, 514 / 32000))
+    samples = loudest(decode.load(AUDIO / "music.wav").samples, 514)
+    prediction = tagger.predict(decode.Audio(samples, 32000, 1, 514 / 32000))
     assert len(prediction.tags) == 10 and np.isfinite(prediction.logits).all()
 
 

@@ -7,7 +7,10 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 import os
 from typing import Iterable, Iterator, TextIO
 
-from .pipeline import Input, failure_message
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import failure_message
 
 # Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
 # (audio containers, raw codec streams, and video files, whose audio is tagged). The decoder is chosen from the
@@ -20,6 +23,14 @@ AUDIO_EXTENSIONS = frozenset({
     ".ac3", ".eac3", ".ec3", ".amr", ".awb", ".spx", ".avi", ".mpg", ".mpeg", ".vob", ".ape", ".wv", ".tta",
     ".mpc", ".dts", ".mlp", ".thd", ".tak", ".ra", ".rm", ".dsf", ".gsm", ".oma", ".loas", ".latm",
 })
+
+
+@dataclass(frozen=True)
+class Input:
+    """One thing to tag: a path, or "-" for stdin; ``error`` when it was known to be bad before opening."""
+
+    name: str
+    error: Optional[str] = None
 
 
 def is_audio_name(name: str) -> bool:

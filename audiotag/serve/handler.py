@@ -15,14 +15,13 @@ import sys
 import time
 from urllib.parse import parse_qsl, urlsplit
 
-from . import __version__
-from .httpbody import Body, HttpError
+from .. import __version__
+from ..options import RAW_FORMATS, TagOptions, per_request_options
+from .body import Body, HttpError
 
-RAW_FORMATS = ("s16le", "s32le", "f32le")
 LINGER_SECONDS, LINGER_BYTES = 2.0, 64 << 20  # an error answered before the body was read: how much to drop after
 
 
-OPTION_PARAMETERS = ("top_k", "threshold", "aggregate", "segments", "events")  # TagOptions a request may set
 INPUT_PARAMETERS = ("name", "raw", "rate", "channels")
 
 
@@ -30,16 +29,16 @@ class TagRequest:
     """The query parameters of POST /tag, checked (400 on anything unknown or out of range). The output options
     are the CLI's, parsed and checked by ``TagOptions.from_strings`` so both front ends refuse the same values."""
 
-    def __init__(self, query: dict):
-        from .tagger import TagOptions
-
-        unknown = sorted(set(query) - set(OPTION_PARAMETERS) - set(INPUT_PARAMETERS))
+    def __init__(self, query: dict, defaults: TagOptions = TagOptions()):
+        option_names = per_request_options()  # the TagOptions a request may set (options.py says which)
+        unknown = sorted(set(query) - set(option_names) - set(INPUT_PARAMETERS))
         if unknown:
             raise HttpError(400, f"unknown query parameter {unknown[0]!r} (known: "
-                                 f"{', '.join(INPUT_PARAMETERS + OPTION_PARAMETERS)})")
+                                 f"{', '.join(INPUT_PARAMETERS + option_names)})")
         self.name = query.get("name", "-")
         try:
-            self.options = TagOptions.from_strings({key: query[key] for key in OPTION_PARAMETERS if key in query})
+            self.options = TagOptions.from_strings({key: query[key] for key in option_names if key in query},
+                                                  base=defaults)
         except ValueError as error:
             raise HttpError(400, str(error)) from None
         self.segments = self.options.segments
@@ -118,7 +117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._access_log(started)
 
     def _tag(self, query: dict, started: float) -> tuple:
-        request = TagRequest(query)
+        request = TagRequest(query, self.service.args.options)
         length, chunked = self._body_framing()
         if length is not None and length > self.service.args.max_body:
             raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
@@ -168,7 +167,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                                self.service.token)
 
     def _answer(self, status: int, records: list, content_type: str = "application/json"):
-        from .output import format_record
+        from ..records import format_record
 
         self._send(status, "".join(format_record(rec, "jsonl") for rec in records).encode(errors="surrogateescape"),
                    content_type)

@@ -2,8 +2,8 @@
 
 ``POST /tag`` takes a file's bytes and answers the JSON record ``audiotag FILE`` prints; ``GET /healthz`` and
 ``GET /metrics`` (Prometheus text) say how it is doing. Like the CLI this module only parses and formats: the
-bytes decode through ``audio.open_bytes`` (or, as they arrive, ``audio.open_stdin``) and every request's windows
-go to one ``pipeline.Batcher``, so concurrent requests share one model session and its batches, as the inputs
+bytes decode through ``decode.open_bytes`` (or, as they arrive, ``decode.open_stdin``) and every request's windows
+go to one ``infer.batcher.Batcher``, so concurrent requests share one model session and its batches, as the inputs
 of ``audiotag DIR`` do.
 
 Here: the command line, start-up checks, the shutdown, and the ``Service`` that tags a request's body. The HTTP
@@ -13,7 +13,6 @@ request bodies ``httpbody.py``, the counters ``metrics.py``.
 
 import argparse
 import contextlib
-import dataclasses
 import ipaddress
 import os
 import signal
@@ -23,12 +22,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from .argtypes import number as _number
-from .httpbody import Body, HttpError
-from .httpserver import TagRequest, listen, log
+from ..errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE
+from ..options import (MAX_SECONDS, Parser, add_engine_arguments, add_tag_arguments, number, per_request_options,
+                       tag_options, window_problem)
+from .body import Body, HttpError
+from .handler import TagRequest, listen, log
 from .metrics import Metrics
 
-EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3  # as the CLI's
 DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
 DEFAULT_MAX_PENDING = 32  # requests taken in at once; worst-case memory is about this many bodies
@@ -36,7 +36,6 @@ DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
 DEFAULT_MAX_DURATION = 7200.0  # seconds of audio tagged per request, as the CLI's batch default
 DEFAULT_IDLE_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
 SHUTDOWN_GRACE = 9.0  # after SIGTERM, requests in flight get this long to be answered (exit within 10 s)
-MAX_SECONDS = 86400.0
 
 EPILOG = f"""\
 endpoints:
@@ -88,7 +87,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="audiotag serve",
         description="Serve AudioSet tags over HTTP: POST a file's bytes to /tag, get the record `audiotag FILE` "
                     "prints. One model, shared by every request.",
@@ -98,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen = parser.add_argument_group("listening")
     listen.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; a non-loopback one needs --token-file)")
-    listen.add_argument("--port", type=_number(int, 0, 65535), default=DEFAULT_PORT,
+    listen.add_argument("--port", type=number(int, 0, 65535), default=DEFAULT_PORT,
                         help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one, named in the start-up line)")
     listen.add_argument("--socket", metavar="PATH", help="listen on a Unix socket at PATH instead of TCP")
     listen.add_argument("--token-file", metavar="FILE",
@@ -107,32 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body", type=_size, default=DEFAULT_MAX_BODY, metavar="BYTES",
                         help="largest body accepted, e.g. 64M (default 64M); more is answered 413")
-    limits.add_argument("--max-pending", type=_number(int, 1), default=DEFAULT_MAX_PENDING, metavar="N",
+    limits.add_argument("--max-pending", type=number(int, 1), default=DEFAULT_MAX_PENDING, metavar="N",
                         help=f"requests taken in at once, uploading, queued or tagged (default "
                              f"{DEFAULT_MAX_PENDING}); more are answered 503 at once")
-    limits.add_argument("--timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
-                        metavar="SEC", help=f"seconds from a request's headers to its answer (default "
-                                            f"{DEFAULT_TIMEOUT:g}); later is answered 504")
-    limits.add_argument("--max-duration", type=_number(float, 0, MAX_SECONDS), default=DEFAULT_MAX_DURATION,
-                        metavar="SEC", help=f"tag only the first SEC seconds of each body, as the CLI's option; the "
-                                            f"record says it was cut (default {DEFAULT_MAX_DURATION:g}; 0 = no limit)")
-    limits.add_argument("--idle-timeout", type=_number(float, 0.001, MAX_SECONDS), default=DEFAULT_IDLE_TIMEOUT,
+    add_engine_arguments(limits, "timeout", "max_duration", **{
+        "timeout": dict(type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
+                        help=f"seconds from a request's headers to its answer (default {DEFAULT_TIMEOUT:g}); later "
+                             "is answered 504"),
+        "max_duration": dict(type=number(float, 0, MAX_SECONDS), default=DEFAULT_MAX_DURATION,
+                             help=f"tag only the first SEC seconds of each body, as the CLI's option; the record "
+                                  f"says it was cut (default {DEFAULT_MAX_DURATION:g}; 0 = no limit)")})
+    limits.add_argument("--idle-timeout", type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_IDLE_TIMEOUT,
                         metavar="SEC", help=f"a client that sends nothing for this long is dropped (default "
                                             f"{DEFAULT_IDLE_TIMEOUT:g})")
-    windows = parser.add_argument_group("long recordings (as the CLI's)")
-    windows.add_argument("--window", type=_number(float, 0, MAX_SECONDS), default=10.0, metavar="SEC",
-                         help="seconds per model pass (default 10); 0 = the whole file in one pass")
-    windows.add_argument("--hop", type=_number(float, 0.01, MAX_SECONDS), metavar="SEC",
-                         help="seconds between windows (default: half the window, 5)")
+    tagging = parser.add_argument_group("tagging (as the CLI's; the defaults for every request, which may set "
+                                        f"{', '.join(per_request_options())} itself)")
+    add_tag_arguments(tagging)
     engine = parser.add_argument_group("engine (as the CLI's)")
-    engine.add_argument("--model", metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")
-    engine.add_argument("--provider", metavar="LIST",
-                        help="execution providers, comma-separated (default: $AUDIOTAG_PROVIDERS or automatic)")
-    engine.add_argument("--jobs", type=_number(int, 1), default=os.cpu_count() or 1, metavar="N",
-                        help="uploads decoded at once (default: all cores); a streamed upload decodes as it "
-                             "arrives, in its own connection's thread")
-    engine.add_argument("--threads", type=_number(int, 0), default=1, metavar="N",
-                        help="onnxruntime intra-op threads (default 1: the jobs keep every core busy)")
+    add_engine_arguments(engine, "model", "provider", "jobs", "threads", **{
+        "jobs": dict(help="uploads decoded at once (default: all cores); a streamed upload decodes as it arrives, "
+                          "in its own connection's thread"),
+        "threads": dict(default=1, help="onnxruntime intra-op threads (default 1: the jobs keep every core busy)")})
     engine.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs")
     return parser
 
@@ -140,19 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.hop is None:
-        args.hop = args.window / 2 if args.window else 5.0
-    if 0 < args.window < 1:
-        parser.error(f"--window must be 0 (the whole file in one pass) or at least 1 s, got {args.window:g}")
-    if args.window and args.hop > args.window:
-        parser.error(f"--hop {args.hop:g} s is longer than --window {args.window:g} s")
+    problem = window_problem(args.window, args.hop)
+    if problem:
+        parser.error(problem)
+    args.options = tag_options(args)  # every request's defaults
     token = _read_token(parser, args.token_file)
     if args.socket is None and token is None and not _is_loopback(args.host):
         parser.error(f"--host {args.host} is reachable from other machines: give --token-file FILE (a secret "
                      "every request must send as 'Authorization: Bearer TOKEN'), or bind 127.0.0.1")
 
-    from .model import ModelError, requested_providers
-    from .tagger import Tagger
+    from ..infer.model import ModelError, requested_providers
+    from ..infer.tagger import Tagger
 
     try:
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
@@ -192,12 +184,12 @@ class Service:
     """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics."""
 
     def __init__(self, tagger, args, token):
-        from . import pipeline
+        from ..infer.batcher import Batcher, model_runners
 
         self.tagger = tagger
         self.token = token
         self.args = args
-        self.batcher = pipeline.Batcher(tagger, runners=pipeline.model_runners(tagger.model, args.jobs))
+        self.batcher = Batcher(tagger, runners=model_runners(tagger.model, args.jobs))
         self._workers = ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="audiotag-job")
         self._lock = threading.Condition()
         self.pending = 0  # requests taken in and not yet answered
@@ -228,14 +220,16 @@ class Service:
 
     def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
         """(status, records) for one POST /tag."""
-        from . import audio, limits, output, pipeline
+        from .. import decode, records
+        from ..batch import pipeline
+        from ..decode import limits
 
-        options = dataclasses.replace(request.options, window=self.args.window, hop=self.args.hop)
+        options = request.options
         max_duration = self.args.max_duration or None  # the CLI's --max-duration: the record says it was cut
         segments = []
 
         def on_segment(name, segment):
-            segments.append(output.segment_record(name, segment))
+            segments.append(records.segment_record(name, segment))
 
         def tag_with(open_input, timeout=None):
             bounds = limits.Limits(max_duration, timeout)
@@ -256,13 +250,13 @@ class Service:
             # Past its deadline the request is answered 504; its decoding then stops at its next block (a second
             # later, so the 504 comes first) instead of running on unheard.
             timeout = max(0.001, deadline - time.monotonic()) + 1.0
-            outcome = self._in_worker(lambda: tag_with(lambda _: audio.open_bytes(data), timeout), deadline)
+            outcome = self._in_worker(lambda: tag_with(lambda _: decode.open_bytes(data), timeout), deadline)
         if body.failure is not None:
             raise body.failure
         if outcome.error is None:
             self.metrics.tagged(outcome.duration)
-        return (200 if outcome.error is None else 422), [*segments, *output.event_records(outcome),
-                                                          output.record(outcome)]
+        return (200 if outcome.error is None else 422), [*segments, *records.event_records(outcome),
+                                                          records.record(outcome)]
 
     def _in_worker(self, work, deadline: float):
         """``work()`` in one of the --jobs workers; 504 at the deadline (the work then ends unheard: it is bounded
@@ -295,15 +289,15 @@ class Service:
 def _open_stream(body: Body, request: TagRequest):
     """A WAV stream or raw samples, decoded as they arrive. A WAV whose header the stream parser does not take
     (an encoding other than PCM or float) is decoded whole, as a file, as long as the bytes read can be replayed."""
-    from . import audio
+    from .. import decode
 
     try:
-        return audio.open_stdin(body, request.raw, request.rate, request.channels)
-    except audio.AudioError:
+        return decode.open_stdin(body, request.raw, request.rate, request.channels)
+    except decode.AudioError:
         replay = None if request.raw or body.failure else body.replay()
         if replay is None:
             raise
-        return audio.open_bytes(replay + body.read())
+        return decode.open_bytes(replay + body.read())
 
 
 def _is_loopback(host: str) -> bool:
@@ -334,12 +328,6 @@ def _read_token(parser, path):
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        self.exit(EXIT_USAGE, f"audiotag serve: {message} (audiotag serve --help for usage)\n")
 
 
 def _size(text: str) -> int:

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .audio import AudioError, Stream
+from ..errors import AudioError
+from .stream import Stream
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .assets import load_array
+from ..assets import load_array
 
 SAMPLE_RATE = 32000  # the model was trained on 32 kHz audio
 N_FFT = 1024  # FFT size; the 800-sample window sits centred inside it

@@ -1,75 +1,26 @@
-"""Tagging many inputs at full machine speed.
-
-Decoding, resampling, the frontend and the model run in worker threads (libsndfile, soxr, numpy's FFT and
-onnxruntime release the GIL). Every window goes to one ``Batcher``, which runs the model on all the windows
-waiting, up to the model's ``max_batch`` of one length, as one batch: a busy machine makes batches across files,
-an idle one answers at once (a live stream's windows are not held back waiting for company). One onnxruntime
-session serves everything.
-
-Outcomes come back in input order; inputs may arrive slowly (paths piped in by a crawler), and work on each starts
-as soon as it arrives.
+"""The model for many producers: every window of every input in work goes to one ``Batcher``, which runs the
+model on all the windows waiting, up to the model's ``max_batch`` of one length, as one batch: a busy machine
+makes batches across inputs, an idle one answers at once (a live stream's windows are not held back waiting for
+company). ``submit_stream`` decodes one stream into it, memory flat with length; the batch runs, ``serve`` and
+``Tagger.tag_file`` all tag through here.
 """
 
 import collections
-import queue
-import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from . import audio, limits
-from .limits import Limits
-from .tagger import CLIP_LAYOUT, Accumulator, Prediction, Segment, TagOptions, Tagger, layouts, model_input
+from ..decode import Stream
+from .results import Prediction, Segment
+from ..options import TagOptions
+from .clip import CLIP_LAYOUT, Accumulator, layouts, model_input
 from .windows import passes
 
 WINDOWS_IN_FLIGHT = 32  # per input: bounds the log-mels (0.5 MB each) a long file holds while the model catches up
 QUEUED_BATCHES = 4  # in all: a submitter waits while this many full batches wait for the model
-
-
-@dataclass(frozen=True)
-class Input:
-    """One thing to tag: a path, or "-" for stdin; ``error`` when it was known to be bad before opening."""
-
-    name: str
-    error: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Opener:
-    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way)."""
-
-    raw: Optional[str] = None  # headerless samples: their format, rate and channels
-    rate: Optional[int] = None
-    channels: int = 1
-    limits: Limits = Limits()
-
-    def __call__(self, name: str) -> audio.Stream:
-        if name == "-":
-            stream = audio.open_stdin(sys.stdin.buffer, self.raw, self.rate, self.channels)
-        else:
-            stream = audio.open_file(name, self.raw, self.rate, self.channels)
-        return limits.apply(stream, self.limits)
-
-
-@dataclass
-class Outcome:
-    """What became of one input: a prediction and where it came from, or an error message."""
-
-    name: str
-    prediction: Optional[Prediction] = None
-    sample_rate: int = 0
-    channels: int = 0
-    duration: float = 0.0  # seconds of audio tagged
-    truncated: bool = False  # cut at --max-duration
-    audio_duration: Optional[float] = None  # seconds the input holds, when cut and known
-    warning: Optional[str] = None  # tagged from what could be decoded; this says what could not
-    error: Optional[str] = None
-    timings: Optional[dict] = None  # seconds spent per stage in this input's worker
-    codec: Optional[str] = None  # what was decoded ("aac", "pcm_s16le", ...)
 
 
 class Batcher:
@@ -84,7 +35,7 @@ class Batcher:
     Batches form from the windows that wait: on an accelerator (one runner), or when the model falls behind.
     """
 
-    def __init__(self, tagger: Tagger, max_batch: Optional[int] = None, runners: int = 1):
+    def __init__(self, tagger, max_batch: Optional[int] = None, runners: int = 1):
         self._model = tagger.model
         self._max_batch = max_batch or tagger.model.max_batch
         self._runners = runners
@@ -193,7 +144,7 @@ class Batcher:
             future.set_result((row, embedding))
 
 
-def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
+def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
                   on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
     """Decode an open stream and submit its windows; returns (finish, timings): ``finish()`` waits for the
     results still in the model and gives the Prediction, so the caller may start on something else first.
@@ -264,73 +215,11 @@ def submit_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, option
     return finish, timings
 
 
-def tag_stream(stream: audio.Stream, tagger: Tagger, batcher: Batcher, options: TagOptions,
+def tag_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
                on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
     """Tag an open stream window by window; returns (Prediction, timings)."""
     finish, timings = submit_stream(stream, tagger, batcher, options, on_segment)
     return finish(), timings
-
-
-def start_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Tagger, batcher: Batcher,
-                options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
-    """Decode one input and submit its windows; returns ``outcome()``, which waits for the model's last results
-    and gives the Outcome. Every failure becomes an error message, never an exception."""
-    if item.error:
-        return lambda: Outcome(item.name, error=item.error)
-    stream = None
-
-    def submit():
-        nonlocal stream
-        stream = open_input(item.name)
-        callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
-        return submit_stream(stream, tagger, batcher, options, callback)
-
-    try:
-        submitted = _or_failure(item.name, submit)
-    finally:
-        if stream is not None:
-            stream.close()
-    if isinstance(submitted, Outcome):
-        return lambda: submitted
-    finish, timings = submitted
-
-    def outcome() -> Outcome:
-        prediction = _or_failure(item.name, finish)
-        if isinstance(prediction, Outcome):
-            return prediction
-        whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
-        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
-                       whole, stream.warning, timings=timings, codec=stream.codec)
-
-    return outcome
-
-
-def tag_input(item: Input, open_input: Callable[[str], audio.Stream], tagger: Tagger, batcher: Batcher,
-              options: TagOptions, on_segment=None) -> Outcome:
-    """One input to one Outcome; every failure becomes an error message, never an exception."""
-    return start_input(item, open_input, tagger, batcher, options, on_segment)()
-
-
-def _or_failure(name: str, work: Callable):
-    """``work()``, or the Outcome saying why it failed on this input."""
-    try:
-        return work()
-    except BrokenPipeError:
-        raise  # our stdout is gone (a --segments reader quit): the run ends, it is not this input's fault
-    except Exception as error:
-        return Outcome(name, error=failure_message(error))
-
-
-def failure_message(error: Exception) -> str:
-    """What went wrong with one input, for its record. Anything unforeseen (a decoder or onnxruntime error on one
-    strange file) is that input's failure too: a run of weeks must not end on one file."""
-    if isinstance(error, (audio.AudioError, ValueError)):
-        return str(error)
-    if isinstance(error, OSError):
-        return (error.strerror or str(error)).lower()
-    if isinstance(error, MemoryError):
-        return "out of memory"
-    return f"unexpected {type(error).__name__}: {error}"
 
 
 def model_runners(model, jobs: int) -> int:
@@ -338,69 +227,3 @@ def model_runners(model, jobs: int) -> int:
     in the calling thread, so the model can take any core the decoders leave idle; otherwise one (an accelerator,
     or a session with a thread pool of its own)."""
     return jobs if model.providers == ["CPUExecutionProvider"] and model.threads == 1 else 1
-
-
-def run(items: Iterable[Input], open_input: Callable[[str], audio.Stream], tagger: Tagger, options: TagOptions,
-        jobs: int, on_segment=None, batcher: Optional[Batcher] = None) -> Iterator[Outcome]:
-    """Outcomes in input order, ``jobs`` inputs in work at once."""
-    batcher = batcher or Batcher(tagger, runners=model_runners(tagger.model, jobs))
-    work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
-    ordered = queue.Queue()
-    feeder_error = []
-    finished = threading.Event()  # every outcome is out
-
-    def put_work(entry) -> bool:
-        while not finished.is_set():  # the consumer may have stopped early
-            try:
-                work.put(entry, timeout=0.1)
-                batcher.wake()
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def feed() -> None:
-        try:
-            for item in items:
-                future = Future()
-                ordered.put(future)
-                if not put_work((item, future)):
-                    return
-        except BaseException as error:  # e.g. the list of paths became unreadable
-            feeder_error.append(error)
-        finally:
-            ordered.put(None)
-            for _ in range(jobs):
-                put_work(None)
-
-    def next_entry():
-        while not finished.is_set():
-            batcher.idle_until(lambda: finished.is_set() or not work.empty())  # runs the model meanwhile
-            try:
-                return work.get_nowait()
-            except queue.Empty:  # another worker took it, or the run is over
-                continue
-        return None
-
-    def work_loop() -> None:
-        # A worker moves on once an input's windows are submitted: this thread waits for their results, in
-        # order, so no worker idles while the model finishes an input's last window.
-        while (entry := next_entry()) is not None:
-            item, future = entry
-            try:
-                future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment))
-            except BaseException as error:  # a bug, not bad input: surface it in the main thread
-                future.set_exception(error)
-        batcher.idle_until(finished.is_set)  # no input left: run the model for the others until the end
-
-    threading.Thread(target=feed, name="audiotag-feed", daemon=True).start()
-    for index in range(jobs):
-        threading.Thread(target=work_loop, name=f"audiotag-worker-{index}", daemon=True).start()
-    try:
-        while (future := ordered.get()) is not None:
-            yield future.result()()
-    finally:
-        finished.set()
-        batcher.wake()
-    if feeder_error:
-        raise feeder_error[0]

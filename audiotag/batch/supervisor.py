@@ -108,7 +108,7 @@ class Supervisor:
             self.info = self.info or message[1]
 
     def outcomes(self, items: Iterable) -> Iterator:
-        from .pipeline import Outcome
+        from ..infer.results import Outcome
 
         slots = threading.Semaphore(self._window)  # the feeder reads no further ahead than the window
         stop = threading.Event()
@@ -347,7 +347,7 @@ def worker_environment() -> dict:
     return env
 
 
-def serve() -> int:
+def worker_main() -> int:
     """The worker's main: config, then inputs from stdin; ready, segments and outcomes to the supervisor."""
     # Ctrl-C and SIGTERM reach the whole process group: the supervisor decides, and kills this worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -364,9 +364,9 @@ def serve() -> int:
         with lock:
             _write(replies, message)
 
-    from . import pipeline  # before the config arrives: this start-up overlaps the supervisor's
-    from .model import ModelError
-    from .tagger import Tagger
+    from ..infer.model import ModelError  # before the config arrives: this start-up overlaps the supervisor's
+    from ..infer.tagger import Tagger
+    from . import pipeline
 
     config = _read(requests)
     if config is None:

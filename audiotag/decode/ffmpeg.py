@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import audio
+from . import stream as audio
 
 # A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
 # kept at its first rate and layout: later frames are resampled (soxr, one shot) and down- or up-mixed to it.
@@ -106,7 +106,7 @@ def _stream(container, seekable: bool) -> audio.Stream:
         raise audio.AudioError(f"cannot decode {codec}: "
                                f"{'no audio frames' if reason in (None, 'End of file') else reason}")
     rate, channels = first.sample_rate, len(first.layout.channels)
-    audio._check_format(rate, channels)
+    audio.check_format(rate, channels)
 
     def blocks():
         decoded = 0
@@ -177,7 +177,7 @@ def _gathered(frames, step: int):
     PyAV's to_ndarray per frame (430 frames per 10 s of AAC) cost more than FFmpeg's decoding, and frames kept
     alive until their block was joined cost a third of it. A frame of another format, rate or layout, or one
     that does not fit, starts a block."""
-    block, kind = None, None
+    block, kind, room, filled = None, None, 0, 0
     for frame in frames:
         frame_kind = (frame.format.name, frame.sample_rate, len(frame.layout.channels))
         count = frame.samples

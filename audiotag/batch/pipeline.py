@@ -1,0 +1,159 @@
+"""Tagging many inputs at full machine speed.
+
+Decoding, resampling, the frontend and the model run in worker threads (libsndfile, soxr, numpy's FFT and
+onnxruntime release the GIL). Every window goes to one ``infer.batcher.Batcher``: a busy machine makes batches
+across files. One onnxruntime session serves everything.
+
+Outcomes come back in input order; inputs may arrive slowly (paths piped in by a crawler), and work on each starts
+as soon as it arrives.
+"""
+
+import queue
+import sys
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+from .. import decode
+from ..decode import limits
+from ..decode.limits import Limits
+from ..errors import failure_message
+from ..infer.batcher import Batcher, model_runners, submit_stream
+from ..infer.results import Outcome
+from ..infer.tagger import TagOptions, Tagger
+from .inputs import Input
+
+
+@dataclass(frozen=True)
+class Opener:
+    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way)."""
+
+    raw: Optional[str] = None  # headerless samples: their format, rate and channels
+    rate: Optional[int] = None
+    channels: int = 1
+    limits: Limits = Limits()
+
+    def __call__(self, name: str) -> decode.Stream:
+        if name == "-":
+            stream = decode.open_stdin(sys.stdin.buffer, self.raw, self.rate, self.channels)
+        else:
+            stream = decode.open_file(name, self.raw, self.rate, self.channels)
+        return limits.apply(stream, self.limits)
+
+
+def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
+                options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
+    """Decode one input and submit its windows; returns ``outcome()``, which waits for the model's last results
+    and gives the Outcome. Every failure becomes an error message, never an exception."""
+    if item.error:
+        return lambda: Outcome(item.name, error=item.error)
+    stream = None
+
+    def submit():
+        nonlocal stream
+        stream = open_input(item.name)
+        callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
+        return submit_stream(stream, tagger, batcher, options, callback)
+
+    try:
+        submitted = _or_failure(item.name, submit)
+    finally:
+        if stream is not None:
+            stream.close()
+    if isinstance(submitted, Outcome):
+        return lambda: submitted
+    finish, timings = submitted
+
+    def outcome() -> Outcome:
+        prediction = _or_failure(item.name, finish)
+        if isinstance(prediction, Outcome):
+            return prediction
+        whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
+        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
+                       whole, stream.warning, timings=timings, codec=stream.codec)
+
+    return outcome
+
+
+def tag_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
+              options: TagOptions, on_segment=None) -> Outcome:
+    """One input to one Outcome; every failure becomes an error message, never an exception."""
+    return start_input(item, open_input, tagger, batcher, options, on_segment)()
+
+
+def _or_failure(name: str, work: Callable):
+    """``work()``, or the Outcome saying why it failed on this input."""
+    try:
+        return work()
+    except BrokenPipeError:
+        raise  # our stdout is gone (a --segments reader quit): the run ends, it is not this input's fault
+    except Exception as error:
+        return Outcome(name, error=failure_message(error))
+
+
+def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagger: Tagger, options: TagOptions,
+        jobs: int, on_segment=None, batcher: Optional[Batcher] = None) -> Iterator[Outcome]:
+    """Outcomes in input order, ``jobs`` inputs in work at once."""
+    batcher = batcher or Batcher(tagger, runners=model_runners(tagger.model, jobs))
+    work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
+    ordered = queue.Queue()
+    feeder_error = []
+    finished = threading.Event()  # every outcome is out
+
+    def put_work(entry) -> bool:
+        while not finished.is_set():  # the consumer may have stopped early
+            try:
+                work.put(entry, timeout=0.1)
+                batcher.wake()
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed() -> None:
+        try:
+            for item in items:
+                future = Future()
+                ordered.put(future)
+                if not put_work((item, future)):
+                    return
+        except BaseException as error:  # e.g. the list of paths became unreadable
+            feeder_error.append(error)
+        finally:
+            ordered.put(None)
+            for _ in range(jobs):
+                put_work(None)
+
+    def next_entry():
+        while not finished.is_set():
+            batcher.idle_until(lambda: finished.is_set() or not work.empty())  # runs the model meanwhile
+            try:
+                return work.get_nowait()
+            except queue.Empty:  # another worker took it, or the run is over
+                continue
+        return None
+
+    def work_loop() -> None:
+        # A worker moves on once an input's windows are submitted: this thread waits for their results, in
+        # order, so no worker idles while the model finishes an input's last window.
+        while (entry := next_entry()) is not None:
+            item, future = entry
+            try:
+                future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment))
+            except BaseException as error:  # a bug, not bad input: surface it in the main thread
+                future.set_exception(error)
+        batcher.idle_until(finished.is_set)  # no input left: run the model for the others until the end
+
+    threading.Thread(target=feed, name="audiotag-feed", daemon=True).start()
+    for index in range(jobs):
+        threading.Thread(target=work_loop, name=f"audiotag-worker-{index}", daemon=True).start()
+    try:
+        while (future := ordered.get()) is not None:
+            yield future.result()()
+    finally:
+        finished.set()
+        batcher.wake()
+    if feeder_error:
+        raise feeder_error[0]
+

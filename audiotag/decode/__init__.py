@@ -1,0 +1,233 @@
+"""Decoding: files, bytes and streams to mono float32 blocks at the model's rate (``stream.Stream``).
+
+The decoder is chosen by the bytes, never by the name: libsndfile (``sndfile``) first; what it refuses (AAC/M4A/
+MP4, WebM/Matroska, WMA, AC-3, AMR, ALAC, video files...) goes to FFmpeg (``ffmpeg``); MPEG audio behind junk and
+chained Ogg are found by ``sniff``. Raw samples and WAV streams are read by ``pcm``.
+
+stdin cannot seek, so a WAV stream is parsed as it arrives (``pcm``), FLAC/OGG streams are read into memory before
+libsndfile sees them (the same samples as the file), an MP4/MOV/3GP or CAF (whose index may come last) is read
+into memory for FFmpeg, and every other container streams into FFmpeg as it arrives. What is held in memory is
+bounded by STDIN_MEMORY_LIMIT.
+"""
+
+import io
+import os
+import stat
+from typing import Optional
+
+from ..errors import AudioError
+from . import ffmpeg, sniff
+from .pcm import RAW_FORMATS, WavEncoding, open_raw, open_wav_stream, read_exactly
+from .sndfile import Refused, open_soundfile
+from .stream import TARGET_RATE, Audio, Stream, block_frames, from_array
+
+__all__ = ["AudioError", "Audio", "Stream", "TARGET_RATE", "RAW_FORMATS", "STDIN_MEMORY_LIMIT", "open_file",
+           "open_bytes", "open_stdin", "open_raw", "open_source", "load", "load_bytes", "from_array", "block_frames"]
+
+
+STDIN_MEMORY_LIMIT = 1 << 30  # bytes of a stdin (or HTTP) input held in memory to be decoded whole (FLAC, Ogg, MP4)
+
+
+def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
+    """Open an audio file for block decoding. OSError (missing, a directory, unreadable) passes through.
+
+    A pipe named as a file (``audiotag <(curl ...)``, ``/dev/stdin``) is read as a stream, as ``-`` is (raw
+    samples when ``raw_format`` is given).
+    """
+    file = open(path, "rb")
+    try:
+        info = os.fstat(file.fileno())
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+            stream = open_stdin(file, raw_format, rate, channels)
+            stream.add_closer(file.close)
+            return stream
+        if not stat.S_ISREG(info.st_mode):
+            raise AudioError("not a regular file")
+        if info.st_size == 0:
+            raise AudioError("empty file")
+        # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
+        # the GIL) for every 4 kB read.
+        try:
+            stream = open_soundfile(file.fileno(), None)
+        except Refused as refused:
+            file.seek(0)
+            return _second_decoder(refused, file, file.close)
+        return _unless_chained(stream, file, info.st_size, file.close)
+    except BaseException:
+        file.close()
+        raise
+
+
+def open_bytes(data: bytes) -> Stream:
+    """Open a whole in-memory file (any format either decoder takes)."""
+    if not data:
+        raise AudioError("no data")
+    try:
+        stream = open_soundfile(io.BytesIO(data), None)
+    except Refused as refused:
+        return _second_decoder(refused, io.BytesIO(data), None)
+    return _unless_chained(stream, io.BytesIO(data), len(data), None)
+
+
+def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
+    """``stream``, unless it is the first of a chained Ogg's logical streams: then FFmpeg decodes them all."""
+
+    def unchanged():
+        if closer:
+            stream.add_closer(closer)
+        return stream
+
+    if stream.codec not in ("vorbis", "opus", "flac") or size < 2 * 28:
+        return unchanged()
+    head = os.pread(file.fileno(), 28, 0) if isinstance(file, io.BufferedReader) else file.getvalue()[:28]
+    if head[:4] != b"OggS":
+        return unchanged()
+    start = max(0, size - sniff.TAIL)
+    tail = os.pread(file.fileno(), sniff.TAIL, start) if isinstance(file, io.BufferedReader) else \
+        file.getvalue()[start:]
+    if not sniff.is_chained_ogg(head, tail) or not ffmpeg.available():
+        return unchanged()
+    stream.close()  # libsndfile's decoder; the file stays open for FFmpeg
+    file.seek(0)
+    chained = ffmpeg.open_source(file)
+    if closer:
+        chained.add_closer(closer)
+    return chained
+
+
+def _second_decoder(refused: AudioError, file, closer) -> Stream:
+    """What libsndfile refused (``refused``) from the seekable ``file``: MPEG audio behind junk, decoded by
+    libsndfile from its first frame (``sniff``), else FFmpeg. When FFmpeg finds no container it knows either, or
+    is not installed, libsndfile's answer stands."""
+
+    head = file.read(sniff.SEARCHED)
+    start = None if sniff.is_container(head) else sniff.mpeg_audio_start(head)
+    if start:
+        try:
+            stream = open_soundfile(sniff.Window(file, start), None)
+        except Refused:
+            pass
+        else:
+            if closer:
+                stream.add_closer(closer)
+            return stream
+    file.seek(0)
+    if not ffmpeg.available():
+        raise refused
+    try:
+        stream = ffmpeg.open_source(file)
+    except ffmpeg.NotMedia:
+        if sniff.is_container(head):  # a container FFmpeg knows, cut short: its reason, not "not recognised"
+            raise
+        raise refused from None
+    except AudioError:
+        if "Format not recognised" not in str(refused):  # libsndfile knew the format: its reason is the one
+            raise refused from None
+        raise
+    if closer:
+        stream.add_closer(closer)
+    return stream
+
+
+def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = None, channels: int = 1) -> Stream:
+    """A stream on stdin: raw samples when ``raw_format`` is given, else sniffed from its first bytes (see the
+    module's docstring for what is streamed and what is held in memory)."""
+    if raw_format:
+        return open_raw(binary, raw_format, rate, channels)
+    head = read_exactly(binary, 12)
+    if not head:
+        raise AudioError("no data")
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        recorder = _Recorder(binary)
+        try:
+            stream = open_wav_stream(recorder)
+        except WavEncoding:  # mu-law, ADPCM, MP3 in WAV...: libsndfile decodes it whole, as the file
+            return open_bytes(_read_whole(head + recorder.stop(), binary, "a compressed WAV stream"))
+        recorder.stop()
+        return stream
+    if head[:4] in (b"fLaC", b"OggS"):
+        return open_bytes(_read_whole(head, binary, "a FLAC or Ogg stream"))
+    if head.startswith(b"ID3"):  # MP3 (its tag may hold a large cover): libsndfile decodes it, as the file
+        return open_bytes(_read_whole(head, binary, "an MP3 stream"))
+    if not sniff.is_container(head):
+        head += read_exactly(binary, sniff.SEARCHED - len(head))
+        if not sniff.is_container(head) and sniff.mpeg_audio_start(head) is not None:  # MP3, behind junk or not
+            return open_bytes(_read_whole(head, binary, "an MP3 stream"))
+
+    if not ffmpeg.available():
+        raise AudioError("not a WAV, FLAC or OGG stream, and the FFmpeg decoder is not installed "
+                         "(for headerless samples give --raw FORMAT --rate HZ)")
+    try:
+        if head[4:8] == b"ftyp" or head[:4] == b"caff":  # MP4/M4A/MOV/3GP, CAF: the index may be at the end
+            return ffmpeg.open_source(io.BytesIO(_read_whole(head, binary, "an MP4 or CAF stream")))
+        return ffmpeg.open_source(ffmpeg.StreamReader(head, binary), seekable=False)
+    except ffmpeg.NotMedia:
+        raise AudioError("not an audio format audiotag decodes (for headerless samples give --raw FORMAT "
+                         "--rate HZ)") from None
+
+
+class _Recorder:
+    """A stream that keeps what is read from it until ``stop()`` (a WAV header, replayed when libsndfile must
+    decode the stream whole)."""
+
+    def __init__(self, binary):
+        self._binary = binary
+        self._kept = []
+
+    def read(self, size: int = -1) -> bytes:
+        return self._keep(self._binary.read(size))
+
+    def read1(self, size: int = -1) -> bytes:
+        read = getattr(self._binary, "read1", self._binary.read)
+        return self._keep(read(size))
+
+    def _keep(self, data: bytes) -> bytes:
+        if self._kept is not None:
+            self._kept.append(data)
+        return data
+
+    def stop(self) -> bytes:
+        kept, self._kept = b"".join(self._kept or ()), None
+        return kept
+
+
+def _read_whole(head: bytes, binary, what: str) -> bytes:
+    """A stream that is decoded whole, read into memory up to STDIN_MEMORY_LIMIT."""
+    data = head + read_exactly(binary, STDIN_MEMORY_LIMIT + 1 - len(head))
+    if len(data) > STDIN_MEMORY_LIMIT:
+        raise AudioError(f"{what} on stdin is held in memory to be decoded, and this one is over "
+                         f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
+    return data
+
+
+def open_source(source) -> Stream:
+    """Open what a caller holds: a path (str or os.PathLike), the bytes of a whole file, or a binary file object
+    (a pipe too, read as stdin is: streamed where the format allows). Any format the command line reads."""
+    if isinstance(source, (str, os.PathLike)):
+        return open_file(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return open_bytes(bytes(source))
+    if hasattr(source, "read"):
+        return open_stdin(getattr(source, "buffer", source))  # a text stream's bytes (sys.stdin)
+    raise TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
+
+
+def load(source) -> Audio:
+    """Decode a whole input into memory.
+
+    Args:
+        source: a path, the bytes of a whole file, or a binary file object (see ``open_source``).
+
+    Returns:
+        ``Audio``: ``samples`` (mono float32 at 32 kHz, as upstream's librosa.load gives them), and the source's
+        ``sample_rate``, ``channels``, ``duration`` (seconds) and ``codec``.
+
+    Raises:
+        AudioError: the input cannot be decoded (the message is the command line's); OSError: it cannot be read.
+    """
+    return open_source(source).read()
+
+
+def load_bytes(data: bytes) -> Audio:
+    """Decode a whole in-memory file."""
+    return open_bytes(data).read()
