@@ -19,7 +19,7 @@ REFERENCE = SHARED / "reference"
 AUDIO = SHARED / "audio"
 MAIN_CLIPS = ("music", "speech", "typing")  # the 32 kHz reference clips
 
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts" / "tools"))
 from compare_records import compare_lines  # noqa: E402,F401  (two runs agree: scores within 1e-5, all else equal)
 
 if not (REFERENCE / "reference.jsonl").is_file():
@@ -53,7 +53,7 @@ def binary() -> Path:
     """The frozen binary: a test that needs it fails, not skips, when it is missing (CI always builds it)."""
     path = _binary()
     if not path.is_file() or not os.access(path, os.X_OK):
-        pytest.fail(f"no frozen binary at {path}: build it with scripts/build_binary.sh (or set AUDIOTAG_BINARY)")
+        pytest.fail(f"no frozen binary at {path}: build it with scripts/build/build_binary.sh (or set AUDIOTAG_BINARY)")
     return path
 
 

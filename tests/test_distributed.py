@@ -22,7 +22,7 @@ import pytest
 
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
     # not a skip: CI installs the extra, and these tests must run there
-    raise ImportError("tests/test_distributed.py needs the ray extra: pip install -e '.[ray]' (scripts/setup.sh)")
+    raise ImportError("tests/test_distributed.py needs the ray extra: pip install -e '.[ray]' (scripts/build/setup.sh)")
 import pyarrow.parquet as pq  # noqa: E402 -- ray itself is imported by the cluster fixture, after its settings
 
 from audiotag import distributed

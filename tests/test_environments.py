@@ -1,6 +1,6 @@
 """Scores are stable to about 1e-6 across CPUs and BLAS kernels, not bit for bit: OpenBLAS picks a kernel per CPU
 (or per $OPENBLAS_CORETYPE, set on some CI hosts), and kernels round the filterbank products differently. So two
-ways of running audiotag are compared with scripts/compare_records.py (scores within 1e-5, every other field
+ways of running audiotag are compared with scripts/tools/compare_records.py (scores within 1e-5, every other field
 equal), and these tests show that comparison tolerates a kernel change and nothing more."""
 
 import json

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts" / "model"))
 import export_model  # noqa: E402
 from efficientat_mn import MobileNetV3, width_from_name  # noqa: E402
 
@@ -197,7 +197,7 @@ def test_cli_download_failure_is_one_line(server, tmp_path, failure):
     env = {k: v for k, v in os.environ.items() if k != "AUDIOTAG_ASSETS_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_model.py"), "--checkpoint-url", url,
+        [sys.executable, str(REPO / "scripts" / "model" / "export_model.py"), "--checkpoint-url", url,
          "--labels", str(LABELS), "--output", str(tmp_path / "out.onnx")],
         env=env, capture_output=True, text=True, timeout=120,
     )
@@ -219,7 +219,7 @@ def test_assets_dir_from_the_environment(tmp_path):
     shutil.copy(SHARED / "reference" / "music.npz", refs)
     out = tmp_path / "out.onnx"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export_model.py"), "--checkpoint-url", free_port_url(),
+        [sys.executable, str(REPO / "scripts" / "model" / "export_model.py"), "--checkpoint-url", free_port_url(),
          "--labels-url", free_port_url(), "--ontology-url", free_port_url(), "--output", str(out),
          "--reference-dir", str(refs)],
         env=env, capture_output=True, text=True, timeout=300)
@@ -228,7 +228,7 @@ def test_assets_dir_from_the_environment(tmp_path):
     assert meta["checkpoint_sha256"] == CHECKPOINT_SHA and not (tmp_path / "cache" / "audiotag").exists()
 
     env["AUDIOTAG_ASSETS_DIR"] = str(tmp_path)  # a directory without the files: one clear line, no download
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export_model.py"), "--output", str(out)],
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "model" / "export_model.py"), "--output", str(out)],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].endswith(f"not found in the assets dir {tmp_path}")

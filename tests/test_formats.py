@@ -122,7 +122,7 @@ def _make(folder, name, source, options, encoder):
 def fixtures(tmp_path_factory):
     """Every kind in one folder (and nothing else there)."""
     if FFMPEG is None:
-        pytest.fail("Debian's ffmpeg makes these fixtures: apt-get install ffmpeg (scripts/setup.sh does)")
+        pytest.fail("Debian's ffmpeg makes these fixtures: apt-get install ffmpeg (scripts/build/setup.sh does)")
     work = tmp_path_factory.mktemp("formats")
     encoder = work / "amr_encode"
     subprocess.run(["gcc", "-O2", "-o", str(encoder), str(REPO / "tests" / "fixtures" / "amr_encode.c"),

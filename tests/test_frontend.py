@@ -66,8 +66,8 @@ def test_too_short_input_is_refused_with_a_reason():
 
 
 def test_bundled_assets_are_what_the_script_makes(tmp_path):
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_frontend_assets.py"), "--output-dir", str(tmp_path)],
-                   check=True, capture_output=True)
+    script = REPO / "scripts" / "model" / "make_frontend_assets.py"
+    subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path)], check=True, capture_output=True)
     for name in ("mel_filterbank.npy", "stft_window.npy"):
         np.testing.assert_array_equal(np.load(tmp_path / name), np.load(asset_path(name)))
 

@@ -223,7 +223,7 @@ def test_mutated_mp3s_are_not_called_pipes():
     source = (AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()
     rng = np.random.default_rng(0)
     messages = set()
-    for index in range(300):  # the mutants scripts/salvage_rate.py style: bytes near the start, cuts, bad runs
+    for index in range(300):  # the mutants scripts/studies/salvage_rate.py style: bytes near the start, cuts, bad runs
         mutant = bytearray(source)
         kind = index % 3
         if kind == 0:

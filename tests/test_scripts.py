@@ -7,15 +7,16 @@ import sys
 from conftest import AUDIO, REPO
 
 
-def run_script(name, *arguments):
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, arguments)], cwd=REPO,
+def run_script(path, *arguments):
+    """Run scripts/PATH (e.g. "bench/bench.py") from the repository root with this interpreter."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / path), *map(str, arguments)], cwd=REPO,
                             capture_output=True, timeout=600)
     assert "Traceback" not in result.stderr.decode(), result.stderr.decode()
     return result.returncode, result.stdout.decode()
 
 
 def test_bench(tmp_path):
-    code, out = run_script("bench.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    code, out = run_script("bench/bench.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
     assert code in (0, 1)  # 1: a target missed, as it may be on 8 short clips
     for line in ("(a) model alone (", "(b) audiotag DIR (default", "(c) audiotag FILE", "decode+resample (audio.py)",
                  "(b)/(a) = ", "(b)/(c) = ", "frontend/model = "):
@@ -23,44 +24,44 @@ def test_bench(tmp_path):
 
 
 def test_profile_batch():
-    code, out = run_script("profile_batch.py", AUDIO / "extra")
+    code, out = run_script("bench/profile_batch.py", AUDIO / "extra")
     assert code == 0 and "(0 failed)" in out and "model: " in out and "workers: " in out, out
 
 
 def test_bench_clip():
-    code, out = run_script("bench_clip.py", "--runs", 2)
+    code, out = run_script("bench/bench_clip.py", "--runs", 2)
     assert code == 0 and "frontend" in out and "onnxruntime threads 1: model" in out, out
 
 
 def test_event_study():
-    code, out = run_script("event_study.py", "--quick")
+    code, out = run_script("studies/event_study.py", "--quick")
     assert code == 0 and "best per layout:" in out and "as shipped (one thread" in out, out
 
 
 def test_aggregate_study():
-    code, out = run_script("aggregate_study.py")
+    code, out = run_script("studies/aggregate_study.py")
     assert code == 0 and "25 clips over 10 s" in out and "24 clips up to 10 s" in out, out
 
 
 def test_bench_serve(tmp_path):
-    code, out = run_script("bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    code, out = run_script("bench/bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
     assert code in (0, 1)  # 1: the target missed, as it may be on 8 short clips
     for line in ("(a) audiotag DIR", "(b) audiotag serve, 4 clients", "1 client : p50", "4 clients: p50", "(b)/(a) = "):
         assert line in out, out
 
 
 def test_bench_decoders():
-    code, out = run_script("bench_decoders.py", "--repeat", 1, "--corpus", 2)
+    code, out = run_script("bench/bench_decoders.py", "--repeat", 1, "--corpus", 2)
     assert code == 0 and "| pcm.wav | " in out and "| aac.m4a | refused | " in out and "M4A / WAV: " in out, out
 
 
 def test_bench_model_files():
     """The shipped model against itself: the same outputs."""
-    code, out = run_script("bench_model_files.py", REPO / "audiotag" / "assets" / "mn04_as.onnx", "--rounds", 1)
+    code, out = run_script("bench/bench_model_files.py", REPO / "audiotag" / "assets" / "mn04_as.onnx", "--rounds", 1)
     assert code == 0 and "| batch 1 | " in out and out.count("| 0.00e+00 |") == 2, out
 
 
 def test_bench_startup(binary):
     """The binary against itself."""
-    code, out = run_script("bench_startup.py", "--binary", binary, "--baseline", binary, "--pairs", 1)
+    code, out = run_script("bench/bench_startup.py", "--binary", binary, "--baseline", binary, "--pairs", 1)
     assert code in (0, 1) and "| first start, --version (ms) | " in out and "| repeated tag one clip (ms) | " in out, out

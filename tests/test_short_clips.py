@@ -1,4 +1,4 @@
-"""The short-clip rule (evidence: scripts/short_clip_study.py): under 1 s repeat to 1 s, under 16 ms refuse."""
+"""The short-clip rule (evidence: scripts/studies/short_clip_study.py): under 1 s repeat to 1 s, under 16 ms refuse."""
 
 import json
 

@@ -1,6 +1,6 @@
 """Start-up of two builds of the binary, side by side: this one against a baseline (e.g. the last release).
 
-    .venv/bin/python scripts/bench_startup.py --baseline OLD/dist/audiotag [--binary dist/audiotag] [--pairs 15]
+    .venv/bin/python scripts/bench/bench_startup.py --baseline OLD/dist/audiotag [--binary dist/audiotag] [--pairs 15]
 
 Each measure alternates the two binaries (A B, B A, ...) from a clean environment, so load on a shared machine
 hits both alike:
@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_binary import CLIP, REPO, clean_env, median_ms, paired, report, run_rusage  # noqa: E402
 
 TARGET_FIRST_START_S = 0.5

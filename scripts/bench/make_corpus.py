@@ -6,9 +6,10 @@ typing and the extra set), each at its own gain, summed, with a little noise at 
 source's rate with soxr and written with soundfile; every third clip is stereo (the mix and a slightly different
 mix). The corpus is made at bench time and never committed; the same seed gives the same files.
 
-    python scripts/make_corpus.py DIR [--count 200] [--seconds 10] [--seed 0]
+    python scripts/bench/make_corpus.py DIR [--count 200] [--seconds 10] [--seed 0]
 
-Both scripts/bench.py (audiotag DIR) and scripts/bench_ray.py (audiotag-ray) import ``make_corpus`` from here.
+scripts/bench/bench.py (audiotag DIR), bench_ray.py (audiotag-ray) and bench_serve.py import ``make_corpus`` from
+here, their own folder.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import numpy as np
 import soundfile
 import soxr
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 RATES = (16000, 32000, 44100, 48000)  # the rates clips are written at, in turn
 FORMATS = (("wav", "WAV"), ("flac", "FLAC"))  # alternating every 4 clips, so each rate comes in both
 SOURCE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")

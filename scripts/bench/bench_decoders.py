@@ -1,6 +1,6 @@
 """Decode speed per format for both decoders, and `audiotag DIR` on a corpus of M4A files.
 
-    .venv/bin/python scripts/bench_decoders.py [--repeat 20] [--corpus 100]
+    .venv/bin/python scripts/bench/bench_decoders.py [--repeat 20] [--corpus 100]
 
 Fixtures are made with Debian's ffmpeg (a benchmark-time tool) from a 10 s 44.1 kHz stereo clip of
 ../shared/audio. "decode ms" is the median time to open a file and decode all of it to float32 blocks at its own
@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 SOURCE = SHARED / "audio" / "extra" / "max-guitar.wav"
 
@@ -95,7 +94,7 @@ def main() -> int:
     parser.add_argument("--corpus", type=int, default=100, help="M4A files in the directory run")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
-        sys.exit("bench_decoders: Debian's ffmpeg makes the fixtures (scripts/install_test_tools.sh)")
+        sys.exit("bench_decoders: Debian's ffmpeg makes the fixtures (scripts/build/install_test_tools.sh)")
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)

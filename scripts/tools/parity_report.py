@@ -1,6 +1,6 @@
 """Per-clip parity with upstream EfficientAT: mel and logit max abs differences, top-10 match.
 
-    .venv/bin/python scripts/parity_report.py          # reads $AUDIOTAG_SHARED (default ../shared)
+    .venv/bin/python scripts/tools/parity_report.py          # reads $AUDIOTAG_SHARED (default ../shared)
 
 The tests assert the tolerances; this prints the figures behind them, for every reference clip: the three 32 kHz
 clips of ``audio/`` (mel, logits) and the real recordings of ``audio/extra/`` (mel and logits; where the clip
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 
 from audiotag import Tagger, TagOptions, decode
 from audiotag.infer import frontend  # noqa: E402

@@ -1,6 +1,6 @@
 """How to find when a sound starts and ends: the evidence for the --events method.
 
-    .venv/bin/python scripts/event_study.py [--quick]
+    .venv/bin/python scripts/studies/event_study.py [--quick]
 
 Builds recordings of 20 s speech, 20 s music, 20 s typing from ../shared/audio (each 10 s clip looped; the
 acceptance recording, plus the two other orders so a method is not tuned to one), tags them with several window
@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 from audiotag import TagOptions, Tagger  # noqa: E402
 from audiotag.infer.events import find_events  # noqa: E402
 

@@ -4,7 +4,7 @@ numpy only. The formulas are upstream's (torchaudio ``kaldi.get_mel_banks`` and 
 EfficientAT's ``AugmentMelSTFT`` uses them in eval mode), reproduced in float32 so that the arrays match
 upstream's to float32 rounding. See ``../shared/reference/FRONTEND.md`` for the derivation.
 
-    python scripts/make_frontend_assets.py [--output-dir audiotag/assets]
+    python scripts/model/make_frontend_assets.py [--output-dir audiotag/assets]
 """
 
 import argparse
@@ -57,7 +57,7 @@ def stft_window() -> np.ndarray:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_dir = Path(__file__).resolve().parent.parent / "audiotag" / "assets"
+    default_dir = Path(__file__).resolve().parent.parent.parent / "audiotag" / "assets"
     parser.add_argument("--output-dir", type=Path, default=default_dir, help="where to write the .npy files")
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)

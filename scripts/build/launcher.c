@@ -2,7 +2,7 @@
  * The front of the single-file `audiotag`: a static launcher with the one-folder PyInstaller build appended.
  *
  * File layout:  [this program, linked statically] [payload: zstd-compressed ustar of the one-folder build]
- *               [trailer: struct trailer, written by scripts/pack_binary.py]
+ *               [trailer: struct trailer, written by scripts/build/pack_binary.py]
  *
  * On start it looks for <cache>/<id>/ (id = version + payload hash, so every build gets its own folder).
  *  - Found: start the program at once (the common case: a stat, an exec).
@@ -21,7 +21,7 @@
  * through /proc/self/exe (the same loader) with LD_LIBRARY_PATH pointing at the bundle.
  * The one variable it sets is ORT_DISABLE_TELEMETRY=1 (when unset): see main().
  *
- * Build: gcc -static -O2 -o launcher scripts/launcher.c -l:libzstd.a  (scripts/build_binary.sh does it).
+ * Build: gcc -static -O2 -o launcher scripts/build/launcher.c -l:libzstd.a  (scripts/build/build_binary.sh does it).
  */
 #define _GNU_SOURCE
 #include <dirent.h>

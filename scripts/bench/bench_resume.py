@@ -1,6 +1,6 @@
 """--resume on a big output: peak memory and time of reading what is recorded, before and after a change.
 
-    .venv/bin/python scripts/bench_resume.py [--records 1000000] [--before REV] [--format jsonl|csv]
+    .venv/bin/python scripts/bench/bench_resume.py [--records 1000000] [--before REV] [--format jsonl|csv]
 
 Writes an output of RECORDS records (10 tags each, as audiotag writes them, a torn record at the end), then
 reads it with ``recorded_paths`` (``audiotag.batch.writer``) of this checkout and of git revision REV (default main), each in a fresh
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 TARGET_MB, TARGET_S = 300, 30.0
 READER = """
 import inspect, json, sys, time

@@ -1,6 +1,6 @@
 """How window scores should become a clip score (--aggregate): the evidence for the default.
 
-    .venv/bin/python scripts/aggregate_study.py
+    .venv/bin/python scripts/studies/aggregate_study.py
 
 On every clip of ../shared/audio/extra longer than one 10 s window, tags with 10 s windows every 5 s and each
 aggregation, and reports per clip and in all:
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 from audiotag import TagOptions, Tagger, decode  # noqa: E402
 
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))

@@ -1,6 +1,6 @@
 """In-process time to tag one 10 s clip: frontend and model, median of N runs (one onnxruntime thread and all).
 
-    .venv/bin/python scripts/bench_clip.py [--runs 30] [--clip ../shared/audio/music.wav]
+    .venv/bin/python scripts/bench/bench_clip.py [--runs 30] [--clip ../shared/audio/music.wav]
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 from audiotag import Tagger, decode
 from audiotag.infer import frontend
 
-SHARED = Path(os.environ.get("AUDIOTAG_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
+SHARED = Path(os.environ.get("AUDIOTAG_SHARED", Path(__file__).resolve().parent.parent.parent.parent / "shared"))
 
 
 def median_ms(function, runs: int) -> float:

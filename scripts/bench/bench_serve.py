@@ -1,9 +1,9 @@
 """How fast ``audiotag serve`` tags what clients POST, against ``audiotag DIR`` on the same files, in one run.
 
-    .venv/bin/python scripts/bench_serve.py [--count 200] [--seconds 10] [--clients 4] [--keep DIR] [--quick]
-                                            [--binary dist/audiotag]
+    .venv/bin/python scripts/bench/bench_serve.py [--count 200] [--seconds 10] [--clients 4] [--keep DIR] [--quick]
+                                                  [--binary dist/audiotag]
 
-One run makes the batch benchmark's corpus (``scripts/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and
+One run makes the batch benchmark's corpus (``scripts/bench/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and
 measures, rounds interleaved:
   (a) ``audiotag DIR -o FILE`` end to end in a subprocess (default --jobs/--threads), start-up included;
   (b) the same files POSTed to a running ``audiotag serve`` (default settings) by ``--clients`` concurrent clients,
@@ -11,12 +11,14 @@ measures, rounds interleaved:
       before: a service's start-up is paid once);
   (c) the latency of one 10 s clip, posted over and over by 1 client and by ``--clients`` clients: p50 and p99;
   (d) (not with --quick) the server's peak memory before and after a 20-minute WAV uploaded chunked.
-Every answer must be 200 and agree with (a)'s record for that file (scripts/compare_records.py). Target (exit status 1 when
-missed): (b) reaches TARGET_OF_DIR of (a)'s files/s. Figures are medians over rounds; the load average is shown.
+Every answer must be 200 and agree with (a)'s record for that file (scripts/tools/compare_records.py). Target (exit
+status 1 when missed): (b) reaches TARGET_OF_DIR of (a)'s files/s. Figures are medians over rounds; the load average
+is shown.
 """
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -30,11 +32,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from make_corpus import make_corpus  # this folder's (Python puts a script's own folder on sys.path)
 
-from compare_records import compare_lines  # noqa: E402
-from make_corpus import make_corpus  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def _load_script(path: Path):
+    """A script of another folder of scripts/, imported from its path (sys.path left alone)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_lines = _load_script(REPO / "scripts" / "tools" / "compare_records.py").compare_lines
 
 TARGET_OF_DIR = 0.7
 LATENCY_REQUESTS = 100  # per latency measurement, split among the clients

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build audiotag's second decoder: a slim, LGPL-only FFmpeg and PyAV 12.3.0 against it, as one wheel.
 #
-#     scripts/build_ffmpeg.sh [PYTHON]      # prints the wheel's path on stdout; PYTHON defaults to .venv/bin/python
+#     scripts/build/build_ffmpeg.sh [PYTHON]      # prints the wheel's path on stdout; PYTHON defaults to .venv/bin/python
 #
 # FFmpeg 5.1 comes from Debian bookworm's source package (the security-maintained 5.1.x; PyAV 12 is the last
 # release that builds against FFmpeg < 7). It is configured with nothing but what decoding downloaded audio needs:
@@ -15,14 +15,14 @@
 # The result is cached in build/ffmpeg/<key>/ (key: this script's hash and the Python version), so a second run
 # only prints the path. Needs root for apt-get when the build tools are missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 python=${1:-.venv/bin/python}
 PYAV_VERSION=12.3.0
 log() { printf '== build_ffmpeg: %s\n' "$*" >&2; }
 fail() { printf 'build_ffmpeg.sh: %s\n' "$*" >&2; exit 1; }
 
-[ -x "$python" ] || fail "no Python at $python (run scripts/setup.sh)"
+[ -x "$python" ] || fail "no Python at $python (run scripts/build/setup.sh)"
 pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 key=$( (cat "$0"; echo "$pyver") | sha256sum | cut -c1-16)
 root=$PWD/build/ffmpeg/$key

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Portability proof for dist/audiotag (run as root, after scripts/build_binary.sh):
+# Portability proof for dist/audiotag (run as root, after scripts/build/build_binary.sh):
 #
-#     scripts/check_bullseye.sh
+#     scripts/build/check_bullseye.sh
 #
 # 1. Debian 11 "bullseye" (glibc 2.31), a debootstrap minbase root in build/bullseye-root (made once, ~1 min):
 #    the binary, copied in, passes --version and --self-check and tags every clip of $AUDIOTAG_SHARED/audio and audio/extra from an empty environment
 #    with a fresh cache, and its --format json output must agree with `python -m audiotag` on this host, run in
-#    the same empty environment (scripts/compare_records.py: every field equal, scores within 1e-5).
+#    the same empty environment (scripts/tools/compare_records.py: every field equal, scores within 1e-5).
 # 2. An empty root (no libc, no shell, nothing but the binary, one clip and /proc): --version and one clip, same
 #    tags as the package. This shows the binary never uses the server's C library, whatever its version. The
 #    package's side runs under each OpenBLAS kernel setting CI hosts carry (none; OPENBLAS_CORETYPE=Haswell with
@@ -16,7 +16,7 @@
 #
 # Mounts live in a private mount namespace (unshare -m), so nothing stays mounted when the script ends.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo=$PWD
 shared=$(realpath "${AUDIOTAG_SHARED:-$repo/../shared}")
 binary=$(realpath "${AUDIOTAG_BINARY:-dist/audiotag}")
@@ -27,7 +27,7 @@ log() { printf '== %s\n' "$*" >&2; }
 fail() { printf 'check_bullseye: FAIL: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "needs root (debootstrap, chroot, mount)"
-[ -x "$binary" ] || fail "$binary missing: run scripts/build_binary.sh first"
+[ -x "$binary" ] || fail "$binary missing: run scripts/build/build_binary.sh first"
 if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap"
     apt-get -o DPkg::Lock::Timeout=600 update -qq &&
@@ -53,7 +53,7 @@ cp -r "$shared/audio" "$root/data/audio"
 cp "$binary" "$root/opt/audiotag/audiotag"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-agree() { "$repo/.venv/bin/python" "$repo/scripts/compare_records.py" "$@"; }  # scores within 1e-5, all else equal
+agree() { "$repo/.venv/bin/python" "$repo/scripts/tools/compare_records.py" "$@"; }  # scores within 1e-5, all else equal
 
 in_root() {  # run a shell command inside the bullseye root, from an empty environment
     unshare -m sh -c 'mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" &&

@@ -1,10 +1,10 @@
 """Two exports of the model side by side: run time per window and how far their outputs differ.
 
-    .venv/bin/python scripts/bench_model_files.py OTHER.onnx [--model audiotag/assets/mn04_as.onnx] [--rounds 15]
+    .venv/bin/python scripts/bench/bench_model_files.py OTHER.onnx [--model audiotag/assets/mn04_as.onnx] [--rounds 15]
 
 Both are loaded as audiotag loads its model (audiotag.model.Model, one onnxruntime thread) and fed the same log-mel
 input of the shared clips (10 s windows, batch 1 and 8); the runs alternate (A B, B A, ...) so load on the machine
-hits both alike. Made to measure what onnxruntime's symbolic shape inference in scripts/export_model.py is worth
+hits both alike. Made to measure what onnxruntime's symbolic shape inference in scripts/model/export_model.py is worth
 (OTHER: a model exported without it).
 """
 
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 
 from audiotag import decode

@@ -4,7 +4,7 @@ Writes the recordings (16-bit WAV, music.wav resampled and repeated with some no
 tags each in a fresh `python -m audiotag` process and reports the child's peak RSS (ru_maxrss) and wall time.
 Decoding in blocks should keep the peak flat as the recording grows.
 
-    .venv/bin/python scripts/bench_memory.py [--minutes 1 10 60] [--format WAV|FLAC]
+    .venv/bin/python scripts/bench/bench_memory.py [--minutes 1 10 60] [--format WAV|FLAC]
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import soxr
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 RATE = 48000
 

@@ -1,7 +1,7 @@
 """Export an EfficientAT `mnXX_as` checkpoint to the single ONNX file audiotag runs.
 
-    python scripts/export_model.py                  # mn04_as -> audiotag/assets/mn04_as.onnx
-    AUDIOTAG_ASSETS_DIR=../shared/upstream python scripts/export_model.py
+    python scripts/model/export_model.py                  # mn04_as -> audiotag/assets/mn04_as.onnx
+    AUDIOTAG_ASSETS_DIR=../shared/upstream python scripts/model/export_model.py
 
 Inputs (the checkpoint, the label CSV, the AudioSet ontology) come from, in order: --checkpoint/--labels/--ontology;
 the directory in --assets-dir or $AUDIOTAG_ASSETS_DIR; the
@@ -37,7 +37,7 @@ import torch
 
 from efficientat_mn import NUM_CLASSES, MobileNetV3, width_from_name
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_MODEL = "mn04_as"
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 # Release file names of the AudioSet checkpoints (upstream models/mn/model.py); sha256 where we have checked it.
@@ -195,7 +195,7 @@ def export(model: MobileNetV3, path: Path, metadata: dict[str, str], doc: str) -
         raise ExportError("the exporter wrote external data files; expected one self-contained .onnx")
     proto = with_shapes(onnx.load(str(path)))
     onnx.helper.set_model_props(proto, metadata)
-    proto.producer_name = "audiotag scripts/export_model.py"
+    proto.producer_name = "audiotag scripts/model/export_model.py"
     proto.producer_version = f"torch {torch.__version__}"
     proto.doc_string = doc
     onnx.checker.check_model(proto, full_check=True)

@@ -1,6 +1,6 @@
 """Size, start-up and memory of the frozen binary against `python -m audiotag`, in one paired run.
 
-    .venv/bin/python scripts/bench_binary.py [--pairs 15] [--first-runs 7] [--binary dist/audiotag] [--cold]
+    .venv/bin/python scripts/bench/bench_binary.py [--pairs 15] [--first-runs 7] [--binary dist/audiotag] [--cold]
 
 Measures (each command from a clean environment -- env -i style, empty working directory, no virtualenv on
 PATH -- as a user would start it):
@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared")).resolve()
 CLIP = SHARED / "audio" / "speech.wav"
-TRAILER_SIZE = 96  # struct trailer in scripts/launcher.c
+TRAILER_SIZE = 96  # struct trailer in scripts/build/launcher.c
 
 TARGET_SIZE_MB = 36.0
 TARGET_RATIO = 1.15
@@ -121,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     binary = args.binary.resolve()
     if not binary.is_file():
-        raise SystemExit(f"{binary} missing: run scripts/build_binary.sh first")
+        raise SystemExit(f"{binary} missing: run scripts/build/build_binary.sh first")
 
     work = Path(tempfile.mkdtemp(prefix="bench-binary-"))
     try:

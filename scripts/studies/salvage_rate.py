@@ -1,6 +1,6 @@
 """How many corrupted FLAC/MP3/Ogg files are tagged from what could be decoded, instead of being errors.
 
-    .venv/bin/python scripts/salvage_rate.py [--mutants 100] [--seed 0]
+    .venv/bin/python scripts/studies/salvage_rate.py [--mutants 100] [--seed 0]
 
 Encodes 12 clips of $AUDIOTAG_SHARED/audio as FLAC and Ogg Vorbis with ffmpeg (MP3: the shared MP3 clips),
 then makes MUTANTS corrupted copies per format: a run of 16-256 random bytes written over a random place past
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 
 from audiotag import decode  # noqa: E402

@@ -1,6 +1,6 @@
 """Soak test: N minutes of ``audiotag --files-from - -o OUT`` fed by a crawler-like writer, ~2% bad files.
 
-    .venv/bin/python scripts/soak.py [--minutes 20] [--binary dist/audiotag] [--jobs 1] [--crash-every 400]
+    .venv/bin/python scripts/bench/soak.py [--minutes 20] [--binary dist/audiotag] [--jobs 1] [--crash-every 400]
 
 Every path fed is new (hard links to a pool of the real clips in $AUDIOTAG_SHARED/audio and of bad files made
 here: random bytes, truncated FLAC/MP3/OGG, a FLAC with a corrupt frame). With a C compiler, every
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 SHARED = Path(os.environ.get("AUDIOTAG_SHARED", REPO.parent / "shared"))
 OUTSTANDING = 32  # paths fed and not yet answered, at most
 CRASH_SOURCE = r"""

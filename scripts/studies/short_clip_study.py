@@ -39,7 +39,7 @@ Findings (mn04_as, 52 clips) and the rule they support, for clips of n samples a
 - Silence and constant clips need no case of their own: tiled, they are the same constant at 1 s and get
   upstream's answer for it (silence: "Sound effect" 0.08, "Silence" #3; DC 0.5: "Sine wave" 0.80).
 
-Run from the repository root: ``.venv/bin/python scripts/short_clip_study.py`` (about a minute on 2 cores).
+Run from the repository root: ``.venv/bin/python scripts/studies/short_clip_study.py`` (about a minute on 2 cores).
 """
 
 import argparse
@@ -53,7 +53,7 @@ import numpy as np
 from audiotag import Tagger, TagOptions, decode
 from audiotag.infer import frontend
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "audio")
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "audio")
 SR = frontend.SAMPLE_RATE
 LENGTHS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 0.75, 0.95)  # excerpt lengths, seconds
 TINY = (1, 2, 8, 32, 128, 320, 514, 800, 1600)  # excerpt lengths, samples at 32 kHz

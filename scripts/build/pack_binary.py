@@ -1,8 +1,8 @@
-"""Pack the one-folder build behind the launcher into one file (called by scripts/build_binary.sh).
+"""Pack the one-folder build behind the launcher into one file (called by scripts/build/build_binary.sh).
 
-    python scripts/pack_binary.py LAUNCHER ONEDIR OUTPUT
+    python scripts/build/pack_binary.py LAUNCHER ONEDIR OUTPUT
 
-OUTPUT = LAUNCHER bytes + zstd(ustar of ONEDIR) + a trailer the launcher reads (layout: scripts/launcher.c,
+OUTPUT = LAUNCHER bytes + zstd(ustar of ONEDIR) + a trailer the launcher reads (layout: scripts/build/launcher.c,
 ``struct trailer``). The archive is reproducible: entries sorted, owner 0, fixed mtime. The cache folder name
 is "<audiotag version>-<first 16 hex of the payload's sha256>", so a rebuilt binary never reuses an older
 unpacked copy.
@@ -21,7 +21,7 @@ from pathlib import Path
 MAGIC = b"AUDIOTAG-SFX-v1"
 TRAILER = struct.Struct("<16sQQ64s")
 ZSTD_LEVEL = "-19"  # default window (8 MB): the launcher unpacks in a few MB of memory
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def version() -> str:

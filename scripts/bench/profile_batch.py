@@ -1,6 +1,6 @@
 """Where the time of a batch run goes: ``pipeline.run`` in this process, with CPU time per thread.
 
-    .venv/bin/python scripts/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N] [--cprofile]
+    .venv/bin/python scripts/bench/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N] [--cprofile]
 
 Defaults are those of ``audiotag DIR``. Prints the wall time, the CPU time of every thread (pipeline workers, which
 also run the model; onnxruntime's intra-op pool; OpenBLAS's pool; read from /proc), the model batches, and where
@@ -15,8 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parent.parent.parent
 
 import numpy  # noqa: E402,F401  (its OpenBLAS pool starts here: threads born by now are OpenBLAS's)
 

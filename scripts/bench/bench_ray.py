@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Files per second of audiotag-ray with 1 and 2 tagging worker processes on this machine, against `audiotag DIR`.
 
-    .venv/bin/python scripts/bench_ray.py [--corpus DIR] [--count 200] [--seconds 10] [--workers 1,2] [--rounds 1]
+    .venv/bin/python scripts/bench/bench_ray.py [--corpus DIR] [--count 200] [--seconds 10] [--workers 1,2] [--rounds 1]
 
-The corpus is scripts/make_corpus.py's (200 x 10 s clips, mixed 16/32/44.1/48 kHz WAV and FLAC), made in a
+The corpus is scripts/bench/make_corpus.py's (200 x 10 s clips, mixed 16/32/44.1/48 kHz WAV and FLAC), made in a
 scratch directory unless --corpus names one to make or reuse. Ray runs as a local instance in this process (on
 127.0.0.1) with one CPU per core; each configuration tags the whole corpus into a fresh Parquet directory.
 
@@ -26,9 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parent.parent.parent
 
 # A one-machine benchmark: keep Ray on the loopback address (by default it advertises the machine's network
 # address, which a sandbox or a firewall may refuse), and send no usage statistics.

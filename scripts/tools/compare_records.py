@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Do two runs of audiotag agree? Compares two JSONL outputs record by record, scores within a tolerance.
 
-    scripts/compare_records.py A.jsonl B.jsonl [--tolerance 1e-5] [--ignore-path]
+    scripts/tools/compare_records.py A.jsonl B.jsonl [--tolerance 1e-5] [--ignore-path]
 
 Scores are not bit-stable across machines: OpenBLAS picks a kernel per CPU (or per $OPENBLAS_CORETYPE), and its
 kernels round the filterbank products differently, so the same audio can score 1e-6 apart on two hosts. Two ways

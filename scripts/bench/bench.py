@@ -1,8 +1,8 @@
 """How fast audiotag tags a directory, against what the model alone allows and against one process per file.
 
-    .venv/bin/python scripts/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick] [--checkout DIR]
+    .venv/bin/python scripts/bench/bench.py [--count 200] [--seconds 10] [--keep DIR] [--quick] [--checkout DIR]
 
-One run makes a corpus of clips (``scripts/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and measures
+One run makes a corpus of clips (``scripts/bench/make_corpus.py``: mixed 16/32/44.1/48 kHz WAV and FLAC) and measures
   (a) the compute bound: the model alone on precomputed log-mels, at the best batch size, onnxruntime thread
       count and number of threads calling run() (one session, as the pipeline has);
   (b) ``audiotag DIR -o FILE`` end to end in a subprocess, with the default --jobs/--threads and a few others;
@@ -30,9 +30,7 @@ import numpy as np
 import soundfile
 import soxr
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parent.parent.parent
 
 from audiotag import decode  # noqa: E402
 from audiotag.assets import DEFAULT_MODEL, asset_path  # noqa: E402
@@ -109,7 +107,7 @@ def _corpus(directory: Path, count: int, seconds: float) -> list:
 
 
 def _make_corpus(directory, count: int = 200, seconds: float = 10, seed: int = 0) -> None:
-    """Stand-in for scripts/make_corpus.py: 16/32/44.1/48 kHz, WAV and FLAC (16-bit), every third clip stereo;
+    """Stand-in for scripts/bench/make_corpus.py: 16/32/44.1/48 kHz, WAV and FLAC (16-bit), every third clip stereo;
     tones with a moving pitch, noise bursts and clicks, so FLAC has real work to do."""
     rng = np.random.default_rng(seed)
     for index in range(count):
