@@ -1,0 +1,211 @@
+"""Run a command line: load the model (or start watched workers), tag the inputs, write the records; --version
+and --self-check."""
+
+import os
+import sys
+import time
+
+from .. import __version__
+from ..errors import EXIT_INPUT_FAILED, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, failure_message
+from ..errors import warn as _warn
+from ..options import TagOptions, tag_options
+from .args import batch_mode, supervised
+from .streams import silence_stdout
+
+def run(args) -> int:
+    from ..infer.model import ModelError, requested_providers
+    from ..infer.tagger import Tagger
+
+    if args.threads is None:
+        args.threads = 1 if batch_mode(args) else 0
+    if supervised(args) and not (args.version or args.self_check):
+        return _tag_inputs(args, None)  # the model is loaded in the worker process only
+    try:
+        tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
+    except (ModelError, FileNotFoundError) as error:
+        if args.version:
+            print(f"audiotag {__version__}")
+        _warn(str(error))
+        return EXIT_MODEL
+    if args.version:
+        return _print_result(_version_text(tagger))
+    if args.self_check:
+        return _self_check(tagger)
+    if args.verbose:
+        _warn(f"execution providers: {', '.join(tagger.model.providers)}; jobs {args.jobs}, "
+              f"onnxruntime threads {args.threads or 'all cores'}")
+    return _tag_inputs(args, tagger)
+
+
+def _tag_inputs(args, tagger) -> int:
+    """Tag every input with ``tagger``, or, when it is None, in watched worker processes (``batch.supervisor``)."""
+    import threading
+
+    from .. import records
+    from ..batch import pipeline, supervisor
+    from ..batch.run import Engine
+    from ..decode.limits import Limits
+    from ..infer.model import requested_providers
+
+    lock = threading.Lock()  # segments are written by worker threads, clip records by this one
+    writers = []  # the writer, once the output is open
+
+    def on_segment(name, segment):
+        with lock:
+            writers[0].write(records.segment_record(name, segment))
+
+    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout))
+    options = tag_options(args)
+    # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
+    engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
+                    providers=requested_providers(args.provider), threads=args.threads,
+                    on_segment=on_segment if args.segments else None, spawned=getattr(args, "worker", None))
+    try:
+        if args.verbose and tagger is None:
+            where = "a watched worker process" if args.workers == 1 else f"{args.workers} watched worker processes"
+            _warn(f"execution providers: {', '.join(engine.providers())} (in {where}); "
+                  f"jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
+        return _write_outcomes(args, engine, writers, lock)
+    except supervisor.WorkerError as error:
+        _warn(str(error))
+        return EXIT_MODEL
+    finally:
+        engine.close()
+
+
+def _write_outcomes(args, engine, writers: list, lock) -> int:
+    """Expand the inputs, skip those already recorded (--resume), tag the rest with ``engine`` and write the
+    records. The model's label count is asked only when needed: a worker may still be starting."""
+    from .. import records
+    from ..batch import inputs, writer as results
+    from ..batch.embeddings import save_embedding
+
+    in_batch = batch_mode(args)
+    listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()  # a bad LIST must not touch -o
+    try:
+        # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
+        rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
+        done = results.recorded_paths(args.output, args.format, rows) if args.resume else set()
+        writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
+    except (OSError, results.ResumeError) as error:
+        _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
+        return EXIT_USAGE
+    writers.append(writer)
+    items = _chain(inputs.expand(args.inputs, args.all_files), listed)
+    items = (item for item in items if item.name not in done)
+    progress = _progress_bar(args)
+    counts = {"ok": 0, "failed": 0, "audio": 0.0}
+    started = time.perf_counter()
+    try:
+        writer.begin()
+        for outcome in engine.outcomes(items):
+            if outcome.error is None and args.embeddings:
+                outcome = save_embedding(outcome, args.embeddings)
+            if outcome.error is not None:
+                counts["failed"] += 1
+                _warn(f"{outcome.name}: {outcome.error}", progress)
+            else:
+                counts["ok"] += 1
+                counts["audio"] += outcome.duration
+            with lock:
+                writer.write(records.record(outcome), header=in_batch, before=records.event_records(outcome))
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(errors=counts["failed"], refresh=False)
+        writer.close()  # flushed and synced: the results are the product, durable before exit 0
+    except BrokenPipeError:
+        raise
+    except OSError as error:  # writing the results failed: the disk is full, or the device failed
+        _warn(f"{args.output or 'stdout'}: cannot write results: {failure_message(error)}", progress)
+        if not args.output:
+            silence_stdout()  # what is still buffered cannot be written either: drop it quietly at exit
+        return EXIT_OUTPUT
+    finally:
+        if progress is not None:
+            progress.close()
+        writer.close(quietly=True)  # interrupted: what was written still reaches the disk
+    if in_batch or args.verbose:
+        _summary(counts, time.perf_counter() - started)
+    return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _list_source(name, inputs, all_files):
+    if name == "-":
+        return inputs.read_list(sys.stdin, all_files=all_files)
+    try:
+        handle = open(name, encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
+    return inputs.read_list(handle, name, all_files)
+
+
+def _chain(*iterables):
+    for iterable in iterables:
+        yield from iterable
+
+
+def _progress_bar(args):
+    if not (args.progress or sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        sized = size.columns > 0 and size.lines > 0
+    except (OSError, ValueError):
+        sized = False
+    # A terminal that reports no size (a pty under script or expect, some CI runners): tqdm would hide the bar.
+    fixed = {} if sized else {"ncols": 80, "nrows": 24}
+    return tqdm(unit="file", dynamic_ncols=sized, file=sys.stderr, disable=False, **fixed)
+
+
+def _summary(counts, seconds) -> None:
+    files = counts["ok"] + counts["failed"]
+    rate = files / seconds if seconds > 0 else 0.0
+    realtime = counts["audio"] / seconds if seconds > 0 else 0.0
+    _warn(f"{files} inputs: {counts['ok']} ok, {counts['failed']} failed in {seconds:.1f} s "
+          f"({rate:.1f} files/s, {realtime:.0f}x realtime)")
+
+
+def _version_text(tagger) -> str:
+    import onnxruntime
+
+    info = tagger.model.info
+    return "\n".join([
+        f"audiotag {__version__}",
+        f"model {info.name} (checkpoint sha256 {info.checkpoint_sha256}, {len(info.labels)} labels)",
+        f"onnxruntime {onnxruntime.__version__} (available providers: {', '.join(onnxruntime.get_available_providers())};"
+        f" in use: {', '.join(tagger.model.providers)})",
+    ])
+
+
+def _self_check(tagger) -> int:
+    """Tag a 1 kHz tone: the model must call it a beep or a sine wave. Proves assets, frontend and model agree."""
+    import numpy as np
+
+    rate = 32000
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(3 * rate) / rate)
+    labels = [tag.label for tag in tagger.tag(tone.astype(np.float32), rate, TagOptions(top_k=3)).tags]
+    if not {"Sine wave", "Beep, bleep"} <= set(labels):
+        _warn(f"self-check failed: a 1 kHz tone was tagged {labels}")
+        return EXIT_MODEL
+    return _print_result(f"self-check ok: a 1 kHz tone is tagged {', '.join(labels)}")
+
+
+def _print_result(text: str) -> int:
+    """One line to stdout: EXIT_OK, or EXIT_OUTPUT with one line on stderr when it cannot be written (a closed
+    reader still ends as EPIPE does everywhere: exit 141)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        _warn(f"stdout: cannot write results: {failure_message(error)}")
+        silence_stdout()
+        return EXIT_OUTPUT
+    return EXIT_OK
+
+
+def _usage_exit(message: str) -> int:
+    _warn(message)
+    return EXIT_USAGE

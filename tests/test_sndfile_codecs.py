@@ -1,0 +1,56 @@
+"""Every codec libsndfile reads is tagged, the ones that cannot seek too; and an intact Ogg Vorbis has no warning.
+
+GSM 6.10 (voicemail and telephony recordings), G.721/G.723, NMS ADPCM and XI DPCM decode only forwards: the block
+reader asked libsndfile where it was, which such a file refuses ("Seek attempted on unseekable file type"), so
+each failed with "unexpected LibsndfileError". ffmpeg's Vorbis files announce a length 1024 frames longer than
+what decodes, which was reported as "the decoder stopped at ...".
+"""
+
+import json
+import subprocess
+
+import pytest
+import soundfile
+import soxr
+from conftest import AUDIO
+
+SPEECH = AUDIO / "speech.wav"
+UNSEEKABLE = [("WAV", "GSM610", 8000, "gsm_ms"), ("AIFF", "GSM610", 8000, "gsm_ms"),
+              ("W64", "GSM610", 8000, "gsm_ms"), ("WAV", "G721_32", 8000, "adpcm_g726"),
+              ("AU", "G721_32", 8000, "adpcm_g726"), ("AU", "G723_24", 8000, "adpcm_g726"),
+              ("WAV", "NMS_ADPCM_16", 8000, "nms_adpcm_16"), ("XI", "DPCM_16", 44100, "dpcm_16")]
+
+
+@pytest.fixture(scope="module")
+def unseekable(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unseekable")
+    samples, rate = soundfile.read(SPEECH, dtype="float32")
+    made = {}
+    for container, subtype, to_rate, codec in UNSEEKABLE:
+        path = folder / f"{subtype.lower()}.{container.lower()}"
+        soundfile.write(path, soxr.resample(samples, rate, to_rate), to_rate, format=container, subtype=subtype)
+        with soundfile.SoundFile(path) as sound:
+            assert not sound.seekable()  # what the fix is about
+        made[path] = codec
+    return made
+
+
+def test_codecs_that_cannot_seek_are_tagged(cli, unseekable):
+    result = cli("-k", "3", *unseekable)
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    for record, (path, codec) in zip(records, unseekable.items()):
+        assert record["path"] == str(path) and "warning" not in record
+        assert record["codec"] == codec
+        assert "Speech" in [tag["label"] for tag in record["tags"]], record
+
+
+def test_an_intact_ogg_vorbis_from_ffmpeg_has_no_warning(cli, tmp_path):
+    path = tmp_path / "trumpet.ogg"  # Debian's ffmpeg makes it (scripts/build/install_test_tools.sh installs it)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-stream_loop", "3", "-i", AUDIO / "extra" / "librosa-trumpet.ogg",
+                    "-t", "12", "-ar", "44100", "-c:a", "libvorbis", path], check=True)
+    with soundfile.SoundFile(path) as sound:
+        decoded = len(sound.read(dtype="float32"))
+        assert 0 < sound.frames - decoded <= 4096  # the container announces more than decodes
+    [record] = [json.loads(line) for line in cli(path).stdout.decode().splitlines()]
+    assert "warning" not in record and record["duration"] == pytest.approx(decoded / 44100, abs=1e-5)
