@@ -89,7 +89,10 @@ def test_events_from_the_pipeline_equal_events_from_the_api(cli, tagger, tmp_pat
     expected = tagger.tag(samples, 32000, TagOptions(events=True)).events
     assert [(e["label"], e["start"], e["end"]) for e in events] == [(e.label, round(e.start, 3), round(e.end, 3))
                                                                    for e in expected]
-    assert [e["score"] for e in events] == pytest.approx([e.score for e in expected], abs=1e-6)
+    # Records round to 1e-6 (up to 5e-7 off), and the pipeline batches windows differently from tag(): onnxruntime's
+    # kernels for another batch size differ by up to 1.3e-6 in a score on this machine (measured on main before the
+    # layout change too), so 2e-6.
+    assert [e["score"] for e in events] == pytest.approx([e.score for e in expected], abs=2e-6)
 
 
 def test_threshold_raises_the_event_floor(tagger):
