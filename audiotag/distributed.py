@@ -334,7 +334,8 @@ def _run(args) -> int:
         _warn(f"nothing to do: all {len(paths)} files are already in {args.output}")
         return EXIT_OK
     if recorded:
-        _warn(f"{len(paths) - len(todo)} of {len(paths)} files are already in {args.output}; tagging the other {len(todo)}")
+        _warn(f"{len(paths) - len(todo)} of {len(paths)} files are already in {args.output}; "
+              f"tagging the other {len(todo)}")
 
     model = args.model and os.path.abspath(args.model)  # the workers' working directory is not ours
     problem = _model_problem(model)

@@ -1,8 +1,8 @@
 """Result records and their formats (jsonl, csv, tsv, text), for every front end.
 
-One record shape everywhere (CLI, batch output, serve, distributed rows); ``batch.writer`` writes them. A record is written with a single ``write``
-of whole lines and flushed at once, so a killed run leaves at most one torn line at the end of the file, which
-``--resume`` cuts off before it carries on.
+One record shape everywhere (CLI, batch output, serve, distributed rows); ``batch.writer`` writes them, each with
+a single ``write`` of whole lines, flushed at once, so a killed run leaves at most one torn line at the end of the
+file, which ``--resume`` cuts off before it carries on.
 """
 
 import csv
@@ -10,8 +10,8 @@ import io
 import json
 
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
-TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank", "label", "mid", "index", "score", "categories",
-                 "warning", "error")
+TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank", "label", "mid", "index", "score",
+                 "categories", "warning", "error")
 
 
 def record(outcome) -> dict:

@@ -49,22 +49,30 @@ CASES = {
     "riff-no-data.wav": (lambda p: p.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk"), "cannot decode"),
     "claims-4GB.wav": (lambda p: p.write_bytes(wav_header(1, 32000, 16, 0xFFFFFFF0) + MUSIC[44:64044]), "tags"),
     "rate-0.wav": (lambda p: p.write_bytes(wav_header(1, 0, 16, 64000) + MUSIC[44:64044]), "cannot decode"),
-    "rate-1.wav": (lambda p: p.write_bytes(wav_header(1, 1, 16, 64000) + MUSIC[44:64044]), "unsupported sample rate 1 Hz"),
-    "rate-4GHz.wav": (lambda p: p.write_bytes(wav_header(1, 4_000_000_000, 16, 64000) + MUSIC[44:64044]), "cannot decode"),
+    "rate-1.wav": (lambda p: p.write_bytes(wav_header(1, 1, 16, 64000) + MUSIC[44:64044]),
+                   "unsupported sample rate 1 Hz"),
+    "rate-4GHz.wav": (lambda p: p.write_bytes(wav_header(1, 4_000_000_000, 16, 64000) + MUSIC[44:64044]),
+                      "cannot decode"),
     "channels-0.wav": (lambda p: p.write_bytes(wav_header(0, 32000, 16, 64000) + MUSIC[44:64044]), "channel"),
     "channels-60000.wav": (lambda p: p.write_bytes(wav_header(60000, 32000, 16, 64000) + MUSIC[44:64044]), "channels"),
-    "sparse-nan.wav": (lambda p: soundfile.write(p, np.where(np.arange(32000) % 100 == 0, np.nan, noise()), 32000, subtype="FLOAT"), "tags"),
-    "sparse-inf.wav": (lambda p: soundfile.write(p, np.where(np.arange(32000) % 50 == 0, -np.inf, noise()), 32000, subtype="FLOAT"), "tags"),
-    "all-nan.wav": (lambda p: soundfile.write(p, np.full(32000, np.nan, np.float32), 32000, subtype="FLOAT"), "NaN or infinite"),
-    "all-inf.wav": (lambda p: soundfile.write(p, np.full(32000, np.inf, np.float32), 32000, subtype="FLOAT"), "NaN or infinite"),
+    "sparse-nan.wav": (lambda p: soundfile.write(p, np.where(np.arange(32000) % 100 == 0, np.nan, noise()), 32000,
+                                                 subtype="FLOAT"), "tags"),
+    "sparse-inf.wav": (lambda p: soundfile.write(p, np.where(np.arange(32000) % 50 == 0, -np.inf, noise()), 32000,
+                                                 subtype="FLOAT"), "tags"),
+    "all-nan.wav": (lambda p: soundfile.write(p, np.full(32000, np.nan, np.float32), 32000, subtype="FLOAT"),
+                    "NaN or infinite"),
+    "all-inf.wav": (lambda p: soundfile.write(p, np.full(32000, np.inf, np.float32), 32000, subtype="FLOAT"),
+                    "NaN or infinite"),
     "huge-values.wav": (lambda p: soundfile.write(p, noise() * 1e30, 32000, subtype="FLOAT"), "tags"),
     "huge-stereo.wav": (lambda p: soundfile.write(p, np.full((32000, 2), 3e38, np.float32), 32000, subtype="FLOAT"),
                         "tags"),  # finite, but the two channels' sum overflows float32
     "all-zero.wav": (lambda p: soundfile.write(p, np.zeros(32000, np.float32), 32000), "tags"),
     "one-sample.wav": (lambda p: soundfile.write(p, np.array([0.5], np.float32), 32000), "short"),
-    "truncated.flac": (lambda p: p.write_bytes((AUDIO / "extra" / "sonicpi-loop_amen.flac").read_bytes()[:20000]), "tags"),  # salvaged
+    "truncated.flac": (lambda p: p.write_bytes((AUDIO / "extra" / "sonicpi-loop_amen.flac").read_bytes()[:20000]),
+                       "tags"),  # salvaged
     "truncated.ogg": (lambda p: p.write_bytes((AUDIO / "extra" / "librosa-robin.ogg").read_bytes()[:15000]), "tags"),
-    "truncated.mp3": (lambda p: p.write_bytes((AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()[:30000]), "tags"),
+    "truncated.mp3": (lambda p: p.write_bytes((AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3").read_bytes()[:30000]),
+                      "tags"),
     "dangling-link.wav": (lambda p: p.symlink_to(p.parent / "does-not-exist.wav"), "no such file"),
     "a-directory.wav": (lambda p: p.mkdir(), "no audio files"),
 }
@@ -198,7 +206,8 @@ def test_blocks_stay_small_after_resampling_a_low_rate(tmp_path):
     path = tmp_path / "low.wav"
     soundfile.write(str(path), np.random.default_rng(0).uniform(-0.5, 0.5, 1000 * 1200), 1000, subtype="PCM_16")
     sizes = [len(block) for block in decode.open_file(path).samples()]
-    assert sum(sizes) == 32000 * 1200 and max(sizes) <= 1.01 * decode.stream.BLOCK_SAMPLES  # soxr hands out a little late
+    # soxr hands out a little late
+    assert sum(sizes) == 32000 * 1200 and max(sizes) <= 1.01 * decode.stream.BLOCK_SAMPLES
 
 
 @settings(max_examples=300, deadline=None)

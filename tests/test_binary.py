@@ -95,7 +95,8 @@ def test_binary_is_built_from_this_checkout(binary, cache, tmp_path):
     ok(run_binary(binary, tmp_path, "--version", cache=cache))
     (folder,) = [cache / name for name in unpacked(cache) if not name.startswith(".")]
     info = json.loads((folder / "_internal" / "audiotag-build.json").read_text())
-    assert info["source_sha256"] == source_sha256(), "the binary is stale: rebuild it with scripts/build/build_binary.sh"
+    assert info["source_sha256"] == source_sha256(), ("the binary is stale: rebuild it with "
+                                                      "scripts/build/build_binary.sh")
 
 
 @pytest.mark.parametrize("clips", [CLIPS, EXTRA_CLIPS], ids=["audio", "audio-extra"])

@@ -181,4 +181,4 @@ def test_a_model_exported_before_categories_is_one_line_and_exit_3(cli, tmp_path
     result = cli("--model", old, AUDIO / "music.wav")
     stderr = result.stderr.decode()
     assert result.returncode == 3 and result.stdout == b"" and len(stderr.splitlines()) == 1, stderr
-    assert stderr.startswith(f"audiotag: {old} has no category metadata") and "scripts/export_model.py" in stderr
+    assert stderr.startswith(f"audiotag: {old} has no category metadata") and "scripts/model/export_model.py" in stderr

@@ -193,9 +193,11 @@ def test_bad_command_lines_are_one_line_errors(tmp_path):
 
 def test_cli_and_package_never_import_ray():
     """The frozen binary must not carry Ray: nothing the CLI loads may import it, or this module."""
-    code = ("import sys, audiotag, audiotag.cli, audiotag.infer.tagger, audiotag.batch.pipeline, audiotag.batch.inputs; "
+    code = ("import sys, audiotag, audiotag.cli, audiotag.infer.tagger, audiotag.batch.pipeline, "
+            "audiotag.batch.inputs; "
             "audiotag.cli.build_parser(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow') or m == 'audiotag.distributed'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow') "
+            "or m == 'audiotag.distributed'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **RAY_ENV},
                             timeout=60)
     assert result.returncode == 0, result.stderr

@@ -23,7 +23,8 @@ def test_automatic_choice_prefers_accelerators_and_keeps_cpu_last():
 
 def test_requested_providers_are_taken_in_order_with_short_names():
     assert choose_providers(GPU_BOX, ["cpu"]) == ["CPUExecutionProvider"]
-    assert choose_providers(GPU_BOX, ["cpu", "CUDAExecutionProvider"]) == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+    assert choose_providers(GPU_BOX, ["cpu", "CUDAExecutionProvider"]) == ["CPUExecutionProvider",
+                                                                           "CUDAExecutionProvider"]
 
 
 def test_unavailable_provider_is_an_error_naming_what_is_available():
@@ -74,5 +75,5 @@ def test_model_exported_before_categories_is_refused_with_what_to_do(tmp_path):
     path = tmp_path / "old.onnx"
     save_as_format_1(asset_path(DEFAULT_MODEL), path)
     message = r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): export it again with"
-    with pytest.raises(ModelError, match=message + " scripts/export_model.py"):
+    with pytest.raises(ModelError, match=message + " scripts/model/export_model.py"):
         Model(path)

@@ -81,7 +81,8 @@ def test_any_rate_is_resampled_like_librosa(tagger, music, rate):
     resampled = soxr.resample(samples, source_rate, rate, quality="HQ")
     clip = decode.from_array(resampled, rate)
     assert len(clip.samples) == math.ceil(len(resampled) * 32000 / rate)  # librosa's fix_length
-    np.testing.assert_array_equal(clip.samples[:-1], soxr.resample(resampled, rate, 32000, quality="HQ")[:len(clip.samples) - 1])
+    np.testing.assert_array_equal(clip.samples[:-1],
+                                  soxr.resample(resampled, rate, 32000, quality="HQ")[:len(clip.samples) - 1])
     top = [t.label for t in tagger.predict(clip).tags[:3]]
     assert "Music" in top
 
@@ -132,7 +133,8 @@ def test_segments_in_jsonl(cli, tmp_path):
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
     segments, clips = records[:-1], records[-1:]
     end = round(1502549 / 32000, 3)  # upstream's sample count for this clip
-    assert [(s["start"], s["end"]) for s in segments] == [(float(s), float(s + 10)) for s in range(0, 40, 5)] + [(round(end - 10, 3), end)]
+    assert [(s["start"], s["end"]) for s in segments] == [(float(s), float(s + 10))
+                                                          for s in range(0, 40, 5)] + [(round(end - 10, 3), end)]
     assert all(len(s["tags"]) == 3 for s in segments)
     assert "start" not in clips[0] and clips[0]["tags"][0]["score"] == max(
         t["score"] for s in segments for t in s["tags"] if t["label"] == clips[0]["tags"][0]["label"])
@@ -142,7 +144,8 @@ def test_window_and_hop_options(tagger, music):
     samples, rate = music
     long = np.tile(samples, 2)  # 20 s
     prediction = tagger.tag(long, rate, TagOptions(window=4, hop=3, segments=True))
-    assert [(s.start, s.end) for s in prediction.segments] == [(0, 4), (3, 7), (6, 10), (9, 13), (12, 16), (15, 19), (16, 20)]
+    assert [(s.start, s.end) for s in prediction.segments] == [(0, 4), (3, 7), (6, 10), (9, 13), (12, 16), (15, 19),
+                                                               (16, 20)]
 
 
 def wav_header(channels, rate, bits, data_size, tag=1):

@@ -102,7 +102,8 @@ def test_crashes_in_a_piped_list_and_resume(cli, tmp_path, crash_library, sig, r
     _corpus(tmp_path / "corpus", ["f.wav"])
     again = cli(tmp_path / "corpus", "-o", out, "--resume", env=_crash_env(crash_library, sig))
     assert again.returncode == 0, again.stderr
-    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == paths + [str(tmp_path / "corpus/f.wav")]
+    assert [json.loads(line)["path"]
+            for line in out.read_text().splitlines()] == paths + [str(tmp_path / "corpus/f.wav")]
 
 
 def test_the_long_lived_process_survives_a_crash(cli, tmp_path, crash_library):
@@ -239,7 +240,8 @@ def test_mutated_mp3s_are_not_called_pipes():
         except decode.AudioError as error:
             messages.add(str(error))
     assert not any("possibly a pipe" in message for message in messages)
-    assert "cannot decode: no valid audio stream at its start (the decoder could not parse its first frames)" in messages
+    assert ("cannot decode: no valid audio stream at its start "
+            "(the decoder could not parse its first frames)") in messages
 
 
 def test_several_workers_tag_in_order_and_survive_crashes(cli, tmp_path, crash_library):

@@ -44,7 +44,8 @@ def test_aggregate_study():
 
 
 def test_bench_serve(tmp_path):
-    code, out = run_script("bench/bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
+    code, out = run_script("bench/bench_serve.py", "--quick", "--count", 8, "--seconds", 2, "--keep",
+                           tmp_path / "corpus")
     assert code in (0, 1)  # 1: the target missed, as it may be on 8 short clips
     for line in ("(a) audiotag DIR", "(b) audiotag serve, 4 clients", "1 client : p50", "4 clients: p50", "(b)/(a) = "):
         assert line in out, out
@@ -64,4 +65,5 @@ def test_bench_model_files():
 def test_bench_startup(binary):
     """The binary against itself."""
     code, out = run_script("bench/bench_startup.py", "--binary", binary, "--baseline", binary, "--pairs", 1)
-    assert code in (0, 1) and "| first start, --version (ms) | " in out and "| repeated tag one clip (ms) | " in out, out
+    assert code in (0, 1) and "| first start, --version (ms) | " in out \
+        and "| repeated tag one clip (ms) | " in out, out

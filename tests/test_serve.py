@@ -294,7 +294,8 @@ def test_address_in_use_is_refused_at_start(cli, serve):
     server = serve()
     result = cli("serve", "--port", server.port)
     assert result.returncode == 2 and result.stdout == b""
-    assert result.stderr.decode() == f"audiotag: serve: cannot listen on 127.0.0.1:{server.port}: address already in use\n"
+    assert result.stderr.decode() == (f"audiotag: serve: cannot listen on 127.0.0.1:{server.port}: "
+                                      "address already in use\n")
 
 
 def test_unix_socket(cli, tmp_path):

@@ -53,7 +53,8 @@ def expand(operands: Iterable[str], all_files: bool = False) -> Iterator[Input]:
 
 
 def walk(top: str, all_files: bool = False) -> Iterator[Input]:
-    """Audio files (``all_files``: every file) below ``top``, sorted by name at every level; follows symlinks, reports loops.
+    """Audio files (``all_files``: every file) below ``top``, sorted by name at every level; follows symlinks,
+    reports loops.
 
     A link back to a directory above it (a loop) is reported. A directory reached again through another link is
     walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of

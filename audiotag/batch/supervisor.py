@@ -9,7 +9,7 @@ and reruns those inputs one at a time, so the one that kills a worker alone is t
 (a decoder looping in native code, beyond the cooperative ``--timeout``) is killed and handled the same way.
 
 Why a worker process and not a process per input: one long-lived worker keeps the model loaded and batches
-windows across inputs, so supervision costs only the pickling of each input and outcome (``scripts/bench.py``).
+windows across inputs, so supervision costs only the pickling of each input and outcome (``scripts/bench/bench.py``).
 The tagging code does not know it is watched: the worker runs ``pipeline.run`` as the CLI would in-process.
 
 Messages are length-prefixed pickles on the worker's stdin (config, then inputs; EOF ends) and on a copy of its

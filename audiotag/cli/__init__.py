@@ -9,14 +9,13 @@ import os
 import signal
 import sys
 
+from ..batch.supervisor import WORKER_FLAG  # standard library only, as --help needs
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_TERMINATED
 from .args import build_parser, check_arguments, supervised
 from .streams import make_std_streams_safe, quiet_native_stderr, silence_stdout
 from .tag import run
 
 __all__ = ["main", "build_parser"]
-
-WORKER_FLAG = "--supervised-worker"  # argv[1] of a batch worker process (batch.supervisor); not a user option
 
 
 def main(argv=None) -> int:

@@ -67,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio file, directory, or - for stdin")
-    parser.add_argument("--files-from", metavar="LIST", help="also read input paths, one per line, from LIST (- for stdin)")
+    parser.add_argument("--files-from", metavar="LIST",
+                        help="also read input paths, one per line, from LIST (- for stdin)")
     parser.add_argument("--all-files", action="store_true",
-                        help="in directories, try every regular file, whatever its name (crawlers save index.php?id=1); "
+                        help="in directories, try every regular file, whatever its name (crawlers save "
+                             "index.php?id=1); "
                              "what is not audio becomes an error record")
     out = parser.add_argument_group("output")
     out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
@@ -78,15 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", action="store_true",
                      help="with -o: skip inputs already recorded in FILE and append the rest")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
-    out.add_argument("--progress", action="store_true", help="show a progress bar on stderr (default: when stderr is a terminal)")
+    out.add_argument("--progress", action="store_true",
+                     help="show a progress bar on stderr (default: when stderr is a terminal)")
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("raw samples on stdin")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
-    raw.add_argument("--rate", type=number(int, 1), metavar="HZ", help="sample rate of --raw input (required with --raw)")
-    raw.add_argument("--channels", type=number(int, 1), default=1, metavar="C", help="interleaved channels of --raw input (default 1)")
+    raw.add_argument("--rate", type=number(int, 1), metavar="HZ",
+                     help="sample rate of --raw input (required with --raw)")
+    raw.add_argument("--channels", type=number(int, 1), default=1, metavar="C",
+                     help="interleaved channels of --raw input (default 1)")
     tagging = parser.add_argument_group("tagging (the same options as audiotag serve's and audiotag-ray's)")
     add_tag_arguments(tagging)
-    limits = parser.add_argument_group("limits per input (defaults apply to batch runs: a directory, a list, several inputs)")
+    limits = parser.add_argument_group(
+        "limits per input (defaults apply to batch runs: a directory, a list, several inputs)")
     add_engine_arguments(limits, "max_duration", "timeout")
     limits.add_argument("--in-process", action="store_true",
                         help="tag batch inputs in this process, without a watched worker: a crashing decoder "

@@ -81,7 +81,8 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
     from ..batch.embeddings import save_embedding
 
     in_batch = batch_mode(args)
-    listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()  # a bad LIST must not touch -o
+    # A bad LIST must not touch -o: it is opened first.
+    listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -174,7 +175,8 @@ def _version_text(tagger) -> str:
     return "\n".join([
         f"audiotag {__version__}",
         f"model {info.name} (checkpoint sha256 {info.checkpoint_sha256}, {len(info.labels)} labels)",
-        f"onnxruntime {onnxruntime.__version__} (available providers: {', '.join(onnxruntime.get_available_providers())};"
+        f"onnxruntime {onnxruntime.__version__} "
+        f"(available providers: {', '.join(onnxruntime.get_available_providers())};"
         f" in use: {', '.join(tagger.model.providers)})",
     ])
 

@@ -3,7 +3,7 @@
 AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, MP3 behind junk, the audio
 of video files. libsndfile stays the first decoder (``audio`` asks this module only after it refused an input),
 so what decoded before keeps its samples bit for bit. The FFmpeg here is a slim LGPL build made by
-scripts/build_ffmpeg.sh: audio demuxers, decoders and parsers only, no network, no encoders.
+scripts/build/build_ffmpeg.sh: audio demuxers, decoders and parsers only, no network, no encoders.
 
 Only the first (default) audio stream is decoded; video packets are read past, never decoded. Samples come out as
 float32 scaled as libsndfile scales them (int16 / 32768, ...), in blocks of ``audio.block_frames``; resampling

@@ -46,7 +46,8 @@ def open_wav_stream(binary) -> Stream:
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format GUID
         tag = struct.unpack("<H", fmt[24:26])[0]
-    dtype = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}.get((tag, bits))
+    dtypes = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}
+    dtype = dtypes.get((tag, bits))
     if dtype is None:
         raise WavEncoding(f"WAV stream encoding not supported (format tag {tag:#x}, {bits} bits)")
     # Streaming writers cannot know the size: 0 and 0xFFFFFFFF mean "until the end of the stream".

@@ -9,7 +9,7 @@ from ..options import TagOptions
 from . import events, frontend
 from .results import Prediction, Segment
 
-# The short-clip rule, measured by scripts/short_clip_study.py on the real clips of ../shared/audio: clips under
+# The short-clip rule, measured by scripts/studies/short_clip_study.py on the real clips of ../shared/audio: clips under
 # 1 s are repeated up to 1 s (it beats both upstream's answer and zero padding from 0.25 s on, and is the one length
 # with no jump at the threshold); under 16 ms (upstream's own minimum) repeating makes a tone, not the sound, and
 # the model answers confidently wrong, so those are refused.
@@ -60,7 +60,8 @@ class Accumulator:
         self.logits = logits.copy() if self.logits is None else np.maximum(self.logits, logits)
         scores = sigmoid(logits)
         self.score_sum = scores if self.score_sum is None else self.score_sum + scores
-        self.embedding_sum = embedding.astype(np.float64) if self.embedding_sum is None else self.embedding_sum + embedding
+        wide = embedding.astype(np.float64)
+        self.embedding_sum = wide if self.embedding_sum is None else self.embedding_sum + wide
         self.count += 1
         segment = Segment(start / frontend.SAMPLE_RATE, (start + length) / frontend.SAMPLE_RATE,
                           self.tagger.top_tags(logits, self.options.top_k, self.options.threshold))

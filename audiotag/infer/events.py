@@ -5,14 +5,14 @@ from many short, overlapping windows: each window's score is given to the stretc
 than to any other window's centre ("centre" attribution), and a label is present where its score reaches both an
 absolute floor and a fraction of the label's own peak in the recording (a window holding a little of a loud sound
 still scores it fairly high; relative to the peak, it is the weaker neighbour). Consecutive present windows make
-one event, reported with its peak score. ``scripts/event_study.py`` chose the window, hop and thresholds.
+one event, reported with its peak score. ``scripts/studies/event_study.py`` chose the window, hop and thresholds.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-# Chosen by scripts/event_study.py (see the README's "Events" section for its table).
+# Chosen by scripts/studies/event_study.py (see the README's "Events" section for its table).
 EVENT_WINDOW = 2.0  # seconds per event window
 EVENT_HOP = 1.0  # seconds between event windows
 EVENT_FLOOR = 0.2  # a label is never present below this score

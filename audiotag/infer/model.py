@@ -63,7 +63,7 @@ def requested_providers(cli_value: Optional[str] = None) -> Optional[list]:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the .onnx file says about itself (written by scripts/export_model.py)."""
+    """What the .onnx file says about itself (written by scripts/model/export_model.py)."""
 
     name: str
     checkpoint_sha256: str
@@ -111,14 +111,14 @@ class Model:
         return logits, embedding
 
 
-MODEL_FORMAT = "2"  # the audiotag_model_format this package reads (scripts/export_model.py writes it)
+MODEL_FORMAT = "2"  # the audiotag_model_format this package reads (scripts/model/export_model.py writes it)
 
 
 def _read_info(session, path) -> ModelInfo:
     meta = session.get_modelmeta().custom_metadata_map
     if "categories" not in meta and "labels" in meta:  # exported before categories existed: say what to do
         raise ModelError(f"{path} has no category metadata (model format {meta.get('audiotag_model_format', '?')}, "
-                         f"this audiotag reads {MODEL_FORMAT}): export it again with scripts/export_model.py")
+                         f"this audiotag reads {MODEL_FORMAT}): export it again with scripts/model/export_model.py")
     try:
         info = ModelInfo(
             name=meta["model_name"],

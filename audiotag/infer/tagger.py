@@ -111,7 +111,7 @@ class Tagger:
 
     def categories(self, logits: np.ndarray) -> list:
         """The seven top-level categories, best first (ties in the ontology's order): each scores as its best
-        label (the ontology subtrees are stored in the model by scripts/export_model.py)."""
+        label (the ontology subtrees are stored in the model by scripts/model/export_model.py)."""
         scores = sigmoid(logits)
         found = [Category(name, float(scores[indices].max())) for name, indices in self.model.info.categories]
         return sorted(found, key=lambda c: -c.score)

@@ -168,7 +168,8 @@ def _decode(path):
     blocks = []
     with soundfile.SoundFile(str(path)) as sound:
         rate = sound.samplerate
-        while len(block := sound.read(decode.block_frames(sound.channels, sound.samplerate), dtype="float32", always_2d=True)):
+        while len(block := sound.read(decode.block_frames(sound.channels, sound.samplerate), dtype="float32",
+                                      always_2d=True)):
             blocks.append(decode.stream._downmix(block))
     return blocks, rate
 

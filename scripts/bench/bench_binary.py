@@ -114,7 +114,8 @@ def drop_caches():
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--binary", type=Path, default=Path(os.environ.get("AUDIOTAG_BINARY", REPO / "dist" / "audiotag")))
+    parser.add_argument("--binary", type=Path,
+                        default=Path(os.environ.get("AUDIOTAG_BINARY", REPO / "dist" / "audiotag")))
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--first-runs", type=int, default=7)
     parser.add_argument("--cold", action="store_true", help="also time runs with the page cache dropped (root)")
@@ -149,7 +150,8 @@ def main() -> int:
                 else:
                     package_warm.append(run_rusage([*package["argv"], *tag], work, package["env"])[0])
             shutil.rmtree(fresh)
-        first_run = {"binary_first_run_median_ms": median_ms(first), "binary_first_run_max_ms": round(max(first) * 1000, 1),
+        first_run = {"binary_first_run_median_ms": median_ms(first),
+                     "binary_first_run_max_ms": round(max(first) * 1000, 1),
                      "package_median_ms": median_ms(package_warm)}
         print(f"  first run (empty cache, unpack + tag): median {first_run['binary_first_run_median_ms']} ms, "
               f"max {first_run['binary_first_run_max_ms']} ms; package {first_run['package_median_ms']} ms", flush=True)
@@ -236,7 +238,8 @@ def main() -> int:
           f"(max {first_run['binary_first_run_max_ms']}) | {first_run['package_median_ms']} ms (warm) |")
     if cold:
         print(f"| tag one 10 s clip, page cache dropped | {cold['binary']} ms | {cold['python -m audiotag']} ms |")
-    print(f"| peak RSS, tag one clip | {tagging['binary']['rss_mb']} MB | {tagging['python -m audiotag']['rss_mb']} MB |")
+    print(f"| peak RSS, tag one clip | {tagging['binary']['rss_mb']} MB | "
+          f"{tagging['python -m audiotag']['rss_mb']} MB |")
     print(f"| peak RSS, --version | {version['binary']['rss_mb']} MB | {version['python -m audiotag']['rss_mb']} MB |")
     return report(checks)
 

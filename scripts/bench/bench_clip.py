@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, default=SHARED / "audio" / "music.wav")
     args = parser.parse_args()
     clip = decode.load(args.clip)
-    print(f"clip {args.clip.name}: {clip.duration:.1f} s; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
+    print(f"clip {args.clip.name}: {clip.duration:.1f} s; load average {os.getloadavg()[0]:.2f}; "
+          f"{os.cpu_count()} cores")
     mel = frontend.log_mel(clip.samples)
     decoding = median_ms(lambda: decode.load(args.clip), args.runs)
     front = median_ms(lambda: frontend.log_mel(clip.samples), args.runs)

@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=200, help="clips (default 200)")
     parser.add_argument("--seconds", type=float, default=10, help="seconds per clip (default 10)")
     parser.add_argument("--workers", default="1,2", help="tagging processes to measure, comma-separated (default 1,2)")
-    parser.add_argument("--small", type=int, default=8, help="files in the run that measures the fixed cost (default 8)")
+    parser.add_argument("--small", type=int, default=8,
+                        help="files in the run that measures the fixed cost (default 8)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per configuration; the fastest counts (default 1)")
     args = parser.parse_args(argv)
     worker_counts = [int(n) for n in args.workers.split(",")]
@@ -61,8 +62,10 @@ def main(argv=None) -> int:
         cli = {}
         whole_dir = len(list(corpus.glob("clip*"))) == len(files)  # else the corpus holds more: name the files
         for name, inputs in (("small", small), ("all", [corpus] if whole_dir else files)):
-            cli[name] = best(args.rounds, lambda: run_cli(inputs, scratch / "cli.jsonl", len(small if name == "small" else files)))
-        report(f"audiotag {'DIR' if whole_dir else 'FILE...'} (batch mode)", len(files), len(small), cli["all"], cli["small"])
+            cli[name] = best(args.rounds,
+                             lambda: run_cli(inputs, scratch / "cli.jsonl", len(small if name == "small" else files)))
+        report(f"audiotag {'DIR' if whole_dir else 'FILE...'} (batch mode)", len(files), len(small),
+               cli["all"], cli["small"])
 
         import ray
 
@@ -125,7 +128,8 @@ def run_cli(inputs, output: Path, expected: int) -> float:
     """Wall seconds of `audiotag INPUT... -o output` (batch mode, all cores)."""
     output.unlink(missing_ok=True)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "audiotag", *map(str, inputs), "--format", "jsonl", "-o", str(output)],
+    result = subprocess.run([sys.executable, "-m", "audiotag", *map(str, inputs),
+                             "--format", "jsonl", "-o", str(output)],
                             capture_output=True, cwd=REPO)
     seconds = time.perf_counter() - started
     lines = output.read_text().splitlines() if output.exists() else []

@@ -3,9 +3,9 @@
     .venv/bin/python scripts/bench/bench_resume.py [--records 1000000] [--before REV] [--format jsonl|csv]
 
 Writes an output of RECORDS records (10 tags each, as audiotag writes them, a torn record at the end), then
-reads it with ``recorded_paths`` (``audiotag.batch.writer``) of this checkout and of git revision REV (default main), each in a fresh
-process: its peak RSS, its wall time, the records found, and whether the torn end was cut. Target: at most
-300 MB and 30 s for 1,000,000 records (exit status 1 when missed).
+reads it with ``recorded_paths`` (``audiotag.batch.writer``) of this checkout and of git revision REV (default
+main), each in a fresh process: its peak RSS, its wall time, the records found, and whether the torn end was cut.
+Target: at most 300 MB and 30 s for 1,000,000 records (exit status 1 when missed).
 """
 
 import argparse
@@ -47,7 +47,8 @@ def main() -> int:
         path = scratch / f"out.{args.format}"
         started = time.perf_counter()
         _write(path, args.records, args.format)
-        print(f"wrote {args.records} records ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
+        print(f"wrote {args.records} records ({path.stat().st_size / 1e6:.0f} MB) "
+              f"in {time.perf_counter() - started:.1f} s")
         before = scratch / "before"  # the package at REV, unpacked
         before.mkdir()
         archive = subprocess.run(["git", "archive", args.before, "audiotag"], cwd=REPO, check=True,

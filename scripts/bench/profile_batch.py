@@ -1,6 +1,7 @@
 """Where the time of a batch run goes: ``pipeline.run`` in this process, with CPU time per thread.
 
-    .venv/bin/python scripts/bench/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N] [--cprofile]
+    .venv/bin/python scripts/bench/profile_batch.py DIR [--jobs N] [--threads N] [--runners N] [--max-batch N]
+                                                    [--cprofile]
 
 Defaults are those of ``audiotag DIR``. Prints the wall time, the CPU time of every thread (pipeline workers, which
 also run the model; onnxruntime's intra-op pool; OpenBLAS's pool; read from /proc), the model batches, and where

@@ -32,11 +32,16 @@ CRASH_SOURCE = r"""
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-static void check(const char *p) { const char *m = getenv("AUDIOTAG_CRASH_MARKER"); if (p && m && *m && strstr(p, m)) raise(SIGSEGV); }
-#define W(n) int n(const char *p, int f, ...) { static int (*r)(const char *, int, ...); if (!r) r = dlsym(RTLD_NEXT, #n); \
+static void check(const char *p) {
+    const char *m = getenv("AUDIOTAG_CRASH_MARKER");
+    if (p && m && *m && strstr(p, m)) raise(SIGSEGV);
+}
+#define W(n) int n(const char *p, int f, ...) { static int (*r)(const char *, int, ...); \
+    if (!r) r = dlsym(RTLD_NEXT, #n); \
     check(p); va_list a; va_start(a, f); int m = va_arg(a, int); va_end(a); return r(p, f, m); }
 W(open) W(open64)
-#define WA(n) int n(int d, const char *p, int f, ...) { static int (*r)(int, const char *, int, ...); if (!r) r = dlsym(RTLD_NEXT, #n); \
+#define WA(n) int n(int d, const char *p, int f, ...) { static int (*r)(int, const char *, int, ...); \
+    if (!r) r = dlsym(RTLD_NEXT, #n); \
     check(p); va_list a; va_start(a, f); int m = va_arg(a, int); va_end(a); return r(d, p, f, m); }
 WA(openat) WA(openat64)
 """

@@ -220,7 +220,8 @@ def paired(results, seconds, name, base):
     a = np.array(results[seconds, name, "all"], dtype=float)
     b = np.array(results[seconds, base, "all"], dtype=float)
     d = a[:, 3] - b[:, 3]
-    return d.mean(), 1.96 * d.std(ddof=1) / np.sqrt(len(d)), int((a[:, 2] < b[:, 2]).sum()), int((a[:, 2] > b[:, 2]).sum())
+    return d.mean(), 1.96 * d.std(ddof=1) / np.sqrt(len(d)), int((a[:, 2] < b[:, 2]).sum()), \
+        int((a[:, 2] > b[:, 2]).sum())
 
 
 def main():
@@ -235,7 +236,8 @@ def main():
     music, silence = index["Music"], index["Silence"]
     labels = tagger.model.info.labels
     full = np.array([c["full_best"] for c in clips])
-    print(f"{len(clips)} clips; whole clip (audiotag as is): expected label in top 3 for {100 * (full <= 3).mean():.0f}%, "
+    print(f"{len(clips)} clips; whole clip (audiotag as is): "
+          f"expected label in top 3 for {100 * (full <= 3).mean():.0f}%, "
           f"top 10 for {100 * (full <= 10).mean():.0f}%, mean best rank {full.mean():.1f}")
 
     # 1. Excerpts
@@ -252,7 +254,8 @@ def main():
         if k == 0 and len(positions) > 1:  # top3 also by position
             for s in LENGTHS:
                 for n in names:
-                    cells[f"{s:g}s", n] += "(" + "/".join(f"{summarise(results[s, n, p])[0]:.0f}" for p in positions) + ")"
+                    cells[f"{s:g}s", n] += "(" + "/".join(f"{summarise(results[s, n, p])[0]:.0f}"
+                                                          for p in positions) + ")"
             metric += " all (" + "/".join(positions) + ")"
         table(metric, rows, names, cells, str)
     cells = {}
@@ -312,7 +315,8 @@ def main():
             s = summarise([score(lg, c["expected"], c["top10"], music) for (c, _), lg in zip(pieces, logits)])
             cells[str(n), name] = f"{s[0]:.0f}/{s[3]:.1f}/{s[4]:.0f}/{s[5]:.2f}"
     table(f"3. Tiny excerpts (samples at 32 kHz) of the loudest region of all {len(clips)} clips, tiled: "
-          f"top3 % / ov10 / mus % / p1 [{time.time() - began:.0f}s]", [str(n) for n in TINY], list(tiny_rem), cells, str)
+          f"top3 % / ov10 / mus % / p1 [{time.time() - began:.0f}s]",
+          [str(n) for n in TINY], list(tiny_rem), cells, str)
     s = summarise(baseline(clips, clips, music))
     print(f"   no-information baseline on these clips: top3 {s[0]:.0f}% / ov10 {s[3]:.1f}")
 

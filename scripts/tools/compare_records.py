@@ -92,7 +92,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a")
     parser.add_argument("b")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest score difference (default {TOLERANCE:g})")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest score difference (default {TOLERANCE:g})")
     parser.add_argument("--ignore-path", action="store_true", help="the records' paths may differ")
     args = parser.parse_args()
     with open(args.a, "rb") as a, open(args.b, "rb") as b:

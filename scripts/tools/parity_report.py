@@ -4,9 +4,9 @@
 
 The tests assert the tolerances; this prints the figures behind them, for every reference clip: the three 32 kHz
 clips of ``audio/`` (mel, logits) and the real recordings of ``audio/extra/`` (mel and logits; where the clip
-was resampled, the mel difference includes the resampler's rounding, and only the logits have a tolerance). Clips over 10 s
-are tagged with ``--window 0``, as upstream tags them; clips under 1 s fall under the short-clip rule and are
-listed apart.
+was resampled, the mel difference includes the resampler's rounding, and only the logits have a tolerance).
+Clips over 10 s are tagged with ``--window 0``, as upstream tags them; clips under 1 s fall under the short-clip
+rule and are listed apart.
 """
 
 import json
