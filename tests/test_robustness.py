@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +273,22 @@ def test_workers_with_segments_and_a_list(cli, tmp_path):
     for path in paths:  # this input's segments, then its record
         own = [index for index, line in enumerate(lines) if line["path"] == path]
         assert len(own) > 1 and "start" not in lines[own[-1]], (path, [lines[i] for i in own])
+
+
+def test_a_folder_named_audiotag_in_the_working_directory_is_not_the_worker(tmp_path):
+    """The worker is this same package, wherever the run starts: started as "python -m audiotag", a folder named
+    audiotag in the working directory (another checkout, a user's project) became the worker, and an older one's
+    outcomes could not be read: the run hung. The installed command, as users run it, from such a folder:"""
+    command = Path(sys.executable).parent / "audiotag"  # the entry point scripts/build/setup.sh installs
+    impostor = tmp_path / "work" / "audiotag"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("raise SystemExit('not audiotag')\n")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("music.wav", "speech.wav"):
+        (folder / name).write_bytes((AUDIO / name).read_bytes())
+    result = subprocess.run([command, folder], capture_output=True, cwd=impostor.parent, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r["tags"][0]["label"] for r in _records(result.stdout)] == ["Music", "Speech"]

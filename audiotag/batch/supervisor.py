@@ -225,6 +225,8 @@ class Supervisor:
                 self._events.put(("msg", generation, message))
         except (OSError, EOFError, pickle.UnpicklingError, ValueError):
             pass  # a torn message from a dying worker: its exit follows
+        except Exception:  # a message this process cannot read at all: end that worker, never wait on it
+            worker.kill()
         self._events.put(("exit", generation, worker.wait()))
 
     def _finish_worker(self) -> None:
@@ -332,7 +334,11 @@ def worker_command() -> list:
         if os.path.exists(loader):
             return [loader, "--library-path", bundle, "--argv0", program, program, WORKER_FLAG]
         return [sys.executable, WORKER_FLAG]
-    return [sys.executable, "-m", "audiotag", WORKER_FLAG]
+    # Not "-m audiotag": that finds the package from the working directory first, so a folder named audiotag
+    # there (another checkout, a user's project) would be the worker. The worker imports this very package.
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds audiotag/
+    start = f"import sys; sys.path[0] = {home!r}; from audiotag.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", start, WORKER_FLAG]
 
 
 def worker_environment() -> dict:
