@@ -15,7 +15,15 @@ TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank",
 
 
 def record(outcome) -> dict:
-    """The JSON object for one input (scripts rely on this shape)."""
+    """The JSON object for one input, as ``audiotag --format jsonl`` writes it (scripts rely on this shape).
+
+    Args:
+        outcome: an ``Outcome`` (``Tagger.tag_file``, a batch run).
+
+    Returns:
+        ``{"path", "duration", "sample_rate", "channels", "codec", ["truncated", "audio_duration"], ["warning"],
+        "categories", "tags"}``, or ``{"path", "error"}``.
+    """
     if outcome.error is not None:
         return {"path": outcome.name, "error": outcome.error}
     rec = {

@@ -168,7 +168,7 @@ def test_error_codes(serve, tmp_path):
     assert server.request("GET", "/nowhere")[0] == 404
     assert server.request("GET", "/tag")[0] == 405
     status, response, _ = server.request("DELETE", "/healthz")
-    assert status == 405 and response.getheader("Allow") == "GET"
+    assert status == 405 and response.getheader("Allow") == "GET, HEAD"
     # Malformed chunked framing
     assert _raw_exchange(server.port, b"POST /tag HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                                       b"zz\r\nRIFF\r\n0\r\n\r\n")[0] == 400
@@ -336,6 +336,35 @@ def test_bad_http_never_breaks_the_server(serve):
     status, _, health = server.request("GET", "/healthz")
     assert status == 200 and health[0]["status"] == "ok"
     assert "Traceback" not in server.log()
+
+
+def test_http_edges_a_client_meets(serve, tmp_path):
+    """Each answered as HTTP says, not 500 or a silent pass: health checkers send HEAD; rate= alone would be
+    ignored; a Unicode digit is not a length; two Transfer-Encodings are not one; a UTF-8 token is its bytes."""
+    token = tmp_path / "token"
+    token.write_bytes("s3crét-tøken\n".encode())
+    server = serve("--token-file", token)
+    auth = "Bearer s3crét-tøken".encode()  # the UTF-8 bytes a client sends
+    head = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=120)
+    sock.sendall(head)
+    response = http.client.HTTPResponse(sock, method="HEAD")
+    response.begin()
+    assert response.status == 200 and int(response.getheader("Content-Length")) > 0 and response.read() == b""
+    sock.close()
+    music = (AUDIO / "music.wav").read_bytes()
+    post = b"POST /tag%s HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\n%s\r\n"
+    status, answer = _raw_exchange(server.port, post % (b"?rate=16000", b"Content-Length: %d\r\n" % len(music))
+                                   + music)
+    assert status == 400 and "give raw=FORMAT too" in answer["error"]
+    status, answer = _raw_exchange(server.port, post % (b"", "Content-Length: ²\r\n".encode()) + b"RIFF")
+    assert status == 400 and "malformed Content-Length" in answer["error"]
+    twice = b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n"
+    status, answer = _raw_exchange(server.port, post % (b"", twice) + b"4\r\nRIFF\r\n0\r\n\r\n")
+    assert status == 400 and "Transfer-Encoding given 2 times" in answer["error"]
+    status, answer = _raw_exchange(server.port, post % (b"?name=m.wav", b"Content-Length: %d\r\n" % len(music))
+                                   + music)
+    assert status == 200 and answer["tags"][0]["label"] == "Music"
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

@@ -26,7 +26,17 @@ from .results import Category, Outcome, Prediction, Tag
 from .windows import passes
 
 class Tagger:
-    """Loads the model once; ``tag`` and ``predict`` may be called from several threads at once."""
+    """Loads the model once; ``tag``, ``tag_file`` and ``predict`` may be called from several threads at once.
+
+    Args:
+        model_path: an audiotag .onnx model (default: the bundled mn04_as).
+        providers: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            (default: $AUDIOTAG_PROVIDERS, else the best available).
+        threads: onnxruntime intra-op threads (0: all cores).
+
+    Raises:
+        infer.model.ModelError: the model cannot be loaded, or expects another frontend.
+    """
 
     def __init__(self, model_path: Optional[Path] = None, *, providers: Optional[Sequence[str]] = None,
                  threads: int = 0):
@@ -39,7 +49,16 @@ class Tagger:
             raise ModelError(f"{self.model.path} expects frontend {found}, this audiotag computes {expected}")
 
     def tag(self, samples: np.ndarray, sample_rate: int, options: TagOptions = TagOptions()) -> Prediction:
-        """Tag (frames,) or (frames, channels) float samples at any rate."""
+        """Tag samples already in memory.
+
+        Args:
+            samples: (frames,) or (frames, channels) floats at ``sample_rate`` (resampled to 32 kHz as upstream).
+            sample_rate: their rate in Hz.
+            options: how to cut and rank (``TagOptions``).
+
+        Returns:
+            ``Prediction``: tags (best first), categories, logits, embedding, and segments/events when asked.
+        """
         return self.predict(decode.from_array(samples, sample_rate), options)
 
     def tag_file(self, source, options: TagOptions = TagOptions(), *, max_duration: Optional[float] = None,

@@ -49,6 +49,8 @@ class TagRequest:
         self.channels = _int_parameter(query, "channels", 1, 1)
         if self.raw and self.rate is None:
             raise HttpError(400, "raw= needs rate=HZ")
+        if not self.raw and ("rate" in query or "channels" in query):  # would be ignored: say so
+            raise HttpError(400, "rate= and channels= describe headerless samples: give raw=FORMAT too")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -82,11 +84,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             path, query = self._parse_target()
             if self.service.token is not None and not self._authorized():
                 raise HttpError(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-            allowed = {"/tag": "POST", "/healthz": "GET", "/metrics": "GET"}.get(path)
+            allowed = {"/tag": ("POST",), "/healthz": ("GET", "HEAD"), "/metrics": ("GET", "HEAD")}.get(path)
             if allowed is None:
                 raise HttpError(404, f"no such path {path!r} (POST /tag, GET /healthz, GET /metrics)")
-            if method != allowed:
-                raise HttpError(405, f"{path} takes {allowed}, not {method}")
+            if method not in allowed:
+                raise HttpError(405, f"{path} takes {' or '.join(allowed)}, not {method}")
             if self.service.stopping:
                 raise HttpError(503, "shutting down")
             if path == "/tag":
@@ -127,14 +129,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _body_framing(self) -> tuple:
         """(Content-Length or None, chunked), as RFC 9112 6.3 has it; 400 for anything else."""
-        coding = self.headers.get("Transfer-Encoding")
+        codings = self.headers.get_all("Transfer-Encoding") or []
         length = self.headers.get_all("Content-Length") or []
+        if len(codings) > 1:  # "chunked" then "gzip": a coding this server would not undo
+            raise HttpError(400, f"Transfer-Encoding given {len(codings)} times ({', '.join(codings)!r}): only "
+                                 "one, chunked")
+        coding = codings[0] if codings else None
         if coding is not None:
             if coding.strip().lower() != "chunked" or length:
                 raise HttpError(400, f"unsupported Transfer-Encoding {coding!r} (only chunked, without "
                                      "Content-Length)")
             return None, True
-        if len(set(length)) > 1 or (length and not length[0].strip().isdigit()):
+        # ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+        if len(set(length)) > 1 or (length and not (length[0].strip().isascii() and length[0].strip().isdigit())):
             raise HttpError(400, f"malformed Content-Length {', '.join(length)!r}")
         if not length or int(length[0]) == 0:
             raise HttpError(400, "empty body: POST the audio file's bytes (with a Content-Length, or chunked)")
@@ -163,7 +170,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         from _operator import _compare_digest  # hmac.compare_digest without hashlib (not in the binary)
 
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and _compare_digest(token.strip().encode(errors="surrogateescape"),
+        # Header values arrive decoded as ISO-8859-1: encoded back so, they are the bytes the client sent (a
+        # UTF-8 token in --token-file then matches).
+        return scheme.lower() == "bearer" and _compare_digest(token.strip().encode("latin-1", errors="replace"),
                                                                self.service.token)
 
     def _answer(self, status: int, records: list, content_type: str = "application/json"):
@@ -188,7 +197,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if status == 503:
                 self.send_header("Retry-After", "1")
             if status == 405:
-                self.send_header("Allow", {"/tag": "POST"}.get(urlsplit(self.path).path, "GET"))
+                self.send_header("Allow", {"/tag": "POST"}.get(urlsplit(self.path).path, "GET, HEAD"))
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()

@@ -126,7 +126,7 @@ def _make_corpus(directory, count: int = 200, seconds: float = 10, seed: int = 0
 
 # --- stages, in this process, one thread ------------------------------------------------------------------------
 
-STAGES = ("decode", "resample", "decode+resample (audio.py)", "frontend")
+STAGES = ("decode", "resample", "decode+resample (decode/)", "frontend")
 
 
 def measure_stages(files: list, options: TagOptions, rounds: int) -> tuple:
@@ -143,7 +143,7 @@ def measure_stages(files: list, options: TagOptions, rounds: int) -> tuple:
             samples = _timed(times["resample"], _resample, blocks, rate)
             clip_windows = windows([samples], options.window_samples, options.hop_samples)
             window_mels = _timed(times["frontend"], lambda: [model_input(w) for _, w in clip_windows])
-            packaged = _timed(times["decode+resample (audio.py)"],
+            packaged = _timed(times["decode+resample (decode/)"],
                               lambda: np.concatenate(list(decode.open_file(path).samples())))
         assert len(packaged) == len(samples), (path, len(packaged), len(samples))
         for name in STAGES:
@@ -164,7 +164,7 @@ def _timed(record: list, function, *arguments):
 
 
 def _decode(path):
-    """soundfile blocks -> mono float32, as audio.py reads them."""
+    """soundfile blocks -> mono float32, as audiotag.decode reads them."""
     blocks = []
     with soundfile.SoundFile(str(path)) as sound:
         rate = sound.samplerate
@@ -346,8 +346,8 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
         note = f"  (batch {bound['single-thread batch']})" if name == "model" else ""
         cpu, wall = stages[name]
         print(f"    {name:45s} {1e3 * cpu:6.2f} ms {1e3 * wall:6.2f} ms{note}")
-    total = sum(stages[name][0] for name in ("decode+resample (audio.py)", "frontend", "model"))
-    print(f"    {'sum (audio.py, frontend, model)':45s} {1e3 * total:6.2f} ms: "
+    total = sum(stages[name][0] for name in ("decode+resample (decode/)", "frontend", "model"))
+    print(f"    {'sum (decode/, frontend, model)':45s} {1e3 * total:6.2f} ms: "
           f"at most {cores / total:.0f} files/s on {cores} cores")
     print()
     frontend, model = stages["frontend"][0], stages["model"][0]

@@ -5,7 +5,7 @@
 Encodes 12 clips of $AUDIOTAG_SHARED/audio as FLAC and Ogg Vorbis with ffmpeg (MP3: the shared MP3 clips),
 then makes MUTANTS corrupted copies per format: a run of 16-256 random bytes written over a random place past
 the first 10% of the file (the header intact: a corrupt frame, as a crawl meets them). Each is decoded with
-audio.py as the CLI does. "before" counts every mutant whose decoding hit an error (audiotag before salvage made
+audiotag.decode as the CLI does. "before" counts every mutant whose decoding hit an error (audiotag before salvage made
 each of them an error record); "after" counts the ones still without usable audio.
 """
 
