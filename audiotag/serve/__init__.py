@@ -54,8 +54,8 @@ endpoints:
                   A body with Content-Length is read whole (up to --max-body), then decoded as a file is. A
                   chunked body (Transfer-Encoding: chunked) holding a WAV stream or raw samples is decoded as
                   it arrives: memory stays flat however long the upload.
-  GET /healthz    200 {{"status": "ok", "model": ..., "version": ...}}
-  GET /metrics    Prometheus text: audiotag_requests_total{{code}}, audiotag_audio_seconds_total,
+  GET /healthz    200 {{"status": "ok", "model": ..., "version": ...}} (HEAD: the same headers, no body)
+  GET /metrics    Prometheus text (HEAD too): audiotag_requests_total{{code}}, audiotag_audio_seconds_total,
                   audiotag_model_seconds_total, audiotag_queue_depth, audiotag_request_duration_seconds...
 
 status codes (errors are JSON {{"error": "reason"}}):
