@@ -292,3 +292,35 @@ def test_a_folder_named_audiotag_in_the_working_directory_is_not_the_worker(tmp_
                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr.decode()
     assert [r["tags"][0]["label"] for r in _records(result.stdout)] == ["Music", "Speech"]
+
+
+def test_a_worker_message_that_cannot_be_read_ends_that_worker_not_the_run():
+    """A worker whose messages this process cannot unpickle (another audiotag's classes) is killed and counts
+    as failed: the supervisor's reader used to die with it, and the run waited for ever."""
+    import threading
+
+    from audiotag import TagOptions
+    from audiotag.batch import pipeline, supervisor
+
+    stranger = ("import pickle, struct, sys, time\n"
+                "class Ghost: pass\n"  # __main__.Ghost exists in this process only
+                "data = pickle.dumps(('ready', Ghost()))\n"
+                "sys.stdout.buffer.write(struct.pack('<Q', len(data)) + data); sys.stdout.buffer.flush()\n"
+                "time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", stranger], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    watched = supervisor.Supervisor(supervisor.WorkerConfig(pipeline.Opener(), TagOptions(), jobs=1),
+                                    process=process)
+    outcome = []
+
+    def wait_ready():
+        try:
+            watched.ready()
+        except supervisor.WorkerError as error:
+            outcome.append(str(error))
+
+    waiter = threading.Thread(target=wait_ready, daemon=True)
+    waiter.start()
+    waiter.join(30)
+    watched.close()
+    assert outcome and "could not start" in outcome[0] and "SIGKILL" in outcome[0]
+    assert process.poll() is not None
