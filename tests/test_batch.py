@@ -189,7 +189,7 @@ def test_progress_and_summary_on_stderr(cli, corpus):
     result = cli("--progress", "-o", os.devnull, corpus)
     stderr = result.stderr.decode()
     assert result.returncode == 0
-    assert "24file" in stderr.replace(" ", "") and "errors=0" in stderr
+    assert "24/24" in stderr and "errors=0" in stderr
     assert "24 inputs: 24 ok, 0 failed" in stderr and "files/s" in stderr and "realtime" in stderr
 
 
@@ -546,4 +546,22 @@ def test_text_and_a_progress_bar_by_default_on_a_terminal(cli):
     assert process.wait(timeout=120) == 0
     text = shown.decode()
     assert f"== {AUDIO / 'music.wav'}" in text and "0.598  Music" in text
-    assert "2file" in text.replace(" ", "") and "file/s" in text and "errors=0" in text
+    assert "2/2" in text and "file/s" in text and "errors=0" in text
+    assert "\n0.598  Music" in text  # the bar stepped aside: the result starts its own line
+
+
+def test_the_progress_bar_knows_the_total_and_a_single_input_has_none(cli, corpus, tmp_path):
+    """A directory or a list file: done/total, percent and the time left, once a second walk has counted them.
+    One input shows no bar (its result is its progress). A list in a pipe is never read twice."""
+    result = cli("--progress", "-o", os.devnull, corpus)
+    bar = result.stderr.decode().replace("\r", "\n")
+    assert "100%" in bar and "24/24" in bar and "errors=0" in bar, bar
+    listing = tmp_path / "list.txt"
+    files = sorted(p for p in corpus.rglob("*") if p.suffix.lower() in (".wav", ".ogg", ".mp3", ".flac"))[:5]
+    listing.write_text("".join(f"{path}\n" for path in files))
+    bar = cli("--progress", "-o", os.devnull, "--files-from", listing).stderr.decode().replace("\r", "\n")
+    assert "5/5" in bar and "100%" in bar, bar
+    piped = cli("--progress", "--files-from", "-", stdin=listing.read_bytes())
+    assert len(piped.stdout.decode().splitlines()) == 5 and "5file" in piped.stderr.decode().replace(" ", "")
+    single = cli("--progress", AUDIO / "music.wav")
+    assert single.returncode == 0 and "file/s" not in single.stderr.decode() and "%" not in single.stderr.decode()

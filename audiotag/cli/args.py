@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with -o: skip inputs already recorded in FILE and append the rest")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
     out.add_argument("--progress", action="store_true",
-                     help="show a progress bar on stderr (default: when stderr is a terminal)")
+                     help="show a progress bar on stderr for a batch run: done/total, percent, time left "
+                          "(default: when stderr is a terminal)")
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("raw samples on stdin")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")

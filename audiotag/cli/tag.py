@@ -1,6 +1,7 @@
 """Run a command line: load the model (or start watched workers), tag the inputs, write the records; --version
 and --self-check."""
 
+import contextlib
 import os
 import sys
 import time
@@ -94,7 +95,11 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
     writers.append(writer)
     items = _chain(inputs.expand(args.inputs, args.all_files), listed)
     items = (item for item in items if item.name not in done)
-    progress = _progress_bar(args)
+    progress = _progress_bar(args) if in_batch else None  # one input: its result is the progress
+    total = _count_in_background(args, inputs, done) if progress is not None else []
+    # Results and the bar on one terminal: the bar steps aside for each record, so neither runs into the other.
+    aside = type(progress).external_write_mode if progress is not None and _on_terminal(sys.stdout) else \
+        contextlib.nullcontext
     counts = {"ok": 0, "failed": 0, "audio": 0.0}
     started = time.perf_counter()
     try:
@@ -108,9 +113,11 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
             else:
                 counts["ok"] += 1
                 counts["audio"] += outcome.duration
-            with lock:
+            with lock, aside():
                 writer.write(records.record(outcome), header=in_batch, before=records.event_records(outcome))
             if progress is not None:
+                if total and progress.total is None:  # known now: done/total, percent and time left
+                    progress.total = total[0]
                 progress.update(1)
                 progress.set_postfix(errors=counts["failed"], refresh=False)
         writer.close()  # flushed and synced: the results are the product, durable before exit 0
@@ -128,6 +135,37 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
     if in_batch or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _on_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _count_in_background(args, inputs, done) -> list:
+    """How many inputs the run has, counted by a second walk beside the tagging (which reads the walk only a
+    little ahead of its work): a list that fills with the count once it is known. Not for a list on stdin or in a
+    pipe, which may never end and cannot be read twice."""
+    total = []
+    if args.files_from is not None and not os.path.isfile(args.files_from):  # a pipe: reading it would take lines
+        return total
+    if args.files_from == "-" or "-" in args.inputs:
+        return total
+
+    def count():
+        try:
+            found = _chain(inputs.expand(args.inputs, args.all_files),
+                           _list_source(args.files_from, inputs, args.all_files) if args.files_from else ())
+            total.append(sum(1 for item in found if item.name not in done))
+        except (OSError, SystemExit, ValueError):
+            pass  # the run itself reports what cannot be read; the bar just shows no total
+
+    import threading
+
+    threading.Thread(target=count, name="audiotag-count", daemon=True).start()
+    return total
 
 
 def _list_source(name, inputs, all_files):
