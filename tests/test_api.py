@@ -183,3 +183,33 @@ def test_one_set_of_exit_codes():
 def test_load_from_a_byte_stream():
     data = (AUDIO / "speech.wav").read_bytes()
     assert np.array_equal(audiotag.load(io.BytesIO(data)).samples, audiotag.load(data).samples)
+
+
+def test_a_damaged_mp4_gives_one_answer_as_a_file_and_on_stdin(tagger, tmp_path):
+    """The same bytes, as a path and as a stream (stdin, a pipe, a file object), give the same record or the same
+    error. An MP4 on stdin was decoded by FFmpeg alone, so a damaged one got "not an audio format ... give --raw"
+    on stdin where the file said "Invalid data found when processing input"."""
+    import random
+    import subprocess
+
+    clean = tmp_path / "clean.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", AUDIO / "music.wav", "-c:a", "aac", "-b:a", "96k", clean],
+                   check=True)  # Debian's ffmpeg (scripts/build/install_test_tools.sh)
+    data, rng, answers = clean.read_bytes(), random.Random(1), set()
+    for _ in range(40):  # damage in the first 4 kB, where MP4 keeps its boxes' headers
+        damaged = bytearray(data)
+        start = rng.randrange(0, 4096)
+        for offset in range(rng.choice([8, 64, 256])):
+            damaged[start + offset] = rng.randrange(256)
+        path = tmp_path / "damaged.m4a"
+        path.write_bytes(damaged)
+        results = []
+        for source in (path, io.BytesIO(bytes(damaged))):
+            try:
+                record = audiotag.record(tagger.tag_file(source))
+                results.append(("tagged", record["duration"], record["tags"][0]["label"], record.get("warning")))
+            except audiotag.AudioError as error:
+                results.append(("error", str(error)))
+        assert results[0] == results[1], (start, results)
+        answers.add(results[0][0])
+    assert answers == {"tagged", "error"}  # the sweep meets both kinds

@@ -157,9 +157,10 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
     if not ffmpeg.available():
         raise AudioError("not a WAV, FLAC or OGG stream, and the FFmpeg decoder is not installed "
                          "(for headerless samples give --raw FORMAT --rate HZ)")
+    if head[4:8] == b"ftyp" or head[:4] == b"caff":  # MP4/M4A/MOV/3GP, CAF: the index may be at the end
+        # Held whole and opened as the same bytes in a file are, so both give one answer, damaged or not.
+        return open_bytes(_read_whole(head, binary, "an MP4 or CAF stream"))
     try:
-        if head[4:8] == b"ftyp" or head[:4] == b"caff":  # MP4/M4A/MOV/3GP, CAF: the index may be at the end
-            return ffmpeg.open_source(io.BytesIO(_read_whole(head, binary, "an MP4 or CAF stream")))
         return ffmpeg.open_source(ffmpeg.StreamReader(head, binary), seekable=False)
     except ffmpeg.NotMedia:
         raise AudioError("not an audio format audiotag decodes (for headerless samples give --raw FORMAT "
