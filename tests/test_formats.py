@@ -400,3 +400,29 @@ def test_one_sample_packets_decode_in_bounded_memory(tmp_path):
     peak_kb = int(subprocess.run([sys.executable, "-c", measure, str(tiny)], check=True, capture_output=True,
                                  cwd=REPO, text=True).stdout)
     assert peak_kb < 120 * 1024
+
+
+def test_ffmpegs_reasons_are_put_in_words(tmp_path):
+    """A damaged M4A's warning or error says what is wrong in words, FFmpeg's own text kept after it: never
+    FFmpeg's words alone ("Not yet implemented in FFmpeg, patches welcome", "Operation not permitted")."""
+    import random
+
+    clean = tmp_path / "clean.m4a"
+    _ffmpeg("-i", MUSIC, "-c:a", "aac", "-b:a", "96k", clean)
+    data, rng, said = clean.read_bytes(), random.Random(1), set()
+    for _ in range(60):
+        damaged = bytearray(data)
+        start = rng.randrange(0, len(damaged) - 300)
+        for offset in range(rng.choice([8, 64, 256])):
+            damaged[start + offset] = rng.randrange(256)
+        try:
+            stream = decode.open_bytes(bytes(damaged))
+            stream.read()
+            if stream.warning:
+                said.add(stream.warning.split(": ", 1)[1])
+        except decode.AudioError as error:
+            said.add(str(error).split(": ", 1)[1])
+    assert said  # the sweep meets damage
+    for text in said:
+        assert "(FFmpeg: " in text and not text.startswith(("Not yet", "Operation", "Invalid data", "Error number")), \
+            text

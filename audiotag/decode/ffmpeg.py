@@ -259,9 +259,25 @@ def _warning(decoded: int, known: Optional[int], rate: int, state: dict) -> str:
 
 
 def _reason(error) -> str:
-    """FFmpeg's message without PyAV's "[Errno N] ...: 'path'" wrapping."""
-    text = getattr(error, "strerror", None) or str(error)
-    return str(text).strip().rstrip(".")
+    """What is wrong with the input in words a user can act on, FFmpeg's own message (without PyAV's "[Errno N]
+    ...: 'path'" wrapping) kept after it: "damaged or not audio (FFmpeg: Invalid data found when processing
+    input)". FFmpeg's words alone name its internals ("Cannot allocate memory" for a corrupt MP4 index)."""
+    text = str(getattr(error, "strerror", None) or error).strip().rstrip(".")
+    av = _av
+    if isinstance(error, av.error.InvalidDataError):
+        plain = "damaged or not audio"
+    elif isinstance(error, av.error.MemoryError):
+        plain = "a corrupt index or header (it asks for more memory than its audio can need)"
+    elif isinstance(error, (av.error.PatchWelcomeError, av.error.NotImplementedError)):
+        plain = "a damaged frame, or a feature of its codec FFmpeg cannot decode"
+    elif getattr(error, "errno", None) in (1, 5, 22):  # EPERM, EIO, EINVAL: what demuxers and decoders say of
+        plain = "damaged data (it breaks off or contradicts itself)"  # bytes that break their rules
+    elif isinstance(error, (av.error.UndefinedError, av.error.UnknownError, av.error.BugError)) or \
+            text.startswith("Error number"):
+        plain = "damaged data"
+    else:
+        return text
+    return f"{plain} (FFmpeg: {text})"
 
 
 class StreamReader:
