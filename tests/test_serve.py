@@ -178,17 +178,10 @@ def test_error_codes(serve, tmp_path):
     assert status == 408 and "--idle-timeout" in answer["error"]
 
 
-def test_busy_and_timeout(serve):
-    """503 past --max-pending, 504 past --timeout: a held upload fills the one place; a trickling one runs late."""
+def test_timeout(serve):
+    """504 past --timeout: a trickling upload runs late."""
     server = serve("--max-pending", "1", "--timeout", "2", "--idle-timeout", "60")
     wav = (AUDIO / "music.wav").read_bytes()
-    held = _start_upload(server.port, wav, len(wav) // 2)
-    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 1)
-    status, response, answer = server.request("POST", "/tag?name=second", wav)
-    assert status == 503 and response.getheader("Retry-After") == "1" and "--max-pending" in answer[0]["error"]
-    held.close()
-    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 0)
-
     # A chunked WAV stream whose pieces come slower than --timeout allows, until the server answers.
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=120)
     sock.sendall(b"POST /tag?name=late HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -199,6 +192,56 @@ def test_busy_and_timeout(serve):
     status, answer = _read_response(sock)
     assert status == 504 and "--timeout" in answer["error"]
     assert server.post("/tag?name=music", wav)[0] == 200  # and it still serves
+
+
+def test_slow_uploads_do_not_lock_others_out(serve):
+    """Bodies still arriving do not hold --max-pending's places (those are for work): as many slow uploads as
+    --max-pending leave the service open; one address gets at most --max-uploads-per-client (4) at once."""
+    server = serve("--max-pending", "3", "--idle-timeout", "60")
+    wav = (AUDIO / "speech.wav").read_bytes()
+    held = [_start_upload(server.port, wav, 1000, name=f"slow{i}") for i in range(3)]
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 3)
+    status, answer = server.post("/tag?name=fast", wav)
+    assert status == 200 and answer[0]["path"] == "fast"
+    held.append(_start_upload(server.port, wav, 1000, name="slow3"))
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 4)
+    status, response, answer = server.request("POST", "/tag?name=fifth", wav)
+    assert status == 503 and response.getheader("Retry-After") == "1"
+    assert "--max-uploads-per-client" in answer[0]["error"]
+    last = held.pop()
+    last.sendall(wav[1000:])  # one upload ends and is answered: its place is free again
+    assert _read_response(last)[0] == 200
+    assert server.post("/tag?name=sixth", wav)[0] == 200
+    # Other addresses (127.0.0.2 and .3 are this machine too) fill the 2 x --max-pending upload places.
+    held += [_start_upload(server.port, wav, 1000, source="127.0.0.2") for _ in range(3)]
+    _wait_for(lambda: _metric(server, "audiotag_uploads_in_progress") == 6)
+    status, answer = _read_response(_start_upload(server.port, wav, len(wav), source="127.0.0.3"))
+    assert status == 503 and "2 x --max-pending" in answer["error"]
+    for sock in held:
+        sock.close()
+
+
+def test_a_request_head_has_a_deadline_and_connections_a_cap(serve):
+    """--max-connections open connections: one more is answered 503 and closed. A head trickling in a byte at a
+    time (never idle for --idle-timeout) is answered 408 at --header-timeout."""
+    server = serve("--header-timeout", "1", "--idle-timeout", "60", "--max-connections", "3")
+    connections = [server.connection() for _ in range(3)]
+    for connection in connections:
+        assert server.request("GET", "/healthz", connection=connection)[0] == 200  # each holds its thread
+    status, answer = _read_response(socket.create_connection(("127.0.0.1", server.port), timeout=60))
+    assert status == 503 and "--max-connections" in answer["error"]
+    for connection in connections:
+        connection.close()
+    _wait_for(lambda: _open_connections(server) == 1)  # the closed ones are gone: only the one asking
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(100):  # 20 s at most
+        if select.select([sock], [], [], 0.2)[0]:
+            break
+        sock.sendall(b"X")
+    status, answer = _read_response(sock)
+    assert status == 408 and "--header-timeout" in answer["error"]
 
 
 def test_metrics_and_health(serve):
@@ -225,7 +268,7 @@ def test_load_8_clients_100_requests(cli, serve):
              AUDIO / "extra" / "esc10-babycry-1-60997-B.mp3", AUDIO / "extra" / "sonicpi-loop_amen.flac"]
     expected = cli_records(cli, clips)
     bodies = [clip.read_bytes() for clip in clips]
-    server = serve("--quiet")
+    server = serve("--quiet", "--max-uploads-per-client", 8)  # 8 clients on this one address
 
     def client(number):
         conn = server.connection()
@@ -272,6 +315,24 @@ def test_sigterm_answers_requests_in_flight(serve):
         status, answer = _read_response(upload)
         assert status == 200 and answer["path"] == f"inflight{i}"
     assert server.process.wait(timeout=30) == 0
+
+
+def test_sigterm_answers_503_what_cannot_finish(serve):
+    """Requests still in work when --drain-timeout ends are answered 503 (Retry-After), not dropped."""
+    server = serve("--idle-timeout", "60", "--drain-timeout", "0.5")
+    wav = (AUDIO / "typing.wav").read_bytes()
+    uploads = [_start_upload(server.port, wav, 1000, name=f"stuck{i}") for i in range(3)]
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 3)
+    server.process.send_signal(signal.SIGTERM)
+    for upload in uploads:  # their bodies never come
+        response = http.client.HTTPResponse(upload)
+        response.begin()
+        assert response.status == 503 and response.getheader("Retry-After") == "1"
+        assert "--drain-timeout" in json.loads(response.read())["error"]
+        upload.close()
+    assert server.process.wait(timeout=30) == 0
+    _wait_for(lambda: "serve: stopped" in server.log())
+    assert "3 requests not finished within --drain-timeout were answered 503" in server.log()
 
 
 def test_token_required_off_loopback(cli, serve, tmp_path):
@@ -374,9 +435,9 @@ def _chunks(data: bytes, size: int):
     return (data[i:i + size] for i in range(0, len(data), size))
 
 
-def _start_upload(port: int, body: bytes, sent: int, name="held") -> socket.socket:
-    """A POST whose body has been sent only up to ``sent`` bytes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+def _start_upload(port: int, body: bytes, sent: int, name="held", source="127.0.0.1") -> socket.socket:
+    """A POST whose body has been sent only up to ``sent`` bytes, from the address ``source``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120, source_address=(source, 0))
     sock.sendall(b"POST /tag?name=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (name.encode(), len(body))
                  + body[:sent])
     return sock
@@ -395,6 +456,15 @@ def _raw_exchange(port: int, request: bytes) -> tuple:
     sock = socket.create_connection(("127.0.0.1", port), timeout=120)
     sock.sendall(request)
     return _read_response(sock)
+
+
+def _open_connections(server):
+    """The audiotag_connections gauge; None when the request is refused (--max-connections) or fails."""
+    try:
+        status, _, text = server.request("GET", "/metrics")
+    except (OSError, http.client.HTTPException):
+        return None
+    return _parse_metrics(text)["audiotag_connections"] if status == 200 else None
 
 
 def _accepts(port: int) -> bool:

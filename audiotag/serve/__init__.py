@@ -19,8 +19,7 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from ..errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE
 from ..options import (MAX_SECONDS, Parser, add_engine_arguments, add_tag_arguments, number, per_request_options,
@@ -31,11 +30,15 @@ from .metrics import Metrics
 
 DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
-DEFAULT_MAX_PENDING = 32  # requests taken in at once; worst-case memory is about this many bodies
+DEFAULT_MAX_PENDING = 32  # requests in work at once; 2 x as many bodies may be arriving: memory is 3 x this many
+DEFAULT_MAX_UPLOADS_PER_CLIENT = 4  # bodies arriving at once from one address: slow uploads cannot fill the places
+DEFAULT_MAX_CONNECTIONS = 512  # connections open at once (a thread each)
 DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
 DEFAULT_MAX_DURATION = 7200.0  # seconds of audio tagged per request, as the CLI's batch default
 DEFAULT_IDLE_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
-SHUTDOWN_GRACE = 9.0  # after SIGTERM, requests in flight get this long to be answered (exit within 10 s)
+DEFAULT_HEADER_TIMEOUT = 30.0  # a request line and headers must all arrive within this
+DEFAULT_DRAIN_TIMEOUT = 9.0  # after SIGTERM, requests in work get this long to finish (exit within 10 s)
+ANSWER_SECONDS = 1.0  # then this long for the 503s of those that did not
 
 EPILOG = f"""\
 endpoints:
@@ -56,22 +59,30 @@ endpoints:
                   it arrives: memory stays flat however long the upload.
   GET /healthz    200 {{"status": "ok", "model": ..., "version": ...}} (HEAD: the same headers, no body)
   GET /metrics    Prometheus text (HEAD too): audiotag_requests_total{{code}}, audiotag_audio_seconds_total,
-                  audiotag_model_seconds_total, audiotag_queue_depth, audiotag_request_duration_seconds...
+                  audiotag_model_seconds_total, audiotag_queue_depth, audiotag_uploads_in_progress,
+                  audiotag_requests_in_work, audiotag_connections, audiotag_request_duration_seconds...
 
 status codes (errors are JSON {{"error": "reason"}}):
   200  tagged: the record
   400  empty or malformed request (body, framing, query parameter)
   401  missing or wrong bearer token (with --token-file)
   404  no such path; 405 wrong method for the path
-  408  the client sent nothing for --idle-timeout seconds
+  408  the client sent nothing for --idle-timeout seconds, or not its request line and headers within
+       --header-timeout seconds (the connection is then closed)
   413  body over --max-body
   422  audio that cannot be tagged: the CLI's error record {{"path": NAME, "error": "cannot decode: ..."}}
-  503  --max-pending requests already in work (Retry-After: 1), or shutting down
+  503  busy (Retry-After: 1): --max-pending requests already in work, --max-uploads-per-client bodies
+       arriving from this address or 2 x --max-pending from all, --max-connections open (answered and
+       closed at once); or shutting down
   504  not answered within --timeout seconds
 
 safety: binds 127.0.0.1 by default; any other (non-loopback) address needs --token-file, and every request
-must then carry "Authorization: Bearer TOKEN". SIGTERM or SIGINT: stops accepting, answers what is in
-flight, exits 0 within 10 s. One access-log line per request on stderr (--quiet: none).
+must then carry "Authorization: Bearer TOKEN". Memory: at most --max-pending bodies in work and 2 x
+--max-pending arriving, so 3 x --max-pending x --max-body at worst (6 GiB with the defaults); a streamed
+(chunked WAV or raw) upload is decoded as it arrives and holds only its own blocks. SIGTERM or SIGINT: stops
+accepting, answers every request taken in: what finishes within --drain-timeout (9 s) with its answer, the
+rest 503 (Retry-After: 1); exits 0 within --drain-timeout + 1 s. One access-log line per request on stderr
+(--quiet: none).
 
 exit status: 0 stopped by SIGTERM/SIGINT; 2 bad command line, or the address cannot be used; 3 the model
 cannot be loaded.
@@ -107,8 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-body", type=_size, default=DEFAULT_MAX_BODY, metavar="BYTES",
                         help="largest body accepted, e.g. 64M (default 64M); more is answered 413")
     limits.add_argument("--max-pending", type=number(int, 1), default=DEFAULT_MAX_PENDING, metavar="N",
-                        help=f"requests taken in at once, uploading, queued or tagged (default "
-                             f"{DEFAULT_MAX_PENDING}); more are answered 503 at once")
+                        help=f"requests in work at once, their bodies received, queued or tagged (default "
+                             f"{DEFAULT_MAX_PENDING}); more are answered 503. At most 2 x N bodies arrive at once")
+    limits.add_argument("--max-uploads-per-client", type=number(int, 1), default=DEFAULT_MAX_UPLOADS_PER_CLIENT,
+                        metavar="N", help=f"bodies arriving at once from one client address (default "
+                                          f"{DEFAULT_MAX_UPLOADS_PER_CLIENT}); more are answered 503")
+    limits.add_argument("--max-connections", type=number(int, 1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help=f"connections open at once (default {DEFAULT_MAX_CONNECTIONS}); one more is answered "
+                             "503 and closed")
     add_engine_arguments(limits, "timeout", "max_duration", **{
         "timeout": dict(type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
                         help=f"seconds from a request's headers to its answer (default {DEFAULT_TIMEOUT:g}); later "
@@ -119,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--idle-timeout", type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_IDLE_TIMEOUT,
                         metavar="SEC", help=f"a client that sends nothing for this long is dropped (default "
                                             f"{DEFAULT_IDLE_TIMEOUT:g})")
+    limits.add_argument("--header-timeout", type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_HEADER_TIMEOUT,
+                        metavar="SEC", help=f"a request's line and headers must all arrive within this, from the "
+                                            f"connection or the previous answer; else 408 (default "
+                                            f"{DEFAULT_HEADER_TIMEOUT:g})")
+    limits.add_argument("--drain-timeout", type=number(float, 0, MAX_SECONDS), default=DEFAULT_DRAIN_TIMEOUT,
+                        metavar="SEC", help=f"after SIGTERM/SIGINT, requests in work get this long to finish; the "
+                                            f"rest are answered 503 (default {DEFAULT_DRAIN_TIMEOUT:g})")
     tagging = parser.add_argument_group("tagging (as the CLI's; the defaults for every request, which may set "
                                         f"{', '.join(per_request_options())} itself)")
     add_tag_arguments(tagging)
@@ -175,13 +199,23 @@ def main(argv) -> int:
     if args.socket:
         with contextlib.suppress(OSError):
             os.unlink(args.socket)
-    unanswered = service.wait_idle(SHUTDOWN_GRACE - (time.monotonic() - stopped))
-    log("serve: stopped" + (f"; {unanswered} requests were still in work" if unanswered else ""))
+    unfinished = service.wait_idle(args.drain_timeout - (time.monotonic() - stopped))
+    if unfinished:
+        service.give_up()  # each is answered 503, not dropped
+        unanswered = service.wait_idle(ANSWER_SECONDS)
+        log(f"serve: {unfinished} requests not finished within --drain-timeout were answered 503"
+            + (f" ({unanswered} could not be)" if unanswered else ""))
+    log("serve: stopped")
     return EXIT_OK
 
 
 class Service:
-    """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics."""
+    """What the handlers share: the tagger, the batcher, the decode workers, the limits and the metrics.
+
+    A POST /tag passes three counts: taken in (headers read, until answered: what a shutdown waits for), receiving
+    (its body arriving: at most --max-uploads-per-client per client address and 2 x --max-pending in all) and in
+    work (its body whole, decoded and tagged: at most --max-pending). A slow upload holds only an upload place, so
+    slow clients cannot keep the work places from everyone else."""
 
     def __init__(self, tagger, args, token):
         from ..infer.batcher import Batcher, model_runners
@@ -192,13 +226,67 @@ class Service:
         self.batcher = Batcher(tagger, runners=model_runners(tagger.model, args.jobs))
         self._workers = ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="audiotag-job")
         self._lock = threading.Condition()
-        self.pending = 0  # requests taken in and not yet answered
-        self.queued = 0  # of those, bodies read and waiting for a worker
+        self.connections = 0  # open connections (--max-connections)
+        self.taken = 0  # requests taken in and not yet answered
+        self.uploads = {}  # client address -> bodies being received from it
+        self.pending = 0  # requests in work: bodies received, queued for a worker or being tagged
+        self.queued = 0  # of those, waiting for a worker
         self.stopping = False
+        self._in_flight = set()  # the connections of the requests taken in, for give_up()
+        self._given_up = Future()  # done when a shutdown gives up on what is still in work
         self.metrics = Metrics()
+
+    def connect(self) -> bool:
+        """Whether one more connection may open (it then counts until ``disconnect``)."""
+        with self._lock:
+            if self.connections >= self.args.max_connections:
+                return False
+            self.connections += 1
+            return True
+
+    def disconnect(self) -> None:
+        with self._lock:
+            self.connections -= 1
+
+    @contextlib.contextmanager
+    def taken_in(self, connection):
+        """A request from its headers to its answer; a shutdown waits for it, or gives up on it (``give_up``)."""
+        with self._lock:
+            self.taken += 1
+            self._in_flight.add(connection)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.taken -= 1
+                self._in_flight.discard(connection)
+                self._lock.notify_all()
+
+    @contextlib.contextmanager
+    def receiving(self, client: str):
+        """A body being received from ``client``: 503 past the per-client or the overall cap on uploads, or when
+        every work place is taken (before the body is sent for nothing)."""
+        limit, total_limit = self.args.max_uploads_per_client, 2 * self.args.max_pending
+        with self._lock:
+            if self.pending >= self.args.max_pending:
+                raise HttpError(503, f"busy: {self.pending} requests in work (--max-pending)")
+            if self.uploads.get(client, 0) >= limit:
+                raise HttpError(503, f"busy: {limit} uploads from this client in progress "
+                                     "(--max-uploads-per-client)")
+            if sum(self.uploads.values()) >= total_limit:
+                raise HttpError(503, f"busy: {total_limit} uploads in progress (2 x --max-pending)")
+            self.uploads[client] = self.uploads.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.uploads[client] -= 1
+                if not self.uploads[client]:
+                    del self.uploads[client]
 
     @contextlib.contextmanager
     def admitted(self):
+        """A body received and in work: 503 past --max-pending."""
         with self._lock:
             if self.pending >= self.args.max_pending:
                 raise HttpError(503, f"busy: {self.pending} requests in work (--max-pending)")
@@ -208,18 +296,30 @@ class Service:
         finally:
             with self._lock:
                 self.pending -= 1
-                self._lock.notify_all()
 
     def wait_idle(self, seconds: float) -> int:
-        """Wait until no request is in work, or ``seconds``; the requests still in work."""
+        """Wait until no request is taken in, or ``seconds``; the requests still taken in."""
         end = time.monotonic() + seconds
         with self._lock:
-            while self.pending and (left := end - time.monotonic()) > 0:
+            while self.taken and (left := end - time.monotonic()) > 0:
                 self._lock.wait(left)
-            return self.pending
+            return self.taken
 
-    def tag(self, body: Body, request: "TagRequest", deadline: float) -> tuple:
-        """(status, records) for one POST /tag."""
+    def give_up(self) -> None:
+        """Shutting down: what is still in work is answered 503 now. Waits for a worker end at once; body reads
+        end too (the connections are shut for reading), and their requests are answered 503, not dropped."""
+        self._given_up.set_result(None)
+        with self._lock:
+            for connection in self._in_flight:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RD)
+
+    @property
+    def gave_up(self) -> bool:
+        return self._given_up.done()
+
+    def tag(self, body: Body, request: "TagRequest", deadline: float, client: str) -> tuple:
+        """(status, records) for one POST /tag from ``client`` (its address)."""
         from .. import decode, records
         from ..batch import pipeline
         from ..decode import limits
@@ -236,21 +336,26 @@ class Service:
             return pipeline.tag_input(pipeline.Input(request.name), lambda name: limits.apply(open_input(name), bounds),
                                       self.tagger, self.batcher, options, on_segment if request.segments else None)
 
-        head = body.peek(12)
-        if not head:
-            raise HttpError(400, "empty body: POST the audio file's bytes")
-        if request.raw or (body.chunked and head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
-            # Decoded as it arrives, in this connection's thread: its pace is the client's.
-            outcome = tag_with(lambda _: _open_stream(body, request))
-            with contextlib.suppress(HttpError):  # what follows the samples (the last chunk, tags), so the
-                while body.failure is None and body.read(1 << 16):  # connection can take the next request
-                    pass
-        else:
-            data = body.read()
+        with self.receiving(client):
+            head = body.peek(12)
+            if not head:
+                raise HttpError(400, "empty body: POST the audio file's bytes")
+            streamed = request.raw or (body.chunked and head[:4] == b"RIFF" and head[8:12] == b"WAVE")
+            if streamed:
+                # Decoded as it arrives, in this connection's thread: its pace is the client's, and its memory
+                # does not grow, so it holds an upload place only.
+                outcome = tag_with(lambda _: _open_stream(body, request))
+                with contextlib.suppress(HttpError):  # what follows the samples (the last chunk, tags), so the
+                    while body.failure is None and body.read(1 << 16):  # connection can take the next request
+                        pass
+            else:
+                data = body.read()
+        if not streamed:
             # Past its deadline the request is answered 504; its decoding then stops at its next block (a second
             # later, so the 504 comes first) instead of running on unheard.
             timeout = max(0.001, deadline - time.monotonic()) + 1.0
-            outcome = self._in_worker(lambda: tag_with(lambda _: decode.open_bytes(data), timeout), deadline)
+            with self.admitted():
+                outcome = self._in_worker(lambda: tag_with(lambda _: decode.open_bytes(data), timeout), deadline)
         if body.failure is not None:
             raise body.failure
         if outcome.error is None:
@@ -259,8 +364,8 @@ class Service:
                                                           records.record(outcome)]
 
     def _in_worker(self, work, deadline: float):
-        """``work()`` in one of the --jobs workers; 504 at the deadline (the work then ends unheard: it is bounded
-        by --max-body)."""
+        """``work()`` in one of the --jobs workers; 504 at the deadline, 503 when a shutdown gives up on it (the
+        work then ends unheard: it is bounded by --max-body and --timeout)."""
         def job():
             with self._lock:
                 self.queued -= 1
@@ -269,21 +374,25 @@ class Service:
         with self._lock:
             self.queued += 1
         future = self._workers.submit(job)
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if future.cancel():
-                with self._lock:
-                    self.queued -= 1
-            raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s") from None
+        wait([future, self._given_up], timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+        if future.done():
+            return future.result()
+        if future.cancel():
+            with self._lock:
+                self.queued -= 1
+        if self.gave_up:
+            raise HttpError(503, "shutting down: not tagged within --drain-timeout")
+        raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s")
 
     def count(self, status: int, seconds=None) -> None:
         self.metrics.count(status, seconds)
 
     def metrics_text(self) -> str:
         with self._lock:
-            pending, queued = self.pending, self.queued
-        return self.metrics.text(self.batcher, pending, queued)
+            gauges = {"connections": self.connections, "requests_in_progress": self.taken,
+                      "uploads_in_progress": sum(self.uploads.values()), "requests_in_work": self.pending,
+                      "queue_depth": self.queued}
+        return self.metrics.text(self.batcher, gauges)
 
 
 def _open_stream(body: Body, request: TagRequest):

@@ -7,7 +7,10 @@ traceback when a connection goes wrong. The work behind POST /tag is ``serve.Ser
 ``self.server.service``.
 """
 
+import contextlib
 import http.server
+import io
+import json
 import os
 import socket
 import socketserver
@@ -62,11 +65,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.service = self.server.service
         self.timeout = self.service.args.idle_timeout  # stalled request lines and headers; bodies see Body
         super().setup()
+        self.rfile.close()  # makefile's reader, replaced by one that keeps to the request head's deadline
+        self._reads = _Reads(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reads)
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             # Headers and body go out in two writes: without this, Nagle's algorithm holds the second one back
             # until the client's delayed ACK (40 ms on Linux).
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._expects_continue = False
+
+    def handle_one_request(self):
+        """One request, whose line and headers must all arrive within --header-timeout of the connection or the
+        previous answer: else 408 and the connection closed (an idle keep-alive connection is just closed)."""
+        self.command, self.requestline, self.headers = None, "", None
+        self._reads.start_head(self.service.args.header_timeout)
+        super().handle_one_request()
+        if self._reads.late:
+            self.send_error(408, f"request line and headers not received within --header-timeout "
+                                 f"{self.service.args.header_timeout:g} s")
 
     def handle_expect_100(self):
         self._expects_continue = True  # "100 Continue" is sent when the body is read, after the checks
@@ -80,6 +96,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _route(self, method: str):
         started = time.monotonic()
         self._body = None
+        self._reads.deadline = None  # the head is in: the body's reads keep their own time (Body)
         try:
             path, query = self._parse_target()
             if self.service.token is not None and not self._authorized():
@@ -92,11 +109,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.service.stopping:
                 raise HttpError(503, "shutting down")
             if path == "/tag":
-                with self.service.admitted():  # held until answered: a shutdown waits for the answer
+                with self.service.taken_in(self.connection):  # held until answered: a shutdown waits for it
                     try:
                         status, records = self._tag(query, started)
                     except HttpError as error:
-                        status, records = error.status, [{"error": error.message}]
+                        if self.service.gave_up:  # the shutdown cut its body or its wait short
+                            status, records = 503, [{"error": "shutting down: not answered within --drain-timeout"}]
+                        else:
+                            status, records = error.status, [{"error": error.message}]
                     self._answer(status, records, "application/x-ndjson" if len(records) > 1 else "application/json")
                 self.service.count(status, time.monotonic() - started)
             elif path == "/healthz":
@@ -125,7 +145,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
         self._body = Body(self.rfile, length, chunked, self.service.args.max_body, started + self.service.args.timeout,
                           self.service.args.idle_timeout, self.connection.settimeout, self._send_continue)
-        return self.service.tag(self._body, request, started + self.service.args.timeout)
+        return self.service.tag(self._body, request, started + self.service.args.timeout, self._client())
 
     def _body_framing(self) -> tuple:
         """(Content-Length or None, chunked), as RFC 9112 6.3 has it; 400 for anything else."""
@@ -183,7 +203,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: bytes, content_type: str):
         # A body left unread (an early error, a stream cut short) would be taken for the next request.
-        unread = not self._body.done if self._body is not None else \
+        unread = not self._body.done if self._body is not None else self._reads.late or \
             any(name in (getattr(self, "headers", None) or ()) for name in ("Content-Length", "Transfer-Encoding"))
         if unread or self.service.stopping:
             self.close_connection = True
@@ -201,7 +221,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            if self.command != "HEAD":
+            if getattr(self, "command", None) != "HEAD":
                 self.wfile.write(payload)
             if unread:
                 self._discard_rest()
@@ -252,11 +272,65 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
 
 
-class _Quiet:
-    """What both servers share: no DNS at start, no traceback when a connection goes wrong."""
+class _Reads(socket.SocketIO):
+    """The connection's reads, as ``makefile("rb")``'s, but while a request's head arrives none waits past its
+    deadline: --idle-timeout alone restarts at every byte, so a byte every few seconds would hold a thread."""
+
+    def __init__(self, connection, idle_timeout: float):
+        super().__init__(connection, "rb")
+        self._connection, self._idle_timeout = connection, idle_timeout
+        self.deadline, self.received, self.late = None, 0, False
+
+    def start_head(self, seconds: float) -> None:
+        self.deadline, self.received, self.late = time.monotonic() + seconds, 0, False
+
+    def readinto(self, buffer):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self._late()
+            self._connection.settimeout(min(self._idle_timeout, left))
+        try:
+            count = super().readinto(buffer)
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self._late()
+            raise
+        self.received += count or 0
+        return count
+
+    def _late(self):
+        self.late = self.received > 0  # a request had begun: it is answered 408
+        raise TimeoutError("request head not received within --header-timeout")
+
+
+class _Server:
+    """What both servers share: no DNS at start, no traceback when a connection goes wrong, and at most
+    --max-connections open: one more is answered 503 by the accepting thread and closed, without a thread."""
 
     daemon_threads = True
     request_queue_size = 128  # many crawler threads connecting at once
+
+    def process_request(self, request, client_address):
+        if not self.service.connect():
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_too_many_connections(self.service.args.max_connections))
+                request.recv(1 << 16)  # what the client has sent: closing over unread bytes resets the connection
+            self.shutdown_request(request)
+            self.service.count(503)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread: the connection is closed by the caller
+            self.service.disconnect()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.service.disconnect()
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]
@@ -264,7 +338,7 @@ class _Quiet:
             log(f"serve: unexpected {type(error).__name__} on a connection: {error}")
 
 
-class TCPServer(_Quiet, http.server.ThreadingHTTPServer):
+class TCPServer(_Server, http.server.ThreadingHTTPServer):
     def __init__(self, address, service, family):
         self.address_family = family
         self.service = service
@@ -275,7 +349,7 @@ class TCPServer(_Quiet, http.server.ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
 
-class UnixServer(_Quiet, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class UnixServer(_Server, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path, service):
         self.service = service
         super().__init__(path, Handler)
@@ -306,6 +380,12 @@ def _remove_stale_socket(path: str) -> None:
         os.unlink(path)
     finally:
         probe.close()
+
+
+def _too_many_connections(limit: int) -> bytes:
+    payload = json.dumps({"error": f"busy: {limit} connections open (--max-connections)"}).encode() + b"\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(payload), payload))
 
 
 def _int_parameter(query, name, default, minimum):

@@ -4,6 +4,13 @@ is a few lines of text, not worth a client library in the binary."""
 import threading
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
+GAUGES = {
+    "connections": "Connections open (--max-connections).",
+    "requests_in_progress": "POST /tag requests taken in and not yet answered.",
+    "uploads_in_progress": "Bodies being received (--max-uploads-per-client; 2 x --max-pending in all).",
+    "requests_in_work": "Bodies received and queued or being tagged (--max-pending).",
+    "queue_depth": "Bodies received and waiting for a worker.",
+}
 
 
 class Metrics:
@@ -29,8 +36,9 @@ class Metrics:
         with self._lock:
             self.audio_seconds += seconds
 
-    def text(self, batcher, pending: int, queued: int) -> str:
-        """All metrics, with the model's counters from ``batcher`` and the two gauges given."""
+    def text(self, batcher, gauges: dict) -> str:
+        """All metrics, with the model's counters from ``batcher`` and the service's ``gauges`` (GAUGES names
+        them)."""
         with self._lock:
             counts, latency, latency_sum = dict(self.counts), list(self.latency), self.latency_sum
             audio_seconds = self.audio_seconds
@@ -46,8 +54,8 @@ class Metrics:
         metric("model_seconds_total", "counter", "Seconds spent running the model.", [("", batcher.model_seconds)])
         metric("model_windows_total", "counter", "Windows the model has tagged.", [("", batcher.windows)])
         metric("model_batches_total", "counter", "Batches the model has run.", [("", batcher.batches)])
-        metric("queue_depth", "gauge", "Uploads read and waiting for a worker.", [("", queued)])
-        metric("requests_in_progress", "gauge", "Requests taken in and not yet answered.", [("", pending)])
+        for name, text in GAUGES.items():
+            metric(name, "gauge", text, [("", gauges[name])])
         cumulative, buckets = 0, []
         for le, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), latency):
             cumulative += n
