@@ -44,7 +44,7 @@ class WorkerError(RuntimeError):
 class WorkerConfig:
     """What a worker needs to tag inputs as the CLI would in-process (all picklable)."""
 
-    opener: Callable  # name -> audio.Stream (``pipeline.Opener``)
+    opener: Callable  # name -> decode.Stream (``pipeline.Opener``)
     options: object  # tagger.TagOptions
     jobs: int
     model: Optional[str] = None

@@ -1,7 +1,7 @@
 """Per-input limits, so that no single input holds a worker for long: how much audio is tagged
 (``--max-duration``) and how long an input may take (``--timeout``).
 
-Both act on the decoded blocks of any decoder's ``audio.Stream``: a cut input stops decoding at the limit (a
+Both act on the decoded blocks of any decoder's ``decode.Stream``: a cut input stops decoding at the limit (a
 393 kB FLAC can hold 10 hours of silence), and an input past its time fails between two blocks with "timed out
 after SEC s". A decoder stuck inside one native call is not reached here: the supervisor kills that worker
 (see ``supervisor``).
