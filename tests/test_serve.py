@@ -194,6 +194,71 @@ def test_timeout(serve):
     assert server.post("/tag?name=music", wav)[0] == 200  # and it still serves
 
 
+@pytest.fixture(scope="module")
+def hours_of_silence(tmp_path_factory) -> bytes:
+    """The FLAC bomb of issue 21: 10 hours of 8 kHz silence in 0.9 MB, whose tagging takes a worker minutes."""
+    import numpy as np
+    import soundfile
+
+    path = tmp_path_factory.mktemp("bomb") / "silence-10h.flac"
+    with soundfile.SoundFile(str(path), "w", 8000, 1, "PCM_16", format="FLAC") as file:
+        block = np.zeros(8000 * 600, np.int16)
+        for _ in range(60):
+            file.write(block)
+    return path.read_bytes()
+
+
+def test_a_504_cancels_its_work_and_frees_the_worker(serve, hours_of_silence):
+    """--timeout counts from a request's headers, also while it waits for the worker; at its 504 its work stops
+    at the next decoded block, so the one worker is free for the next request at once, and the metrics count it
+    (before: a job that started late ran on for --timeout + 1 s from its start, unseen, and the clip posted after
+    its 504 waited for it past its own --timeout)."""
+    server = serve("--jobs", "1", "--timeout", "4", "--max-duration", "0", "--idle-timeout", "60")
+    answers = {}
+
+    def post(name):
+        answers[name] = server.post(f"/tag?name={name}", hours_of_silence)
+
+    first = threading.Thread(target=post, args=("first",))
+    first.start()
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_work") == 1)
+    time.sleep(1.5)  # the second arrives while the first is tagged: it waits for the worker, its deadline running
+    second = threading.Thread(target=post, args=("second",))
+    second.start()
+    _wait_for(lambda: _metric(server, "audiotag_queue_depth") == 1)
+    first.join()
+    second.join()
+    for name in ("first", "second"):
+        status, answer = answers[name]
+        assert status == 504 and "--timeout 4 s" in answer[0]["error"], (name, answers[name])
+    status, answer = server.post("/tag?name=after", (AUDIO / "speech.wav").read_bytes())
+    assert status == 200 and answer[0]["path"] == "after"  # the worker was freed at the 504, not seconds later
+    _wait_for(lambda: _metric(server, "audiotag_requests_in_work") == 0)
+    values = _parse_metrics(server.request("GET", "/metrics")[2])
+    assert values['audiotag_requests_cancelled_total{stage="working"}'] == 2, values
+    assert values['audiotag_requests_cancelled_total{stage="queued"}'] == 0
+    assert values['audiotag_requests_total{code="504"}'] == 2 and values["audiotag_audio_seconds_total"] == 10.0
+
+
+def test_sigterm_answers_503_to_work_waiting_for_a_worker(serve, hours_of_silence):
+    """At the end of --drain-timeout the request being tagged and the one waiting for the worker are both
+    answered 503 (Retry-After), and their work is cancelled."""
+    server = serve("--jobs", "1", "--drain-timeout", "0.5", "--max-duration", "0", "--timeout", "600")
+    uploads = [_start_upload(server.port, hours_of_silence, len(hours_of_silence), name=f"long{i}") for i in range(2)]
+    _wait_for(lambda: _metric(server, "audiotag_queue_depth") == 1 and
+              _metric(server, "audiotag_requests_in_work") == 2)
+    server.process.send_signal(signal.SIGTERM)
+    for upload in uploads:
+        response = http.client.HTTPResponse(upload)
+        response.begin()
+        assert response.status == 503 and response.getheader("Retry-After") == "1"
+        assert "--drain-timeout" in json.loads(response.read())["error"]
+        upload.close()
+    assert server.process.wait(timeout=30) == 0
+    _wait_for(lambda: "serve: stopped" in server.log())
+    assert "2 requests not finished within --drain-timeout were answered 503, their work cancelled" in server.log()
+
+
 def test_slow_uploads_do_not_lock_others_out(serve):
     """Bodies still arriving do not hold --max-pending's places (those are for work): as many slow uploads as
     --max-pending leave the service open; one address gets at most --max-uploads-per-client (4) at once."""

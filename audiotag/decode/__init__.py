@@ -58,15 +58,50 @@ def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None
         raise
 
 
-def open_bytes(data: bytes) -> Stream:
-    """Open a whole in-memory file (any format either decoder takes)."""
-    if not data:
+def open_bytes(data) -> Stream:
+    """Open a whole in-memory file (any format either decoder takes): bytes, or a bytearray or memoryview, read
+    where it lies (``serve`` hands over the one copy of a request's body)."""
+    if not len(data):
         raise AudioError("no data")
     try:
-        stream = open_soundfile(io.BytesIO(data), None)
+        stream = open_soundfile(_BufferFile(data), None)
     except Refused as refused:
-        return _second_decoder(refused, io.BytesIO(data), None)
-    return _unless_chained(stream, io.BytesIO(data), len(data), None)
+        return _second_decoder(refused, _BufferFile(data), None)
+    return _unless_chained(stream, _BufferFile(data), len(data), None)
+
+
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without copying it (``io.BytesIO`` copies anything but bytes)."""
+
+    def __init__(self, data):
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        piece = self._view[self._position:self._position + len(buffer)]
+        memoryview(buffer).cast("B")[:len(piece)] = piece
+        self._position += len(piece)
+        return len(piece)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return bytes(self._view[offset:offset + size])
 
 
 def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
@@ -79,12 +114,13 @@ def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
 
     if stream.codec not in ("vorbis", "opus", "flac") or size < 2 * 28:
         return unchanged()
-    head = os.pread(file.fileno(), 28, 0) if isinstance(file, io.BufferedReader) else file.getvalue()[:28]
+    pread = file.pread if isinstance(file, _BufferFile) else \
+        lambda count, offset: os.pread(file.fileno(), count, offset)
+    head = pread(28, 0)
     if head[:4] != b"OggS":
         return unchanged()
     start = max(0, size - sniff.TAIL)
-    tail = os.pread(file.fileno(), sniff.TAIL, start) if isinstance(file, io.BufferedReader) else \
-        file.getvalue()[start:]
+    tail = pread(sniff.TAIL, start)
     if not sniff.is_chained_ogg(head, tail) or not ffmpeg.available():
         return unchanged()
     stream.close()  # libsndfile's decoder; the file stays open for FFmpeg

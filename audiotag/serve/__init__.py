@@ -203,8 +203,9 @@ def main(argv) -> int:
     if unfinished:
         service.give_up()  # each is answered 503, not dropped
         unanswered = service.wait_idle(ANSWER_SECONDS)
-        log(f"serve: {unfinished} requests not finished within --drain-timeout were answered 503"
-            + (f" ({unanswered} could not be)" if unanswered else ""))
+        log(f"serve: {unfinished} requests not finished within --drain-timeout were answered 503, their work "
+            f"cancelled" + (f" ({unanswered} could not be answered)" if unanswered else ""))
+    service.close()  # what still runs (work whose answer went first) stops at its next block
     log("serve: stopped")
     return EXIT_OK
 
@@ -234,6 +235,7 @@ class Service:
         self.stopping = False
         self._in_flight = set()  # the connections of the requests taken in, for give_up()
         self._given_up = Future()  # done when a shutdown gives up on what is still in work
+        self._cancel_events = set()  # one per request in work: set, its work stops (close)
         self.metrics = Metrics()
 
     def connect(self) -> bool:
@@ -284,19 +286,6 @@ class Service:
                 if not self.uploads[client]:
                     del self.uploads[client]
 
-    @contextlib.contextmanager
-    def admitted(self):
-        """A body received and in work: 503 past --max-pending."""
-        with self._lock:
-            if self.pending >= self.args.max_pending:
-                raise HttpError(503, f"busy: {self.pending} requests in work (--max-pending)")
-            self.pending += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.pending -= 1
-
     def wait_idle(self, seconds: float) -> int:
         """Wait until no request is taken in, or ``seconds``; the requests still taken in."""
         end = time.monotonic() + seconds
@@ -331,9 +320,10 @@ class Service:
         def on_segment(name, segment):
             segments.append(records.segment_record(name, segment))
 
-        def tag_with(open_input, timeout=None):
-            bounds = limits.Limits(max_duration, timeout)
-            return pipeline.tag_input(pipeline.Input(request.name), lambda name: limits.apply(open_input(name), bounds),
+        def tag_with(open_input, cancelled=None):
+            bounds = limits.Limits(max_duration)
+            return pipeline.tag_input(pipeline.Input(request.name),
+                                      lambda name: limits.apply(open_input(name), bounds, cancelled),
                                       self.tagger, self.batcher, options, on_segment if request.segments else None)
 
         with self.receiving(client):
@@ -349,13 +339,10 @@ class Service:
                     while body.failure is None and body.read(1 << 16):  # connection can take the next request
                         pass
             else:
-                data = body.read()
+                data = body.read_all()  # one copy of the body, read in place; the decoder reads that copy
         if not streamed:
-            # Past its deadline the request is answered 504; its decoding then stops at its next block (a second
-            # later, so the 504 comes first) instead of running on unheard.
-            timeout = max(0.001, deadline - time.monotonic()) + 1.0
-            with self.admitted():
-                outcome = self._in_worker(lambda: tag_with(lambda _: decode.open_bytes(data), timeout), deadline)
+            outcome = self._in_worker(lambda cancelled: tag_with(lambda _: decode.open_bytes(data), cancelled),
+                                      deadline)
         if body.failure is not None:
             raise body.failure
         if outcome.error is None:
@@ -364,25 +351,59 @@ class Service:
                                                           records.record(outcome)]
 
     def _in_worker(self, work, deadline: float):
-        """``work()`` in one of the --jobs workers; 504 at the deadline, 503 when a shutdown gives up on it (the
-        work then ends unheard: it is bounded by --max-body and --timeout)."""
+        """``work(cancelled)`` in one of the --jobs workers, its place in --max-pending held until the work ends.
+        At ``deadline`` (from the request's headers) it is answered 504, and when a shutdown gives up on it 503;
+        either way its work is cancelled then: not started if it still waits for a worker, else stopped at its
+        next decoded block (``cancelled``), so the worker is free for the next request."""
+        cancelled = threading.Event()
+
         def job():
             with self._lock:
                 self.queued -= 1
-            return work()
+            try:
+                if cancelled.is_set() or time.monotonic() >= deadline:
+                    return None  # answered already (or about to be): not started
+                return work(cancelled)
+            finally:
+                self._work_ended(cancelled)
 
         with self._lock:
+            if self.pending >= self.args.max_pending:
+                raise HttpError(503, f"busy: {self.pending} requests in work (--max-pending)")
+            self.pending += 1
             self.queued += 1
+            self._cancel_events.add(cancelled)
         future = self._workers.submit(job)
         wait([future, self._given_up], timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
         if future.done():
-            return future.result()
-        if future.cancel():
-            with self._lock:
-                self.queued -= 1
+            outcome = future.result()
+            if outcome is not None:
+                return outcome
+            stage = "queued"  # a worker took it up past its deadline, and left it
+        else:
+            cancelled.set()
+            stage = "working"
+            if future.cancel():  # it never reached a worker
+                stage = "queued"
+                with self._lock:
+                    self.queued -= 1
+                self._work_ended(cancelled)
+        self.metrics.cancelled(stage)
         if self.gave_up:
             raise HttpError(503, "shutting down: not tagged within --drain-timeout")
         raise HttpError(504, f"not answered within --timeout {self.args.timeout:g} s")
+
+    def _work_ended(self, cancelled: threading.Event) -> None:
+        with self._lock:
+            self.pending -= 1
+            self._cancel_events.discard(cancelled)
+
+    def close(self) -> None:
+        """The end: work still queued is dropped, work still running stops at its next decoded block."""
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for cancelled in self._cancel_events:
+                cancelled.set()
 
     def count(self, status: int, seconds=None) -> None:
         self.metrics.count(status, seconds)
@@ -406,7 +427,7 @@ def _open_stream(body: Body, request: TagRequest):
         replay = None if request.raw or body.failure else body.replay()
         if replay is None:
             raise
-        return decode.open_bytes(replay + body.read())
+        return decode.open_bytes(body.read_all(prefix=replay))
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@ The decoders turn any exception into an input's error message, so a failure here
 what the decoder made of it. http.server does not decode chunked bodies; this does, strictly (RFC 9112 7.1).
 """
 
+import mmap
 import time
 from typing import Callable, Optional
 
@@ -50,30 +51,57 @@ class Body:
         if self._pushed_back:
             data, self._pushed_back = self._pushed_back[:size], self._pushed_back[size:]
             return data
-        if self.done or size == 0:
+        if size == 0 or not self._open_chunk():
             return b""
+        data = self._receive(lambda: self._rfile.read1(min(size, self._left)))
+        self._took(data)
+        return data
+
+    def read_all(self, prefix: bytes = b"") -> memoryview:
+        """``prefix`` and the rest of the body in one buffer, filled in place as it arrives: joining read()'s
+        pieces would hold the body twice for a moment, and the decoder reads this buffer without a copy. The
+        buffer is an anonymous mapping: only what has arrived takes memory, not the length a client announces."""
+        head, self._pushed_back = prefix + self._pushed_back, b""
+        more = self._limit + 1 - self.received if self._chunked else self._left  # one byte over: 413
+        buffer = mmap.mmap(-1, max(1, len(head) + more), flags=mmap.MAP_PRIVATE)
+        view = memoryview(buffer)
+        view[:len(head)] = head
+        filled = len(head)
+        while self._open_chunk():
+            space = view[filled:filled + min(self._left, len(view) - filled)]
+            count = self._receive(lambda: self._rfile.readinto1(space))
+            self._took(space[:count])
+            filled += count
+        return view[:filled]
+
+    def _open_chunk(self) -> bool:
+        """Whether body bytes follow (the next chunk's size read, with chunked coding); False at the end."""
+        if self.done:
+            return False
         if self._chunked and self._left == 0:
             self._left = self._next_chunk_size()
             if self._left == 0:
                 self._read_trailers()
                 self.done = True
-                return b""
-        data = self._receive(lambda: self._rfile.read1(min(size, self._left)))
-        if not data:
+                return False
+        return True
+
+    def _took(self, data) -> None:
+        """``data`` (bytes or a view) has been read from the body."""
+        if not len(data):
             self._fail(400, "the body ends early (closed before its Content-Length or its last chunk)")
         self._left -= len(data)
         self.received += len(data)
         if self.received > self._limit:
             self._fail(413, f"body over --max-body ({self._limit} bytes)")
         if self.received - len(data) < REPLAY_LIMIT:
-            self._kept.append(data)
+            self._kept.append(bytes(data[:REPLAY_LIMIT]))  # replay() gives nothing past it
         if self._left == 0:
             if self._chunked:
                 if self._line() != b"":
                     self._fail(400, "malformed chunked body: a chunk is longer than its size says")
             else:
                 self.done = True
-        return data
 
     def peek(self, size: int) -> bytes:
         """The next ``size`` bytes (fewer at the end), left to be read again."""

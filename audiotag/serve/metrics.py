@@ -8,7 +8,8 @@ GAUGES = {
     "connections": "Connections open (--max-connections).",
     "requests_in_progress": "POST /tag requests taken in and not yet answered.",
     "uploads_in_progress": "Bodies being received (--max-uploads-per-client; 2 x --max-pending in all).",
-    "requests_in_work": "Bodies received and queued or being tagged (--max-pending).",
+    "requests_in_work": "Bodies received and queued or being tagged (--max-pending), until their work ends (also "
+                        "after a 504: cancelled work counts until it stops).",
     "queue_depth": "Bodies received and waiting for a worker.",
 }
 
@@ -22,6 +23,7 @@ class Metrics:
         self.audio_seconds = 0.0
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.cancelled_work = {"queued": 0, "working": 0}  # requests answered 504/503 before their work was done
 
     def count(self, status: int, seconds=None) -> None:
         """One answer; ``seconds`` (POST /tag) also goes into the latency histogram."""
@@ -32,6 +34,12 @@ class Metrics:
                 self.latency[next((i for i, le in enumerate(LATENCY_BUCKETS) if seconds <= le),
                                   len(LATENCY_BUCKETS))] += 1
 
+    def cancelled(self, stage: str) -> None:
+        """A request answered (504, or 503 at shutdown) before its work was done: its work was cancelled while
+        still waiting for a worker ("queued", never started) or while being tagged ("working")."""
+        with self._lock:
+            self.cancelled_work[stage] += 1
+
     def tagged(self, seconds: float) -> None:
         with self._lock:
             self.audio_seconds += seconds
@@ -41,7 +49,7 @@ class Metrics:
         them)."""
         with self._lock:
             counts, latency, latency_sum = dict(self.counts), list(self.latency), self.latency_sum
-            audio_seconds = self.audio_seconds
+            audio_seconds, cancelled = self.audio_seconds, dict(self.cancelled_work)
         lines = []
 
         def metric(name, kind, text, samples):
@@ -50,6 +58,9 @@ class Metrics:
 
         metric("requests_total", "counter", "Requests answered, by HTTP status.",
                [(f'{{code="{code}"}}', n) for code, n in sorted(counts.items())])
+        metric("requests_cancelled_total", "counter", "POST /tag answered 504 (--timeout) or 503 (shutdown) "
+               "before its work was done, the work then cancelled: stage=queued never started, stage=working "
+               "stopped at its next decoded block.", [(f'{{stage="{stage}"}}', n) for stage, n in cancelled.items()])
         metric("audio_seconds_total", "counter", "Seconds of audio tagged.", [("", audio_seconds)])
         metric("model_seconds_total", "counter", "Seconds spent running the model.", [("", batcher.model_seconds)])
         metric("model_windows_total", "counter", "Windows the model has tagged.", [("", batcher.windows)])
