@@ -51,6 +51,19 @@ def test_bench_serve(tmp_path):
         assert line in out, out
 
 
+def test_bench_serve_hostile_and_uploads():
+    """(f) the hostile mix, small and short; (e) two concurrent 59.5 MB uploads."""
+    code, out = run_script("bench/bench_serve.py", "--hostile", "--duration", 3, "--slow-uploads", 2,
+                           "--slow-headers", 5)
+    assert code in (0, 1)  # 1: a target missed, as it may be on a busy machine
+    for line in ("(f) hostile mix for 3 s: 2 slow uploads + 5 slow-header connections", "upload: opened 2",
+                 "header: opened 5", "4 normal clients (10 s clips, keep-alive): ", "non-200 ", "server: peak RSS ",
+                 "threads at most "):
+        assert line in out, out
+    code, out = run_script("bench/bench_serve.py", "--uploads", 2)
+    assert code == 0 and "(e) 2 concurrent uploads of a 59.5 MB WAV (statuses [200])" in out, out
+
+
 def test_bench_decoders():
     code, out = run_script("bench/bench_decoders.py", "--repeat", 1, "--corpus", 2)
     assert code == 0 and "| pcm.wav | " in out and "| aac.m4a | refused | " in out and "M4A / WAV: " in out, out

@@ -31,6 +31,7 @@ from .metrics import Metrics
 DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
 DEFAULT_MAX_PENDING = 32  # requests in work at once; 2 x as many bodies may be arriving: memory is 3 x this many
+MEMORY_BASE_MB, MEMORY_PER_JOB_MB = 100, 25  # measured: the server, model loaded; each decode worker at work
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 4  # bodies arriving at once from one address: slow uploads cannot fill the places
 DEFAULT_MAX_CONNECTIONS = 512  # connections open at once (a thread each)
 DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
@@ -60,7 +61,9 @@ endpoints:
   GET /healthz    200 {{"status": "ok", "model": ..., "version": ...}} (HEAD: the same headers, no body)
   GET /metrics    Prometheus text (HEAD too): audiotag_requests_total{{code}}, audiotag_audio_seconds_total,
                   audiotag_model_seconds_total, audiotag_queue_depth, audiotag_uploads_in_progress,
-                  audiotag_requests_in_work, audiotag_connections, audiotag_request_duration_seconds...
+                  audiotag_requests_in_work (work counts until it ends, cancelled work too),
+                  audiotag_requests_cancelled_total{{stage="queued"|"working"}}, audiotag_connections,
+                  audiotag_request_duration_seconds...
 
 status codes (errors are JSON {{"error": "reason"}}):
   200  tagged: the record
@@ -74,15 +77,18 @@ status codes (errors are JSON {{"error": "reason"}}):
   503  busy (Retry-After: 1): --max-pending requests already in work, --max-uploads-per-client bodies
        arriving from this address or 2 x --max-pending from all, --max-connections open (answered and
        closed at once); or shutting down
-  504  not answered within --timeout seconds
+  504  not answered within --timeout seconds of its headers (waiting for a worker included); its work is
+       then cancelled: not started if it still waits for a worker, else stopped at its next decoded block
 
 safety: binds 127.0.0.1 by default; any other (non-loopback) address needs --token-file, and every request
 must then carry "Authorization: Bearer TOKEN". Memory: at most --max-pending bodies in work and 2 x
---max-pending arriving, so 3 x --max-pending x --max-body at worst (6 GiB with the defaults); a streamed
-(chunked WAV or raw) upload is decoded as it arrives and holds only its own blocks. SIGTERM or SIGINT: stops
-accepting, answers every request taken in: what finishes within --drain-timeout (9 s) with its answer, the
-rest 503 (Retry-After: 1); exits 0 within --drain-timeout + 1 s. One access-log line per request on stderr
-(--quiet: none).
+--max-pending arriving, each held once (an arriving one only as far as it has arrived), so at worst 3 x
+--max-pending x --max-body (6 GiB with the defaults) plus about {MEMORY_BASE_MB} MB for the server and
+{MEMORY_PER_JOB_MB} MB per --jobs (measured: 8 concurrent 59.5 MB uploads raised the peak by 1.08 x their bytes);
+a streamed (chunked WAV or raw) upload is decoded as it arrives and holds only its own blocks. SIGTERM or SIGINT:
+stops accepting, answers every request taken in: what finishes within --drain-timeout (9 s) with its answer, the
+rest 503 (Retry-After: 1), their work cancelled; exits 0 within --drain-timeout + 1 s. One access-log line per
+request on stderr (--quiet: none).
 
 exit status: 0 stopped by SIGTERM/SIGINT; 2 bad command line, or the address cannot be used; 3 the model
 cannot be loaded.
@@ -128,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "503 and closed")
     add_engine_arguments(limits, "timeout", "max_duration", **{
         "timeout": dict(type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
-                        help=f"seconds from a request's headers to its answer (default {DEFAULT_TIMEOUT:g}); later "
-                             "is answered 504"),
+                        help=f"seconds from a request's headers to its answer, waiting for a worker included "
+                             f"(default {DEFAULT_TIMEOUT:g}); later is answered 504 and its work cancelled"),
         "max_duration": dict(type=number(float, 0, MAX_SECONDS), default=DEFAULT_MAX_DURATION,
                              help=f"tag only the first SEC seconds of each body, as the CLI's option; the record "
                                   f"says it was cut (default {DEFAULT_MAX_DURATION:g}; 0 = no limit)")})
@@ -215,8 +221,8 @@ class Service:
 
     A POST /tag passes three counts: taken in (headers read, until answered: what a shutdown waits for), receiving
     (its body arriving: at most --max-uploads-per-client per client address and 2 x --max-pending in all) and in
-    work (its body whole, decoded and tagged: at most --max-pending). A slow upload holds only an upload place, so
-    slow clients cannot keep the work places from everyone else."""
+    work (its body whole, queued, decoded and tagged, until the work ends, cancelled or not: at most --max-pending).
+    A slow upload holds only an upload place, so slow clients cannot keep the work places from everyone else."""
 
     def __init__(self, tagger, args, token):
         from ..infer.batcher import Batcher, model_runners
