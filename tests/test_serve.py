@@ -290,18 +290,39 @@ def test_slow_uploads_do_not_lock_others_out(serve):
 
 
 def test_a_request_head_has_a_deadline_and_connections_a_cap(serve):
-    """--max-connections open connections: one more is answered 503 and closed. A head trickling in a byte at a
-    time (never idle for --idle-timeout) is answered 408 at --header-timeout."""
-    server = serve("--header-timeout", "1", "--idle-timeout", "60", "--max-connections", "3")
-    connections = [server.connection() for _ in range(3)]
-    for connection in connections:
-        assert server.request("GET", "/healthz", connection=connection)[0] == 200  # each holds its thread
+    """--max-connections open connections: past it the one waiting longest for a request head (a head trickling
+    in, an idle keep-alive connection) is closed for the newcomer, a head begun answered 503; only when all are in
+    a request is the newcomer answered 503 and closed. A head trickling in a byte at a time (never idle for
+    --idle-timeout) is answered 408 at --header-timeout."""
+    server = serve("--header-timeout", "60", "--idle-timeout", "60", "--max-connections", "3")
+    wav = (AUDIO / "speech.wav").read_bytes()
+    uploads = []
+    for _ in range(3):  # each in a request: its head taken in ("100 Continue"), its body arriving
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        sock.sendall(b"POST /tag HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(wav))
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(wav[:1000])
+        uploads.append(sock)
     status, answer = _read_response(socket.create_connection(("127.0.0.1", server.port), timeout=60))
-    assert status == 503 and "--max-connections" in answer["error"]
-    for connection in connections:
-        connection.close()
+    assert status == 503 and "--max-connections" in answer["error"] and "each in a request" in answer["error"]
+    for upload in uploads:
+        upload.close()
     _wait_for(lambda: _open_connections(server) == 1)  # the closed ones are gone: only the one asking
 
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")  # its head waits longest: it makes room
+    idle = [server.connection() for _ in range(2)]
+    for connection in idle:
+        assert server.request("GET", "/healthz", connection=connection)[0] == 200  # kept alive, idle
+    status, _, health = server.request("GET", "/healthz")  # a fourth connection
+    assert status == 200 and health[0]["status"] == "ok"
+    status, answer = _read_response(slow)
+    assert status == 503 and "request head was still arriving" in answer["error"]
+    for connection in idle:  # still open and served
+        assert server.request("GET", "/healthz", connection=connection)[0] == 200
+        connection.close()
+
+    server = serve("--header-timeout", "1", "--idle-timeout", "60")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     for _ in range(100):  # 20 s at most

@@ -75,8 +75,9 @@ status codes (errors are JSON {{"error": "reason"}}):
   413  body over --max-body
   422  audio that cannot be tagged: the CLI's error record {{"path": NAME, "error": "cannot decode: ..."}}
   503  busy (Retry-After: 1): --max-pending requests already in work, --max-uploads-per-client bodies
-       arriving from this address or 2 x --max-pending from all, --max-connections open (answered and
-       closed at once); or shutting down
+       arriving from this address or 2 x --max-pending from all, --max-connections open and each in a
+       request (answered and closed at once; else the connection waiting longest for its request head
+       makes room, answered 503 if its head had begun); or shutting down
   504  not answered within --timeout seconds of its headers (waiting for a worker included); its work is
        then cancelled: not started if it still waits for a worker, else stopped at its next decoded block
 
@@ -130,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="N", help=f"bodies arriving at once from one client address (default "
                                           f"{DEFAULT_MAX_UPLOADS_PER_CLIENT}); more are answered 503")
     limits.add_argument("--max-connections", type=number(int, 1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                        help=f"connections open at once (default {DEFAULT_MAX_CONNECTIONS}); one more is answered "
-                             "503 and closed")
+                        help=f"connections open at once (default {DEFAULT_MAX_CONNECTIONS}); one more closes the "
+                             "one waiting longest for a request head (a head begun is answered 503), or when all "
+                             "are in a request is itself answered 503 and closed")
     add_engine_arguments(limits, "timeout", "max_duration", **{
         "timeout": dict(type=number(float, 0.001, MAX_SECONDS), default=DEFAULT_TIMEOUT,
                         help=f"seconds from a request's headers to its answer, waiting for a worker included "
@@ -234,6 +236,7 @@ class Service:
         self._workers = ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="audiotag-job")
         self._lock = threading.Condition()
         self.connections = 0  # open connections (--max-connections)
+        self._heads = {}  # connection -> (since when, its reader): the connections waiting for a request head
         self.taken = 0  # requests taken in and not yet answered
         self.uploads = {}  # client address -> bodies being received from it
         self.pending = 0  # requests in work: bodies received, queued for a worker or being tagged
@@ -244,13 +247,28 @@ class Service:
         self._cancel_events = set()  # one per request in work: set, its work stops (close)
         self.metrics = Metrics()
 
-    def connect(self) -> bool:
-        """Whether one more connection may open (it then counts until ``disconnect``)."""
+    def connect(self):
+        """Whether one more connection may open (it then counts until ``disconnect``): True, False, or at
+        --max-connections the reader of the connection that has waited longest for a request head (a trickling
+        head, an idle keep-alive connection), which the caller closes to make room. So slow heads cannot keep
+        clients with a request out; only when every connection is in a request is the new one refused."""
         with self._lock:
-            if self.connections >= self.args.max_connections:
+            if self.connections < self.args.max_connections:
+                self.connections += 1
+                return True
+            if not self._heads:
                 return False
-            self.connections += 1
-            return True
+            oldest = min(self._heads, key=lambda connection: self._heads[connection][0])
+            self.connections += 1  # for a moment one over: the closed one's thread ends at once
+            return self._heads.pop(oldest)[1]
+
+    def awaiting_head(self, connection, reads=None) -> None:
+        """``connection`` waits for a request head (``reads``, its reader, given), or no longer (None)."""
+        with self._lock:
+            if reads is None:
+                self._heads.pop(connection, None)
+            else:
+                self._heads[connection] = (time.monotonic(), reads)
 
     def disconnect(self) -> None:
         with self._lock:

@@ -79,7 +79,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         previous answer: else 408 and the connection closed (an idle keep-alive connection is just closed)."""
         self.command, self.requestline, self.headers = None, "", None
         self._reads.start_head(self.service.args.header_timeout)
-        super().handle_one_request()
+        self.service.awaiting_head(self.connection, self._reads)  # may be closed for a newcomer (Service.connect)
+        try:
+            super().handle_one_request()
+        finally:
+            self.service.awaiting_head(self.connection)
         if self._reads.late:
             self.send_error(408, f"request line and headers not received within --header-timeout "
                                  f"{self.service.args.header_timeout:g} s")
@@ -95,6 +99,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, method: str):
         started = time.monotonic()
+        self.service.awaiting_head(self.connection)  # in a request now: never closed to make room
         self._body = None
         self._reads.deadline = None  # the head is in: the body's reads keep their own time (Body)
         try:
@@ -280,6 +285,20 @@ class _Reads(socket.SocketIO):
         super().__init__(connection, "rb")
         self._connection, self._idle_timeout = connection, idle_timeout
         self.deadline, self.received, self.late = None, 0, False
+        self.evicted = False  # closed to make room for a new connection (Service.connect): read no more
+
+    def evict(self, limit: int) -> bool:
+        """Close this connection, waiting for a request head, for a newcomer; a head begun is answered 503
+        (True when it was)."""
+        self.evicted = True
+        answered = False
+        with contextlib.suppress(OSError):
+            if self.received:
+                self._connection.send(_busy(f"busy: {limit} connections open (--max-connections), and this "
+                                            "one's request head was still arriving"), socket.MSG_DONTWAIT)
+                answered = True
+            self._connection.shutdown(socket.SHUT_RDWR)
+        return answered
 
     def start_head(self, seconds: float) -> None:
         self.deadline, self.received, self.late = time.monotonic() + seconds, 0, False
@@ -296,6 +315,8 @@ class _Reads(socket.SocketIO):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self._late()
             raise
+        if self.evicted:  # answered (or an idle connection just closed) by evict()
+            raise ConnectionAbortedError("closed for a new connection (--max-connections)")
         self.received += count or 0
         return count
 
@@ -306,16 +327,23 @@ class _Reads(socket.SocketIO):
 
 class _Server:
     """What both servers share: no DNS at start, no traceback when a connection goes wrong, and at most
-    --max-connections open: one more is answered 503 by the accepting thread and closed, without a thread."""
+    --max-connections open: past it the connection waiting longest for a request head is closed to make room,
+    or, when every one is in a request, the new one is answered 503 by the accepting thread and closed, without a
+    thread."""
 
     daemon_threads = True
     request_queue_size = 128  # many crawler threads connecting at once
 
     def process_request(self, request, client_address):
-        if not self.service.connect():
+        admitted = self.service.connect()
+        if isinstance(admitted, _Reads):
+            if admitted.evict(self.service.args.max_connections):
+                self.service.count(503)
+        elif not admitted:
             with contextlib.suppress(OSError):
                 request.setblocking(False)
-                request.send(_too_many_connections(self.service.args.max_connections))
+                request.send(_busy(f"busy: {self.service.args.max_connections} connections open "
+                                   "(--max-connections), each in a request"))
                 request.recv(1 << 16)  # what the client has sent: closing over unread bytes resets the connection
             self.shutdown_request(request)
             self.service.count(503)
@@ -382,8 +410,9 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-def _too_many_connections(limit: int) -> bytes:
-    payload = json.dumps({"error": f"busy: {limit} connections open (--max-connections)"}).encode() + b"\n"
+def _busy(message: str) -> bytes:
+    """A whole 503 answer, sent on a connection outside its handler (then closed)."""
+    payload = json.dumps({"error": message}).encode() + b"\n"
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(payload), payload))
 
