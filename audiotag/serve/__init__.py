@@ -397,9 +397,15 @@ class Service:
             self.pending += 1
             self.queued += 1
             self._cancel_events.add(cancelled)
-        future = self._workers.submit(job)
+        try:
+            future = self._workers.submit(job)
+        except RuntimeError:  # the workers are shut down (close): the server is stopping
+            with self._lock:
+                self.queued -= 1
+            self._work_ended(cancelled)
+            raise HttpError(503, "shutting down") from None
         wait([future, self._given_up], timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
-        if future.done():
+        if future.done() and not future.cancelled():  # (cancelled: by close(), below it counts as never started)
             outcome = future.result()
             if outcome is not None:
                 return outcome
