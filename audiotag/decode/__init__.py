@@ -228,9 +228,13 @@ class _Recorder:
         return kept
 
 
-def _read_whole(head: bytes, binary, what: str) -> bytes:
-    """A stream that is decoded whole, read into memory up to STDIN_MEMORY_LIMIT."""
-    data = head + read_exactly(binary, STDIN_MEMORY_LIMIT + 1 - len(head))
+def _read_whole(head: bytes, binary, what: str):
+    """A stream that is decoded whole, read into memory up to STDIN_MEMORY_LIMIT. A reader with ``read_all`` (a
+    request body of ``serve``, bounded by --max-body) fills one buffer in place: joined pieces would be held twice."""
+    if hasattr(binary, "read_all"):
+        data = binary.read_all(prefix=head)
+    else:
+        data = head + read_exactly(binary, STDIN_MEMORY_LIMIT + 1 - len(head))
     if len(data) > STDIN_MEMORY_LIMIT:
         raise AudioError(f"{what} on stdin is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")

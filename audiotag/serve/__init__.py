@@ -31,7 +31,7 @@ from .metrics import Metrics
 DEFAULT_PORT = 8750
 DEFAULT_MAX_BODY = 64 << 20  # 64 MiB: 6 minutes of CD-quality WAV, an hour of 128 kbit/s MP3
 DEFAULT_MAX_PENDING = 32  # requests in work at once; 2 x as many bodies may be arriving: memory is 3 x this many
-MEMORY_BASE_MB, MEMORY_PER_JOB_MB = 100, 25  # measured: the server, model loaded; each decode worker at work
+MEMORY_BASE_MB, MEMORY_PER_DECODE_MB = 100, 30  # measured: the server, model loaded; each decode under way
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 4  # bodies arriving at once from one address: slow uploads cannot fill the places
 DEFAULT_MAX_CONNECTIONS = 512  # connections open at once (a thread each)
 DEFAULT_TIMEOUT = 60.0  # seconds from a request's headers to its answer
@@ -82,14 +82,17 @@ status codes (errors are JSON {{"error": "reason"}}):
        then cancelled: not started if it still waits for a worker, else stopped at its next decoded block
 
 safety: binds 127.0.0.1 by default; any other (non-loopback) address needs --token-file, and every request
-must then carry "Authorization: Bearer TOKEN". Memory: at most --max-pending bodies in work and 2 x
---max-pending arriving, each held once (an arriving one only as far as it has arrived), so at worst 3 x
---max-pending x --max-body (6 GiB with the defaults) plus about {MEMORY_BASE_MB} MB for the server and
-{MEMORY_PER_JOB_MB} MB per --jobs (measured: 8 concurrent 59.5 MB uploads raised the peak by 1.08 x their bytes);
-a streamed (chunked WAV or raw) upload is decoded as it arrives and holds only its own blocks. SIGTERM or SIGINT:
-stops accepting, answers every request taken in: what finishes within --drain-timeout (9 s) with its answer, the
-rest 503 (Retry-After: 1), their work cancelled; exits 0 within --drain-timeout + 1 s. One access-log line per
-request on stderr (--quiet: none).
+must then carry "Authorization: Bearer TOKEN".
+
+memory (measured): about {MEMORY_BASE_MB} MB for the server; each body held once (an arriving one only as far as it
+has arrived; a streamed PCM WAV or raw upload not at all); up to {MEMORY_PER_DECODE_MB} MB for each decode under way
+(--jobs bodies in work, and every streamed upload). With --max-pending bodies in work and 2 x --max-pending
+arriving, at worst 3 x --max-pending x (--max-body + {MEMORY_PER_DECODE_MB} MB) + {MEMORY_BASE_MB} MB: 9 GB with
+the defaults (8 concurrent 59.5 MB uploads raised the peak by 1.08 x their bytes).
+
+SIGTERM or SIGINT: stops accepting, answers every request taken in: what finishes within --drain-timeout (9 s)
+with its answer, the rest 503 (Retry-After: 1), their work cancelled; exits 0 within --drain-timeout + 1 s. One
+access-log line per request on stderr (--quiet: none).
 
 exit status: 0 stopped by SIGTERM/SIGINT; 2 bad command line, or the address cannot be used; 3 the model
 cannot be loaded.

@@ -451,10 +451,10 @@ def _hostile(command, args) -> int:
 
 
 def _documented_bound(max_pending: int = 32, max_body: int = 64 << 20) -> int:
-    """The peak memory `audiotag serve --help` states for these settings (the defaults: --jobs all cores)."""
-    from audiotag.serve import MEMORY_BASE_MB, MEMORY_PER_JOB_MB
+    """The peak memory `audiotag serve --help` states for these settings (the defaults)."""
+    from audiotag.serve import MEMORY_BASE_MB, MEMORY_PER_DECODE_MB
 
-    return (MEMORY_BASE_MB + MEMORY_PER_JOB_MB * len(os.sched_getaffinity(0))) * 2**20 + 3 * max_pending * max_body
+    return MEMORY_BASE_MB * 2**20 + 3 * max_pending * (max_body + MEMORY_PER_DECODE_MB * 2**20)
 
 
 def _percentile(values, percent: float) -> float:
