@@ -58,17 +58,21 @@ def test_two_layouts_of_one_stream_each_as_alone_and_as_soon_as_held(length, fir
     blocks pushed so far hold it, and a cutter keeps no more than one window."""
     samples = np.arange(length, dtype=np.float32)
     blocks = blocks_of(samples, cuts)
-    pushed = [0]
+    pushed = [0, 0, False]  # samples pushed before the last block, with it, whether the stream has ended
 
     def counted():
         for block in blocks:
-            pushed[0] += len(block)
+            pushed[:2] = pushed[1], pushed[1] + len(block)
             yield block
+        pushed[2] = True
 
-    got = {0: [], 1: []}
+    got, at_the_end = {0: [], 1: []}, {0: 0, 1: 0}
     for number, start, w in windows.passes(counted(), [first, second]):
-        assert start + len(w) <= pushed[0]
+        assert start + len(w) <= pushed[1]  # held
+        assert pushed[2] or pushed[0] <= start + len(w)  # and not held back: the last block completed it
+        at_the_end[number] += pushed[2]
         got[number].append((start, w))
+    assert at_the_end[0] <= 1 and at_the_end[1] <= 1  # only a last window waits for the stream's end
     for number, (window, hop) in enumerate((first, second)):
         assert same(got[number], sliced(samples, window, hop))
 
