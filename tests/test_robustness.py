@@ -5,6 +5,7 @@ also appends "PID PATH" to that file for each open of a path holding $OPEN_LOG_M
 "PID exit CODE" when a process exits on its own (exit or _exit; a process killed by a signal writes none): which
 processes tagged which inputs, and how they ended."""
 
+import inspect
 import json
 import os
 import signal
@@ -236,6 +237,45 @@ def test_max_duration_tags_the_start_and_says_so(cli, tmp_path):
     assert "truncated: tagged the first 30 s of 120 s" in table.splitlines()[1]
 
 
+def test_batch_runs_cut_inputs_at_two_hours_by_default(cli, tmp_path):
+    """decode/limits.py's BATCH: with no --max-duration, a batch (two inputs) tags 7,200 s of a 7,800 s file (a
+    196 kB FLAC of silence) and says so; the other input is whole."""
+    with soundfile.SoundFile(str(tmp_path / "long.flac"), "w", 8000, 1, format="FLAC", subtype="PCM_16") as out:
+        for _ in range(13):  # 13 x 600 s
+            out.write(np.zeros(8000 * 600, np.int16))
+    (tmp_path / "speech.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
+    result = cli(tmp_path / "long.flac", tmp_path / "speech.wav", "--top-k", 1)
+    assert result.returncode == 0, result.stderr
+    cut, whole = _records(result.stdout)
+    assert (cut["duration"], cut["truncated"], cut["audio_duration"]) == (7200.0, True, 7800.0)
+    assert whole["duration"] == 10.0 and "truncated" not in whole
+
+
+@pytest.mark.parametrize("argv, batch", [
+    (["a.wav"], False), (["-"], False), (["a.wav", "b.wav"], True), (["DIR"], True), (["--files-from", "-"], True),
+    (["a.wav", "-"], True)])
+def test_the_batch_limits_are_the_defaults_of_batch_runs_only(tmp_path, argv, batch):
+    """One file named on its own is tagged whole, in any time; a batch (several inputs, a directory, a list)
+    gets --max-duration 7200 and --timeout 300 unless told otherwise (0: none)."""
+    from audiotag import tag_many
+    from audiotag.cli.args import build_parser, check_arguments
+
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+
+    def limits(*extra):
+        parser = build_parser()
+        args = parser.parse_args([*argv, "-f", "jsonl", *extra])
+        check_arguments(parser, args)
+        return args.max_duration, args.timeout
+
+    assert limits() == ((7200.0, 300.0) if batch else (None, None))
+    assert limits("--max-duration", "60") == (60.0, 300.0 if batch else None)
+    assert limits("--timeout", "5") == (7200.0 if batch else None, 5.0)
+    assert limits("--max-duration", "0", "--timeout", "0") == (None, None)
+    defaults = inspect.signature(tag_many).parameters  # the API's batches: the same
+    assert (defaults["max_duration"].default, defaults["timeout"].default) == (7200.0, 300.0)
+
+
 def test_timeout_is_an_error_record_and_the_run_goes_on(cli, tmp_path):
     _long_flac(tmp_path / "a-long.flac", 1800)  # half an hour: far more than 50 ms of work
     (tmp_path / "b.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
@@ -365,38 +405,40 @@ def test_a_killed_pool_run_resumes_and_its_hung_input_meets_the_watchdog(cli, tm
     names = [f"k{i:02d}.wav" for i in range(12)]
     names[5] = "k05-CRASHME.wav"
     paths = _corpus(tmp_path / "corpus", names)
-    out, log = tmp_path / "out.jsonl", tmp_path / "opened.log"
-    env = _crash_env(crash_library, "hang", log)
-    first = cli.popen(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out, env=env)
-    try:  # no --timeout: the run stops at the hung input (records come in input order), and is killed there
+    out, logs = tmp_path / "out.jsonl", (tmp_path / "first.log", tmp_path / "resumed.log")
+    first = cli.popen(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out,
+                      env=_crash_env(crash_library, "hang", logs[0]))
+    try:
+        # No --timeout: the run stops at the hung input (records come in input order), and is killed there.
         deadline = time.monotonic() + 200
-        while not (out.exists() and len(out.read_text().splitlines()) >= 5 and paths[5] in _opened(log)):
+        while not (out.exists() and len(out.read_text().splitlines()) >= 5 and paths[5] in _opened(logs[0])):
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    finally:
+        written = out.read_text().splitlines()
+        assert [json.loads(line)["path"] for line in written] == paths[:5]
+        (hung,) = set(_opened(logs[0])[paths[5]])
+        os.kill(hung, signal.SIGKILL)  # stuck in the decoder for ever, orphaned: this test's own clean-up
+        again = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out, "--resume", "--timeout", 1,
+                    env=_crash_env(crash_library, "hang", logs[1]), timeout=150)  # the watchdog acts at 12 s
+        assert again.returncode == 1, again.stderr
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert out.read_text().splitlines()[:5] == written
+        assert sorted(r["path"] for r in records) == paths  # each once
+        assert [(r["path"], r.get("error")) for r in records if "error" in r] == [(paths[5], "timed out after 12 s")]
+        assert set(_opened(logs[1])) == set(paths[5:])  # the recorded ones were not tagged again
+        _dealt_to_workers(_opened(logs[1]), paths[5:], 2)
+    finally:  # whatever failed: no worker of this test outlives it (the first run's see their input end)
         first.kill()
         first.wait()
-    written = out.read_text().splitlines()
-    assert [json.loads(line)["path"] for line in written] == paths[:5]
-    (hung,) = set(_opened(log)[paths[5]])
-    os.kill(hung, signal.SIGKILL)  # stuck in the decoder for ever: this test's own clean-up
-    workers = {pid for pids in _opened(log).values() for pid in pids}
-    deadline = time.monotonic() + 60  # the others see their input end, and exit
-    while [pid for pid in workers if _alive(pid)]:
-        assert time.monotonic() < deadline, [pid for pid in workers if _alive(pid)]
-        time.sleep(0.1)
-    log.unlink()
-    again = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out, "--resume", "--timeout", 1, env=env,
-                timeout=150)  # the watchdog acts at 12 s
-    assert again.returncode == 1, again.stderr
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert out.read_text().splitlines()[:5] == written
-    assert sorted(r["path"] for r in records) == paths  # each once
-    assert [(r["path"], r.get("error")) for r in records if "error" in r] == [(paths[5], "timed out after 12 s")]
-    assert set(_opened(log)) == set(paths[5:])  # the recorded ones were not tagged again
-    _dealt_to_workers(_opened(log), paths[5:], 2)
+        workers = {pid for log in logs if log.exists() for pids in _opened(log).values() for pid in pids}
+        deadline = time.monotonic() + 30
+        while (left := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"workers left running: {left}"
 
 
 def test_a_list_failing_midway_under_workers(cli, tmp_path, crash_library):
