@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from audiotag.serve.metrics import LATENCY_BUCKETS, Metrics
+from audiotag.serve.metrics import GAUGES, LATENCY_BUCKETS, Metrics
 from conftest import AUDIO
 from test_serve import _parse_metrics, _read_response, _wait_for, serve  # noqa: F401  (serve: the fixture that starts one)
 
@@ -130,9 +130,7 @@ def test_the_latency_histogram_counts_known_observations():
     metrics.count(503, 0.02)
     observations.append(0.02)
     batcher = SimpleNamespace(model_seconds=1.5, windows=7, batches=3)
-    gauges = dict.fromkeys(("connections", "requests_in_progress", "uploads_in_progress", "requests_in_work",
-                            "queue_depth"), 0)
-    text = metrics.text(batcher, gauges)
+    text = metrics.text(batcher, dict.fromkeys(GAUGES, 0))
     parsed = _parse_metrics(text)
     name = "audiotag_request_duration_seconds"
     for bound in LATENCY_BUCKETS:
