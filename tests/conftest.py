@@ -57,7 +57,7 @@ def binary() -> Path:
     return path
 
 
-BINARY_CACHE = Path(tempfile.mkdtemp(prefix="binary-test-cache-"))  # not "audiotag*": test_binary looks for that
+BINARY_CACHE = Path(tempfile.mkdtemp(prefix="binary-test-cache-"))
 
 
 class Cli:

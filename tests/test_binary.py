@@ -3,8 +3,10 @@
 These tests fail, not skip, when the binary is missing: CI always builds it first. The shared CLI suite runs
 against it too (the ``cli`` fixture in conftest.py); this file holds what only the binary has: the same JSON
 as the package on every clip, the launcher's cache (unpacked once, atomically, safe under concurrency and
-SIGKILL, nothing in /tmp), and what the bundle leaves out. Everything runs from a clean environment in an
-empty working directory, as a user would run it.
+SIGKILL, nothing in /tmp), what the bundle leaves out, and a system without /proc. Everything runs from a clean
+environment in an empty working directory, as a user would run it. Where a test looks at temporary files, the
+binary gets temporary folders of its own (TMPDIR, and /tmp itself in a mount namespace where ``unshare`` can make
+one): the machine's shared /tmp, where other jobs come and go, is never scanned.
 """
 
 import hashlib
@@ -64,18 +66,41 @@ def unpacked(cache: Path) -> list:
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
-def tmp_leftovers(since: float) -> list:
-    """Entries in /tmp that a frozen program would leave (PyInstaller's _MEI*, anything named audiotag)."""
-    found = []
-    for entry in Path("/tmp").iterdir():
-        name = entry.name
-        try:
-            young = entry.lstat().st_mtime >= since - 1
-        except FileNotFoundError:
-            continue
-        if young and (name.startswith("_MEI") or "audiotag" in name.lower()):
-            found.append(name)
-    return found
+def can_unshare() -> bool:
+    """Whether this user may make a user and mount namespace (``unshare``, util-linux), to give a process its own
+    /tmp or hide /proc from it."""
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def with_private_tmp(tmp_path: Path, command: list) -> tuple:
+    """(command, env entries, folders): ``command`` with TMPDIR set to a folder of its own and, where a mount
+    namespace can be made, another folder of its own mounted on /tmp (with pytest's folders under /tmp, which hold
+    the test's cache and working directory, mounted back in it), so that what the program leaves in either place
+    is in ``folders``, and nobody else's files are."""
+    folders = [tmp_path / "tmpdir"]
+    if can_unshare():
+        folders.append(tmp_path / "slash-tmp")
+        ours = Path(tmp_path).resolve()
+        keep = Path("/tmp", ours.relative_to("/tmp").parts[0]) if ours.is_relative_to("/tmp") else None
+        script = ('own=$0 keep=$1; shift; if [ -n "$keep" ]; then mkdir "$own/${keep#/tmp/}" && '
+                  'mount --bind "$keep" "$own/${keep#/tmp/}" || exit 125; fi; mount --rbind "$own" /tmp && exec "$@"')
+        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folders[1]),
+                   str(keep or ""), *command]
+    for folder in folders:
+        folder.mkdir()
+    return command, {"TMPDIR": str(folders[0])}, folders
+
+
+def leftovers(folders) -> list:
+    """What a frozen program left in its temporary folders (PyInstaller's _MEI*, anything else), but the mount
+    point of pytest's own folders."""
+    return sorted(entry.name for folder in folders for entry in folder.iterdir()
+                  if not (folder.name == "slash-tmp" and entry.name.startswith("pytest-of-") and entry.is_dir()
+                          and not any(entry.iterdir())))
 
 
 def source_sha256() -> str:
@@ -195,13 +220,10 @@ def test_concurrent_first_start(binary, tmp_path):
 
 def test_sigkill_leaves_nothing_in_tmp(binary, cache, tmp_path):
     ok(run_binary(binary, tmp_path, "--version", cache=cache))
-    private_tmp = tmp_path / "tmp"
-    private_tmp.mkdir()
-    since = time.time()
-    env = clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache, TMPDIR=private_tmp)
     # Waiting on a stdin that stays open: the program is fully started and busy when it is killed.
-    run = subprocess.Popen([str(binary), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    command, extra, folders = with_private_tmp(tmp_path, [str(binary), "-"])
+    run = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=tmp_path, env=clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache, **extra))
     try:
         _wait_for_stdin_read(run.pid)
         assert run.poll() is None, "the binary exited before it was killed"
@@ -209,29 +231,50 @@ def test_sigkill_leaves_nothing_in_tmp(binary, cache, tmp_path):
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
     assert run.returncode == -signal.SIGKILL
-    assert list(private_tmp.iterdir()) == []
-    assert tmp_leftovers(since) == []
+    assert leftovers(folders) == []
 
 
 def test_sigkill_while_unpacking_then_recovers(binary, tmp_path):
     cache = tmp_path / "cache"
-    since = time.time()
-    env = clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache)
-    run = subprocess.Popen([str(binary), "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           cwd=tmp_path, env=env)
+    command, extra, folders = with_private_tmp(tmp_path, [str(binary), "--version"])
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                           env=clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache, **extra))
     deadline = time.time() + 30
     while not any(".partial-" in name for name in unpacked(cache)) and run.poll() is None:
         assert time.time() < deadline, "the launcher never started unpacking"
         time.sleep(0.002)
+    assert run.poll() is None, "the launcher ended before it was killed"
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=30)
-    assert tmp_leftovers(since) == []
+    assert leftovers(folders) == []
     assert [name for name in unpacked(cache) if not name.startswith(".")] == [], "a half-unpacked version is visible"
     # The dead launcher's partial folder holds no lock any more; once it is old enough the next start removes it.
     for name in unpacked(cache):
         os.utime(cache / name, (time.time() - 3600, time.time() - 3600))
     ok(run_binary(binary, tmp_path, "--version", cache=cache))
     assert len(unpacked(cache)) == 1 and not unpacked(cache)[0].startswith(".")
+
+
+# ---- without /proc ----
+
+def test_without_proc_one_line_and_exit_127(binary, tmp_path):
+    """Where /proc is not mounted (a bare chroot, some sandboxes) the bundled program cannot start through
+    /proc/self/exe with its own loader, and the server's would fail with a cryptic "GLIBC_2.xx not found": the
+    launcher says what is missing in one line, exit 127, having unpacked from its argv[0] all the same."""
+    if not can_unshare():
+        pytest.skip("cannot hide /proc: no user and mount namespaces here (unshare --user --mount failed)")
+    cache = tmp_path / "cache"
+    hidden = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+              'mount -t tmpfs none /proc && exec "$@"', "sh", str(binary)]
+    result = subprocess.run([*hidden, "--version"], capture_output=True, cwd=tmp_path, timeout=300,
+                            env=clean_env(tmp_path, AUDIOTAG_CACHE_DIR=cache))
+    assert result.returncode == 127 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "audiotag: launcher: needs /proc (the bundled program starts through /proc/self/exe): mount it, e.g. "
+        "mount -t proc proc /proc"]
+    (version,) = unpacked(cache)
+    assert not version.startswith(".")
+    assert ok(run_binary(binary, tmp_path, "--version", cache=cache)).startswith(b"audiotag ")  # /proc back
 
 
 def _wait_for_stdin_read(pid: int, timeout: float = 60) -> None:

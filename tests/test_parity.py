@@ -108,3 +108,25 @@ def test_file_path_and_array_agree(tagger):
 def test_frames_match_reference_counts():
     for record in MAIN:
         assert frontend.frame_count(record["n_samples"]) == record["n_frames"]
+
+
+# Every clip whose reference stores its waveform (those up to 10 s: 3 at 32 kHz, 24 extra at 16-48 kHz, in WAV,
+# FLAC, Ogg Vorbis and MP3, mono and stereo): what upstream's librosa.load gave the model.
+WAVEFORMS = [(subdir, record) for subdir in ("", "extra") for record in reference_records(subdir)
+             if "waveform" in reference_arrays(record, subdir)]
+
+
+def test_the_stored_waveforms_are_what_we_think():
+    assert len(WAVEFORMS) == 27
+
+
+@pytest.mark.parametrize("subdir, record", WAVEFORMS, ids=lambda v: v["file"] if isinstance(v, dict) else v)
+def test_own_decoder_gives_upstreams_waveform_exactly(subdir, record):
+    """audiotag's own decoding, downmix and resampling (decode.load) against librosa.load(sr=32000, mono=True):
+    bit for bit (measured: max abs difference 0.0 on all 27 clips)."""
+    from audiotag import decode
+
+    clip = decode.load(AUDIO / subdir / record["file"])
+    waveform = reference_arrays(record, subdir)["waveform"]
+    assert clip.samples.dtype == np.float32 and clip.samples.shape == waveform.shape
+    np.testing.assert_array_equal(clip.samples, waveform)

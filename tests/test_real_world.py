@@ -14,7 +14,7 @@ import soxr
 from audiotag import TagOptions, decode
 from conftest import AUDIO, readline_within, reference_arrays, reference_records
 
-EXTRA_LOGIT_TOLERANCE = 1e-3
+EXTRA_LOGIT_TOLERANCE = 1e-4  # measured: at most 5.1e-5 (pra-doing_the_dishes.wav)
 EXTRA = reference_records("extra")
 # Below 1 s the short-clip rule applies instead of upstream's behaviour (tests/test_short_clips.py).
 EXTRA_UPSTREAM = [r for r in EXTRA if r["n_samples"] >= 32000]
@@ -75,14 +75,28 @@ def test_every_common_format(tagger, music, tmp_path, ext, container, subtype):
     assert len(set(labels[:5]) & set(reference[:5])) >= 3
 
 
-@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 44100, 48000, 96000, 192000])
-def test_any_rate_is_resampled_like_librosa(tagger, music, rate):
+# One stored reference per source rate: librosa.load(sr=32000)'s own samples, read from a file of that rate.
+RESAMPLED = {rate: next(r for r in EXTRA if soundfile.info(AUDIO / "extra" / r["file"]).samplerate == rate
+                        and "waveform" in reference_arrays(r, "extra")) for rate in (16000, 22050, 44100, 48000)}
+
+
+@pytest.mark.parametrize("rate", sorted(RESAMPLED))
+def test_any_rate_is_resampled_like_librosa(rate):
+    """decode.from_array (samples already decoded, at their own rate) against librosa's resampling as upstream
+    ran it: the stored waveform, bit for bit."""
+    record = RESAMPLED[rate]
+    samples, source_rate = soundfile.read(AUDIO / "extra" / record["file"], dtype="float32")
+    assert source_rate == rate
+    clip = decode.from_array(samples, rate)
+    np.testing.assert_array_equal(clip.samples, reference_arrays(record, "extra")["waveform"])
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 96000, 192000])
+def test_rates_without_a_reference_keep_librosas_length_and_the_tags(tagger, music, rate):
     samples, source_rate = music
     resampled = soxr.resample(samples, source_rate, rate, quality="HQ")
     clip = decode.from_array(resampled, rate)
     assert len(clip.samples) == math.ceil(len(resampled) * 32000 / rate)  # librosa's fix_length
-    np.testing.assert_array_equal(clip.samples[:-1],
-                                  soxr.resample(resampled, rate, 32000, quality="HQ")[:len(clip.samples) - 1])
     top = [t.label for t in tagger.predict(clip).tags[:3]]
     assert "Music" in top
 

@@ -1,12 +1,17 @@
 """A run of weeks survives any single input (issue 12): native crashes, deep trees, bombs, corrupt frames, long
 names. Native crashes are simulated by an LD_PRELOAD library compiled here: any process that opens a path
-holding a marker dies with the signal asked for, as a decoder crashing on that file would."""
+holding a marker dies with the signal asked for, as a decoder crashing on that file would. With $OPEN_LOG set it
+also appends "PID PATH" to that file for each open of a path holding $OPEN_LOG_MATCH (default ".wav"), and
+"PID exit CODE" when a process exits on its own (exit or _exit; a process killed by a signal writes none): which
+processes tagged which inputs, and how they ended."""
 
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +23,25 @@ from conftest import AUDIO
 CRASH_LIBRARY = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+static void note(const char *what) {
+    const char *log = getenv("OPEN_LOG");
+    if (!log || !*log) return;
+    char line[4400];
+    int n = snprintf(line, sizeof line, "%d %s\n", (int)getpid(), what);
+    int fd = syscall(SYS_openat, AT_FDCWD, log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) { if (write(fd, line, n < (int)sizeof line ? n : (int)sizeof line - 1) < 0) {} close(fd); }
+}
 static void check(const char *path) {
+    const char *match = getenv("OPEN_LOG_MATCH");
+    if (path && strstr(path, match && *match ? match : ".wav")) note(path);
     const char *marker = getenv("CRASH_MARKER");
     if (path && marker && *marker && strstr(path, marker)) {
         const char *how = getenv("CRASH_SIGNAL");
@@ -39,6 +57,9 @@ static void check(const char *path) {
     if (!real) real = dlsym(RTLD_NEXT, #name); check(p); va_list a; va_start(a, f); int m = va_arg(a, int); \
     va_end(a); return real(d, p, f, m); }
 WRAP(open) WRAP(open64) WRAPAT(openat) WRAPAT(openat64)
+#define WRAPEXIT(name) void name(int code) { void (*real)(int) = (void (*)(int))dlsym(RTLD_NEXT, #name); \
+    char what[32]; snprintf(what, sizeof what, "exit %d", code); note(what); real(code); for (;;) pause(); }
+WRAPEXIT(exit) WRAPEXIT(_exit)
 """
 
 
@@ -64,8 +85,44 @@ def _records(stdout: bytes) -> list:
     return [json.loads(line) for line in stdout.decode().splitlines()]
 
 
-def _crash_env(library, sig="11"):
-    return {"LD_PRELOAD": str(library), "CRASH_MARKER": "CRASHME", "CRASH_SIGNAL": sig}
+def _crash_env(library, sig="11", log=None):
+    env = {"LD_PRELOAD": str(library), "CRASH_MARKER": "CRASHME", "CRASH_SIGNAL": sig}
+    if log is not None:
+        env["OPEN_LOG"] = str(log)
+    return env
+
+
+def _opened(log) -> dict:
+    """{path: [pid, ...]} from the crash library's log: the processes that opened each .wav, in order."""
+    opened = {}
+    for line in Path(log).read_text().splitlines():
+        pid, what = line.split(" ", 1)
+        if not what.startswith("exit "):
+            opened.setdefault(what, []).append(int(pid))
+    return opened
+
+
+def _exits(log) -> dict:
+    """{pid: exit code} of the processes that exited on their own (none for a process killed by a signal)."""
+    return {int(pid): int(what[5:]) for pid, what in
+            (line.split(" ", 1) for line in Path(log).read_text().splitlines()) if what.startswith("exit ")}
+
+
+def _dealt_to_workers(opened: dict, items: list, count: int) -> None:
+    """A pool of ``count`` worker processes was at work: input k of ``items`` goes to worker k mod ``count`` (a
+    crashed or hung worker's successor takes its inputs), so every lane was opened by processes of its own, which
+    opened no input of another lane; one process tagging them all would have opened every lane's."""
+    lanes = [{pid for item in items[lane::count] for pid in opened.get(item, ())} for lane in range(count)]
+    assert all(lanes), opened
+    assert all(not lanes[a] & lanes[b] for a in range(count) for b in range(a)), opened
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended, unreaped
+    except FileNotFoundError:
+        return False
 
 
 def test_a_native_crash_fails_only_its_input(cli, tmp_path, crash_library):
@@ -180,6 +237,45 @@ def test_max_duration_tags_the_start_and_says_so(cli, tmp_path):
     assert "truncated: tagged the first 30 s of 120 s" in table.splitlines()[1]
 
 
+def test_batch_runs_cut_inputs_at_two_hours_by_default(cli, tmp_path):
+    """decode/limits.py's BATCH: with no --max-duration, a batch (two inputs) tags 7,200 s of a 7,800 s file (a
+    196 kB FLAC of silence) and says so; the other input is whole."""
+    with soundfile.SoundFile(str(tmp_path / "long.flac"), "w", 8000, 1, format="FLAC", subtype="PCM_16") as out:
+        for _ in range(13):  # 13 x 600 s
+            out.write(np.zeros(8000 * 600, np.int16))
+    (tmp_path / "speech.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
+    result = cli(tmp_path / "long.flac", tmp_path / "speech.wav", "--top-k", 1)
+    assert result.returncode == 0, result.stderr
+    cut, whole = _records(result.stdout)
+    assert (cut["duration"], cut["truncated"], cut["audio_duration"]) == (7200.0, True, 7800.0)
+    assert whole["duration"] == 10.0 and "truncated" not in whole
+
+
+@pytest.mark.parametrize("argv, batch", [
+    (["a.wav"], False), (["-"], False), (["a.wav", "b.wav"], True), (["DIR"], True), (["--files-from", "-"], True),
+    (["a.wav", "-"], True)])
+def test_the_batch_limits_are_the_defaults_of_batch_runs_only(tmp_path, argv, batch):
+    """One file named on its own is tagged whole, in any time; a batch (several inputs, a directory, a list)
+    gets --max-duration 7200 and --timeout 300 unless told otherwise (0: none)."""
+    from audiotag import tag_many
+    from audiotag.cli.args import build_parser, check_arguments
+
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+
+    def limits(*extra):
+        parser = build_parser()
+        args = parser.parse_args([*argv, "-f", "jsonl", *extra])
+        check_arguments(parser, args)
+        return args.max_duration, args.timeout
+
+    assert limits() == ((7200.0, 300.0) if batch else (None, None))
+    assert limits("--max-duration", "60") == (60.0, 300.0 if batch else None)
+    assert limits("--timeout", "5") == (7200.0 if batch else None, 5.0)
+    assert limits("--max-duration", "0", "--timeout", "0") == (None, None)
+    defaults = inspect.signature(tag_many).parameters  # the API's batches: the same
+    assert (defaults["max_duration"].default, defaults["timeout"].default) == (7200.0, 300.0)
+
+
 def test_timeout_is_an_error_record_and_the_run_goes_on(cli, tmp_path):
     _long_flac(tmp_path / "a-long.flac", 1800)  # half an hour: far more than 50 ms of work
     (tmp_path / "b.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
@@ -251,28 +347,122 @@ def test_several_workers_tag_in_order_and_survive_crashes(cli, tmp_path, crash_l
     in one fails only its input (the other process goes on), and the records equal a one-worker run's."""
     names = [f"c{i:02d}.wav" for i in range(12)] + ["c04-CRASHME.wav", "c09-CRASHME.wav"]
     paths = _corpus(tmp_path / "corpus", names)
-    result = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "--top-k", 1, env=_crash_env(crash_library))
+    log = tmp_path / "opened.log"
+    result = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "--top-k", 1,
+                 env=_crash_env(crash_library, log=log))
     assert result.returncode == 1, result.stderr
     records = _records(result.stdout)
     assert [r["path"] for r in records] == paths
     assert [r["path"] for r in records if "error" in r] == [p for p in paths if "CRASHME" in p]
     assert all(r["error"] == "decoder crashed (SIGSEGV)" for r in records if "error" in r)
+    assert sorted(_opened(log)) == sorted(paths)
+    _dealt_to_workers(_opened(log), paths, 2)
     single = cli(tmp_path / "corpus", "--top-k", 1, env=_crash_env(crash_library))
     assert _records(single.stdout) == records
 
 
-def test_workers_with_segments_and_a_list(cli, tmp_path):
+def test_workers_with_segments_and_a_list(cli, tmp_path, crash_library):
     """Segments of each input come before its record, whichever worker tagged it; a piped list works too."""
     paths = _corpus(tmp_path / "corpus", [f"s{i}.wav" for i in range(5)])
     listing = "".join(f"{path}\n" for path in paths).encode()
-    result = cli("--files-from", "-", "--workers", 3, "--segments", "--window", 4, "-f", "jsonl", stdin=listing)
+    log = tmp_path / "opened.log"
+    result = cli("--files-from", "-", "--workers", 3, "--segments", "--window", 4, "-f", "jsonl", stdin=listing,
+                 env={"LD_PRELOAD": str(crash_library), "OPEN_LOG": str(log)})
     assert result.returncode == 0, result.stderr
+    opened = _opened(log)  # three processes: input k opened by worker k mod 3 alone
+    assert len({pid for pids in opened.values() for pid in pids}) == 3, opened
+    assert all(len(set(opened[path])) == 1 for path in paths), opened
+    assert all((opened[a] == opened[b]) == (i % 3 == j % 3) for i, a in enumerate(paths) for j, b in enumerate(paths))
     lines = _records(result.stdout)
     clips = [line["path"] for line in lines if "tags" in line and "start" not in line]
     assert clips == paths
     for path in paths:  # this input's segments, then its record
         own = [index for index, line in enumerate(lines) if line["path"] == path]
         assert len(own) > 1 and "start" not in lines[own[-1]], (path, [lines[i] for i in own])
+
+
+def test_a_pool_says_its_size_and_ends_gracefully(cli, tmp_path, crash_library):
+    """-v names the worker count; at the end every worker exits on its own with status 0 (not killed), before the
+    run does: no process is left behind."""
+    paths = _corpus(tmp_path / "corpus", [f"g{i}.wav" for i in range(6)])
+    log = tmp_path / "opened.log"
+    process = cli.popen(tmp_path / "corpus", "--workers", 2, "-v", "--top-k", 1,
+                        env={"LD_PRELOAD": str(crash_library), "OPEN_LOG": str(log)})
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert [r["path"] for r in _records(stdout)] == paths
+    assert b"(in 2 watched worker processes)" in stderr and b"6 inputs: 6 ok, 0 failed" in stderr, stderr
+    workers = {pid for pids in _opened(log).values() for pid in pids}
+    assert len(workers) == 2 and process.pid not in workers  # tagged by two processes, neither the supervisor
+    exits = _exits(log)
+    assert {pid: exits.get(pid) for pid in workers} == dict.fromkeys(workers, 0)  # no signal, no error status
+    assert not [pid for pid in workers if _alive(pid)]  # nothing orphaned
+
+
+def test_a_killed_pool_run_resumes_and_its_hung_input_meets_the_watchdog(cli, tmp_path, crash_library):
+    """--workers 2 -o: a run killed (SIGKILL) midway, stuck on an input whose decoder hangs, then --resume with
+    --timeout: the records written stay, every input is recorded once, and the hung one is the watchdog's error."""
+    names = [f"k{i:02d}.wav" for i in range(12)]
+    names[5] = "k05-CRASHME.wav"
+    paths = _corpus(tmp_path / "corpus", names)
+    out, logs = tmp_path / "out.jsonl", (tmp_path / "first.log", tmp_path / "resumed.log")
+    first = cli.popen(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out,
+                      env=_crash_env(crash_library, "hang", logs[0]))
+    try:
+        # No --timeout: the run stops at the hung input (records come in input order), and is killed there.
+        deadline = time.monotonic() + 200
+        while not (out.exists() and len(out.read_text().splitlines()) >= 5 and paths[5] in _opened(logs[0])):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        written = out.read_text().splitlines()
+        assert [json.loads(line)["path"] for line in written] == paths[:5]
+        (hung,) = set(_opened(logs[0])[paths[5]])
+        os.kill(hung, signal.SIGKILL)  # stuck in the decoder for ever, orphaned: this test's own clean-up
+        again = cli(tmp_path / "corpus", "--workers", 2, "--jobs", 1, "-o", out, "--resume", "--timeout", 1,
+                    env=_crash_env(crash_library, "hang", logs[1]), timeout=150)  # the watchdog acts at 12 s
+        assert again.returncode == 1, again.stderr
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert out.read_text().splitlines()[:5] == written
+        assert sorted(r["path"] for r in records) == paths  # each once
+        assert [(r["path"], r.get("error")) for r in records if "error" in r] == [(paths[5], "timed out after 12 s")]
+        assert set(_opened(logs[1])) == set(paths[5:])  # the recorded ones were not tagged again
+        _dealt_to_workers(_opened(logs[1]), paths[5:], 2)
+    finally:  # whatever failed: no worker of this test outlives it (the first run's see their input end)
+        first.kill()
+        first.wait()
+        workers = {pid for log in logs if log.exists() for pids in _opened(log).values() for pid in pids}
+        deadline = time.monotonic() + 30
+        while (left := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"workers left running: {left}"
+
+
+def test_a_list_failing_midway_under_workers(cli, tmp_path, crash_library):
+    """A piped list with a missing file and a crashing decoder in its middle, --workers 3: each is its input's
+    error record, every other input is tagged, in list order."""
+    paths = _corpus(tmp_path / "corpus", [f"m{i}.wav" for i in range(8)])
+    paths[3] = str(tmp_path / "corpus" / "gone.wav")
+    paths[5] = _corpus(tmp_path / "corpus", ["m5-CRASHME.wav"])[0]
+    log = tmp_path / "opened.log"
+    listing = "".join(f"{path}\n" for path in paths).encode()
+    result = cli("--files-from", "-", "--workers", 3, "--jobs", 1, "--top-k", 1, stdin=listing,
+                 env=_crash_env(crash_library, log=log))
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["path"] for r in records] == paths
+    errors = {r["path"]: r["error"] for r in records if "error" in r}
+    assert list(errors) == [paths[3], paths[5]] and errors[paths[5]] == "decoder crashed (SIGSEGV)"
+    assert f"{paths[3]}: {errors[paths[3]]}" in result.stderr.decode()
+    assert all(r["tags"][0]["label"] == "Speech" for r in records if "error" not in r)
+    # the same records as tagging in this process gives (without the crash, which would end that run)
+    listing = "".join(f"{path}\n" for path in paths if "CRASHME" not in path).encode()
+    alone = cli("--files-from", "-", "--in-process", "--top-k", 1, stdin=listing)
+    assert _records(alone.stdout) == [r for r in records if r["path"] != paths[5]]
+    _dealt_to_workers(_opened(log), paths, 3)
 
 
 def test_a_folder_named_audiotag_in_the_working_directory_is_not_the_worker(tmp_path):

@@ -4,7 +4,12 @@ Writes the recordings (16-bit WAV, music.wav resampled and repeated with some no
 tags each in a fresh `python -m audiotag` process and reports the child's peak RSS (ru_maxrss) and wall time.
 Decoding in blocks should keep the peak flat as the recording grows.
 
-    .venv/bin/python scripts/bench/bench_memory.py [--minutes 1 10 60] [--format WAV|FLAC]
+With --packets instead: a crafted Matroska of 3 s in one-sample PCM packets (132,300 of them) against the same
+3 s as a WAV, each decoded (``decode.load``) in a fresh process, peak memory (VmHWM) of each. Decoded frames are
+joined into blocks as they come, so the two should be close (42 MB against 270 MB when the frames were kept
+until their block was joined).
+
+    .venv/bin/python scripts/bench/bench_memory.py [--minutes 1 10 60] [--format WAV|FLAC] [--packets]
 """
 
 import argparse
@@ -53,11 +58,35 @@ def peak_rss_of(command) -> tuple:
     return max(peak, before) / 1024, wall
 
 
+def decode_peak_mb(path: Path) -> float:
+    """VmHWM of a fresh process that decodes ``path`` (ru_maxrss would carry over the forking parent's)."""
+    measure = ("import sys; from audiotag import decode; decode.load(sys.argv[1]); "
+               "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
+    result = subprocess.run([sys.executable, "-c", measure, str(path)], check=True, capture_output=True, cwd=REPO,
+                            text=True)
+    return int(result.stdout) / 1024
+
+
+def one_sample_packets() -> None:
+    music = SHARED / "audio" / "music.wav"
+    print(f"{'decoded':>34} {'peak MB':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny, wav = Path(tmp) / "tiny.mkv", Path(tmp) / "cut.wav"
+        ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(music), "-t", "3"]
+        subprocess.run([*ffmpeg, "-af", "asetnsamples=n=1:p=0", "-c:a", "pcm_s16le", str(tiny)], check=True)
+        subprocess.run([*ffmpeg, "-c:a", "pcm_s16le", str(wav)], check=True)
+        for name, path in (("3 s WAV", wav), ("3 s Matroska, one-sample packets", tiny)):
+            print(f"{name:>34} {decode_peak_mb(path):8.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     parser.add_argument("--format", default="WAV", choices=("WAV", "FLAC"))
+    parser.add_argument("--packets", action="store_true", help="only the one-sample-packet Matroska against its WAV")
     args = parser.parse_args()
+    if args.packets:
+        return one_sample_packets()
     print(f"{'recording':>24} {'file MB':>8} {'peak RSS MB':>12} {'wall s':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in sorted(args.minutes):
