@@ -297,7 +297,8 @@ def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
     assert "error" not in records["huge-doubles.mkv"] and records["huge-doubles.mkv"]["codec"] == "pcm_f64le"
     assert records["seventeen-channels.mkv"]["error"] == ("cannot decode pcm_s16le: 17 channels (at most 16 "
                                                           "through FFmpeg: PyAV 12 misreads the layout of more)")
-    assert records["random.m4a"]["error"] == "cannot decode: not audio, or a format audiotag does not know"
+    assert records["random.m4a"]["error"] == ("cannot decode: not audio, or a format audiotag does not know "
+                                              "(headerless samples: --raw FORMAT --rate HZ on stdin)")
     assert records["truncated.m4a"]["error"].startswith("cannot decode: ")
     assert records["video-only.mp4"]["error"] == "no audio stream in this mov file (it holds video)"
     assert records["ten-channels.mka"]["error"] == ("cannot decode vorbis: 10 channels without a channel layout "

@@ -24,7 +24,9 @@ EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: en
 END_SLACK = {"OGG": 4096}
 
 
-NOT_AUDIO = "cannot decode: not audio, or a format audiotag does not know"  # neither decoder knows its bytes
+# Neither decoder knows its bytes: the same words for a file and for stdin (where headerless samples may come).
+NOT_AUDIO = ("cannot decode: not audio, or a format audiotag does not know (headerless samples: --raw FORMAT "
+             "--rate HZ on stdin)")
 
 
 class Refused(AudioError):
