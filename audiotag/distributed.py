@@ -104,7 +104,7 @@ class TagBatch:
 
         try:
             if not data:
-                raise decode.AudioError("empty file")  # what the CLI says of the same file
+                raise decode.AudioError("empty: no data")  # what the CLI says of the same file
             clip = decode.load_bytes(data)
             prediction = self.tagger.predict(clip, self.options)
         except Exception as error:  # worded as the CLI words the same failure

@@ -23,11 +23,14 @@ def failure_message(error: Exception) -> str:
     strange file) is that input's failure too: a run of weeks must not end on one file."""
     if isinstance(error, ValueError):  # AudioError and the options' own checks
         return str(error)
-    if isinstance(error, OSError):
-        return (error.strerror or str(error)).lower()
+    if isinstance(error, OSError):  # the system's words: "no such file or directory", "permission denied"
+        return (error.strerror or str(error) or "an error of the operating system").lower()
     if isinstance(error, MemoryError):
         return "out of memory"
-    return f"unexpected {type(error).__name__}: {error}"
+    # A bug met on this input, not a fault of the input: said so, the error's own text kept as a detail (never
+    # its class name, which tells a user nothing).
+    detail = str(error).strip()
+    return "an internal error of audiotag (please report it, with this input)" + (f": {detail}" if detail else "")
 
 
 def one_line(text: str) -> str:

@@ -41,7 +41,7 @@ def write(path, maker):
 
 # name -> (how to make it, expected: "tags" or a fragment of the error message)
 CASES = {
-    "empty.wav": (lambda p: p.write_bytes(b""), "empty file"),
+    "empty.wav": (lambda p: p.write_bytes(b""), "empty: no data"),
     "random.wav": (lambda p: p.write_bytes(os.urandom(5000)), "cannot decode"),
     "text.mp3": (lambda p: p.write_text("not audio at all\n" * 100), "cannot decode"),
     "header-only.wav": (lambda p: p.write_bytes(MUSIC[:44]), "no audio samples"),
@@ -246,3 +246,51 @@ def test_raw_parsing_fuzz(data, fmt, channels):
     width = np.dtype(decode.RAW_FORMATS[fmt]).itemsize * channels
     assert clip.duration == (len(data) // width) / 16000
     assert np.isfinite(clip.samples).all()
+
+
+def test_the_working_directory_is_never_searched_for_a_resource_fork(cli, tmp_path):
+    """libsndfile looks for a Mac resource fork (an SD2 file's sound) of a file it does not recognise, and of bare
+    MPEG audio, before it tries MPEG: for a file opened without a name that is "._" and ".AppleDouble/" in the
+    working directory. A FIFO named "._" there hung every M4A, WebM and bare MP3; a folder ".AppleDouble" there
+    turned "not recognised" into "bad resource fork". Nothing there is opened now (the cwd is ``tmp_path``)."""
+    import subprocess
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    speech = AUDIO / "speech.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", speech, "-c:a", "libmp3lame", "-write_xing", "0",
+                    "-id3v2_version", "0", inputs / "bare.mp3"], check=True)  # MPEG frames from its first byte
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", speech, "-c:a", "aac", inputs / "clip.m4a"],
+                   check=True)
+    (inputs / "noise.bin").write_bytes(np.random.default_rng(5).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    assert (inputs / "bare.mp3").read_bytes()[:2] == b"\xff\xfb"
+    names = sorted(inputs.iterdir())
+    clean = cli(*names, "-k", 1), [cli("-", "-k", 1, stdin=name.read_bytes()) for name in names]
+    os.mkfifo(tmp_path / "._")  # opening it for reading waits for a writer: for ever
+    (tmp_path / ".AppleDouble").mkdir()
+    planted = cli(*names, "-k", 1, timeout=120), [cli("-", "-k", 1, stdin=n.read_bytes(), timeout=120) for n in names]
+    records = [json.loads(line) for line in planted[0].stdout.decode().splitlines()]
+    assert [r.get("codec") for r in records] == ["mp3", "aac", None] and "not audio" in records[2]["error"]
+    for before, after in zip([clean[0], *clean[1]], [planted[0], *planted[1]]):
+        assert after.stdout == before.stdout and _without_summary(after.stderr) == _without_summary(before.stderr)
+
+
+def _without_summary(stderr: bytes) -> list:
+    return [line for line in stderr.decode().splitlines() if " inputs: " not in line]  # it has timings
+
+
+def test_bare_mpeg_audio_is_libsndfiles_bit_for_bit(tmp_path):
+    """Bare MPEG audio (no ID3 tag, so libsndfile would search for a resource fork first) is handed to libsndfile
+    behind an empty ID3 tag: the samples of the same frames behind a real tag, bit for bit (not FFmpeg's, which
+    differ by up to 2e-6), as a file, as bytes and on stdin."""
+    import subprocess
+
+    tagged, bare = tmp_path / "tagged.mp3", tmp_path / "bare.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", AUDIO / "extra" / "max-guitar.wav",
+                    "-c:a", "libmp3lame", "-write_xing", "0", tagged], check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", tagged, "-c", "copy", "-write_xing", "0",
+                    "-id3v2_version", "0", "-map_metadata", "-1", bare], check=True)
+    assert tagged.read_bytes()[:3] == b"ID3" and bare.read_bytes()[:2] == b"\xff\xfb"
+    expected = decode.load(tagged).samples
+    for source in (bare, bare.read_bytes(), io.BytesIO(bare.read_bytes())):
+        assert np.array_equal(decode.load(source).samples, expected)

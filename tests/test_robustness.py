@@ -295,7 +295,8 @@ def test_a_corrupt_flac_frame_is_skipped_with_a_warning(cli, tmp_path):
     (tmp_path / "noise.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
     result = cli(tmp_path / "clip.flac", tmp_path / "noise.flac", "--top-k", 1)
     good, bad = _records(result.stdout)
-    assert good["warning"].startswith("decoded 9.") and "of 10.0 s: flac decoder lost sync" in good["warning"]
+    assert good["warning"].startswith("decoded 9.")
+    assert "of 10.0 s: damaged FLAC data (libsndfile: flac decoder lost sync)" in good["warning"]
     assert good["duration"] == 10.0 and good["tags"][0]["label"] == "Music"
     assert "error" in bad and result.returncode == 1  # no usable audio at all: still an error
 

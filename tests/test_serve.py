@@ -160,7 +160,8 @@ def test_error_codes(serve, tmp_path):
     assert server.post("/tag?top_k=zero", music)[0] == 400
     assert server.post("/tag?raw=s16le", music)[0] == 400  # raw needs rate
     assert server.post("/tag?name=noise.bin", b"not audio at all") == \
-        (422, [{"path": "noise.bin", "error": "cannot decode: Format not recognised."}])
+        (422, [{"path": "noise.bin", "error": "cannot decode: not audio, or a format audiotag does not know "
+                                              "(headerless samples: --raw FORMAT --rate HZ on stdin)"}])
     status, answer = server.post("/tag?name=big.wav", music)  # 640 kB > 200 kB
     assert status == 413 and "--max-body" in answer[0]["error"]
     status, answer = server.post("/tag?name=big.wav", _chunks(music, 10000))  # chunked: no length to check first

@@ -54,3 +54,37 @@ def test_an_intact_ogg_vorbis_from_ffmpeg_has_no_warning(cli, tmp_path):
         assert 0 < sound.frames - decoded <= 4096  # the container announces more than decodes
     [record] = [json.loads(line) for line in cli(path).stdout.decode().splitlines()]
     assert "warning" not in record and record["duration"] == pytest.approx(decoded / 44100, abs=1e-5)
+
+
+def test_every_pair_soundfile_writes_and_reads_is_tagged(tagger, tmp_path):
+    """Every (container, codec) pair libsndfile writes (``soundfile.available_formats``, ``available_subtypes``,
+    ``check_format``), made from a real clip at the first rate the pair takes: each file ``soundfile.read`` reads
+    back is tagged, whole and with no warning. SD2 keeps its header in a resource fork beside the file ("._NAME"),
+    which libsndfile finds by the file's name."""
+    samples, rate = soundfile.read(SPEECH, dtype="float32", frames=4 * 32000)
+    written, tagged = 0, []
+    for container in soundfile.available_formats():
+        for subtype in soundfile.available_subtypes(container):
+            if not soundfile.check_format(container, subtype):
+                continue
+            path = tmp_path / f"{container}-{subtype}.{container.lower()}"
+            for to_rate in (32000, 16000, 8000, 48000):  # Opus, MPEG, G.72x and VOX take only some rates
+                try:
+                    soundfile.write(path, soxr.resample(samples, rate, to_rate), to_rate, format=container,
+                                    subtype=subtype)
+                    break
+                except (soundfile.LibsndfileError, RuntimeError, ValueError):
+                    path.unlink(missing_ok=True)
+            else:
+                continue  # libsndfile does not write it (MPEG layers I and II, MP3 in WAV)
+            written += 1
+            try:
+                expected, expected_rate = soundfile.read(path, dtype="float32")  # RAW needs its format given
+            except (soundfile.LibsndfileError, RuntimeError, TypeError):
+                continue
+            outcome = tagger.tag_file(path)  # AudioError here: a pair soundfile reads and audiotag does not
+            assert outcome.warning is None, (path.name, outcome.warning)
+            assert outcome.duration == pytest.approx(len(expected) / expected_rate, abs=1e-3), path.name
+            tagged.append(path.name)
+    assert written >= 140 and len(tagged) >= 125, (written, len(tagged))  # the sweep is real
+    assert {"SD2-PCM_16.sd2", "WAV-GSM610.wav", "OGG-OPUS.ogg", "MP3-MPEG_LAYER_III.mp3"} <= set(tagged)

@@ -2,12 +2,15 @@
 
 The decoder is chosen by the bytes, never by the name: libsndfile (``sndfile``) first; what it refuses (AAC/M4A/
 MP4, WebM/Matroska, WMA, AC-3, AMR, ALAC, video files...) goes to FFmpeg (``ffmpeg``); MPEG audio behind junk and
-chained Ogg are found by ``sniff``. Raw samples and WAV streams are read by ``pcm``.
+chained Ogg are found by ``sniff``. Raw samples and WAV streams are read by ``pcm``. (One exception: an SD2
+file keeps its header in a resource fork beside it, "._NAME", which libsndfile finds by the file's name.)
 
-stdin cannot seek, so a WAV stream is parsed as it arrives (``pcm``), FLAC/OGG streams are read into memory before
-libsndfile sees them (the same samples as the file), an MP4/MOV/3GP or CAF (whose index may come last) is read
-into memory for FFmpeg, and every other container streams into FFmpeg as it arrives. What is held in memory is
-bounded by STDIN_MEMORY_LIMIT.
+stdin cannot seek, so a WAV stream is parsed as it arrives (``pcm``), what libsndfile knows by its first bytes (FLAC,
+Ogg, AIFF, AU, ID3-tagged or bare MP3...) is read into memory before libsndfile sees it (the same samples as the
+file), an MP4/MOV/3GP or CAF (whose index may come last) is read into memory for FFmpeg, and every other container
+streams into FFmpeg as it arrives. A stream that fails to open so (a damaged WAV header, a container FFmpeg cannot
+open without seeking) is then read whole and opened as its file is: the same bytes give the same answer. What is
+held in memory is bounded by STDIN_MEMORY_LIMIT.
 """
 
 import io
@@ -17,8 +20,8 @@ from typing import Optional
 
 from ..errors import AudioError
 from . import ffmpeg, sniff
-from .pcm import RAW_FORMATS, WavEncoding, open_raw, open_wav_stream, read_exactly
-from .sndfile import Refused, open_soundfile
+from .pcm import RAW_FORMATS, open_raw, open_wav_stream, read_exactly
+from .sndfile import NOT_AUDIO, Refused, open_soundfile
 from .stream import TARGET_RATE, Audio, Stream, block_frames, from_array
 
 __all__ = ["AudioError", "Audio", "Stream", "TARGET_RATE", "RAW_FORMATS", "STDIN_MEMORY_LIMIT", "open_file",
@@ -44,11 +47,9 @@ def open_file(path, raw_format: Optional[str] = None, rate: Optional[int] = None
         if not stat.S_ISREG(info.st_mode):
             raise AudioError("not a regular file")
         if info.st_size == 0:
-            raise AudioError("empty file")
-        # libsndfile reads the descriptor itself: a Python file object would call back into Python (and take
-        # the GIL) for every 4 kB read.
+            raise AudioError("empty: no data")
         try:
-            stream = open_soundfile(file.fileno(), None)
+            stream = open_soundfile(file, None, path)
         except Refused as refused:
             file.seek(0)
             return _second_decoder(refused, file, file.close)
@@ -62,7 +63,7 @@ def open_bytes(data) -> Stream:
     """Open a whole in-memory file (any format either decoder takes): bytes, or a bytearray or memoryview, read
     where it lies (``serve`` hands over the one copy of a request's body)."""
     if not len(data):
-        raise AudioError("no data")
+        raise AudioError("empty: no data")
     try:
         stream = open_soundfile(_BufferFile(data), None)
     except Refused as refused:
@@ -153,11 +154,11 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
     try:
         stream = ffmpeg.open_source(file)
     except ffmpeg.NotMedia:
-        if sniff.is_container(head):  # a container FFmpeg knows, cut short: its reason, not "not recognised"
+        if sniff.is_container(head) and not refused.known:  # a container FFmpeg knows, cut short: its reason
             raise
         raise refused from None
     except AudioError:
-        if "Format not recognised" not in str(refused):  # libsndfile knew the format: its reason is the one
+        if refused.known:  # libsndfile knew the format: its reason is the one
             raise refused from None
         raise
     if closer:
@@ -172,17 +173,20 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
         return open_raw(binary, raw_format, rate, channels)
     head = read_exactly(binary, 12)
     if not head:
-        raise AudioError("no data")
+        raise AudioError("empty: no data")
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         recorder = _Recorder(binary)
         try:
             stream = open_wav_stream(recorder)
-        except WavEncoding:  # mu-law, ADPCM, MP3 in WAV...: libsndfile decodes it whole, as the file
-            return open_bytes(_read_whole(head + recorder.stop(), binary, "a compressed WAV stream"))
+        except AudioError:  # mu-law, ADPCM, MP3 in WAV..., or a header the stream parser refuses: libsndfile
+            # decodes it whole, as the file (its answer, damaged or not)
+            kept = head + _replayed(recorder.stop())
+            return open_bytes(_read_whole(kept, binary, "a compressed or damaged WAV stream"))
         recorder.stop()
         return stream
-    if head[:4] in (b"fLaC", b"OggS"):
-        return open_bytes(_read_whole(head, binary, "a FLAC or Ogg stream"))
+    known = sniff.sndfile_format(head)
+    if known:  # FLAC, Ogg, AIFF, CAF, AU, W64...: libsndfile decodes it, as the file
+        return open_bytes(_read_whole(head, binary, f"{known} audio"))
     if head.startswith(b"ID3"):  # MP3 (its tag may hold a large cover): libsndfile decodes it, as the file
         return open_bytes(_read_whole(head, binary, "an MP3 stream"))
     if not sniff.is_container(head):
@@ -196,11 +200,18 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
     if head[4:8] == b"ftyp" or head[:4] == b"caff":  # MP4/M4A/MOV/3GP, CAF: the index may be at the end
         # Held whole and opened as the same bytes in a file are, so both give one answer, damaged or not.
         return open_bytes(_read_whole(head, binary, "an MP4 or CAF stream"))
+    reader = ffmpeg.StreamReader(head, binary, STDIN_MEMORY_LIMIT)
     try:
-        return ffmpeg.open_source(ffmpeg.StreamReader(head, binary), seekable=False)
+        stream = ffmpeg.open_source(reader, seekable=False)
     except ffmpeg.NotMedia:
-        raise AudioError("not an audio format audiotag decodes (for headerless samples give --raw FORMAT "
-                         "--rate HZ)") from None
+        if sniff.is_container(head):  # a container FFmpeg knows, cut short: its reason, as for the file
+            raise
+        raise AudioError(NOT_AUDIO) from None
+    except AudioError:  # a container FFmpeg cannot open as a stream (a damaged one whose index is at the end, a
+        # stream header it finds only by seeking): opened whole, as the same bytes in a file are
+        return open_bytes(_read_whole(_replayed(reader.stop()), binary, "a stream FFmpeg cannot read as it arrives"))
+    reader.stop()
+    return stream
 
 
 class _Recorder:
@@ -210,6 +221,7 @@ class _Recorder:
     def __init__(self, binary):
         self._binary = binary
         self._kept = []
+        self._size = 0
 
     def read(self, size: int = -1) -> bytes:
         return self._keep(self._binary.read(size))
@@ -221,11 +233,23 @@ class _Recorder:
     def _keep(self, data: bytes) -> bytes:
         if self._kept is not None:
             self._kept.append(data)
+            self._size += len(data)
+            if self._size > STDIN_MEMORY_LIMIT:  # a header that skips gigabytes: no longer kept
+                self._kept = []
         return data
 
-    def stop(self) -> bytes:
+    def stop(self) -> Optional[bytes]:
+        """What was read, or None when it was over STDIN_MEMORY_LIMIT."""
         kept, self._kept = b"".join(self._kept or ()), None
-        return kept
+        return None if self._size > STDIN_MEMORY_LIMIT else kept
+
+
+def _replayed(kept: Optional[bytes]) -> bytes:
+    """The bytes a stream's first reader kept, to be decoded whole; None: they were over the limit."""
+    if kept is None:
+        raise AudioError(f"this stream is held in memory to be decoded, and its header alone is over "
+                         f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
+    return kept
 
 
 def _read_whole(head: bytes, binary, what: str):

@@ -63,6 +63,8 @@ class NotMedia(audio.AudioError):
 def open_source(source, seekable: bool = True) -> audio.Stream:
     """Decode ``source`` (a path, or a binary file object; ``seekable`` False for a pipe) with FFmpeg."""
     av = _import_av()
+    if hasattr(source, "read") and hasattr(source, "name"):
+        source = _Unnamed(source)  # PyAV passes a file object's name to FFmpeg, which guesses by its extension
     try:
         # No options: PyAV 12 frees per-stream option arrays sized before probing, and a container whose
         # streams appear while it is probed (FLV) then crashes it.
@@ -91,7 +93,8 @@ def _stream(container, seekable: bool) -> audio.Stream:
     source = container.streams.audio[0]
     context = source.codec_context
     if context is None or context.codec is None:  # a codec this build has no decoder for
-        raise audio.AudioError("cannot decode: no decoder for its audio stream's codec")
+        raise audio.AudioError("cannot decode: its audio is in a codec audiotag does not decode, or its header is "
+                               "damaged")
     if context.codec.name == "libopus":
         context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
     codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)
@@ -280,15 +283,39 @@ def _reason(error) -> str:
     return f"{plain} (FFmpeg: {text})"
 
 
+class _Unnamed:
+    """A seekable binary file without its name: the decoder is chosen by the bytes, as for the same bytes on
+    stdin (FFmpeg took a damaged FLAC named .flac for FLAC, and refused the same bytes without the name)."""
+
+    def __init__(self, file):
+        self.read, self.seek, self.tell = file.read, file.seek, file.tell
+
+
 class StreamReader:
     """A pipe for FFmpeg: the bytes already read to sniff it (``head``), then the rest as it arrives. No seek
-    method, so FFmpeg treats it as the stream it is."""
+    method, so FFmpeg treats it as the stream it is. What FFmpeg reads is kept until ``stop()`` (it gives them
+    back, or None when they were over ``limit``): a stream FFmpeg cannot open as a stream is then opened whole,
+    as its file would be."""
 
-    def __init__(self, head: bytes, binary):
+    def __init__(self, head: bytes, binary, limit: int = 1 << 30):
         self._head = head
         self._binary = binary
+        self._kept, self._size, self._limit = [], 0, limit
 
     def read(self, size: int = -1) -> bytes:
+        data = self._read(size)
+        if self._kept is not None:
+            self._kept.append(data)
+            self._size += len(data)
+            if self._size > self._limit:
+                self._kept = []
+        return data
+
+    def stop(self) -> Optional[bytes]:
+        kept, self._kept = b"".join(self._kept or ()), None
+        return None if self._size > self._limit else kept
+
+    def _read(self, size: int) -> bytes:
         if self._head:
             if size < 0:
                 data, self._head = self._head + self._binary.read(), b""

@@ -1,13 +1,16 @@
 """libsndfile (through soundfile): WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, CAF... decoded in blocks, with salvage:
 a file that fails part-way is tagged from what decodes, and a FLAC or Ogg that loses sync is resynced."""
 
+import io
 import os
+import stat
 from typing import Optional
 
 import numpy as np
 import soundfile
 
 from ..errors import AudioError
+from . import sniff
 from .stream import Stream, block_frames
 
 
@@ -21,16 +24,30 @@ EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: en
 END_SLACK = {"OGG": 4096}
 
 
+# Neither decoder knows its bytes: the same words for a file and for stdin (where headerless samples may come).
+NOT_AUDIO = ("cannot decode: not audio, or a format audiotag does not know (headerless samples: --raw FORMAT "
+             "--rate HZ on stdin)")
+
+
 class Refused(AudioError):
-    """libsndfile would not open the input at all: the second decoder may take it."""
+    """libsndfile would not open the input at all: the second decoder may take it. ``known``: libsndfile knew
+    the format (its reason then says what is wrong with the file)."""
+
+    def __init__(self, message: str, known: bool = True):
+        super().__init__(message)
+        self.known = known
 
 
-def open_soundfile(file, closer) -> Stream:
+def open_soundfile(file, closer, path=None) -> Stream:
+    """Decode ``file`` (a seekable binary file; an open regular file is read through its descriptor; ``path``:
+    its name, when it has one) with libsndfile. Refused: libsndfile does not take it."""
+    source, name = _sndfile_source(file, path)
     try:
-        sound = soundfile.SoundFile(file, closefd=False)
+        sound = soundfile.SoundFile(source, closefd=False)
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise Refused(f"cannot decode: {_sndfile_reason(error)}") from error
-    kind = f"{sound.format} {sound.subtype}"
+        known = getattr(error, "code", None) != 1  # SF_ERR_UNRECOGNISED_FORMAT
+        raise Refused(f"cannot decode: {_sndfile_reason(error, name)}" if known else NOT_AUDIO, known) from error
+    name = _FORMAT_NAMES.get(sound.format, sound.format)
     codec = _sndfile_codec(sound.format, sound.subtype)
     current = [sound]  # a resync reopens the file: the decoder that is open now
 
@@ -53,7 +70,7 @@ def open_soundfile(file, closer) -> Stream:
                 block = current[0].read(frames, dtype="float32", always_2d=True, out=out)
             except (soundfile.LibsndfileError, RuntimeError) as error:
                 failure = error
-                reason = _sndfile_reason(error)
+                reason = _sndfile_reason(error, name)
                 got = _frames_before_error(current[0], start, frames)
             else:
                 announced = (stream.known_frames or 0) - END_SLACK.get(sound.format, 0)
@@ -64,10 +81,10 @@ def open_soundfile(file, closer) -> Stream:
                 if got:  # the frames decoded before the bad one are good
                     decoded += got
                     yield out[:got]
-                skipped = _resync(current, file, start + got) if resyncs < MAX_RESYNCS else None
+                skipped = _resync(current, source, start + got) if resyncs < MAX_RESYNCS else None
                 if skipped is None:
                     if not decoded:
-                        raise AudioError(f"cannot decode {kind}: {reason}") from failure
+                        raise AudioError(f"cannot decode {codec}: {reason}") from failure
                     stream.warning = _salvage_warning(decoded, max(stream.known_frames or 0, start + got),
                                                       sound.samplerate, reason, resyncs)
                     return
@@ -94,7 +111,7 @@ def open_soundfile(file, closer) -> Stream:
     return stream
 
 
-_BIG_ENDIAN = ("AIFF", "AU", "CAF", "SVX", "NIST", "IRCAM", "MAT4", "MAT5", "PVF", "XI")
+_BIG_ENDIAN = ("AIFF", "AU", "CAF", "SVX", "NIST", "IRCAM", "MAT4", "MAT5", "PVF", "XI", "SD2")
 _SNDFILE_CODECS = {"ULAW": "pcm_mulaw", "ALAW": "pcm_alaw", "IMA_ADPCM": "adpcm_ima_wav", "MS_ADPCM": "adpcm_ms",
                    "GSM610": "gsm_ms", "VORBIS": "vorbis", "OPUS": "opus", "MPEG_LAYER_I": "mp1",
                    "MPEG_LAYER_II": "mp2", "MPEG_LAYER_III": "mp3", "PCM_S8": "pcm_s8", "PCM_U8": "pcm_u8",
@@ -142,7 +159,7 @@ def _resync(current: list, file, position: int) -> Optional[int]:
         try:
             if isinstance(file, int):
                 os.lseek(file, 0, os.SEEK_SET)
-            else:
+            elif not isinstance(file, str):  # a name: libsndfile opens it afresh
                 file.seek(0)
             fresh = soundfile.SoundFile(file, closefd=False)
         except (soundfile.LibsndfileError, RuntimeError, OSError):
@@ -160,10 +177,83 @@ def _resync(current: list, file, position: int) -> Optional[int]:
     return None
 
 
-def _sndfile_reason(error) -> str:
-    """libsndfile's message without soundfile's "Error opening <repr of the file>:" prefix; one misleading message
-    (libsndfile's answer when its MPEG decoder rejects a file's first frames) says what is really wrong."""
-    reason = (getattr(error, "error_string", None) or str(error)).strip()
-    if reason.startswith("File does not exist or is not a regular file"):
+def _sndfile_source(file, path) -> tuple:
+    """(what to hand libsndfile for ``file``, the format's name as its first bytes say). Refused, without asking
+    libsndfile, what it would search a resource fork for and then refuse (``sniff.sndfile_guess``), unless
+    ``path`` has one beside it (an SD2 file: libsndfile then opens it by its name, and finds it)."""
+    def read_at(offset: int, count: int) -> bytes:
+        if isinstance(file, io.BufferedReader):
+            return os.pread(file.fileno(), count, offset)
+        where = file.tell()
+        file.seek(offset)
+        data = file.read(count)
+        file.seek(where)
+        return data
+
+    where = file.tell()
+    size = file.seek(0, os.SEEK_END)
+    file.seek(where)
+    guess, name = sniff.sndfile_guess(read_at, size)
+    if guess == "unknown":
+        if path is not None and _resource_fork_beside(os.fspath(path)):
+            return os.fspath(path), "SD2"
+        raise Refused(NOT_AUDIO, known=False)
+    if guess == "bare mpeg":
+        return sniff.Prefixed(file), "MPEG"
+    # A regular file is read through its descriptor: a Python file object would call back into Python (and take
+    # the GIL) for every 4 kB read.
+    return (file.fileno() if isinstance(file, io.BufferedReader) else file), _FORMAT_NAMES.get(name, name)
+
+
+def _resource_fork_beside(path: str) -> bool:
+    """Whether a regular file where libsndfile looks for ``path``'s resource fork ("._NAME" or
+    ".AppleDouble/NAME" beside it, as macOS copies one to other filesystems) is there: a FIFO there would hang
+    libsndfile, and no other kind of file holds a fork."""
+    folder, name = os.path.split(path)
+    for fork in (os.path.join(folder, "._" + name), os.path.join(folder, ".AppleDouble", name)):
+        try:
+            if stat.S_ISREG(os.stat(fork).st_mode):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+_FORMAT_NAMES = {"OGG": "Ogg", "MPEG": "MPEG audio", "WAVEX": "WAV", "W64": "Wave64"}
+
+# libsndfile's error numbers (sf_error_number) in words that say what is wrong with the input; its own text is
+# kept after them. Those not named here are errors in a header of the format (61-183), or worded below.
+_SNDFILE_WORDS = {
+    2: "cannot read it",
+    3: "a damaged {} file",
+    4: "{}, in an encoding audiotag does not decode",
+    8: "no audio data in it",
+    17: "a corrupt header (it asks for more memory than its audio can need)",
+    18: "a damaged {} header, or a variant audiotag does not decode",
+    19: "a bad channel count in its header", 32: "a bad channel count in its header",
+    33: "a bad channel count in its header", 34: "a bad channel count in its header",
+    29: "damaged {} data",
+    37: "damaged {} data", 38: "damaged {} data",
+    39: "a truncated or damaged {} file (it points past its end)", 40: "a truncated or damaged {} file",
+    42: "a truncated or damaged {} file (it points past its end)", 43: "a truncated or damaged {} file",
+    156: "damaged FLAC data", 157: "damaged FLAC data", 158: "damaged FLAC data", 160: "damaged FLAC data",
+    161: "damaged FLAC data",
+    159: "an unsupported sample rate", 176: "an unsupported sample rate", 183: "an unsupported sample rate",
+}
+
+
+def _sndfile_reason(error, name: str) -> str:
+    """What is wrong with the input in words, libsndfile's own message kept after them (without soundfile's
+    "Error opening <repr of the file>:" prefix): "damaged FLAC data (libsndfile: flac decoder lost sync)".
+    libsndfile's words alone name its internals ("Internal psf_fseek() failed", "MP3 MPEG_LAYER_I: Unspecified
+    internal error" for a damaged FLAC). ``name``: the format, as far as it is known."""
+    code = getattr(error, "code", None)
+    text = (getattr(error, "error_string", None) or str(error)).strip()
+    if code == 7:  # "File does not exist or is not a regular file": its MPEG decoder rejected the first frames
         return "no valid audio stream at its start (the decoder could not parse its first frames)"
-    return reason
+    text = text.removeprefix("Error : ").removeprefix("Error. ").rstrip(".")
+    name = name or "audio"
+    plain = _SNDFILE_WORDS.get(code)
+    if plain is None:
+        plain = "a damaged or unsupported {} header" if code and 61 <= code <= 183 else "a damaged {} file"
+    return f"{plain.format(name)} (libsndfile: {text})"

@@ -111,3 +111,113 @@ class Window:
 
     def seekable(self) -> bool:
         return True
+
+
+# What libsndfile 1.2.2 (guess_file_type in sndfile.c) makes of a file's first 12 bytes. When none of its markers
+# match, it looks for a Mac resource fork (where an SD2 file keeps its sound) before it tries bare MPEG audio: a
+# file or body opened without a name makes it open "/..namedfork/rsrc", "._" and ".AppleDouble/" in the working
+# directory, and a FIFO planted there hangs it, a folder or file there turns its answer into an SD2 error. So
+# libsndfile is given only what it answers without that search (``sndfile_guess``), and bare MPEG audio behind
+# an empty ID3 tag (``Prefixed``), which it decodes as the same frames.
+_SNDFILE_FORMATS = (  # ((offset, bytes) all of which must match, the format libsndfile names; "": it refuses)
+    (((0, b"RIFF"), (8, b"WAVE")), "WAV"), (((0, b"RIFX"), (8, b"WAVE")), "WAV"),
+    (((0, b"FORM"), (8, b"AIFF")), "AIFF"), (((0, b"FORM"), (8, b"AIFC")), "AIFF"),
+    (((0, b"FORM"), (8, b"8SVX")), "SVX"), (((0, b"FORM"), (8, b"16SV")), "SVX"), (((0, b"FORM"),), ""),
+    (((0, b".snd"),), "AU"), (((0, b"dns."),), "AU"), (((0, b"fap "),), "PAF"), (((0, b" paf"),), "PAF"),
+    (((0, b"NIST"),), "NIST"), (((0, b"Creative"),), "VOC"), (((0, b"riff"),), "W64"),
+    (((0, b"\0\0\x03\xe8\0\0\0\x01\0\0\0\x01"),), "MAT4"), (((0, b"\0\0\0\0\x01\0\0\0\x01\0\0\0"),), "MAT4"),
+    (((0, b"MATLAB 5"),), "MAT5"), (((0, b"PVF1"),), "PVF"), (((0, b"Extended Ins"),), "XI"),
+    (((0, b"caff"), (8, b"desc")), "CAF"), (((0, b"OggS"),), "OGG"), (((0, b"ALawSoundFil"),), "WVE"),
+    (((0, b"DiamondWare "),), "DWD"), (((0, b"LM89"),), "TXW"), (((0, b"53\0\0"),), "TXW"),
+    (((0, b"CAT "), (8, b"REX2")), "REX2"), (((0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),), ""),
+    (((0, b"fLaC"),), "FLAC"), (((0, b"2BIT"),), "AVR"), (((0, b"RF64"), (8, b"WAVE")), "RF64"),
+    (((0, b"SOUND SA"),), ""), (((0, b"SY80"),), ""), (((0, b"SY85"),), ""), (((0, b"ajkg"),), ""),
+)
+EMPTY_ID3 = b"ID3\x04\0\0\0\0\0\x0a" + bytes(10)  # an ID3v2.4 tag of 10 bytes of padding (one with none: refused)
+
+
+def sndfile_format(head: bytes, size: Optional[int] = None) -> Optional[str]:
+    """The format libsndfile finds by the marker in ``head`` (12 bytes; ``size``: the file's, when known), ""
+    for a marker it refuses, None when no marker decides (ID3 tags and MPEG audio are not markers here)."""
+    if len(head) < 12:
+        return None
+    for marks, name in _SNDFILE_FORMATS:
+        if all(head[at:at + len(mark)] == mark for at, mark in marks):
+            return name
+    if (head[0] == 0x64 and head[1] == 0xA3 and not head[2] & 0xF8 and not head[3]) or \
+            (not head[0] and not head[1] & 0xF8 and head[2] == 0xA3 and head[3] == 0x64):
+        return "IRCAM"
+    if head[0] == 0xF0 and head[1] == 0x7E and not head[2] & 0x80 and head[3] == 1:
+        return "SDS"
+    if head[:2] == b"\x01\x04":
+        return "MPC2K"
+    if head[8:12] == b"\0\x02\0\0" and 2 * int.from_bytes(head[:4], "big") + 12 == size:
+        return "HTK"
+    return None
+
+
+def sndfile_guess(read_at, size: int) -> tuple:
+    """(what libsndfile's guess makes of a file, the format's name): ("answers", NAME) when a marker decides
+    (NAME "" when it refuses), ("bare mpeg", "MPEG") for MPEG audio with no ID3 tag (found only after the
+    resource-fork search), ("unknown", "") for what it would search a resource fork for and then refuse.
+    ``read_at(offset, count)`` reads the file's bytes."""
+    offset, tagged = 0, False
+    while True:
+        head = read_at(offset, 12)
+        if len(head) < 12:
+            return "answers", ""  # too short to guess: refused with no search
+        name = sndfile_format(head, size)
+        if name is not None:
+            return "answers", name
+        if head[:3] == b"ID3" and head[3] in (2, 3, 4):
+            tag = read_at(offset, 10)
+            length = 10 + ((tag[6] & 0x7F) << 21 | (tag[7] & 0x7F) << 14 | (tag[8] & 0x7F) << 7 | tag[9] & 0x7F)
+            if offset + length >= size:
+                return "answers", ""
+            offset, tagged = offset + length, True
+            continue
+        if _identify_mpeg(head):
+            return ("answers" if tagged else "bare mpeg"), "MPEG"
+        return "unknown", ""
+
+
+def _identify_mpeg(head: bytes) -> bool:
+    """libsndfile's test for an MPEG audio frame header (looser than ``_frame``)."""
+    return head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x18 != 0x08 and head[1] & 0x06 != 0 and \
+        head[2] & 0xF0 != 0xF0 and head[2] & 0x0C != 0x0C
+
+
+class Prefixed:
+    """A seekable binary file with ``prefix`` before its bytes (bare MPEG audio behind an empty ID3 tag)."""
+
+    def __init__(self, file, prefix: bytes = EMPTY_ID3):
+        self._file = file
+        self._prefix = prefix
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = b""
+        if self._position < len(self._prefix):
+            data = self._prefix[self._position:self._position + size if size >= 0 else None]
+            self._position += len(data)
+            if 0 <= size <= len(data):
+                return data
+            size = size - len(data) if size >= 0 else -1
+        self._file.seek(self._position - len(self._prefix))
+        rest = self._file.read(size)
+        self._position += len(rest)
+        return data + rest
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 1:
+            offset += self._position
+        elif whence == 2:
+            offset += len(self._prefix) + self._file.seek(0, 2)
+        self._position = max(0, offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return True
