@@ -338,10 +338,13 @@ def _run(args) -> int:
               f"tagging the other {len(todo)}")
 
     model = args.model and os.path.abspath(args.model)  # the workers' working directory is not ours
-    problem = _model_problem(model)
+    problem, labels_problem = _model_problem(model, options)
     if problem:
         _warn(problem)
         return EXIT_MODEL
+    if labels_problem:  # an unknown name in --only, --exclude or --labels
+        _warn(f"--{labels_problem[0]}: {labels_problem[1]}")
+        return EXIT_USAGE
 
     started = time.perf_counter()
     try:
@@ -369,17 +372,18 @@ def _run(args) -> int:
     return EXIT_INPUT_FAILED if errors else EXIT_OK
 
 
-def _model_problem(model: Optional[str]) -> Optional[str]:
-    """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback.
-    (The workers load the same path, or the same bundled model: every node runs the same audiotag.)"""
+def _model_problem(model: Optional[str], options: "TagOptions") -> tuple:
+    """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback;
+    so is a label the options name that the model does not know. (The workers load the same path, or the same
+    bundled model: every node runs the same audiotag.) Returns (the model's problem, the labels' problem)."""
     from .infer.model import ModelError
     from .infer.tagger import Tagger
 
     try:
-        Tagger(model, threads=1)
+        tagger = Tagger(model, threads=1)
     except (ModelError, FileNotFoundError) as error:
-        return str(error)
-    return None
+        return str(error), None
+    return None, tagger.label_problem(options)
 
 
 def _first_line(error: BaseException) -> str:

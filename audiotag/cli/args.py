@@ -5,7 +5,8 @@ import argparse
 import os
 import sys
 
-from ..options import RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, window_problem
+from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
+                       window_problem)
 
 EPILOG = """\
 inputs:
@@ -129,6 +130,10 @@ def check_arguments(parser, args) -> None:
     problem = window_problem(args.window, args.hop)
     if problem:
         parser.error(problem)
+    try:
+        tag_options(args)  # what TagOptions refuses in any front end (the names in --only are checked later)
+    except ValueError as error:
+        parser.error(str(error))
     if args.events and args.format in ("csv", "tsv"):
         parser.error("--events needs jsonl or text output: a table has one kind of row (clips)")
     if sys.stdin is None and "-" in (*args.inputs, args.files_from):

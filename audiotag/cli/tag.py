@@ -82,6 +82,9 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
     from ..batch.embeddings import save_embedding
 
     in_batch = batch_mode(args)
+    problem = engine.label_problem()  # an unknown name in --only, --exclude or --labels: before -o is touched
+    if problem:
+        return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
     listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()
     try:

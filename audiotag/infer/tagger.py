@@ -22,6 +22,7 @@ from . import frontend
 from .model import Model, ModelError
 from .clip import CLIP_LAYOUT, Accumulator, layouts, model_input, sigmoid
 from .batcher import Batcher, tag_stream
+from .labels import LabelError, LabelView, Vocabulary, resolve
 from .results import Category, Outcome, Prediction, Tag
 from .windows import passes
 
@@ -47,6 +48,32 @@ class Tagger:
         found = {key: info.frontend.get(key) for key in expected}
         if found != expected:
             raise ModelError(f"{self.model.path} expects frontend {found}, this audiotag computes {expected}")
+        self._vocabulary = None
+        self._views = {}  # (only, exclude, labels) -> LabelView: resolved once per choice
+
+    def label_view(self, options: TagOptions) -> Optional[LabelView]:
+        """The labels ``options`` give (``infer.labels``); None for all of them. Raises LabelError (a ValueError)
+        naming an unknown label and the nearest real one."""
+        key = (options.only, options.exclude, options.labels)
+        if key == ("", "", ()):
+            return None
+        if key not in self._views:
+            self._vocabulary = self._vocabulary or Vocabulary(self.model.info)
+            self._views[key] = resolve(self._vocabulary, options)
+        return self._views[key]
+
+    def label_count(self, options: TagOptions) -> int:
+        """How many labels a result may hold with ``options``."""
+        view = self.label_view(options)
+        return len(self.model.info.labels) if view is None else len(view.names)
+
+    def label_problem(self, options: TagOptions) -> Optional[tuple]:
+        """(option, what is wrong) when ``options`` name a label the model does not know, else None."""
+        try:
+            self.label_view(options)
+        except LabelError as error:
+            return error.option, error.detail
+        return None
 
     def tag(self, samples: np.ndarray, sample_rate: int, options: TagOptions = TagOptions()) -> Prediction:
         """Tag samples already in memory.
@@ -120,13 +147,21 @@ class Tagger:
             else:
                 accumulator.add_event_window(start, length, row)
 
-    def top_tags(self, logits: np.ndarray, k: int, threshold: float = 0.0) -> list:
+    def top_tags(self, logits: np.ndarray, k: int, threshold: float = 0.0, view: Optional[LabelView] = None) -> list:
         """The k highest-scoring labels, best first (ties broken by index, so output is stable), less those
-        scoring under ``threshold``."""
-        order = np.lexsort((np.arange(len(logits)), -logits))[:k]
-        scores = sigmoid(logits[order])
+        scoring under ``threshold``. With a ``view`` (``label_view``), its labels: a user label's tag carries the
+        mid and index of its best member."""
         info = self.model.info
-        return [Tag(info.labels[i], info.mids[i], int(i), float(s)) for i, s in zip(order, scores) if s >= threshold]
+        if view is None:
+            order = np.lexsort((np.arange(len(logits)), -logits))[:k]
+            scores = sigmoid(logits[order])
+            return [Tag(info.labels[i], info.mids[i], int(i), float(s)) for i, s in zip(order, scores)
+                    if s >= threshold]
+        best = view.best(logits)
+        order = np.lexsort((np.arange(len(best)), -logits[best]))[:k]
+        scores = sigmoid(logits[best[order]])
+        return [Tag(view.names[j], info.mids[best[j]], int(best[j]), float(s)) for j, s in zip(order, scores)
+                if s >= threshold]
 
     def categories(self, logits: np.ndarray) -> list:
         """The seven top-level categories, best first (ties in the ontology's order): each scores as its best

@@ -140,6 +140,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _tag(self, query: dict, started: float) -> tuple:
         request = TagRequest(query, self.service.args.options)
+        problem = self.service.tagger.label_problem(request.options)  # only=, exclude=: names the model knows
+        if problem:
+            raise HttpError(400, f"{problem[0]}: {problem[1]}")
         length, chunked = self._body_framing()
         if length is not None and length > self.service.args.max_body:
             raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
