@@ -43,7 +43,8 @@ IO_TASKS_PER_WORKER = 1
 ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
 
 # The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
-COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events", "embedding", "error")
+COLUMNS = ("path", "sha256", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events",
+           "embedding", "error")
 EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
@@ -56,6 +57,7 @@ def schema():
     event = pa.struct([("label", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("score", pa.float64())])
     return pa.schema([
         ("path", pa.string()),
+        ("sha256", pa.string()),  # null unless asked for (--hash)
         ("duration", pa.float64()),
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
@@ -98,7 +100,7 @@ class TagBatch:
 
     def row(self, path: str, data: bytes) -> dict:
         """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
-        from . import decode, records
+        from . import decode, hashing, records
         from .errors import failure_message
         from .infer.results import Outcome
 
@@ -111,6 +113,8 @@ class TagBatch:
             outcome = Outcome(path, error=failure_message(error))
         else:
             outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec)
+        if self.options.hash:
+            outcome.sha256 = hashing.bytes_sha256(data)
         row = dict.fromkeys(COLUMNS)
         row.update(records.record(outcome))
         if self.options.events and outcome.error is None:  # the CLI's event records, less the path
@@ -263,7 +267,7 @@ def quiet_ray_data(verbose: bool = False) -> None:
 # -- the command -------------------------------------------------------------------------------------------------
 
 EPILOG = """\
-Rows (one per file; Parquet files under DIR): path, duration, sample_rate, channels,
+Rows (one per file; Parquet files under DIR): path, sha256 (with --hash), duration, sample_rate, channels,
 categories (list of {name, score}: the seven AudioSet top-level categories, best first),
 tags (list of {label, mid, index, score}, best first), events (list of {label, start, end, score}, with
 --events), embedding (list of float, with --embeddings), error (set when the file could not be tagged; the

@@ -102,6 +102,7 @@ class TagOptions:
             its ontology subtree ("Music": every label under Music). Checked against the model when tagging
             (``infer.labels``): an unknown name is a ValueError that suggests the nearest.
         exclude: ... and never these (same names).
+        hash: give the sha256 of the input's bytes (``Outcome.sha256``, the record's "sha256").
         labels: the user's own labels, each scoring as the best of its members: a label map file's path (rows
             ``user_label,audioset_label``: ``read_label_map``) or (user label, name) pairs. Results then hold the
             user labels; top_k and threshold apply to them.
@@ -128,6 +129,8 @@ class TagOptions:
     exclude: str = _option("", "--exclude", metavar="LABEL,...",
                            help="never give these labels (names as --only; --exclude Speech drops Speech and the "
                                 "kinds of speech under it)")
+    hash: bool = _option(False, "--hash", help="add the sha256 of each input's bytes to its record (a column in "
+                                               "CSV/TSV)")
     labels: tuple = _option((), "--labels", kind=str, per_request=False, type=_label_map_argument, metavar="FILE",
                             help="your own labels: a CSV of user_label,audioset_label rows (the AudioSet label "
                                  "by name, MID or ontology node); a user label scores as the best of its "
@@ -235,6 +238,10 @@ ENGINE_OPTIONS = {
                                                help="tag only the first SEC seconds of each input; the record says "
                                                     "it was cut (default 7200 in batch runs, else no limit; 0 = no "
                                                     "limit)")),
+    "dedup": (("--dedup",), dict(action="store_true",
+                                 help="tag each distinct content once: a later input with the same bytes (sha256) "
+                                      "is not decoded, its record is the first copy's with \"duplicate_of\": the "
+                                      "first path (implies --hash; with -o FILE, and across --resume)")),
     "timeout": (("--timeout",), dict(type=number(float, 0), metavar="SEC",
                                      help="give up on an input after SEC seconds: its record is an error, the run "
                                           "goes on (default 300 in batch runs, else no limit; 0 = no limit)")),

@@ -302,3 +302,15 @@ def test_label_control_reaches_the_actors(tmp_path):
                                   capture_output=True, timeout=60).stdout.decode().splitlines()
         assert compare_lines([distributed.record(row)], expected) == [], args
     assert [tag["label"] for tag in distributed.record(row)["tags"]][:2] == ["Music", "Musical instrument"]
+
+
+def test_hash_reaches_the_actors():
+    """--hash: each row's sha256 is that of the file's bytes (the driver reads nothing; the actor has them)."""
+    import hashlib
+
+    clip = AUDIO / "extra" / "librosa-pibble.ogg"
+    command_line = distributed.build_parser().parse_args([str(clip), "-o", "o", "--hash"])
+    row = distributed.TagBatch(distributed.tag_options(command_line)).row(str(clip), clip.read_bytes())
+    assert distributed.record(row)["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
+    assert list(distributed.record(row))[:2] == ["path", "sha256"]
+    assert distributed.TagBatch().row(str(clip), clip.read_bytes())["sha256"] is None

@@ -536,3 +536,21 @@ def test_label_control_in_queries_and_server_wide(cli, serve, tmp_path):
     result = cli("serve", "--port", 0, "--only", "Musik")
     assert (result.returncode, result.stderr.decode().splitlines()) == (
         2, ["audiotag serve: --only: unknown label 'Musik'; did you mean 'Music'? (audiotag serve --help for usage)"])
+
+
+def test_hash_is_the_sha256_of_the_body(serve):
+    """hash=1 (and --hash, for every request): the sha256 of the body's bytes, a file's or a stream's; the rest of
+    the record as without it."""
+    import hashlib
+
+    server = serve()
+    for clip in (AUDIO / "music.wav", AUDIO / "extra" / "librosa-pibble.ogg"):
+        data = clip.read_bytes()
+        _, plain = server.post(f"/tag?name={clip.name}", data)
+        for body in (data, _chunks(data, 4096)):  # a chunked WAV is decoded as it arrives
+            status, answer = server.post(f"/tag?name={clip.name}&hash=1", body)
+            assert status == 200 and answer[0].pop("sha256") == hashlib.sha256(data).hexdigest()
+            assert compare_lines(answer, plain) == []
+    status, answer = serve("--hash").post("/tag?name=x.bin", b"not audio at all")
+    assert (status, answer) == (422, [{"path": "x.bin", "sha256": hashlib.sha256(b"not audio at all").hexdigest(),
+                                       "error": "cannot decode: Format not recognised."}])

@@ -9,7 +9,7 @@ from ..decode.limits import BATCH, Limits
 from ..infer.model import requested_providers
 from ..options import TagOptions
 from ..records import event_records, record, segment_record
-from . import inputs, pipeline, supervisor
+from . import content, inputs, pipeline, supervisor
 
 
 class Engine:
@@ -118,12 +118,18 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
 
         tagger = Tagger(model, providers=providers, threads=threads)
     items = inputs.expand((os.fspath(path) for path in paths), all_files)
+    contents = content.Contents(jobs, dedup=False) if options.hash else None  # files hashed before they are tagged
+    if contents is not None:
+        items = contents.tagged(items)
     with Engine(opener, options, jobs, tagger=tagger, workers=workers, model=model,
                 providers=providers, threads=threads, on_segment=on_segment) as engine:
         problem = engine.label_problem()
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")
         for outcome in engine.outcomes(items):
+            if contents is not None:
+                contents.duplicates_before()  # none: no dedup here
+                outcome.sha256 = contents.sha256_of(outcome)
             result = record(outcome)
             if options.events and outcome.error is None:
                 result["events"] = [{k: v for k, v in e.items() if k != "path"} for e in event_records(outcome)]

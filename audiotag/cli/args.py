@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
     out.add_argument("--resume", action="store_true",
                      help="with -o: skip inputs already recorded in FILE and append the rest")
+    add_engine_arguments(out, "dedup")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
     out.add_argument("--progress", action="store_true",
                      help="show a progress bar on stderr for a batch run: done/total, percent, time left "
@@ -123,6 +124,8 @@ def check_arguments(parser, args) -> None:
         parser.error("stdin (-) can be read only once")
     if args.resume and not args.output:
         parser.error("--resume needs -o FILE")
+    if args.dedup and not (args.output and args.format in (None, "jsonl", "json", "csv", "tsv")):
+        parser.error("--dedup needs -o FILE in jsonl, csv or tsv: a duplicate's record is read back from it")
     if args.workers > 1 and args.in_process:
         parser.error("--workers starts worker processes: it cannot be combined with --in-process")
     if args.workers > 256:

@@ -13,7 +13,7 @@ import numpy as np
 
 import os
 
-from .. import decode
+from .. import decode, hashing
 from ..decode.limits import Limits, apply
 from ..errors import AudioError, failure_message
 from ..assets import DEFAULT_MODEL, asset_path
@@ -111,8 +111,15 @@ class Tagger:
             raise TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "-")
         name = name if isinstance(name, str) else "-"
-        stream = None
+        stream = sha = None
         try:
+            if options.hash:  # a path or bytes are hashed first; a file object as it is read, then to its end
+                if isinstance(source, (str, os.PathLike)):
+                    sha = hashing.file_sha256(source) if os.path.isfile(source) else None
+                elif isinstance(source, (bytes, bytearray, memoryview)):
+                    sha = hashing.bytes_sha256(source)
+                else:
+                    source = hashing.HashingReader(getattr(source, "buffer", source))
             stream = apply(decode.open_source(source), Limits(max_duration or None, timeout or None))
             prediction, timings = tag_stream(stream, self, Batcher(self), options)
         except AudioError:
@@ -123,8 +130,13 @@ class Tagger:
             if stream is not None:
                 stream.close()
         whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
+        if isinstance(source, hashing.HashingReader):
+            try:
+                sha = source.hexdigest()  # what the decoder left is read for the hash
+            except OSError as error:
+                raise AudioError(f"cannot read the input to its end to hash it: {failure_message(error)}") from error
         return Outcome(name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated, whole,
-                       stream.warning, timings=timings, codec=stream.codec)
+                       stream.warning, timings=timings, codec=stream.codec, sha256=sha)
 
     def predict(self, clip: decode.Audio, options: TagOptions = TagOptions()) -> Prediction:
         """Tag a decoded clip, in batches of windows."""

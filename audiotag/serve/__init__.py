@@ -364,6 +364,8 @@ class Service:
                 outcome = self._in_worker(lambda: tag_with(lambda _: decode.open_bytes(data), timeout), deadline)
         if body.failure is not None:
             raise body.failure
+        if body.digest is not None:  # hash=1: every byte of the body was read (a stream to its end, above)
+            outcome.sha256 = body.digest.hexdigest()
         if outcome.error is None:
             self.metrics.tagged(outcome.duration)
         return (200 if outcome.error is None else 422), [*segments, *records.event_records(outcome),

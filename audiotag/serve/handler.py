@@ -19,6 +19,7 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
+from ..hashing import sha256
 from ..options import RAW_FORMATS, TagOptions, per_request_options
 from .body import Body, HttpError
 
@@ -148,6 +149,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
         self._body = Body(self.rfile, length, chunked, self.service.args.max_body, started + self.service.args.timeout,
                           self.service.args.idle_timeout, self.connection.settimeout, self._send_continue)
+        if request.options.hash:
+            self._body.digest = sha256()
         return self.service.tag(self._body, request, started + self.service.args.timeout, self._client())
 
     def _body_framing(self) -> tuple:
