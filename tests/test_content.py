@@ -97,8 +97,8 @@ def test_hash_is_the_sha256_of_the_bytes_in_every_format(cli, tmp_path):
                                    delimiter=delimiter)
         assert header[-3:] == ["sha256", "duplicate_of", "error"]
         assert {row[0]: row[header.index("sha256")] for row in rows} == {str(p): sha256(p) for p in files}
-    # stdin: hashed as it is decoded, then read to its end (only 1 s is tagged here)
-    clip = AUDIO / SOURCES[2]
+    # stdin: hashed as it is decoded, then read to its end (a WAV is decoded as it arrives: 1 s of it is read)
+    clip = AUDIO / "music.wav"
     [rec] = records(cli("-", "--hash", "--max-duration", 1, "-f", "jsonl", stdin=clip.read_bytes()))
     assert rec["sha256"] == sha256(clip) and rec["truncated"] is True
 
