@@ -5,12 +5,24 @@ cannot be read twice (stdin, an upload, a file object) is hashed as the decoder 
 what the decoder leaves unread (past --max-duration, after the last frame) is read to the end for the hash.
 """
 
-try:  # OpenSSL's: 1.1 GB/s here. The frozen binary leaves OpenSSL out (build.spec) and has CPython's own, 190 MB/s.
-    from _hashlib import openssl_sha256 as sha256
-except ImportError:  # pragma: no cover - the binary
-    from _sha256 import sha256
+from functools import lru_cache
 
 CHUNK = 1 << 20
+
+
+@lru_cache(maxsize=None)
+def _implementation():
+    try:  # OpenSSL's: 1.1 GB/s here. The frozen binary leaves OpenSSL out (build.spec) and has CPython's own, 190 MB/s.
+        from _hashlib import openssl_sha256
+        return openssl_sha256
+    except ImportError:  # the binary
+        from _sha256 import sha256
+        return sha256
+
+
+def sha256(data: bytes = b""):
+    """A new sha256 object (chosen when first needed: a Python without either module fails only on --hash)."""
+    return _implementation()(data)
 
 
 def file_sha256(path) -> str:

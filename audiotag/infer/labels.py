@@ -88,8 +88,8 @@ class Vocabulary:
 
     def names(self, option: str, text: str) -> np.ndarray:
         """The output indices the names in ``text`` mean, sorted."""
-        found = [self.lookup(option, name) for name in self.split(text)]
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        found = {int(i) for name in self.split(text) for i in self.lookup(option, name)}
+        return np.array(sorted(found), np.int64)  # not np.unique: it needs numpy.ma, which the binary leaves out
 
 
 def resolve(vocabulary: Vocabulary, options) -> Optional[LabelView]:
@@ -105,7 +105,8 @@ def resolve(vocabulary: Vocabulary, options) -> Optional[LabelView]:
     count = len(vocabulary.info.labels)
     kept = vocabulary.names("only", options.only) if options.only else np.arange(count)
     if options.exclude:
-        kept = np.setdiff1d(kept, vocabulary.names("exclude", options.exclude))
+        removed = set(vocabulary.names("exclude", options.exclude).tolist())
+        kept = np.array([i for i in kept.tolist() if i not in removed], np.int64)
     if not len(kept):
         raise LabelError("exclude", f"{options.exclude!r} leaves no label to give"
                          + (f" of {options.only!r}" if options.only else ""))
