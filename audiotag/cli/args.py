@@ -29,9 +29,12 @@ output formats (default: text on a terminal, jsonl otherwise):
             "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
          or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
          with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
+         with --hash, "sha256" after "path"; with --dedup a copy's record is its first copy's, with
+         its own "path" and "duplicate_of": the first copy's path
   csv, tsv  one row per label:
            path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
-         (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row)
+         (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row;
+         with --hash or --dedup, sha256,duplicate_of before error)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
@@ -55,6 +58,8 @@ HTTP service: audiotag serve [--host 127.0.0.1] [--port 8750] (audiotag serve --
 examples:
   audiotag clip.wav
   audiotag /data/crawl -o tags.jsonl --resume --embeddings emb/
+  audiotag /data/crawl -o tags.jsonl --dedup --resume --only Music
+  audiotag /data/crawl -o tags.jsonl --labels mine.csv     (mine.csv: dog,Bark / dog,Yip / vehicle,Vehicle)
   crawler | audiotag --files-from - -o tags.jsonl
   arecord -f S16_LE -r 16000 -c 1 | audiotag - --raw s16le --rate 16000 --segments
 """
