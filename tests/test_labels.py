@@ -152,3 +152,20 @@ def test_a_model_exported_before_the_ontology_knows_labels_but_no_nodes(tmp_path
     with pytest.raises(ValueError, match=r"unknown label 'Human voice'.*\(this model has no ontology nodes: export "
                                          r"it again with scripts/model/export_model.py\)"):
         tagger.tag_file(MUSIC, TagOptions(only="Human voice"))
+
+
+def test_segments_and_events_hold_the_chosen_labels(cli, ontology, tmp_path):
+    female = "Female speech, woman speaking"
+    plain = records(cli, SPEECH, "--events", "--segments")
+    plain_events = [r for r in plain if "label" in r]
+    assert {female, "Speech", "Narration, monologue"} <= {e["label"] for e in plain_events}
+    chosen = records(cli, SPEECH, "--events", "--segments", "--only", "Speech", "--exclude", female)
+    assert [r for r in chosen if "label" in r] == [e for e in plain_events if e["label"] != female and
+                                                    ontology[e["label"]] <= ontology["Speech"]]
+    segments = [r for r in chosen if "start" in r and "tags" in r]
+    kept = {name for name, mids in ontology.items() if mids <= ontology["Speech"]} - {female}
+    assert segments and {t["label"] for s in segments for t in s["tags"]} <= kept
+    label_map = tmp_path / "labels.csv"
+    label_map.write_text(f"woman,{female}\n")  # one member: its events, renamed
+    events = [r for r in records(cli, SPEECH, "--events", "--labels", label_map) if "label" in r]
+    assert events == [{**e, "label": "woman"} for e in plain_events if e["label"] == female]
