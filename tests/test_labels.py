@@ -169,3 +169,18 @@ def test_segments_and_events_hold_the_chosen_labels(cli, ontology, tmp_path):
     label_map.write_text(f"woman,{female}\n")  # one member: its events, renamed
     events = [r for r in records(cli, SPEECH, "--events", "--labels", label_map) if "label" in r]
     assert events == [{**e, "label": "woman"} for e in plain_events if e["label"] == female]
+
+
+def test_a_service_with_many_label_choices_keeps_only_the_last_resolved():
+    """serve's clients choose their own only=/exclude=: the resolved choices kept are bounded (infer.tagger.VIEWS)."""
+    from audiotag import TagOptions, Tagger
+    from audiotag.infer import tagger as tagger_module
+
+    tagger = Tagger()
+    labels = tagger.model.info.labels
+    first = tagger.label_view(TagOptions(only=labels[0])).names
+    assert first[0] == "Speech" and len(first) == 8  # Speech and its kinds
+    for index in range(1, tagger_module.VIEWS + 36):
+        assert labels[index] in tagger.label_view(TagOptions(only=labels[index])).names
+    assert len(tagger._views) == tagger_module.VIEWS
+    assert tagger.label_view(TagOptions(only=labels[0])).names == first  # resolved again when asked again

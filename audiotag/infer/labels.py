@@ -55,6 +55,7 @@ class Vocabulary:
         for name, mid, indices in info.ontology:  # a node means its subtree, a label included
             self._add(name, indices)
             self._add(mid, indices)
+        self.widest = max(name.count(",") for name in self.indices) + 1  # 3: "Dishes, pots, and pans"
 
     def _add(self, name: str, indices) -> None:
         self.indices[name.lower()] = np.asarray(indices, np.int64)
@@ -64,8 +65,8 @@ class Vocabulary:
         """Comma-separated names, where a name may hold commas itself ("Male speech, man speaking"): the longest
         run of pieces that is a known name is one name."""
         pieces, names, start = text.split(","), [], 0
-        while start < len(pieces):
-            end = next((end for end in range(len(pieces), start, -1)
+        while start < len(pieces):  # a name is at most ``widest`` pieces: a long list costs linear time
+            end = next((end for end in range(min(len(pieces), start + self.widest), start, -1)
                         if ",".join(pieces[start:end]).strip().lower() in self.indices), start + 1)
             name = ",".join(pieces[start:end]).strip()
             if name:

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import os
+import threading
 
 from .. import decode, hashing
 from ..decode.limits import Limits, apply
@@ -25,6 +26,9 @@ from .batcher import Batcher, tag_stream
 from .labels import LabelError, LabelView, Vocabulary, resolve
 from .results import Category, Outcome, Prediction, Tag
 from .windows import passes
+
+VIEWS = 64  # label choices kept resolved
+
 
 class Tagger:
     """Loads the model once; ``tag``, ``tag_file`` and ``predict`` may be called from several threads at once.
@@ -49,7 +53,8 @@ class Tagger:
         if found != expected:
             raise ModelError(f"{self.model.path} expects frontend {found}, this audiotag computes {expected}")
         self._vocabulary = None
-        self._views = {}  # (only, exclude, labels) -> LabelView: resolved once per choice
+        self._views = {}  # (only, exclude, labels) -> LabelView: resolved once per choice, the last VIEWS kept
+        self._views_lock = threading.Lock()  # serve's requests choose their own
 
     def label_view(self, options: TagOptions) -> Optional[LabelView]:
         """The labels ``options`` give (``infer.labels``); None for all of them. Raises LabelError (a ValueError)
@@ -57,10 +62,16 @@ class Tagger:
         key = (options.only, options.exclude, options.labels)
         if key == ("", "", ()):
             return None
-        if key not in self._views:
+        with self._views_lock:
+            if key in self._views:
+                return self._views[key]
             self._vocabulary = self._vocabulary or Vocabulary(self.model.info)
-            self._views[key] = resolve(self._vocabulary, options)
-        return self._views[key]
+        view = resolve(self._vocabulary, options)
+        with self._views_lock:
+            self._views[key] = view
+            while len(self._views) > VIEWS:  # a service's clients may choose many: the oldest go
+                self._views.pop(next(iter(self._views)))
+        return view
 
     def label_count(self, options: TagOptions) -> int:
         """How many labels a result may hold with ``options``."""
