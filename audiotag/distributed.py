@@ -43,7 +43,8 @@ IO_TASKS_PER_WORKER = 1
 ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
 
 # The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
-COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events", "embedding", "error")
+COLUMNS = ("path", "sha256", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events",
+           "embedding", "error")
 EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
@@ -56,6 +57,7 @@ def schema():
     event = pa.struct([("label", pa.string()), ("start", pa.float64()), ("end", pa.float64()), ("score", pa.float64())])
     return pa.schema([
         ("path", pa.string()),
+        ("sha256", pa.string()),  # null unless asked for (--hash)
         ("duration", pa.float64()),
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
@@ -98,7 +100,7 @@ class TagBatch:
 
     def row(self, path: str, data: bytes) -> dict:
         """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
-        from . import decode, records
+        from . import decode, hashing, records
         from .errors import failure_message
         from .infer.results import Outcome
 
@@ -111,6 +113,8 @@ class TagBatch:
             outcome = Outcome(path, error=failure_message(error))
         else:
             outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec)
+        if self.options.hash:
+            outcome.sha256 = hashing.bytes_sha256(data)
         row = dict.fromkeys(COLUMNS)
         row.update(records.record(outcome))
         if self.options.events and outcome.error is None:  # the CLI's event records, less the path
@@ -263,7 +267,7 @@ def quiet_ray_data(verbose: bool = False) -> None:
 # -- the command -------------------------------------------------------------------------------------------------
 
 EPILOG = """\
-Rows (one per file; Parquet files under DIR): path, duration, sample_rate, channels,
+Rows (one per file; Parquet files under DIR): path, sha256 (with --hash), duration, sample_rate, channels,
 categories (list of {name, score}: the seven AudioSet top-level categories, best first),
 tags (list of {label, mid, index, score}, best first), events (list of {label, start, end, score}, with
 --events), embedding (list of float, with --embeddings), error (set when the file could not be tagged; the
@@ -338,10 +342,13 @@ def _run(args) -> int:
               f"tagging the other {len(todo)}")
 
     model = args.model and os.path.abspath(args.model)  # the workers' working directory is not ours
-    problem = _model_problem(model)
+    problem, labels_problem = _model_problem(model, options)
     if problem:
         _warn(problem)
         return EXIT_MODEL
+    if labels_problem:  # an unknown name in --only, --exclude or --labels
+        _warn(f"--{labels_problem[0]}: {labels_problem[1]}")
+        return EXIT_USAGE
 
     started = time.perf_counter()
     try:
@@ -369,17 +376,18 @@ def _run(args) -> int:
     return EXIT_INPUT_FAILED if errors else EXIT_OK
 
 
-def _model_problem(model: Optional[str]) -> Optional[str]:
-    """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback.
-    (The workers load the same path, or the same bundled model: every node runs the same audiotag.)"""
+def _model_problem(model: Optional[str], options: "TagOptions") -> tuple:
+    """Load the model here first: a missing or mismatched model is one clear line, not every worker's traceback;
+    so is a label the options name that the model does not know. (The workers load the same path, or the same
+    bundled model: every node runs the same audiotag.) Returns (the model's problem, the labels' problem)."""
     from .infer.model import ModelError
     from .infer.tagger import Tagger
 
     try:
-        Tagger(model, threads=1)
+        tagger = Tagger(model, threads=1)
     except (ModelError, FileNotFoundError) as error:
-        return str(error)
-    return None
+        return str(error), None
+    return None, tagger.label_problem(options)
 
 
 def _first_line(error: BaseException) -> str:

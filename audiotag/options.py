@@ -7,6 +7,7 @@ Standard library only: ``audiotag --help`` and a bad flag must not load numpy.
 """
 
 import argparse
+import csv
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -35,6 +36,37 @@ def number(kind, minimum, maximum=None):
         return value
 
     return parse
+
+
+def read_label_map(path) -> tuple:
+    """A label map file (``--labels FILE``): CSV rows ``user_label,audioset_label_or_mid_or_node``, one member per
+    row (a user label's rows add up); a name's commas may stay unquoted ("dog,Bow-wow" and "man,Male speech, man
+    speaking" both read). Blank lines, ``#`` comments and a ``user_label,...`` header are skipped. Returns the
+    (user label, name) pairs in file order; raises ValueError naming the file and line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = list(enumerate(csv.reader(file), 1))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    pairs = []
+    for line, row in rows:
+        cells = [cell.strip() for cell in row]
+        if not any(cells) or cells[0].startswith("#") or (line == 1 and cells[0].lower() == "user_label"):
+            continue
+        user, name = cells[0], ",".join(row[1:]).strip()
+        if not user or not name:
+            raise ValueError(f"{path} line {line}: expected user_label,audioset_label (got {','.join(row)!r})")
+        pairs.append((user, name))
+    if not pairs:
+        raise ValueError(f"{path}: no user_label,audioset_label rows")
+    return tuple(pairs)
+
+
+def _label_map_argument(path):
+    try:
+        return read_label_map(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,6 +98,14 @@ class TagOptions:
         aggregate: a label's clip score from its window scores: "max" (best window) or "mean".
         segments: keep each window's top-k as well.
         events: find the stretches where each label is present (``infer.events``), from short windows.
+        only: keep these labels only: comma-separated display names or MIDs (or a sequence of them), each meaning
+            its ontology subtree ("Music": every label under Music). Checked against the model when tagging
+            (``infer.labels``): an unknown name is a ValueError that suggests the nearest.
+        exclude: ... and never these (same names).
+        hash: give the sha256 of the input's bytes (``Outcome.sha256``, the record's "sha256").
+        labels: the user's own labels, each scoring as the best of its members: a label map file's path (rows
+            ``user_label,audioset_label``: ``read_label_map``) or (user label, name) pairs. Results then hold the
+            user labels; top_k and threshold apply to them.
     """
 
     top_k: int = _option(10, "-k", "--top-k", type=number(int, 1), metavar="N",
@@ -83,6 +123,18 @@ class TagOptions:
     events: bool = _option(False, "--events",
                            help="also give the stretches where each label is present (start, end, peak score), "
                                 "found on 2 s windows every 1 s")
+    only: str = _option("", "--only", metavar="LABEL,...",
+                        help="keep only these labels: AudioSet display names or MIDs, comma-separated; a label with "
+                             "labels under it in the ontology means them all (--only Music: every kind of music)")
+    exclude: str = _option("", "--exclude", metavar="LABEL,...",
+                           help="never give these labels (names as --only; --exclude Speech drops Speech and the "
+                                "kinds of speech under it)")
+    hash: bool = _option(False, "--hash", help="add the sha256 of each input's bytes to its record (a column in "
+                                               "CSV/TSV)")
+    labels: tuple = _option((), "--labels", kind=str, per_request=False, type=_label_map_argument, metavar="FILE",
+                            help="your own labels: a CSV of user_label,audioset_label rows (the AudioSet label "
+                                 "by name, MID or ontology node); a user label scores as the best of its "
+                                 "members, and results hold your labels (top-k and threshold apply to them)")
 
     def __post_init__(self):
         if not (isinstance(self.top_k, int) and self.top_k >= 1):
@@ -97,6 +149,20 @@ class TagOptions:
             raise ValueError(f"hop must be 0.01 s to the window's length, got {self.hop!r}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        for name in ("only", "exclude"):  # a sequence of names is kept as the text a flag would give
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                object.__setattr__(self, name, ",".join(value))
+        if isinstance(self.labels, (str, os.PathLike)):
+            object.__setattr__(self, "labels", read_label_map(self.labels) if self.labels else ())
+        elif isinstance(self.labels, Mapping):  # {"dog": ["Bark", "Yip"], "vehicle": "Vehicle"}
+            object.__setattr__(self, "labels", tuple((user, name) for user, names in self.labels.items()
+                                                     for name in ([names] if isinstance(names, str) else names)))
+        else:
+            object.__setattr__(self, "labels", tuple((str(user), str(name)) for user, name in self.labels))
+        if self.labels and (self.only or self.exclude):
+            raise ValueError("labels already chooses the labels: --only and --exclude cannot be combined with it "
+                             "(leave the unwanted members out of the map)")
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str], base: Optional["TagOptions"] = None) -> "TagOptions":
@@ -172,6 +238,10 @@ ENGINE_OPTIONS = {
                                                help="tag only the first SEC seconds of each input; the record says "
                                                     "it was cut (default 7200 in batch runs, else no limit; 0 = no "
                                                     "limit)")),
+    "dedup": (("--dedup",), dict(action="store_true",
+                                 help="tag each distinct content once: a later input with the same bytes (sha256) "
+                                      "is not decoded, its record is the first copy's with \"duplicate_of\": the "
+                                      "first path (implies --hash; with -o FILE, and across --resume)")),
     "timeout": (("--timeout",), dict(type=number(float, 0), metavar="SEC",
                                      help="give up on an input after SEC seconds: its record is an error, the run "
                                           "goes on (default 300 in batch runs, else no limit; 0 = no limit)")),

@@ -12,6 +12,12 @@ import json
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
 TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank", "label", "mid", "index", "score",
                  "categories", "warning", "error")
+# With --hash (or --dedup) a table has two more columns, before the error (which stays last).
+HASHED_COLUMNS = TABLE_COLUMNS[:-1] + ("sha256", "duplicate_of", "error")
+
+
+def table_columns(hashed: bool = False) -> tuple:
+    return HASHED_COLUMNS if hashed else TABLE_COLUMNS
 
 
 def record(outcome) -> dict:
@@ -21,13 +27,16 @@ def record(outcome) -> dict:
         outcome: an ``Outcome`` (``Tagger.tag_file``, a batch run).
 
     Returns:
-        ``{"path", "duration", "sample_rate", "channels", "codec", ["truncated", "audio_duration"], ["warning"],
-        "categories", "tags"}``, or ``{"path", "error"}``.
+        ``{"path", ["sha256"], "duration", "sample_rate", "channels", "codec", ["truncated", "audio_duration"],
+        ["warning"], "categories", "tags"}``, or ``{"path", ["sha256"], "error"}``; "sha256" with --hash.
     """
+    head = {"path": outcome.name}
+    if outcome.sha256 is not None:
+        head["sha256"] = outcome.sha256
     if outcome.error is not None:
-        return {"path": outcome.name, "error": outcome.error}
+        return {**head, "error": outcome.error}
     rec = {
-        "path": outcome.name,
+        **head,
         "duration": round(outcome.duration, 6),
         "sample_rate": outcome.sample_rate,
         "channels": outcome.channels,
@@ -67,8 +76,8 @@ def segment_record(name: str, segment) -> dict:
             "tags": tags_json(segment.tags)}
 
 
-def format_record(rec: dict, fmt: str, header: bool = True) -> str:
-    """Whole lines, newline-terminated."""
+def format_record(rec: dict, fmt: str, header: bool = True, hashed: bool = False) -> str:
+    """Whole lines, newline-terminated; ``hashed``: a table with the sha256 and duplicate_of columns."""
     if fmt in ("jsonl", "json"):
         text = json.dumps(rec, ensure_ascii=False)
         if not _encodable(text):  # a file name that is not UTF-8 (its bytes live on as lone surrogates)
@@ -76,11 +85,11 @@ def format_record(rec: dict, fmt: str, header: bool = True) -> str:
         return text + "\n"
     if fmt == "text":
         return _text(rec, header)
-    return _table_rows(rec, table_delimiter(fmt))
+    return _table_rows(rec, table_delimiter(fmt), hashed)
 
 
-def table_header(fmt: str) -> str:
-    return table_line(TABLE_COLUMNS, table_delimiter(fmt))
+def table_header(fmt: str, hashed: bool = False) -> str:
+    return table_line(table_columns(hashed), table_delimiter(fmt))
 
 
 def _text(rec: dict, header: bool) -> str:
@@ -98,19 +107,20 @@ def _text(rec: dict, header: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table_rows(rec: dict, delimiter: str) -> str:
+def _table_rows(rec: dict, delimiter: str, hashed: bool = False) -> str:
     if "start" in rec:
         return ""  # tables hold one kind of row: clips (not windows, not events)
     base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", ""),
             rec.get("codec", "")]
+    last = [rec.get("sha256", ""), rec.get("duplicate_of", "")] if hashed else []  # then the error
     if "error" in rec:
-        return table_line(base + [""] * (len(TABLE_COLUMNS) - len(base) - 1) + [rec["error"]], delimiter)
+        return table_line(base + [""] * (len(TABLE_COLUMNS) - len(base) - 1) + last + [rec["error"]], delimiter)
     categories = categories_cell(rec["categories"])
     warning = _table_warning(rec)
     if not rec["tags"]:  # nothing reached --threshold: one row still records the clip and its categories
-        return table_line(base + ["", "", "", "", "", categories, warning, ""], delimiter)
-    return "".join(table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], categories, warning, ""],
-                               delimiter) for rank, t in enumerate(rec["tags"], 1))
+        return table_line(base + ["", "", "", "", "", categories, warning] + last + [""], delimiter)
+    return "".join(table_line(base + [rank, t["label"], t["mid"], t["index"], t["score"], categories, warning]
+                              + last + [""], delimiter) for rank, t in enumerate(rec["tags"], 1))
 
 
 def categories_cell(categories) -> str:

@@ -213,3 +213,31 @@ def test_a_damaged_mp4_gives_one_answer_as_a_file_and_on_stdin(tagger, tmp_path)
         assert results[0] == results[1], (start, results)
         answers.add(results[0][0])
     assert answers == {"tagged", "error"}  # the sweep meets both kinds
+
+
+def test_label_control_in_the_api(tagger, tmp_path):
+    """TagOptions' only, exclude and labels: the CLI's --only, --exclude and --labels, as text, sequences or a
+    mapping; an unknown name is a ValueError with the nearest label, from tag_file and from tag_many before any
+    input is tagged."""
+    clip = AUDIO / "music.wav"
+    assert audiotag.TagOptions(only=["Male speech, man speaking", "Music"]).only == "Male speech, man speaking,Music"
+    assert options_module.TagOptions.from_strings({"exclude": "Speech"}).exclude == "Speech"
+    label_map = tmp_path / "labels.csv"
+    label_map.write_text("dog,Bark\ndog,Yip\nmusic,Music\n")
+    from_file = audiotag.TagOptions(labels=label_map)
+    assert from_file.labels == (("dog", "Bark"), ("dog", "Yip"), ("music", "Music"))
+    assert audiotag.TagOptions(labels={"dog": ["Bark", "Yip"], "music": "Music"}) == from_file
+    expected = cli_records(clip, "--labels", label_map)[0]
+    assert_same_record(audiotag.record(tagger.tag_file(clip, from_file)), expected)
+    assert [t["label"] for t in expected["tags"]] == ["music", "dog"]
+    expected = cli_records(clip, "--only", "Music", "--exclude", "Guitar", "-k", 30)[0]
+    got = audiotag.record(tagger.tag_file(clip, audiotag.TagOptions(only="Music", exclude=["Guitar"], top_k=30)))
+    assert_same_record(got, expected)
+    assert got["tags"][0]["label"] == "Music" and not {"Guitar", "Bass guitar"} & {t["label"] for t in got["tags"]}
+    with pytest.raises(ValueError, match="only: unknown label 'Musik'; did you mean 'Music'"):
+        tagger.tag_file(clip, audiotag.TagOptions(only="Musik"))
+    for isolate in (True, False):
+        with pytest.raises(ValueError, match="exclude: unknown label 'Speach'; did you mean 'Speech'"):
+            next(audiotag.tag_many([clip], audiotag.TagOptions(exclude="Speach"), isolate=isolate))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        audiotag.TagOptions(labels=label_map, only="Music")

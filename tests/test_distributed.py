@@ -283,3 +283,35 @@ def test_bad_options_are_one_line_usage_errors(tmp_path):
     assert result.returncode == distributed.EXIT_USAGE
     assert result.stderr.decode().splitlines() == [
         "audiotag-ray: window must be 0 (the whole clip in one pass) or 1 to 86400 s, got 0.5"]
+
+
+def test_label_control_reaches_the_actors(tmp_path):
+    """--only, --exclude and --labels are audiotag's: an unknown name is refused by the driver, one line and exit 2,
+    before Ray starts; the options given reach the tagging actors (``TagBatch``), whose rows are the CLI's."""
+    clip = AUDIO / "music.wav"
+    result = subprocess.run([sys.executable, "-m", "audiotag.distributed", clip, "-o", tmp_path / "o",
+                             "--only", "Musik"], capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr.decode().splitlines()) == (
+        distributed.EXIT_USAGE, ["audiotag-ray: --only: unknown label 'Musik'; did you mean 'Music'?"])
+    label_map = tmp_path / "labels.csv"
+    label_map.write_text("strings,Guitar\nstrings,Violin, fiddle\nvoice,Human voice\n")
+    for args in (("--labels", label_map), ("--only", "Music", "--exclude", "Guitar", "-k", 20)):
+        command_line = distributed.build_parser().parse_args([str(clip), "-o", "o", *map(str, args)])
+        options = distributed.tag_options(command_line)
+        row = distributed.TagBatch(options).row(str(clip), clip.read_bytes())
+        expected = subprocess.run([sys.executable, "-m", "audiotag", clip, "-f", "jsonl", *map(str, args)],
+                                  capture_output=True, timeout=60).stdout.decode().splitlines()
+        assert compare_lines([distributed.record(row)], expected) == [], args
+    assert [tag["label"] for tag in distributed.record(row)["tags"]][:2] == ["Music", "Musical instrument"]
+
+
+def test_hash_reaches_the_actors():
+    """--hash: each row's sha256 is that of the file's bytes (the driver reads nothing; the actor has them)."""
+    import hashlib
+
+    clip = AUDIO / "extra" / "librosa-pibble.ogg"
+    command_line = distributed.build_parser().parse_args([str(clip), "-o", "o", "--hash"])
+    row = distributed.TagBatch(distributed.tag_options(command_line)).row(str(clip), clip.read_bytes())
+    assert distributed.record(row)["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
+    assert list(distributed.record(row))[:2] == ["path", "sha256"]
+    assert distributed.TagBatch().row(str(clip), clip.read_bytes())["sha256"] is None

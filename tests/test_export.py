@@ -105,10 +105,10 @@ def test_metadata(onnx_path):
     model = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
     assert set(meta) == {"model_name", "checkpoint_sha256", "labels", "mids", "frontend", "categories",
-                         "ontology_sha256", "audiotag_model_format"}
+                         "ontology", "ontology_sha256", "audiotag_model_format"}
     assert meta["model_name"] == "mn04_as"
     assert meta["checkpoint_sha256"] == CHECKPOINT_SHA
-    assert meta["audiotag_model_format"] == "2"
+    assert meta["audiotag_model_format"] == "3"
     assert meta["ontology_sha256"] == "9c685f4403eecc3ca9be37fd7285cf212feaaea6ff7229d3e7ca89e0d1f2d15d"
     categories = json.loads(meta["categories"])
     assert [c["name"] for c in categories] == [
@@ -117,6 +117,11 @@ def test_metadata(onnx_path):
     music = next(c for c in categories if c["name"] == "Music")
     assert music["mid"] == "/m/04rlf" and 137 in music["indices"]  # the category is a label of its own subtree
     assert set().union(*(c["indices"] for c in categories)) == set(range(527))
+    nodes = {n["name"]: n for n in json.loads(meta["ontology"])}  # every node, with its subtree's labels
+    assert len(nodes) == 632 and nodes["Music"]["indices"] == music["indices"]
+    assert nodes["Bark"]["indices"] == [75] and nodes["Dog"]["mid"] == "/m/0bt9lr" and 75 in nodes["Dog"]["indices"]
+    assert nodes["Human voice"]["mid"] == "/m/09l8g" and len(nodes["Human voice"]["indices"]) == 40  # not a label
+    assert nodes["Yawn"]["indices"] == []  # a node with no label of the model under it
     labels, mids = json.loads(meta["labels"]), json.loads(meta["mids"])
     assert len(labels) == len(mids) == 527
     assert labels[:2] == ["Speech", "Male speech, man speaking"]  # the CSV quotes commas
@@ -273,4 +278,4 @@ def test_a_file_that_is_not_the_ontology_is_one_clear_error(tmp_path):
     bad = tmp_path / "ontology.json"
     bad.write_text('[{"id": "/m/x", "name": "x", "child_ids": []}]')
     with pytest.raises(export_model.ExportError, match="expected 7 top-level classes, found 1"):
-        export_model.load_categories(bad, ["/m/x"])
+        export_model.load_ontology(bad, ["/m/x"])

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "audiotag"
 
 # Lowest first. A module may import its own layer and those below; front ends never each other (below).
 LAYERS = [
-    ("audiotag", "audiotag.errors"),  # the root holds __version__ and lazy public names only (no static import)
+    # the root holds __version__ and lazy public names only (no static import)
+    ("audiotag", "audiotag.errors", "audiotag.hashing"),
     ("audiotag.options", "audiotag.assets"),
     ("audiotag.decode",),
     ("audiotag.infer",),

@@ -74,6 +74,6 @@ def test_model_without_metadata_is_refused(tmp_path):
 def test_model_exported_before_categories_is_refused_with_what_to_do(tmp_path):
     path = tmp_path / "old.onnx"
     save_as_format_1(asset_path(DEFAULT_MODEL), path)
-    message = r"old.onnx has no category metadata \(model format 1, this audiotag reads 2\): export it again with"
+    message = r"old.onnx has no category metadata \(model format 1, this audiotag reads 3\): export it again with"
     with pytest.raises(ModelError, match=message + " scripts/model/export_model.py"):
         Model(path)

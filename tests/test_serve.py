@@ -594,3 +594,53 @@ def test_max_duration_cuts_a_long_body_as_the_cli_does(cli, serve, tmp_path):
     status, answer = server.post(f"/tag?name={quote(str(long))}", long.read_bytes())
     assert status == 200 and compare_lines(answer, expected) == []
     assert answer[0]["duration"] == 5.0 and answer[0]["truncated"] is True and answer[0]["audio_duration"] == 30.0
+
+
+def test_label_control_in_queries_and_server_wide(cli, serve, tmp_path):
+    """only= and exclude= are the CLI's --only and --exclude; an unknown name is a 400 naming the nearest label;
+    --labels FILE (a file on the server) and the flags set every request's defaults, checked at start."""
+    clip = AUDIO / "music.wav"
+    server = serve()
+    for query, args in (("only=Music&top_k=20", ("--only", "Music", "-k", 20)),
+                        ("exclude=Music", ("--exclude", "Music")),
+                        (f"only={quote('Male speech, man speaking,Bass guitar')}",
+                         ("--only", "Male speech, man speaking,Bass guitar"))):
+        expected = cli(clip, "-f", "jsonl", *args).stdout.decode().splitlines()
+        status, answer = server.post(f"/tag?name={clip}&{query}", clip.read_bytes())
+        assert status == 200 and compare_lines(answer, expected) == [], query
+    assert {t["label"] for t in answer[0]["tags"]} == {"Male speech, man speaking", "Bass guitar"}
+    assert server.post("/tag?only=Musik", clip.read_bytes()) == \
+        (400, [{"error": "only: unknown label 'Musik'; did you mean 'Music'?"}])
+    assert server.post("/tag?exclude=Speach", clip.read_bytes()) == \
+        (400, [{"error": "exclude: unknown label 'Speach'; did you mean 'Speech'?"}])
+    status, answer = server.post(f"/tag?labels={tmp_path}", clip.read_bytes())  # never a path on the server
+    assert status == 400 and "unknown query parameter 'labels'" in answer[0]["error"]
+
+    label_map = tmp_path / "labels.csv"
+    label_map.write_text("strings,Guitar\nstrings,Violin, fiddle\nvoice,Human voice\n")
+    expected = cli(clip, "-f", "jsonl", "--labels", label_map).stdout.decode().splitlines()
+    server = serve("--labels", label_map)
+    status, answer = server.post(f"/tag?name={clip}", clip.read_bytes())
+    assert status == 200 and compare_lines(answer, expected) == []
+    assert [t["label"] for t in answer[0]["tags"]] == ["strings", "voice"]
+    result = cli("serve", "--port", 0, "--only", "Musik")
+    assert (result.returncode, result.stderr.decode().splitlines()) == (
+        2, ["audiotag serve: --only: unknown label 'Musik'; did you mean 'Music'? (audiotag serve --help for usage)"])
+
+
+def test_hash_is_the_sha256_of_the_body(serve):
+    """hash=1 (and --hash, for every request): the sha256 of the body's bytes, a file's or a stream's; the rest of
+    the record as without it."""
+    import hashlib
+
+    server = serve()
+    for clip in (AUDIO / "music.wav", AUDIO / "extra" / "librosa-pibble.ogg"):
+        data = clip.read_bytes()
+        _, plain = server.post(f"/tag?name={clip.name}", data)
+        for body in (data, _chunks(data, 4096)):  # a chunked WAV is decoded as it arrives
+            status, answer = server.post(f"/tag?name={clip.name}&hash=1", body)
+            assert status == 200 and answer[0].pop("sha256") == hashlib.sha256(data).hexdigest()
+            assert compare_lines(answer, plain) == []
+    status, answer = serve("--hash").post("/tag?name=x.bin", b"not audio at all")
+    assert (status, answer) == (422, [{"path": "x.bin", "sha256": hashlib.sha256(b"not audio at all").hexdigest(),
+                                       "error": "cannot decode: Format not recognised."}])

@@ -33,10 +33,11 @@ class Opener:
     rate: Optional[int] = None
     channels: int = 1
     limits: Limits = Limits()
+    stdin: object = None  # what "-" reads (default: sys.stdin's bytes); a hashing.HashingReader with --hash
 
     def __call__(self, name: str) -> decode.Stream:
         if name == "-":
-            stream = decode.open_stdin(sys.stdin.buffer, self.raw, self.rate, self.channels)
+            stream = decode.open_stdin(self.stdin or sys.stdin.buffer, self.raw, self.rate, self.channels)
         else:
             stream = decode.open_file(name, self.raw, self.rate, self.channels)
         return limits.apply(stream, self.limits)

@@ -9,7 +9,7 @@ from ..decode.limits import BATCH, Limits
 from ..infer.model import requested_providers
 from ..options import TagOptions
 from ..records import event_records, record, segment_record
-from . import inputs, pipeline, supervisor
+from . import content, inputs, pipeline, supervisor
 
 
 class Engine:
@@ -22,6 +22,7 @@ class Engine:
                  model=None, providers: Optional[Sequence[str]] = None, threads: int = 1, on_segment=None,
                  spawned=None):
         self._tagger = tagger
+        self._options = options
         self._run = None
         self._watched = None
         if tagger is not None:
@@ -36,10 +37,20 @@ class Engine:
             self._watched = supervisor.Supervisor(config, on_segment, spawned)
 
     def labels(self) -> int:
-        """The model's label count (waits for a worker to be ready)."""
+        """How many labels a result may hold: the model's, or those the options choose (waits for a worker to be
+        ready)."""
         if self._tagger is not None:
-            return len(self._tagger.model.info.labels)
+            return self._tagger.label_count(self._options)
         return self._watched.ready()["labels"]
+
+    def label_problem(self) -> Optional[tuple]:
+        """(option, what is wrong) when the tag options name a label the model does not know (``infer.labels``);
+        None without waiting when they choose no labels."""
+        if not (self._options.only or self._options.exclude or self._options.labels):
+            return None
+        if self._tagger is not None:
+            return self._tagger.label_problem(self._options)
+        return self._watched.ready()["label_problem"]
 
     def providers(self) -> list:
         """The execution providers in use (waits for a worker to be ready)."""
@@ -91,6 +102,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
     Raises:
         supervisor.WorkerError: no worker process could be started (e.g. the model cannot be loaded).
         infer.model.ModelError: with ``isolate=False``, the model cannot be loaded.
+        ValueError: ``options`` name a label the model does not know (before any input is tagged).
     """
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
@@ -106,9 +118,18 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
 
         tagger = Tagger(model, providers=providers, threads=threads)
     items = inputs.expand((os.fspath(path) for path in paths), all_files)
+    contents = content.Contents(jobs, dedup=False) if options.hash else None  # files hashed before they are tagged
+    if contents is not None:
+        items = contents.tagged(items)
     with Engine(opener, options, jobs, tagger=tagger, workers=workers, model=model,
                 providers=providers, threads=threads, on_segment=on_segment) as engine:
+        problem = engine.label_problem()
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         for outcome in engine.outcomes(items):
+            if contents is not None:
+                contents.duplicates_before()  # none: no dedup here
+                outcome.sha256 = contents.sha256_of(outcome)
             result = record(outcome)
             if options.events and outcome.error is None:
                 result["events"] = [{k: v for k, v in e.items() if k != "path"} for e in event_records(outcome)]

@@ -81,7 +81,7 @@ class Supervisor:
         self._kill_reason = None  # why the supervisor killed the current worker (hung)
         # Enough inputs in the worker to keep its decoders and batches full, few enough to rerun after a crash.
         self._window = 3 * config.jobs + 2
-        self.info = None  # the first worker's model: {"labels": count, "providers": [...]}, once ready
+        self.info = None  # the first worker's model: {"labels": count, "providers": [...], "label_problem"}
         self._start_worker(process)
 
     def ready(self) -> dict:
@@ -383,7 +383,9 @@ def worker_main() -> int:
     except (ModelError, OSError) as error:
         send(("fatal", str(error)))
         return 3
-    send(("ready", {"labels": len(tagger.model.info.labels), "providers": tagger.model.providers}))
+    problem = tagger.label_problem(config.options)  # the supervisor refuses the run: it is told before any input
+    send(("ready", {"labels": 0 if problem else tagger.label_count(config.options), "label_problem": problem,
+                    "providers": tagger.model.providers}))
 
     def inputs():
         while (item := _read(requests)) is not None:

@@ -3,11 +3,12 @@
 """
 
 import csv
+import io
 import json
 import os
 from typing import Optional, Sequence
 
-from ..records import RECORD_START, TABLE_COLUMNS, format_record, table_delimiter, table_header, table_line
+from ..records import RECORD_START, format_record, table_columns, table_delimiter, table_header, table_line
 
 
 class ResumeError(ValueError):
@@ -47,7 +48,8 @@ def name_digest(name: str) -> bytes:
     return blake2b(name.encode("utf-8", errors="surrogateescape"), digest_size=16).digest()
 
 
-def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1) -> RecordedPaths:
+def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1, hashed: bool = False,
+                   contents=None) -> RecordedPaths:
     """Inputs already recorded in an output file, after cutting off a torn end (for --resume).
 
     Only the end of the file is ever cut: what follows the last newline (a record the writer did not finish), a
@@ -57,6 +59,8 @@ def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1) -> RecordedPa
     always cut and tagged again, since whether it is whole cannot be told. A file that is not an audiotag output
     of this format raises ResumeError and is not touched; OSError passes.
     The file is read once, line by line: memory does not grow with its size beyond 16 bytes per record.
+    ``hashed``: a table has the sha256 and duplicate_of columns (--hash). ``contents`` (a ``content.DigestTable``,
+    --dedup) is given where each record with a sha256 lies.
     """
     if not os.path.exists(path):
         return RecordedPaths()
@@ -64,15 +68,15 @@ def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1) -> RecordedPa
         raise ResumeError("not a regular file: --resume needs the output file of an earlier run")
     with open(path, "rb+") as file:
         if fmt in ("jsonl", "json"):
-            keep, digests = _jsonl_records(file)
+            keep, digests = _jsonl_records(file, contents)
         else:
-            keep, digests = _table_records(file, fmt, rows_per_record)
+            keep, digests = _table_records(file, fmt, rows_per_record, hashed, contents)
         if keep < file.seek(0, os.SEEK_END):
             file.truncate(keep)
     return RecordedPaths(bytes(digests))
 
 
-def _jsonl_records(file) -> tuple:
+def _jsonl_records(file, contents=None) -> tuple:
     """(bytes to keep, digests of the paths recorded) of a JSONL output; only "\n" ends a record (a name may
     hold U+2028)."""
     keep, digests, dropped = 0, bytearray(), None  # dropped: a line that does not parse, kept only if last
@@ -93,23 +97,45 @@ def _jsonl_records(file) -> tuple:
             continue
         if name:
             digests += name_digest(name)
+            sha = _record_sha256(line) if contents is not None else None
+            if sha:
+                contents.add(sha, keep, len(raw))
         keep += len(raw)
     return keep, digests
 
 
-def _table_records(file, fmt: str, rows_per_record: int) -> tuple:
+SHA256_KEY = ', "sha256": "'  # how a record with a hash goes on after its path
+
+
+def _record_sha256(line: str):
+    """The sha256 a clip record's JSON line holds (None without one); only its start is decoded."""
+    try:
+        _, end = _DECODER.raw_decode(line, len(RECORD_START))
+    except ValueError:
+        end = None
+    if end is not None and line.startswith(SHA256_KEY, end):
+        return line[end + len(SHA256_KEY):end + len(SHA256_KEY) + 64]
+    rec = _record(line)
+    return rec.get("sha256") if rec is not None else None
+
+
+def _table_records(file, fmt: str, rows_per_record: int, hashed: bool = False, contents=None) -> tuple:
     """(bytes to keep, digests of the paths recorded) of a CSV/TSV output.
 
     Rows are matched by writing them again: the kept part of the file is exactly what the writer would write for
     the rows it holds, whatever newlines or quotes the names contain.
     """
     delimiter = table_delimiter(fmt)
-    header = table_header(fmt)
+    header = table_header(fmt, hashed)
+    columns = table_columns(hashed)
     first = file.readline().decode("utf-8", errors="surrogateescape")
     if first != header:
         if header.startswith(first):
             return 0, bytearray()  # empty, or a header cut short: start again
-        raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(TABLE_COLUMNS)}): "
+        if first == table_header(fmt, not hashed):
+            raise ResumeError(f"written {'without' if hashed else 'with'} --hash (or --dedup): resume it "
+                              f"{'without' if hashed else 'with'} them")
+        raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(columns)}): "
                           "not resuming into this file")
     taken = []  # the lines the csv reader took for the row it gives next
 
@@ -135,7 +161,7 @@ def _table_records(file, fmt: str, rows_per_record: int) -> tuple:
         taken.clear()
         if torn is not None:
             raise ResumeError(f"row {torn} is not an audiotag {fmt} row: not resuming into this file")
-        if row is None or len(row) != len(TABLE_COLUMNS) or \
+        if row is None or len(row) != len(columns) or \
                 raw.decode("utf-8", errors="surrogateescape") != table_line(row, delimiter):
             torn = number
             if row is None:
@@ -146,18 +172,25 @@ def _table_records(file, fmt: str, rows_per_record: int) -> tuple:
             current[3] += len(raw)
         else:
             if current:
-                digests += name_digest(current[0])
+                _recorded(current, digests, contents)
                 if not current[1]:
                     most_rows = max(most_rows, current[2])
-            current = [row[0], row[-1], 1, len(raw)]
+            # path, error, rows, bytes, where it starts, its sha256 (hashed tables: the third column from the end)
+            current = [row[0], row[-1], 1, len(raw), position, row[-3] if hashed else ""]
         position += len(raw)
     if current:
         whole = rows_per_record is not None and current[2] >= (most_rows or rows_per_record())
         if not current[1] and not whole:  # a clip's rows, not all there (or it cannot be told)
             position -= current[3]
         else:
-            digests += name_digest(current[0])
+            _recorded(current, digests, contents)
     return position, digests
+
+
+def _recorded(current: list, digests: bytearray, contents) -> None:
+    digests += name_digest(current[0])
+    if contents is not None and current[5]:
+        contents.add(current[5], current[4], current[3])
 
 
 _DECODER = json.JSONDecoder()
@@ -192,27 +225,42 @@ def _record(line: str):
 class Writer:
     """Writes formatted records to a file or stdout, one flushed write per record."""
 
-    def __init__(self, fmt: str, path: Optional[str] = None, append: bool = False, stream=None):
+    def __init__(self, fmt: str, path: Optional[str] = None, append: bool = False, stream=None,
+                 hashed: bool = False):
         self.fmt = fmt
+        self.hashed = hashed  # tables: with the sha256 and duplicate_of columns
         # surrogateescape: a file name that is not UTF-8 goes out as its own bytes (text, CSV/TSV)
         self._file = open(path, "a" if append else "w", encoding="utf-8", newline="",
                           errors="surrogateescape") if path else stream
         self._owned = path is not None
         self._closed = False
+        self.position = os.path.getsize(path) if path else 0  # bytes in the file: where the next record goes
 
     def begin(self) -> None:
         """Write the table header, unless the file already has one (resuming)."""
-        if self.fmt in ("csv", "tsv") and not (self._owned and self._file.tell() > 0):
-            self._write(table_header(self.fmt))
+        if self.fmt in ("csv", "tsv") and not (self._owned and self.position > 0):
+            self._write(table_header(self.fmt, self.hashed))
 
-    def write(self, rec: dict, header: bool = True, before: Sequence[dict] = ()) -> None:
-        """``rec`` and the records ``before`` it (an input's events) in one write: all or none reach the file."""
-        self._write("".join(format_record(r, self.fmt, header) for r in [*before, rec]))
+    def write(self, rec: dict, header: bool = True, before: Sequence[dict] = ()) -> tuple:
+        """``rec`` and the records ``before`` it (an input's events) in one write: all or none reach the file.
+        Returns where ``rec``'s own lines went: (offset, length) in bytes."""
+        lead = "".join(format_record(r, self.fmt, header, self.hashed) for r in before)
+        text = format_record(rec, self.fmt, header, self.hashed)
+        start = self.position + _size(lead)
+        self._write(lead + text)
+        return start, _size(text)
+
+    def write_text(self, text: str) -> tuple:
+        """Lines already formatted (a duplicate's record); (offset, length) as ``write``."""
+        start = self.position
+        self._write(text)
+        return start, _size(text)
 
     def _write(self, text: str) -> None:
         if text:
             self._file.write(text)
             self._file.flush()
+            self.position += _size(text)
 
     def close(self, quietly: bool = False) -> None:
         """Flush, sync (a file) and close, once; ``quietly``: on the way out after an error, which it must not
@@ -229,3 +277,43 @@ class Writer:
         except (OSError, ValueError):
             if not quietly:
                 raise
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogateescape"))
+
+
+class RecordReader:
+    """Reads records back from the results file being written, by (offset, length): a duplicate's record is its
+    first copy's (``--dedup``), which is never held in memory."""
+
+    def __init__(self, path: str, fmt: str, hashed: bool):
+        self._fd = os.open(path, os.O_RDONLY)
+        self.fmt, self.hashed = fmt, hashed
+
+    def read(self, offset: int, length: int) -> Optional[dict]:
+        """{"path", "sha256", "text"} of the record there (None where it cannot be read back)."""
+        try:
+            text = os.pread(self._fd, length, offset).decode("utf-8", errors="surrogateescape")
+        except OSError:
+            return None
+        if self.fmt in ("jsonl", "json"):
+            rec = _record(text.rstrip("\n"))
+            return None if rec is None else {"path": rec["path"], "sha256": rec.get("sha256"), "text": text}
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=table_delimiter(self.fmt)))
+        if not rows or len(rows[0]) != len(table_columns(True)):
+            return None
+        return {"path": rows[0][0], "sha256": rows[0][-3], "text": text}
+
+    def duplicate(self, first: dict, name: str) -> str:
+        """The lines of a duplicate's record: the first copy's, with its own path and "duplicate_of"."""
+        if self.fmt in ("jsonl", "json"):
+            rec = json.loads(first["text"])
+            head = {"path": name, "sha256": rec.get("sha256"), "duplicate_of": rec["path"]}
+            return format_record({**head, **{k: v for k, v in rec.items() if k not in head}}, self.fmt)
+        delimiter = table_delimiter(self.fmt)
+        rows = list(csv.reader(io.StringIO(first["text"], newline=""), delimiter=delimiter))
+        return "".join(table_line([name, *row[1:-2], row[0], row[-1]], delimiter) for row in rows)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -5,7 +5,8 @@ import argparse
 import os
 import sys
 
-from ..options import RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, window_problem
+from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
+                       window_problem)
 
 EPILOG = """\
 inputs:
@@ -28,9 +29,12 @@ output formats (default: text on a terminal, jsonl otherwise):
             "tags": [{"label": "Music", "mid": "/m/04rlf", "index": 137, "score": 0.598}, ...]}
          or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
          with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
+         with --hash, "sha256" after "path"; with --dedup a copy's record is its first copy's, with
+         its own "path" and "duplicate_of": the first copy's path
   csv, tsv  one row per label:
            path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
-         (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row)
+         (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row;
+         with --hash or --dedup, sha256,duplicate_of before error)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
@@ -54,6 +58,8 @@ HTTP service: audiotag serve [--host 127.0.0.1] [--port 8750] (audiotag serve --
 examples:
   audiotag clip.wav
   audiotag /data/crawl -o tags.jsonl --resume --embeddings emb/
+  audiotag /data/crawl -o tags.jsonl --dedup --resume --only Music
+  audiotag /data/crawl -o tags.jsonl --labels mine.csv     (mine.csv: dog,Bark / dog,Yip / vehicle,Vehicle)
   crawler | audiotag --files-from - -o tags.jsonl
   arecord -f S16_LE -r 16000 -c 1 | audiotag - --raw s16le --rate 16000 --segments
 """
@@ -79,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
     out.add_argument("--resume", action="store_true",
                      help="with -o: skip inputs already recorded in FILE and append the rest")
+    add_engine_arguments(out, "dedup")
     out.add_argument("--embeddings", metavar="DIR", help="also save each clip's embedding as DIR/<input path>.npy")
     out.add_argument("--progress", action="store_true",
                      help="show a progress bar on stderr for a batch run: done/total, percent, time left "
@@ -122,6 +129,8 @@ def check_arguments(parser, args) -> None:
         parser.error("stdin (-) can be read only once")
     if args.resume and not args.output:
         parser.error("--resume needs -o FILE")
+    if args.dedup and not (args.output and args.format in (None, "jsonl", "json", "csv", "tsv")):
+        parser.error("--dedup needs -o FILE in jsonl, csv or tsv: a duplicate's record is read back from it")
     if args.workers > 1 and args.in_process:
         parser.error("--workers starts worker processes: it cannot be combined with --in-process")
     if args.workers > 256:
@@ -129,6 +138,10 @@ def check_arguments(parser, args) -> None:
     problem = window_problem(args.window, args.hop)
     if problem:
         parser.error(problem)
+    try:
+        tag_options(args)  # what TagOptions refuses in any front end (the names in --only are checked later)
+    except ValueError as error:
+        parser.error(str(error))
     if args.events and args.format in ("csv", "tsv"):
         parser.error("--events needs jsonl or text output: a table has one kind of row (clips)")
     if sys.stdin is None and "-" in (*args.inputs, args.files_from):

@@ -5,6 +5,7 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 
 from .. import __version__
 from ..errors import EXIT_INPUT_FAILED, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, failure_message
@@ -55,8 +56,14 @@ def _tag_inputs(args, tagger) -> int:
         with lock:
             writers[0].write(records.segment_record(name, segment))
 
-    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout))
     options = tag_options(args)
+    if args.dedup:
+        options = replace(options, hash=True)
+    # Stdin cannot be read twice: with --hash it is hashed as it is decoded (files are hashed before: content.py).
+    from ..hashing import HashingReader
+
+    stdin = HashingReader(sys.stdin.buffer) if options.hash and "-" in args.inputs else None
+    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout), stdin)
     # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
     engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
                     providers=requested_providers(args.provider), threads=args.threads,
@@ -66,7 +73,7 @@ def _tag_inputs(args, tagger) -> int:
             where = "a watched worker process" if args.workers == 1 else f"{args.workers} watched worker processes"
             _warn(f"execution providers: {', '.join(engine.providers())} (in {where}); "
                   f"jobs {args.jobs}, onnxruntime threads {args.threads or 'all cores'}")
-        return _write_outcomes(args, engine, writers, lock)
+        return _write_outcomes(args, engine, writers, lock, options, stdin)
     except supervisor.WorkerError as error:
         _warn(str(error))
         return EXIT_MODEL
@@ -74,37 +81,67 @@ def _tag_inputs(args, tagger) -> int:
         engine.close()
 
 
-def _write_outcomes(args, engine, writers: list, lock) -> int:
+def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     """Expand the inputs, skip those already recorded (--resume), tag the rest with ``engine`` and write the
-    records. The model's label count is asked only when needed: a worker may still be starting."""
+    records; with --hash each input is hashed first, and with --dedup a content seen before is not tagged again
+    (``batch.content``). The model's label count is asked only when needed: a worker may still be starting."""
     from .. import records
-    from ..batch import inputs, writer as results
+    from ..batch import content, inputs, writer as results
     from ..batch.embeddings import save_embedding
 
     in_batch = batch_mode(args)
+    problem = engine.label_problem()  # an unknown name in --only, --exclude or --labels: before -o is touched
+    if problem:
+        return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
     listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
-        done = results.recorded_paths(args.output, args.format, rows) if args.resume else set()
-        writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout)
+        table = content.DigestTable() if args.dedup else None  # content -> where its first record lies
+        done = results.recorded_paths(args.output, args.format, rows, options.hash, table) if args.resume else set()
+        writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout, hashed=options.hash)
+        reader = results.RecordReader(args.output, args.format, options.hash) if args.dedup else None
     except (OSError, results.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
     writers.append(writer)
     items = _chain(inputs.expand(args.inputs, args.all_files), listed)
     items = (item for item in items if item.name not in done)
+    contents = None
+    if options.hash:
+        contents = content.Contents(args.jobs, args.dedup, table, reader.read if reader else None)
+        contents.stdin = stdin
+        items = contents.tagged(items)
     progress = _progress_bar(args) if in_batch else None  # one input: its result is the progress
     total = _count_in_background(args, inputs, done) if progress is not None else []
     # Results and the bar on one terminal: the bar steps aside for each record, so neither runs into the other.
     aside = type(progress).external_write_mode if progress is not None and _on_terminal(sys.stdout) else \
         contextlib.nullcontext
-    counts = {"ok": 0, "failed": 0, "audio": 0.0}
+    counts = {"ok": 0, "failed": 0, "audio": 0.0, "duplicates": 0}
     started = time.perf_counter()
+
+    def step():
+        if progress is not None:
+            if total and progress.total is None:  # known now: done/total, percent and time left
+                progress.total = total[0]
+            progress.update(1)
+            progress.set_postfix(errors=counts["failed"], refresh=False)
+
+    def write_duplicates():
+        """The inputs held back as copies of earlier ones, which come next in input order."""
+        for duplicate in contents.duplicates_before():
+            with lock, aside():
+                writer.write_text(_duplicate_text(duplicate, table, reader, args.format))
+            counts["duplicates"] += 1
+            step()
+
     try:
         writer.begin()
         for outcome in engine.outcomes(items):
+            if contents is not None:
+                write_duplicates()
+                outcome.sha256 = contents.sha256_of(outcome)
             if outcome.error is None and args.embeddings:
                 outcome = save_embedding(outcome, args.embeddings)
             if outcome.error is not None:
@@ -114,12 +151,12 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
                 counts["ok"] += 1
                 counts["audio"] += outcome.duration
             with lock, aside():
-                writer.write(records.record(outcome), header=in_batch, before=records.event_records(outcome))
-            if progress is not None:
-                if total and progress.total is None:  # known now: done/total, percent and time left
-                    progress.total = total[0]
-                progress.update(1)
-                progress.set_postfix(errors=counts["failed"], refresh=False)
+                place = writer.write(records.record(outcome), header=in_batch, before=records.event_records(outcome))
+            if contents is not None:
+                contents.recorded(outcome.sha256, *place)
+            step()
+        if contents is not None:
+            write_duplicates()  # those after the last input tagged
         writer.close()  # flushed and synced: the results are the product, durable before exit 0
     except BrokenPipeError:
         raise
@@ -132,9 +169,25 @@ def _write_outcomes(args, engine, writers: list, lock) -> int:
         if progress is not None:
             progress.close()
         writer.close(quietly=True)  # interrupted: what was written still reaches the disk
+        if reader is not None:
+            reader.close()
     if in_batch or args.verbose:
         _summary(counts, time.perf_counter() - started)
     return EXIT_INPUT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _duplicate_text(duplicate, table, reader, fmt) -> str:
+    """A duplicate's record: its first copy's, read back from the results file (one line of error where that
+    record cannot be read: it was written, so only a failing disk gets here)."""
+    from .. import records
+
+    place = table.get(duplicate.sha256)
+    first = reader.read(*place) if place is not None else None
+    if first is None or first["sha256"] != duplicate.sha256:
+        return records.format_record({"path": duplicate.name, "sha256": duplicate.sha256,
+                                      "duplicate_of": duplicate.first,
+                                      "error": "the first copy's record cannot be read back"}, fmt, hashed=True)
+    return reader.duplicate(first, duplicate.name)
 
 
 def _on_terminal(stream) -> bool:
@@ -199,10 +252,11 @@ def _progress_bar(args):
 
 
 def _summary(counts, seconds) -> None:
-    files = counts["ok"] + counts["failed"]
+    files = counts["ok"] + counts["failed"] + counts["duplicates"]
     rate = files / seconds if seconds > 0 else 0.0
     realtime = counts["audio"] / seconds if seconds > 0 else 0.0
-    _warn(f"{files} inputs: {counts['ok']} ok, {counts['failed']} failed in {seconds:.1f} s "
+    copies = f", {counts['duplicates']} duplicates" if counts["duplicates"] else ""
+    _warn(f"{files} inputs: {counts['ok']} ok, {counts['failed']} failed{copies} in {seconds:.1f} s "
           f"({rate:.1f} files/s, {realtime:.0f}x realtime)")
 
 

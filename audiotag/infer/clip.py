@@ -49,6 +49,7 @@ class Accumulator:
 
     def __init__(self, tagger, options: TagOptions):  # tagger: an infer.tagger.Tagger
         self.tagger, self.options = tagger, options
+        self.view = tagger.label_view(options)  # the labels results hold (--only, --exclude, --labels)
         self.logits = None  # per-label max over windows
         self.score_sum = None  # per-label sum of window scores (for aggregate "mean")
         self.embedding_sum = None
@@ -64,7 +65,7 @@ class Accumulator:
         self.embedding_sum = wide if self.embedding_sum is None else self.embedding_sum + wide
         self.count += 1
         segment = Segment(start / frontend.SAMPLE_RATE, (start + length) / frontend.SAMPLE_RATE,
-                          self.tagger.top_tags(logits, self.options.top_k, self.options.threshold))
+                          self.tagger.top_tags(logits, self.options.top_k, self.options.threshold, self.view))
         if self.options.segments:
             self.segments.append(segment)
         return segment
@@ -83,7 +84,7 @@ class Accumulator:
         embedding = (self.embedding_sum / self.count).astype(np.float32)
         segments = sorted(self.segments, key=lambda s: s.start)
         logits = self.clip_logits()
-        return Prediction(self.tagger.top_tags(logits, self.options.top_k, self.options.threshold), logits,
+        return Prediction(self.tagger.top_tags(logits, self.options.top_k, self.options.threshold, self.view), logits,
                           embedding, self.tagger.categories(logits), segments, self._events())
 
     def _events(self) -> list:
@@ -93,7 +94,10 @@ class Accumulator:
         rate = frontend.SAMPLE_RATE
         starts = [start / rate for start, _, _ in self.event_windows]
         ends = [end / rate for _, end, _ in self.event_windows]
-        found = events.find_events(starts, ends, np.stack([s for _, _, s in self.event_windows]),
-                                   duration=max(ends), floor=max(events.EVENT_FLOOR, self.options.threshold),
-                                   labels=self.tagger.model.info.labels)
+        scores = np.stack([s for _, _, s in self.event_windows])
+        labels = self.tagger.model.info.labels
+        if self.view is not None:  # events of the labels results hold
+            scores, labels = self.view.scores(scores), self.view.names
+        found = events.find_events(starts, ends, scores, duration=max(ends),
+                                   floor=max(events.EVENT_FLOOR, self.options.threshold), labels=labels)
         return found

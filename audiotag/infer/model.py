@@ -71,6 +71,7 @@ class ModelInfo:
     mids: tuple  # AudioSet machine ids, index order
     frontend: dict  # settings the features must be computed with
     categories: tuple  # (name, output indices of the labels in its ontology subtree) per top-level category
+    ontology: tuple = ()  # (name, mid, output indices of its subtree) per ontology node (model format 3 on)
 
 
 class Model:
@@ -111,7 +112,7 @@ class Model:
         return logits, embedding
 
 
-MODEL_FORMAT = "2"  # the audiotag_model_format this package reads (scripts/model/export_model.py writes it)
+MODEL_FORMAT = "3"  # the audiotag_model_format scripts/model/export_model.py writes; 2 (no "ontology") is read too
 
 
 def _read_info(session, path) -> ModelInfo:
@@ -127,6 +128,8 @@ def _read_info(session, path) -> ModelInfo:
             mids=tuple(json.loads(meta["mids"])),
             frontend=json.loads(meta["frontend"]),
             categories=tuple((c["name"], np.array(c["indices"], np.int64)) for c in json.loads(meta["categories"])),
+            ontology=tuple((n["name"], n["mid"], np.array(n["indices"], np.int64))
+                           for n in json.loads(meta.get("ontology", "[]"))),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ModelError(f"{path} is not an audiotag model: metadata {error} missing or invalid") from error
@@ -136,4 +139,6 @@ def _read_info(session, path) -> ModelInfo:
         raise ModelError(f"{path}: {len(info.labels)} labels but the model outputs {width} scores")
     if not all(len(indices) and indices.min() >= 0 and indices.max() < width for _, indices in info.categories):
         raise ModelError(f"{path}: a category names an empty or out-of-range set of labels")
+    if not all(not len(indices) or (indices.min() >= 0 and indices.max() < width) for *_, indices in info.ontology):
+        raise ModelError(f"{path}: an ontology node names an out-of-range label")
     return info

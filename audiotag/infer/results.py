@@ -55,3 +55,4 @@ class Outcome:
     error: Optional[str] = None
     timings: Optional[dict] = None  # seconds spent per stage in this input's worker
     codec: Optional[str] = None  # what was decoded ("aac", "pcm_s16le", ...)
+    sha256: Optional[str] = None  # of the input's bytes (--hash)

@@ -12,8 +12,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 import os
+import threading
 
-from .. import decode
+from .. import decode, hashing
 from ..decode.limits import Limits, apply
 from ..errors import AudioError, failure_message
 from ..assets import DEFAULT_MODEL, asset_path
@@ -22,8 +23,12 @@ from . import frontend
 from .model import Model, ModelError
 from .clip import CLIP_LAYOUT, Accumulator, layouts, model_input, sigmoid
 from .batcher import Batcher, tag_stream
+from .labels import LabelError, LabelView, Vocabulary, resolve
 from .results import Category, Outcome, Prediction, Tag
 from .windows import passes
+
+VIEWS = 64  # label choices kept resolved
+
 
 class Tagger:
     """Loads the model once; ``tag``, ``tag_file`` and ``predict`` may be called from several threads at once.
@@ -47,6 +52,39 @@ class Tagger:
         found = {key: info.frontend.get(key) for key in expected}
         if found != expected:
             raise ModelError(f"{self.model.path} expects frontend {found}, this audiotag computes {expected}")
+        self._vocabulary = None
+        self._views = {}  # (only, exclude, labels) -> LabelView: resolved once per choice, the last VIEWS kept
+        self._views_lock = threading.Lock()  # serve's requests choose their own
+
+    def label_view(self, options: TagOptions) -> Optional[LabelView]:
+        """The labels ``options`` give (``infer.labels``); None for all of them. Raises LabelError (a ValueError)
+        naming an unknown label and the nearest real one."""
+        key = (options.only, options.exclude, options.labels)
+        if key == ("", "", ()):
+            return None
+        with self._views_lock:
+            if key in self._views:
+                return self._views[key]
+            self._vocabulary = self._vocabulary or Vocabulary(self.model.info)
+        view = resolve(self._vocabulary, options)
+        with self._views_lock:
+            self._views[key] = view
+            while len(self._views) > VIEWS:  # a service's clients may choose many: the oldest go
+                self._views.pop(next(iter(self._views)))
+        return view
+
+    def label_count(self, options: TagOptions) -> int:
+        """How many labels a result may hold with ``options``."""
+        view = self.label_view(options)
+        return len(self.model.info.labels) if view is None else len(view.names)
+
+    def label_problem(self, options: TagOptions) -> Optional[tuple]:
+        """(option, what is wrong) when ``options`` name a label the model does not know, else None."""
+        try:
+            self.label_view(options)
+        except LabelError as error:
+            return error.option, error.detail
+        return None
 
     def tag(self, samples: np.ndarray, sample_rate: int, options: TagOptions = TagOptions()) -> Prediction:
         """Tag samples already in memory.
@@ -84,8 +122,15 @@ class Tagger:
             raise TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "-")
         name = name if isinstance(name, str) else "-"
-        stream = None
+        stream = sha = None
         try:
+            if options.hash:  # a path or bytes are hashed first; a file object as it is read, then to its end
+                if isinstance(source, (str, os.PathLike)):
+                    sha = hashing.file_sha256(source) if os.path.isfile(source) else None
+                elif isinstance(source, (bytes, bytearray, memoryview)):
+                    sha = hashing.bytes_sha256(source)
+                else:
+                    source = hashing.HashingReader(getattr(source, "buffer", source))
             stream = apply(decode.open_source(source), Limits(max_duration or None, timeout or None))
             prediction, timings = tag_stream(stream, self, Batcher(self), options)
         except AudioError:
@@ -96,8 +141,13 @@ class Tagger:
             if stream is not None:
                 stream.close()
         whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
+        if isinstance(source, hashing.HashingReader):
+            try:
+                sha = source.hexdigest()  # what the decoder left is read for the hash
+            except OSError as error:
+                raise AudioError(f"cannot read the input to its end to hash it: {failure_message(error)}") from error
         return Outcome(name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated, whole,
-                       stream.warning, timings=timings, codec=stream.codec)
+                       stream.warning, timings=timings, codec=stream.codec, sha256=sha)
 
     def predict(self, clip: decode.Audio, options: TagOptions = TagOptions()) -> Prediction:
         """Tag a decoded clip, in batches of windows."""
@@ -120,13 +170,21 @@ class Tagger:
             else:
                 accumulator.add_event_window(start, length, row)
 
-    def top_tags(self, logits: np.ndarray, k: int, threshold: float = 0.0) -> list:
+    def top_tags(self, logits: np.ndarray, k: int, threshold: float = 0.0, view: Optional[LabelView] = None) -> list:
         """The k highest-scoring labels, best first (ties broken by index, so output is stable), less those
-        scoring under ``threshold``."""
-        order = np.lexsort((np.arange(len(logits)), -logits))[:k]
-        scores = sigmoid(logits[order])
+        scoring under ``threshold``. With a ``view`` (``label_view``), its labels: a user label's tag carries the
+        mid and index of its best member."""
         info = self.model.info
-        return [Tag(info.labels[i], info.mids[i], int(i), float(s)) for i, s in zip(order, scores) if s >= threshold]
+        if view is None:
+            order = np.lexsort((np.arange(len(logits)), -logits))[:k]
+            scores = sigmoid(logits[order])
+            return [Tag(info.labels[i], info.mids[i], int(i), float(s)) for i, s in zip(order, scores)
+                    if s >= threshold]
+        best = view.best(logits)
+        order = np.lexsort((np.arange(len(best)), -logits[best]))[:k]
+        scores = sigmoid(logits[best[order]])
+        return [Tag(view.names[j], info.mids[best[j]], int(best[j]), float(s)) for j, s in zip(order, scores)
+                if s >= threshold]
 
     def categories(self, logits: np.ndarray) -> list:
         """The seven top-level categories, best first (ties in the ontology's order): each scores as its best

@@ -172,7 +172,10 @@ def main(argv) -> int:
     problem = window_problem(args.window, args.hop)
     if problem:
         parser.error(problem)
-    args.options = tag_options(args)  # every request's defaults
+    try:
+        args.options = tag_options(args)  # every request's defaults
+    except ValueError as error:
+        parser.error(str(error))
     token = _read_token(parser, args.token_file)
     if args.socket is None and token is None and not _is_loopback(args.host):
         parser.error(f"--host {args.host} is reachable from other machines: give --token-file FILE (a secret "
@@ -186,6 +189,9 @@ def main(argv) -> int:
     except (ModelError, FileNotFoundError) as error:
         log(str(error))
         return EXIT_MODEL
+    problem = tagger.label_problem(args.options)
+    if problem:
+        parser.error(f"--{problem[0]}: {problem[1]}")
     service = Service(tagger, args, token)
     try:
         server = listen(args, service)
@@ -372,6 +378,8 @@ class Service:
                                       deadline)
         if body.failure is not None:
             raise body.failure
+        if body.digest is not None:  # hash=1: every byte of the body was read (a stream to its end, above)
+            outcome.sha256 = body.digest.hexdigest()
         if outcome.error is None:
             self.metrics.tagged(outcome.duration)
         return (200 if outcome.error is None else 422), [*segments, *records.event_records(outcome),

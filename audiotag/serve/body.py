@@ -40,6 +40,7 @@ class Body:
         self.received = 0
         self.done = not chunked and not length
         self.failure: Optional[HttpError] = None
+        self.digest = None  # a hashing.sha256 that sees every byte of the body once (hash=1)
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left when negative); b"" at the end of the body."""
@@ -92,6 +93,8 @@ class Body:
             self._fail(400, "the body ends early (closed before its Content-Length or its last chunk)")
         self._left -= len(data)
         self.received += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
         if self.received > self._limit:
             self._fail(413, f"body over --max-body ({self._limit} bytes)")
         if self.received - len(data) < REPLAY_LIMIT:

@@ -19,6 +19,7 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
+from ..hashing import sha256
 from ..options import RAW_FORMATS, TagOptions, per_request_options
 from .body import Body, HttpError
 
@@ -145,11 +146,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _tag(self, query: dict, started: float) -> tuple:
         request = TagRequest(query, self.service.args.options)
+        problem = self.service.tagger.label_problem(request.options)  # only=, exclude=: names the model knows
+        if problem:
+            raise HttpError(400, f"{problem[0]}: {problem[1]}")
         length, chunked = self._body_framing()
         if length is not None and length > self.service.args.max_body:
             raise HttpError(413, f"body of {length} bytes is over --max-body ({self.service.args.max_body} bytes)")
         self._body = Body(self.rfile, length, chunked, self.service.args.max_body, started + self.service.args.timeout,
                           self.service.args.idle_timeout, self.connection.settimeout, self._send_continue)
+        if request.options.hash:
+            self._body.digest = sha256()
         return self.service.tag(self._body, request, started + self.service.args.timeout, self._client())
 
     def _body_framing(self) -> tuple:

@@ -53,7 +53,7 @@ CHECKPOINTS = {
 }
 LABELS_FILE = "class_labels_indices.csv"
 LABELS_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
-# The AudioSet ontology (CC BY-SA 4.0, Google): only the top-level categories' label sets go into the model.
+# The AudioSet ontology (CC BY-SA 4.0, Google): its nodes' names, MIDs and label sets go into the model.
 ONTOLOGY_FILE = "ontology.json"
 ONTOLOGY_URL = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
 TOP_LEVEL_CATEGORIES = 7  # Human sounds, Animal, Music, Natural sounds, Sounds of things, Source-ambiguous, Channel
@@ -63,7 +63,7 @@ FRONTEND = {
     "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
     "fmin": 0.0, "fmax": 15000.0, "preemphasis": 0.97, "log_offset": 1e-05, "norm_shift": 4.5, "norm_scale": 5.0,
 }
-MODEL_FORMAT = "2"  # bump when inputs, outputs or metadata keys change meaning (2: "categories")
+MODEL_FORMAT = "3"  # bump when inputs, outputs or metadata keys change meaning (2: "categories", 3: "ontology")
 OPSET = 17
 INPUT, OUTPUTS = "melspec", ("logits", "embedding")
 TRAINING_OPS = {"Dropout", "BatchNormalization"}  # must not survive an eval-mode export
@@ -138,9 +138,11 @@ def load_labels(path: Path) -> tuple[list[str], list[str]]:
     return [r["display_name"] for r in rows], [r["mid"] for r in rows]
 
 
-def load_categories(path: Path, mids: list[str]) -> list[dict]:
-    """The ontology's top-level categories (classes nobody lists as a child), each with the output indices of
-    the labels in its subtree, the category itself included; a label under two parents belongs to both."""
+def load_ontology(path: Path, mids: list[str]) -> tuple[list[dict], list[dict]]:
+    """The ontology's top-level categories (classes nobody lists as a child) and every node of it, each with the
+    output indices of the labels in its subtree, the node itself included (a label under two parents belongs to
+    both; an abstract node that is not a model class has its descendants' indices). The nodes let a user name a
+    node for its whole subtree (``--only Music``) without the package reading the ontology."""
     try:
         with open(path, encoding="utf-8") as f:
             classes = {c["id"]: c for c in json.load(f)}
@@ -151,20 +153,22 @@ def load_categories(path: Path, mids: list[str]) -> list[dict]:
     if len(tops) != TOP_LEVEL_CATEGORIES:
         raise ExportError(f"{path}: expected {TOP_LEVEL_CATEGORIES} top-level classes, found {len(tops)}")
     index_of = {mid: i for i, mid in enumerate(mids)}
-    categories = []
-    for top in tops:
-        subtree, stack = set(), [top["id"]]
+
+    def indices(root: str) -> list[int]:
+        subtree, stack = set(), [root]
         while stack:
             mid = stack.pop()
             if mid not in subtree:
                 subtree.add(mid)
                 stack.extend(classes[mid]["child_ids"])
-        categories.append({"name": top["name"], "mid": top["id"],
-                           "indices": sorted(index_of[mid] for mid in subtree if mid in index_of)})
+        return sorted(index_of[mid] for mid in subtree if mid in index_of)
+
+    categories = [{"name": top["name"], "mid": top["id"], "indices": indices(top["id"])} for top in tops]
     missing = set(range(len(mids))) - {i for c in categories for i in c["indices"]}
     if missing:
         raise ExportError(f"{path}: {len(missing)} labels are in no category (e.g. {mids[min(missing)]})")
-    return categories
+    nodes = [{"name": c["name"], "mid": c["id"], "indices": indices(c["id"])} for c in classes.values()]
+    return categories, nodes
 
 
 def load_model(name: str, checkpoint: Path) -> MobileNetV3:
@@ -341,7 +345,7 @@ def run(args: argparse.Namespace) -> None:
     if sha256 and checkpoint_sha != sha256:
         print(f"warning: {checkpoint} has sha256 {checkpoint_sha}, not the published {sha256}", file=sys.stderr)
     names, mids = load_labels(labels_csv)
-    categories = load_categories(ontology, mids)
+    categories, nodes = load_ontology(ontology, mids)
     model = load_model(args.model, checkpoint)
     metadata = {
         "model_name": args.model,
@@ -350,6 +354,7 @@ def run(args: argparse.Namespace) -> None:
         "mids": json.dumps(mids),
         "frontend": json.dumps(FRONTEND),
         "categories": json.dumps(categories),
+        "ontology": json.dumps(nodes, separators=(",", ":")),
         "ontology_sha256": sha256_of(ontology),
         "audiotag_model_format": MODEL_FORMAT,
     }

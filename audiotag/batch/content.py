@@ -1,0 +1,190 @@
+"""Content hashes (``--hash``) and duplicates tagged once (``--dedup``).
+
+An input's sha256 is that of its bytes (``audiotag.hashing``). A file is hashed before it is decoded, in this
+process (the parent, which walks, reads lists and writes the records), by ``jobs`` threads a little ahead of the
+tagging: the dedup decision must come before decoding, and this is the one place that sees every input when
+``--workers`` deals them to several processes. The worker then reads the file a second time, from the page cache
+(``scripts/bench/bench_content.py`` measures the cost). Stdin cannot be read twice: it is hashed as the decoder
+reads it, then read to its end.
+
+A duplicate is not decoded: its record is the first copy's, read back from the results file (by offset, so the
+records are not held in memory), with its own path and ``"duplicate_of": <first path>``. The table from content to
+record (``DigestTable``) holds 8 bytes of each distinct sha256 and where its record lies; a match on those 8 bytes
+is confirmed on the full sha256 the record carries, so two contents that share them are still told apart.
+"""
+
+import collections
+import os
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from ..errors import failure_message
+from ..hashing import file_sha256
+from .inputs import Input
+
+class DigestTable:
+    """sha256 -> (offset, length) of its record in the results file, in numpy arrays: an open-addressing table
+    keyed by the digest's first 8 bytes, grown to stay at most 2/3 full. 20 bytes a slot (key 8, offset 8,
+    length 4), so 30 to 60 bytes per distinct content (``scripts/bench/bench_content.py``: 1M contents)."""
+
+    EMPTY = 0  # a key of 0 is stored as 1: one prefix in 2^64 shares a slot's key, and the full sha256 decides
+
+    def __init__(self, capacity: int = 1024):
+        self._keys = np.zeros(capacity, np.uint64)
+        self._offsets = np.zeros(capacity, np.int64)
+        self._lengths = np.zeros(capacity, np.uint32)
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._keys.nbytes + self._offsets.nbytes + self._lengths.nbytes
+
+    @staticmethod
+    def _key(hexdigest: str) -> int:
+        return int(hexdigest[:16], 16) or 1
+
+    def _slot(self, key: int) -> int:
+        mask = len(self._keys) - 1
+        slot = (key * 0x9E3779B97F4A7C15 >> 64 - mask.bit_length()) & mask  # Fibonacci hashing of the key
+        while self._keys[slot] != self.EMPTY and self._keys[slot] != key:
+            slot = (slot + 1) & mask
+        return slot
+
+    def get(self, hexdigest: str) -> Optional[tuple]:
+        """(offset, length) of the record of a content whose sha256 begins as ``hexdigest`` does, or None."""
+        slot = self._slot(self._key(hexdigest))
+        if self._keys[slot] == self.EMPTY:
+            return None
+        return int(self._offsets[slot]), int(self._lengths[slot])
+
+    def add(self, hexdigest: str, offset: int, length: int) -> None:
+        """Remember the first record of a content (a later one with the same 8 bytes is not stored)."""
+        if 3 * (self._count + 1) > 2 * len(self._keys):
+            self._grow()
+        key = self._key(hexdigest)
+        slot = self._slot(key)
+        if self._keys[slot] == self.EMPTY:
+            self._keys[slot], self._offsets[slot], self._lengths[slot] = key, offset, length
+            self._count += 1
+
+    def _grow(self) -> None:
+        keys, offsets, lengths = self._keys, self._offsets, self._lengths
+        self.__init__(2 * len(keys))
+        for index in np.flatnonzero(keys != self.EMPTY):
+            slot = self._slot(int(keys[index]))
+            self._keys[slot], self._offsets[slot], self._lengths[slot] = keys[index], offsets[index], lengths[index]
+            self._count += 1
+
+
+class Duplicate:
+    """An input whose bytes were seen before: it is not tagged."""
+
+    def __init__(self, name: str, sha: str, first: str):
+        self.name, self.sha256, self.first = name, sha, first
+
+
+class Contents:
+    """Hashes inputs ahead of the tagging and, with ``dedup``, holds back those seen before.
+
+    ``tagged(items)`` is what goes to the engine (run in its feeder thread); the writer side (``sha256_of``,
+    ``duplicates_before``, ``recorded``) is called by the thread that writes records, in input order.
+    ``read_record(offset, length)`` reads a record back from the results file (None: not readable).
+    """
+
+    def __init__(self, jobs: int, dedup: bool, table: Optional[DigestTable] = None,
+                 read_record: Optional[Callable[[int, int], Optional[dict]]] = None):
+        self.jobs, self.dedup = jobs, dedup
+        self.table = table if table is not None else DigestTable()
+        self.read_record = read_record
+        self._lock = threading.Lock()
+        self._pending = {}  # sha256 -> first path, of contents sent to be tagged and not yet recorded
+        self._hashes = collections.deque()  # (name, sha256 or None) of the inputs sent to be tagged, in order
+        self._held = collections.deque()  # per input sent: the duplicates that follow it (the first: those before)
+        self._held.append([])
+        self.stdin = None  # a HashingReader when stdin is an input
+
+    def tagged(self, items: Iterable[Input]) -> Iterator[Input]:
+        """The inputs to tag, hashed (a little ahead, by ``jobs`` threads); duplicates are held back."""
+        for item, sha in self._hashed(items):
+            first = self._first_copy(sha) if self.dedup and sha else None
+            with self._lock:
+                if first is not None:
+                    self._held[-1].append(Duplicate(item.name, sha, first))
+                    continue
+                if self.dedup and sha:
+                    self._pending[sha] = item.name
+                self._hashes.append((item.name, sha))
+                self._held.append([])
+            yield item
+
+    def _hashed(self, items: Iterable[Input]) -> Iterator[tuple]:
+        def digest(item: Input):
+            if item.error or item.name == "-":  # stdin: hashed as it is decoded
+                return None
+            try:
+                if not stat.S_ISREG(os.stat(item.name).st_mode):  # a pipe named as a file: read once, by the decoder
+                    return None
+                return file_sha256(item.name)
+            except OSError:  # the worker will say what is wrong with it
+                return None
+
+        ahead = collections.deque()
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="audiotag-hash") as pool:
+            for item in items:
+                ahead.append((item, pool.submit(digest, item)))
+                if len(ahead) > 2 * self.jobs:
+                    item, future = ahead.popleft()
+                    yield item, future.result()
+            while ahead:
+                item, future = ahead.popleft()
+                yield item, future.result()
+
+    def _first_copy(self, sha: str) -> Optional[str]:
+        """The path of the first input with these bytes, if one was seen (in this run or the resumed one)."""
+        with self._lock:
+            if sha in self._pending:
+                return self._pending[sha]
+            place = self.table.get(sha)
+        if place is None:
+            return None
+        record = self.read_record(*place)
+        return record["path"] if record is not None and record.get("sha256") == sha else None
+
+    def sha256_of(self, outcome) -> Optional[str]:
+        """The sha256 of the input this outcome is of (the next one sent to be tagged)."""
+        with self._lock:
+            name, sha = self._hashes.popleft()
+        if name == "-" and self.stdin is not None:
+            try:
+                sha = self.stdin.hexdigest()
+            except OSError as error:
+                outcome.warning = outcome.warning or f"stdin not hashed: {failure_message(error)}"
+        return sha
+
+    def duplicates_before(self) -> list:
+        """The duplicates held back before the input whose outcome comes next (call once per outcome, then once
+        more at the end for those after the last)."""
+        with self._lock:
+            return self._held.popleft() if self._held else []
+
+    def recorded(self, sha: Optional[str], offset: int, length: int) -> None:
+        """A tagged input's record was written at ``offset``: later copies of its bytes are read back from there."""
+        if not (self.dedup and sha):
+            return
+        with self._lock:
+            self._pending.pop(sha, None)
+            self.table.add(sha, offset, length)
+
+
+def duplicate_record(first: dict, duplicate: Duplicate) -> dict:
+    """The record of a duplicate: the first copy's, with its own path and "duplicate_of" after the sha256."""
+    rec = {"path": duplicate.name, "sha256": duplicate.sha256, "duplicate_of": first["path"]}
+    rec.update((key, value) for key, value in first.items() if key not in rec and key != "duplicate_of")
+    return rec
