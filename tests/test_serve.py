@@ -643,4 +643,5 @@ def test_hash_is_the_sha256_of_the_body(serve):
             assert compare_lines(answer, plain) == []
     status, answer = serve("--hash").post("/tag?name=x.bin", b"not audio at all")
     assert (status, answer) == (422, [{"path": "x.bin", "sha256": hashlib.sha256(b"not audio at all").hexdigest(),
-                                       "error": "cannot decode: Format not recognised."}])
+                                       "error": "cannot decode: not audio, or a format audiotag does not know "
+                                                    "(headerless samples: --raw FORMAT --rate HZ on stdin)"}])

@@ -19,6 +19,7 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import __version__
+from ..errors import failure_message
 from ..hashing import sha256
 from ..options import RAW_FORMATS, TagOptions, per_request_options
 from .body import Body, HttpError
@@ -138,7 +139,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.service.count(error.status, time.monotonic() - started if self.path.startswith("/tag") else None)
         except Exception as error:  # a bug: one line in the log and a 500, never a traceback or a silent drop
             log(f"serve: unexpected {type(error).__name__} answering {self.requestline!r}: {error}")
-            self._answer(500, [{"error": f"unexpected {type(error).__name__}: {error}"}])
+            self._answer(500, [{"error": failure_message(error)}])  # worded for the client; the log keeps the class
             self.service.count(500)
         finally:
             self.connection.settimeout(self.timeout)  # a body's reads may have shortened it to their deadline

@@ -62,7 +62,7 @@ def decoder_run(path: Path, decoder: str):
                     pass
             return
         with open(path, "rb") as file:
-            stream = decode.sndfile.open_soundfile(file.fileno(), None) if decoder == "libsndfile" else \
+            stream = decode.sndfile.open_soundfile(file, None) if decoder == "libsndfile" else \
                 ffmpeg.open_source(file)
             for _ in stream._blocks:
                 pass
