@@ -295,18 +295,25 @@ def test_bad_input_in_the_new_formats_is_one_line(cli, fixtures, tmp_path):
                                "ten-channels.mka", "truncated-faststart.m4a", "truncated.m4a", "video-only.mp4"]
     assert "error" not in records["good.m4a"]
     assert "error" not in records["huge-doubles.mkv"] and records["huge-doubles.mkv"]["codec"] == "pcm_f64le"
-    assert records["seventeen-channels.mkv"]["error"] == ("cannot decode pcm_s16le: 17 channels (at most 16 "
-                                                          "through FFmpeg: PyAV 12 misreads the layout of more)")
+    if ffmpeg.native():  # our C reads any layout: both many-channel files decode (3 s each)
+        for name, channels in (("seventeen-channels.mkv", 17), ("ten-channels.mka", 10)):
+            assert "error" not in records[name] and records[name]["channels"] == channels, records[name]
+            assert abs(records[name]["duration"] - 3.0) < 0.05, records[name]
+    else:
+        assert records["seventeen-channels.mkv"]["error"] == ("cannot decode pcm_s16le: 17 channels (at most 16 "
+                                                              "through FFmpeg: PyAV 12 misreads the layout of more)")
+        assert records["ten-channels.mka"]["error"] == ("cannot decode vorbis: 10 channels without a channel "
+                                                        "layout (PyAV 12 cannot read them)")
     assert records["random.m4a"]["error"] == "cannot decode: Format not recognised."
     assert records["truncated.m4a"]["error"].startswith("cannot decode: ")
     assert records["video-only.mp4"]["error"] == "no audio stream in this mov file (it holds video)"
-    assert records["ten-channels.mka"]["error"] == ("cannot decode vorbis: 10 channels without a channel layout "
-                                                    "(PyAV 12 cannot read them)")
     salvaged = records["truncated-faststart.m4a"]
     assert "error" not in salvaged and salvaged["duration"] < 6.0, salvaged
     lines = result.stderr.decode().splitlines()
     assert "Traceback" not in result.stderr.decode()
-    for name in ("random.m4a", "truncated.m4a", "video-only.mp4", "ten-channels.mka", "seventeen-channels.mkv"):
+    failing = ["random.m4a", "truncated.m4a", "video-only.mp4"]
+    failing += [] if ffmpeg.native() else ["ten-channels.mka", "seventeen-channels.mkv"]
+    for name in failing:
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert "Warning" not in result.stderr.decode()
     alone = cli(bad / "huge-doubles.mkv")

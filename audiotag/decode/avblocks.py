@@ -1,0 +1,166 @@
+"""The slim FFmpeg through _avblocks.c: whole blocks per call, decoded without Python's lock.
+
+ctypes releases the lock for the length of each call into a CDLL, so a block of seconds (demuxing, decoding and
+the conversion to interleaved float32) runs beside other threads; PyAV needed the lock for every frame. A path
+or a seekable file is read by the C code itself (pread), bytes from memory; only a pipe calls back into Python,
+once per 64 kB read. scripts/build/build_avblocks.sh builds the library (scripts/build/setup.sh runs it); without
+it ``available()`` is False and ``ffmpeg`` decodes through PyAV as before.
+"""
+
+import ctypes
+import io
+import os
+import stat
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+LIBRARY = Path(__file__).with_name("_avblocks.so")
+NO_AUDIO, NO_DECODER, TOO_MANY_BAD = 1, 2, 3  # _avblocks.c's own codes; the rest are FFmpeg's (AVERROR)
+KINDS = ("video", "audio", "data", "subtitle", "attachment")  # AVMEDIA_TYPE_*, as PyAV names them
+_EIO = -5
+_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+
+_lib = None
+_missing = None  # why the library cannot be used, once tried
+
+
+class Error(Exception):
+    """A failing call: ``code`` is FFmpeg's AVERROR or one of this module's codes."""
+
+    def __init__(self, code: int, format_name: str = "", stream_kinds: frozenset = frozenset()):
+        super().__init__(code)
+        self.code = code
+        self.format_name, self.stream_kinds = format_name, stream_kinds  # what the container held, once probed
+
+
+def _load():
+    global _lib, _missing
+    if _lib is not None or _missing is not None:
+        return _lib
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError as error:
+        _missing = str(error)
+        return None
+    pointer, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    signatures = {
+        "avb_new": (pointer, [c_int, ctypes.c_int64, pointer, ctypes.c_int64, _READ, c_int]),
+        "avb_open_input": (c_int, [pointer, c_char_p]), "avb_open_decoder": (c_int, [pointer]),
+        "avb_format_name": (c_char_p, [pointer]), "avb_stream_kinds": (c_int, [pointer]),
+        "avb_codec_name": (c_char_p, [pointer]), "avb_duration": (ctypes.c_double, [pointer]),
+        "avb_bad": (c_int, [pointer]), "avb_bad_error": (c_int, [pointer]), "avb_stop_error": (c_int, [pointer]),
+        "avb_peek": (c_int, [pointer, ctypes.POINTER(c_int), ctypes.POINTER(c_int)]),
+        "avb_read": (c_int, [pointer, pointer, c_int]), "avb_close": (None, [pointer]),
+        "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
+    }
+    for name, (result, arguments) in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = result, arguments
+    lib.avb_quiet()  # a bad input is reported once, by audiotag, not by FFmpeg's log
+    _lib = lib
+    return lib
+
+
+def available() -> bool:
+    return _load() is not None
+
+
+def strerror(code: int) -> str:
+    text = ctypes.create_string_buffer(256)
+    _load().avb_strerror(code, text, len(text))
+    return text.value.decode("utf-8", "replace")
+
+
+class Decoder:
+    """One input: ``source`` a regular file (a binary file object with a descriptor), an io.BytesIO, or any
+    object with read() (a pipe). Reading starts at the source's current position; at most ``max_bad`` packets
+    that fail to decode are skipped."""
+
+    def __init__(self, source, max_bad: int):
+        lib = _load()
+        self._lib, self._kept, self._raised = lib, [], None
+        fd, offset, memory, size, read = -1, 0, None, 0, _READ()
+        name = None
+        if isinstance(source, io.BytesIO):
+            view = source.getbuffer()
+            buffer = (ctypes.c_char * len(view)).from_buffer(view)
+            self._kept += [view, buffer]
+            memory, size, offset = ctypes.addressof(buffer), len(view), source.tell()
+        elif _regular_file(source):
+            fd, offset = source.fileno(), source.tell()
+            name = getattr(source, "name", None)
+        else:
+            read = _READ(self._reader(source))
+            self._kept.append(read)
+        self._ctx = lib.avb_new(fd, offset, memory, size, read, max_bad)
+        if not self._ctx:
+            raise MemoryError
+        try:
+            self._check(lib.avb_open_input(self._ctx, os.fsencode(name) if isinstance(name, str) else None))
+            self.format_name = lib.avb_format_name(self._ctx).decode()
+            self.stream_kinds = {kind for index, kind in enumerate(KINDS)
+                                 if lib.avb_stream_kinds(self._ctx) & (1 << index)}
+            code = lib.avb_open_decoder(self._ctx)
+            if code:
+                raise Error(code, self.format_name, frozenset(self.stream_kinds))
+        except BaseException:
+            self.close()
+            raise
+        self.codec_name = lib.avb_codec_name(self._ctx).decode()
+
+    def _reader(self, source):
+        def read(buffer, size):
+            try:
+                data = source.read(size)
+            except BaseException as error:  # kept for the caller: raising here would lose it in C
+                self._raised = error
+                return _EIO
+            if data:
+                ctypes.memmove(buffer, data, len(data))
+            return len(data or b"")
+        return read
+
+    def _check(self, code: int) -> None:
+        if self._raised is not None:
+            raised, self._raised = self._raised, None
+            raise raised
+        if code:
+            raise Error(code)
+
+    def duration(self) -> float:
+        """Seconds, as the container announces them (0: it does not)."""
+        return self._lib.avb_duration(self._ctx)
+
+    def bad(self) -> tuple:
+        """(packets skipped, the last one's error code), and the demuxer's error that ended the stream (0: none)."""
+        lib = self._lib
+        return lib.avb_bad(self._ctx), lib.avb_bad_error(self._ctx), lib.avb_stop_error(self._ctx)
+
+    def peek(self) -> Optional[tuple]:
+        """(rate, channels) of the next block, None at the end."""
+        rate, channels = ctypes.c_int(), ctypes.c_int()
+        got = self._lib.avb_peek(self._ctx, ctypes.byref(rate), ctypes.byref(channels))
+        self._check(got if got > 1 else 0)
+        return (rate.value, channels.value) if got == 1 else None
+
+    def read(self, frames: int, channels: int) -> np.ndarray:
+        """Up to ``frames`` frames (frames, channels) float32 of the kind ``peek`` gave."""
+        out = np.empty((frames, channels), np.float32)
+        got = self._lib.avb_read(self._ctx, out.ctypes.data, frames)
+        self._check(-got if got < 0 else 0)
+        return out[:got] if 2 * got > frames else out[:got].copy()  # a short block does not hold on to the rest
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.avb_close(self._ctx)
+            self._ctx = None
+        self._kept = []
+
+
+def _regular_file(source) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(source.fileno()).st_mode) and source.seekable()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
