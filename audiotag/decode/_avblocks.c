@@ -235,7 +235,7 @@ static int next_frame(avb *ctx) {
     return 0;
 }
 
-/* The next frame's rate and channel count: 1, 0 at the end, or AVB_TOO_MANY_BAD. Blocks hold frames of one kind. */
+/* The first frame's rate and channel count (the stream's): 1, 0 when there is none, or AVB_TOO_MANY_BAD. */
 int avb_peek(avb *ctx, int *rate, int *channels) {
     int got = next_frame(ctx);
     if (got == 1) {
@@ -281,11 +281,12 @@ static void copy_frames(const AVFrame *frame, int from, int count, float *out) {
         for (int c = 0; c < channels; c++) out[(size_t)i * channels + c] = sample(frame, format, c, from + i);
 }
 
-/* Up to max_frames frames of the kind avb_peek gave, interleaved float32, into out: the count (0 at the end), or
- * AVB_TOO_MANY_BAD negated. Stops early where the next frame's rate or channel count differs. */
-int avb_read(avb *ctx, float *out, int max_frames) {
-    int filled = 0, rate = 0, channels = 0;
-    while (filled < max_frames) {
+/* The next block: up to max_frames frames of one rate and channel count, at most room floats, interleaved float32
+ * into out; its rate and channel count into *rate and *channels. The count of frames (0 at the end), or
+ * -AVB_TOO_MANY_BAD. One call decodes a whole block: the caller's thread holds no Python lock meanwhile. */
+int avb_read(avb *ctx, float *out, int room, int max_frames, int *rate, int *channels) {
+    int filled = 0;
+    while (1) {
         int got = next_frame(ctx);
         if (got != 1) {
             if (got == AVB_TOO_MANY_BAD && !filled) return -AVB_TOO_MANY_BAD;
@@ -293,20 +294,23 @@ int avb_read(avb *ctx, float *out, int max_frames) {
         }
         AVFrame *frame = ctx->frame;
         if (!filled) {
-            rate = frame->sample_rate;
-            channels = frame->ch_layout.nb_channels;
-        } else if (frame->sample_rate != rate || frame->ch_layout.nb_channels != channels) {
+            *rate = frame->sample_rate;
+            *channels = frame->ch_layout.nb_channels;
+            if (max_frames > room / *channels) max_frames = room / *channels;
+            if (max_frames < 1) return -AVB_TOO_MANY_BAD;  /* cannot happen: room is at least 1024 frames */
+        } else if (frame->sample_rate != *rate || frame->ch_layout.nb_channels != *channels) {
             break;
         }
         int count = frame->nb_samples - ctx->offset;
         if (count > max_frames - filled) count = max_frames - filled;
-        copy_frames(frame, ctx->offset, count, out + (size_t)filled * channels);
+        copy_frames(frame, ctx->offset, count, out + (size_t)filled * *channels);
         filled += count;
         ctx->offset += count;
         if (ctx->offset >= frame->nb_samples) {
             ctx->pending = 0;
             av_frame_unref(frame);
         }
+        if (filled >= max_frames) break;
     }
     return filled;
 }

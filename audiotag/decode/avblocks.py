@@ -45,14 +45,15 @@ def _load():
         _missing = str(error)
         return None
     pointer, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    int_out = ctypes.POINTER(c_int)
     signatures = {
         "avb_new": (pointer, [c_int, ctypes.c_int64, pointer, ctypes.c_int64, _READ, c_int]),
         "avb_open_input": (c_int, [pointer, c_char_p]), "avb_open_decoder": (c_int, [pointer]),
         "avb_format_name": (c_char_p, [pointer]), "avb_stream_kinds": (c_int, [pointer]),
         "avb_codec_name": (c_char_p, [pointer]), "avb_duration": (ctypes.c_double, [pointer]),
         "avb_bad": (c_int, [pointer]), "avb_bad_error": (c_int, [pointer]), "avb_stop_error": (c_int, [pointer]),
-        "avb_peek": (c_int, [pointer, ctypes.POINTER(c_int), ctypes.POINTER(c_int)]),
-        "avb_read": (c_int, [pointer, pointer, c_int]), "avb_close": (None, [pointer]),
+        "avb_peek": (c_int, [pointer, int_out, int_out]),
+        "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out]), "avb_close": (None, [pointer]),
         "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
     }
     for name, (result, arguments) in signatures.items():
@@ -139,18 +140,24 @@ class Decoder:
         return lib.avb_bad(self._ctx), lib.avb_bad_error(self._ctx), lib.avb_stop_error(self._ctx)
 
     def peek(self) -> Optional[tuple]:
-        """(rate, channels) of the next block, None at the end."""
+        """(rate, channels) of the first frame (the stream's), None when there is none."""
         rate, channels = ctypes.c_int(), ctypes.c_int()
         got = self._lib.avb_peek(self._ctx, ctypes.byref(rate), ctypes.byref(channels))
         self._check(got if got > 1 else 0)
         return (rate.value, channels.value) if got == 1 else None
 
-    def read(self, frames: int, channels: int) -> np.ndarray:
-        """Up to ``frames`` frames (frames, channels) float32 of the kind ``peek`` gave."""
-        out = np.empty((frames, channels), np.float32)
-        got = self._lib.avb_read(self._ctx, out.ctypes.data, frames)
+    def read(self, frames: int, room: int) -> Optional[tuple]:
+        """The next block, (samples (frames, channels) float32, rate): at most ``frames`` frames and ``room``
+        samples, all of one rate and channel count. None at the end. One call into C, without the lock."""
+        out = np.empty(room, np.float32)
+        rate, channels = ctypes.c_int(), ctypes.c_int()
+        got = self._lib.avb_read(self._ctx, out.ctypes.data, room, frames, ctypes.byref(rate), ctypes.byref(channels))
         self._check(-got if got < 0 else 0)
-        return out[:got] if 2 * got > frames else out[:got].copy()  # a short block does not hold on to the rest
+        if got == 0:
+            return None
+        used = got * channels.value
+        samples = out[:used] if 2 * used > room else out[:used].copy()  # a short block keeps no unused room
+        return samples.reshape(got, channels.value), rate.value
 
     def close(self) -> None:
         if self._ctx:

@@ -133,20 +133,18 @@ def _native_stream(decoder, seekable: bool) -> audio.Stream:
     audio.check_format(rate, channels)
 
     def blocks():
-        decoded = 0
+        decoded, step = 0, audio.block_frames(channels, rate)
         while True:
             try:
-                kind = decoder.peek()
+                block = decoder.read(step, audio.BLOCK_SAMPLES)  # the first call: no lock taken before it
             except avblocks.Error:
-                kind = None
+                block = None
             bad, bad_error, stop_error = decoder.bad()
             if bad > _MAX_BAD_PACKETS:
                 raise audio.AudioError(f"cannot decode: {_code_reason(bad_error)} ({bad} bad packets)")
-            if kind is None:
+            if block is None:
                 break
-            block_rate, block_channels = kind
-            samples = decoder.read(audio.block_frames(block_channels, block_rate), block_channels)
-            samples = _conform((samples, block_rate), rate, channels)
+            samples = _conform(block, rate, channels)
             decoded += len(samples)
             yield samples
         if bad or (stop_error and seekable):
