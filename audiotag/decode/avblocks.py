@@ -51,13 +51,17 @@ def _load():
         "avb_open_input": (c_int, [pointer, c_char_p]), "avb_open_decoder": (c_int, [pointer]),
         "avb_format_name": (c_char_p, [pointer]), "avb_stream_kinds": (c_int, [pointer]),
         "avb_codec_name": (c_char_p, [pointer]), "avb_duration": (ctypes.c_double, [pointer]),
-        "avb_bad": (c_int, [pointer]), "avb_bad_error": (c_int, [pointer]), "avb_stop_error": (c_int, [pointer]),
+        "avb_state": (None, [pointer, pointer]),
         "avb_peek": (c_int, [pointer, int_out, int_out]),
-        "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out]), "avb_close": (None, [pointer]),
+        "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out, pointer]),
+        "avb_close": (None, [pointer]),
         "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
     }
     for name, (result, arguments) in signatures.items():
-        function = getattr(lib, name)
+        function = getattr(lib, name, None)
+        if function is None:  # a library built from another version of _avblocks.c
+            _missing = f"{LIBRARY.name} lacks {name}: rebuild it (scripts/build/setup.sh)"
+            return None
         function.restype, function.argtypes = result, arguments
     lib.avb_quiet()  # a bad input is reported once, by audiotag, not by FFmpeg's log
     _lib = lib
@@ -66,6 +70,12 @@ def _load():
 
 def available() -> bool:
     return _load() is not None
+
+
+def missing() -> Optional[str]:
+    """Why the library cannot be used (None: it can)."""
+    _load()
+    return _missing
 
 
 def strerror(code: int) -> str:
@@ -82,6 +92,7 @@ class Decoder:
     def __init__(self, source, max_bad: int):
         lib = _load()
         self._lib, self._kept, self._raised = lib, [], None
+        self._state = np.zeros(3, np.intc)  # avb_state: written by each read
         fd, offset, memory, size, read = -1, 0, None, 0, _READ()
         name = None
         if isinstance(source, io.BytesIO):
@@ -135,14 +146,15 @@ class Decoder:
         return self._lib.avb_duration(self._ctx)
 
     def bad(self) -> tuple:
-        """(packets skipped, the last one's error code), and the demuxer's error that ended the stream (0: none)."""
-        lib = self._lib
-        return lib.avb_bad(self._ctx), lib.avb_bad_error(self._ctx), lib.avb_stop_error(self._ctx)
+        """(packets skipped, the last one's error code, the demuxer's error that ended the stream or 0), as of the
+        last call."""
+        return tuple(self._state)
 
     def peek(self) -> Optional[tuple]:
         """(rate, channels) of the first frame (the stream's), None when there is none."""
         rate, channels = ctypes.c_int(), ctypes.c_int()
         got = self._lib.avb_peek(self._ctx, ctypes.byref(rate), ctypes.byref(channels))
+        self._lib.avb_state(self._ctx, self._state.ctypes.data)
         self._check(got if got > 1 else 0)
         return (rate.value, channels.value) if got == 1 else None
 
@@ -151,7 +163,8 @@ class Decoder:
         samples, all of one rate and channel count. None at the end. One call into C, without the lock."""
         out = np.empty(room, np.float32)
         rate, channels = ctypes.c_int(), ctypes.c_int()
-        got = self._lib.avb_read(self._ctx, out.ctypes.data, room, frames, ctypes.byref(rate), ctypes.byref(channels))
+        got = self._lib.avb_read(self._ctx, out.ctypes.data, room, frames, ctypes.byref(rate), ctypes.byref(channels),
+                                 self._state.ctypes.data)
         self._check(-got if got < 0 else 0)
         if got == 0:
             return None

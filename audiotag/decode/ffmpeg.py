@@ -58,6 +58,16 @@ def native() -> bool:
     return os.environ.get("AUDIOTAG_FFMPEG") != "pyav" and avblocks.available()
 
 
+def describe() -> str:
+    """How FFmpeg's formats are decoded here, for --version."""
+    if native():
+        return "FFmpeg 5.1 (slim LGPL build) in whole blocks, without Python's lock"
+    why = "AUDIOTAG_FFMPEG=pyav" if os.environ.get("AUDIOTAG_FFMPEG") == "pyav" else avblocks.missing()
+    if not available():
+        return f"FFmpeg: not installed ({why})"
+    return f"FFmpeg 5.1 through PyAV {_av.__version__}, a frame at a time under Python's lock ({why})"
+
+
 def available() -> bool:
     if native():
         return True
