@@ -98,9 +98,10 @@ strip --strip-unneeded "$prefix"/lib/lib*.so.*.*
 
 log "building PyAV $PYAV_VERSION against it"
 # rpath: the extension modules find these libraries wherever the wheel is installed on this machine; the frozen
-# binary bundles them beside the rest. -g0: no debug info in the extension modules.
+# binary bundles them beside the rest. -g0: no debug info in the extension modules. --no-cache-dir: pip's cache
+# would hand back a PyAV wheel built earlier against another build's libraries (another rpath, other decoders).
 PKG_CONFIG_PATH="$prefix/lib/pkgconfig" CFLAGS="-g0" LDFLAGS="-Wl,-rpath,$prefix/lib" \
-    "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-binary av \
+    "$python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir --no-deps --no-binary av \
     "av==$PYAV_VERSION" -w "$root/wheel" >"$root/pyav.log" 2>&1 ||
     { tail -20 "$root/pyav.log" >&2; fail "PyAV build failed (log: $root/pyav.log)"; }
 rm -rf "$root/src"  # 100 MB of objects; the logs and the prefix stay
