@@ -1,9 +1,10 @@
-"""The second decoder: FFmpeg's libraries through PyAV, for what libsndfile refuses.
+"""The second decoder: FFmpeg's libraries, for what libsndfile refuses.
 
-AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, MP3 behind junk, the audio
-of video files. libsndfile stays the first decoder (``audio`` asks this module only after it refused an input),
-so what decoded before keeps its samples bit for bit. The FFmpeg here is a slim LGPL build made by
-scripts/build/build_ffmpeg.sh: audio demuxers, decoders and parsers only, no network, no encoders.
+AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, chained Ogg, the audio of
+video files; and Ogg Vorbis when avblocks is in use (``decode._unless_chained``: FFmpeg's Vorbis decoder holds
+upstream's parity bar). libsndfile stays the first decoder for everything else, so what it decoded before keeps
+its samples bit for bit. The FFmpeg here is a slim LGPL build made by scripts/build/build_ffmpeg.sh: audio
+demuxers, decoders and parsers only, no network, no encoders.
 
 Two ways in: ``avblocks`` (our C over the same libraries: whole blocks per call without Python's lock, so
 ``--jobs`` threads scale) when its library is built, else PyAV (a frame per step, each under the lock). The
@@ -182,6 +183,8 @@ def _stream(container, seekable: bool) -> audio.Stream:
     context = source.codec_context
     if context is None or context.codec is None:  # a codec this build has no decoder for
         raise audio.AudioError("cannot decode: no decoder for its audio stream's codec")
+    # PyAV takes FFmpeg's default decoder: its own Opus decoder, in Ogg too (avblocks keeps libopus there, as
+    # libsndfile; a chained Ogg Opus differs by about 2e-7 between the two paths).
     if context.codec.name == "libopus":
         context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
     codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)

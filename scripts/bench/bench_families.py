@@ -1,6 +1,6 @@
 """FFmpeg through PyAV (the old path) against audiotag/decode/_avblocks.c (the new one), per family, side by side.
 
-    .venv/bin/python scripts/bench/bench_families.py [--files 6] [--rounds 3] [--jobs-copies 4] [--skip-jobs]
+    .venv/bin/python scripts/bench/bench_families.py [--files 6] [--rounds 3] [--jobs-copies 25] [--tables 1,2,3]
 
 Fixtures are made at run time with Debian's ffmpeg from the max-*.wav recordings of ../shared/audio (10-17 s,
 44.1/48 kHz, mostly stereo): one file per recording and family (MP3, AAC in M4A, Opus in WebM, Vorbis in Ogg,
@@ -190,8 +190,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6, help="recordings per family (max-*.wav, at most 14)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--jobs-copies", type=int, default=4, help="copies of each file in the --jobs runs")
-    parser.add_argument("--skip-jobs", action="store_true", help="only the in-process tables (1 and 3)")
+    parser.add_argument("--jobs-copies", type=int, default=25, help="copies of each file in the --jobs runs")
+    parser.add_argument("--tables", default="1,2,3", help="which tables, e.g. 2 (default: 1,2,3)")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_families: Debian's ffmpeg makes the fixtures (scripts/build/install_test_tools.sh)")
@@ -203,9 +203,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work)
         files = make(folder, args.files)
-        busy_table(files, args.rounds)
-        cpu_table(files, args.rounds)
-        if not args.skip_jobs:
+        tables = set(args.tables.split(","))
+        if "1" in tables:
+            busy_table(files, args.rounds)
+        if "3" in tables:
+            cpu_table(files, args.rounds)
+        if "2" in tables:
             jobs_table(files, args.jobs_copies, args.rounds, folder)
     return 0
 
