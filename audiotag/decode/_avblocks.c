@@ -12,6 +12,7 @@
  * or the AVB_* codes below; the caller puts them in words.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,8 +82,16 @@ static int64_t seek_input(void *opaque, int64_t offset, int whence) {
     return target;
 }
 
+static void no_log(void *object, int level, const char *format, va_list args) {
+    (void)object, (void)level, (void)format, (void)args;
+}
+
 /* A context reading from fd (at offset), from memory, or through read; then avb_open_input. */
 avb *avb_new(int fd, int64_t offset, const uint8_t *memory, int64_t size, avb_read_fn read, int max_bad) {
+    /* FFmpeg's log stays silent (audiotag reports a bad input once, itself), and its callback is set again for each
+     * input: PyAV, once imported, installs one that takes Python's lock for every message, even unprinted ones,
+     * and that alone made a block beside a busy thread 100x slower. */
+    av_log_set_callback(no_log);
     avb *ctx = calloc(1, sizeof(avb));
     if (!ctx) return NULL;
     ctx->fd = fd;
