@@ -10,7 +10,9 @@ times: they are the control. The two paths are switched by AUDIOTAG_FFMPEG=pyav,
 
 1. Decode rate (decode + downmix + soxr to 32 kHz: ``Stream.samples()``, no model), files/s alone, and beside a
    busy Python thread (``while True: n += 1``): the share of the solo rate kept is how rarely decoding needs
-   Python's lock. Target: >= 25% for the FFmpeg families.
+   Python's lock. Target: >= 25% for the FFmpeg families. (Both paths run in this one process: once avblocks has
+   opened an input, PyAV's log callback, which takes the lock per message, is replaced by a silent one, so the
+   old path's figures after that can only flatter it.)
 2. `audiotag DIR --jobs 2` against `--jobs 16` (the family's files, copied --jobs-copies times): wall seconds.
    Target: --jobs 16 within 15% of --jobs 2.
 3. CPU seconds of audiotag's decode + resample (one thread) against FFmpeg's own decoder
