@@ -263,6 +263,25 @@ int avb_peek(avb *ctx, int *rate, int *channels) {
     return got;
 }
 
+/* All of opening in one call (a thread returning from each call into C may wait 5 ms for Python's lock beside a busy
+ * thread): probe, decoder, first frame. info: the stream kinds' mask, then avb_peek's answer, rate and channels,
+ * then avb_state. The names stay valid until avb_close. 0, or the error of the step that failed. */
+int avb_open(avb *ctx, const char *name, int *info, double *duration, const char **format_name,
+             const char **codec_name) {
+    *format_name = *codec_name = "";
+    int error = avb_open_input(ctx, name);
+    if (error) return error;
+    *format_name = avb_format_name(ctx);
+    info[0] = avb_stream_kinds(ctx);
+    error = avb_open_decoder(ctx);
+    if (error) return error;
+    *codec_name = avb_codec_name(ctx);
+    *duration = avb_duration(ctx);
+    info[1] = avb_peek(ctx, &info[2], &info[3]);
+    avb_state(ctx, info + 4);
+    return 0;
+}
+
 /* Samples as libsndfile scales them: int16 / 32768, ... (in float32, as numpy did it before). */
 static float sample(const AVFrame *frame, enum AVSampleFormat format, int channel, int index) {
     int planar = av_sample_fmt_is_planar(format);

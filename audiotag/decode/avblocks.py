@@ -48,11 +48,8 @@ def _load():
     int_out = ctypes.POINTER(c_int)
     signatures = {
         "avb_new": (pointer, [c_int, ctypes.c_int64, pointer, ctypes.c_int64, _READ, c_int]),
-        "avb_open_input": (c_int, [pointer, c_char_p]), "avb_open_decoder": (c_int, [pointer]),
-        "avb_format_name": (c_char_p, [pointer]), "avb_stream_kinds": (c_int, [pointer]),
-        "avb_codec_name": (c_char_p, [pointer]), "avb_duration": (ctypes.c_double, [pointer]),
-        "avb_state": (None, [pointer, pointer]),
-        "avb_peek": (c_int, [pointer, int_out, int_out]),
+        "avb_open": (c_int, [pointer, c_char_p, pointer, ctypes.POINTER(ctypes.c_double),
+                             ctypes.POINTER(c_char_p), ctypes.POINTER(c_char_p)]),
         "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out, pointer]),
         "avb_close": (None, [pointer]),
         "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
@@ -92,7 +89,7 @@ class Decoder:
     def __init__(self, source, max_bad: int):
         lib = _load()
         self._lib, self._kept, self._raised = lib, [], None
-        self._state = np.zeros(3, np.intc)  # avb_state: written by each read
+        self._state = np.zeros(3, np.intc)  # avb_state: written by the open and each read
         fd, offset, memory, size, read = -1, 0, None, 0, _READ()
         name = None
         if isinstance(source, io.BytesIO):
@@ -109,18 +106,23 @@ class Decoder:
         self._ctx = lib.avb_new(fd, offset, memory, size, read, max_bad)
         if not self._ctx:
             raise MemoryError
-        try:
-            self._check(lib.avb_open_input(self._ctx, os.fsencode(name) if isinstance(name, str) else None))
-            self.format_name = lib.avb_format_name(self._ctx).decode()
-            self.stream_kinds = {kind for index, kind in enumerate(KINDS)
-                                 if lib.avb_stream_kinds(self._ctx) & (1 << index)}
-            code = lib.avb_open_decoder(self._ctx)
+        info, seconds = np.zeros(7, np.intc), ctypes.c_double()
+        format_name, codec_name = ctypes.c_char_p(), ctypes.c_char_p()
+        try:  # one call: each may wait for the lock beside busy threads
+            code = lib.avb_open(self._ctx, os.fsencode(name) if isinstance(name, str) else None, info.ctypes.data,
+                                ctypes.byref(seconds), ctypes.byref(format_name), ctypes.byref(codec_name))
+            self._check(0)  # what the read callback raised, if it did
+            self.format_name = format_name.value.decode()
+            self.stream_kinds = {kind for index, kind in enumerate(KINDS) if info[0] & (1 << index)}
             if code:
                 raise Error(code, self.format_name, frozenset(self.stream_kinds))
         except BaseException:
             self.close()
             raise
-        self.codec_name = lib.avb_codec_name(self._ctx).decode()
+        self.codec_name = codec_name.value.decode()
+        self._duration = seconds.value
+        self._first = int(info[1]), (int(info[2]), int(info[3]))
+        self._state[:] = info[4:]
 
     def _reader(self, source):
         def read(buffer, size):
@@ -143,20 +145,18 @@ class Decoder:
 
     def duration(self) -> float:
         """Seconds, as the container announces them (0: it does not)."""
-        return self._lib.avb_duration(self._ctx)
+        return self._duration
 
     def bad(self) -> tuple:
         """(packets skipped, the last one's error code, the demuxer's error that ended the stream or 0), as of the
         last call."""
         return tuple(self._state)
 
-    def peek(self) -> Optional[tuple]:
+    def first(self) -> Optional[tuple]:
         """(rate, channels) of the first frame (the stream's), None when there is none."""
-        rate, channels = ctypes.c_int(), ctypes.c_int()
-        got = self._lib.avb_peek(self._ctx, ctypes.byref(rate), ctypes.byref(channels))
-        self._lib.avb_state(self._ctx, self._state.ctypes.data)
+        got, kind = self._first
         self._check(got if got > 1 else 0)
-        return (rate.value, channels.value) if got == 1 else None
+        return kind if got == 1 else None
 
     def read(self, frames: int, room: int) -> Optional[tuple]:
         """The next block, (samples (frames, channels) float32, rate): at most ``frames`` frames and ``room``

@@ -131,7 +131,7 @@ def _open_native(source, seekable: bool) -> audio.Stream:
 def _native_stream(decoder, seekable: bool) -> audio.Stream:
     codec = _CODEC_NAMES.get(decoder.codec_name, decoder.codec_name)
     try:
-        first = decoder.peek()
+        first = decoder.first()
     except avblocks.Error:  # more bad packets than an input may have
         first = None
     bad, bad_error, stop_error = decoder.bad()
