@@ -1,6 +1,6 @@
 """FFmpeg through PyAV (the old path) against audiotag/decode/_avblocks.c (the new one), per family, side by side.
 
-    .venv/bin/python scripts/bench/bench_families.py [--files 6] [--rounds 3] [--jobs-copies 25] [--tables 1,2,3]
+    .venv/bin/python scripts/bench/bench_families.py [--files 6] [--rounds 3] [--jobs-copies 25] [--tables 1,2,3,4]
 
 Fixtures are made at run time with Debian's ffmpeg from the max-*.wav recordings of ../shared/audio (10-17 s,
 44.1/48 kHz, mostly stereo): one file per recording and family (MP3, AAC in M4A, Opus in WebM, Vorbis in Ogg,
@@ -10,14 +10,13 @@ times: they are the control. The two paths are switched by AUDIOTAG_FFMPEG=pyav,
 
 1. Decode rate (decode + downmix + soxr to 32 kHz: ``Stream.samples()``, no model), files/s alone, and beside a
    busy Python thread (``while True: n += 1``): the share of the solo rate kept is how rarely decoding needs
-   Python's lock. Target: >= 25% for the FFmpeg families. (Both paths run in this one process: once avblocks has
-   opened an input, PyAV's log callback, which takes the lock per message, is replaced by a silent one, so the
-   old path's figures after that can only flatter it.)
+   Python's lock. Target: >= 25% for the FFmpeg families. The old path runs first (see ``busy_table``).
 2. `audiotag DIR --jobs 2` against `--jobs 16` (the family's files, copied --jobs-copies times): wall seconds.
    Target: --jobs 16 within 15% of --jobs 2.
 3. CPU seconds of audiotag's decode + resample (one thread) against FFmpeg's own decoder
    (`ffmpeg -benchmark -threads 1 -f null`, Debian's build: its native Opus) + soxr HQ on its samples.
    Target: <= 1.3x.
+4. As 1, for the decoder's own blocks alone (no downmix, no soxr): the lock as the decoder alone needs it.
 """
 
 import argparse
@@ -73,12 +72,15 @@ def use(path: str) -> None:
     os.environ["AUDIOTAG_FFMPEG"] = path
 
 
-def decode_all(files) -> None:
+def decode_all(files, resample: bool = True) -> None:
+    """Decode ``files``: through ``Stream.samples()`` (downmix, soxr), or the decoder's own blocks alone."""
     from audiotag import decode
 
     for path in files:
-        for _ in decode.open_file(path).samples():
+        stream = decode.open_file(path)
+        for _ in stream.samples() if resample else stream._blocks:
             pass
+        stream.close()
 
 
 def seconds_of(run, busy: bool) -> float:
@@ -105,22 +107,26 @@ def seconds_of(run, busy: bool) -> float:
     return seconds
 
 
-def busy_table(files: dict, rounds: int) -> None:
-    print("\n## 1. Decode + resample, files/s: alone, beside a busy Python thread, the share kept\n")
+def busy_table(files: dict, rounds: int, resample: bool = True) -> None:
+    """The old path's runs all come first: once avblocks has opened an input, PyAV's log callback (which takes the
+    lock for every message, printed or not) is replaced by a silent one, and PyAV would look better than it is."""
+    what = "1. Decode + resample" if resample else "4. The decoder alone (its blocks at their own rate)"
+    print(f"\n## {what}, files/s: alone, beside a busy Python thread, the share kept\n")
     print("| family | " + " | ".join(f"{name} alone | busy | kept" for name in PATHS) + " |")
     print("|---|" + "---|---|---|" * len(PATHS))
-    for family, paths in files.items():
-        times = {(name, busy): [] for name in PATHS for busy in (False, True)}
-        for _ in range(rounds):  # the paths and modes take turns, round by round
-            for name, path in PATHS.items():
-                use(path)
-                decode_all(paths[:1])  # warm: imports, the library, the page cache
+    times = {(name, family, busy): [] for name in PATHS for family in files for busy in (False, True)}
+    for name, path in PATHS.items():
+        use(path)
+        for family, paths in files.items():
+            decode_all(paths[:1], resample)  # warm: imports, the library, the page cache
+            for _ in range(rounds):  # the modes take turns, round by round
                 for busy in (False, True):
-                    times[name, busy].append(seconds_of(lambda: decode_all(paths), busy))
+                    times[name, family, busy].append(seconds_of(lambda: decode_all(paths, resample), busy))
+    for family, paths in files.items():
         cells = []
         for name in PATHS:
-            alone = len(paths) / statistics.median(times[name, False])
-            busy = len(paths) / statistics.median(times[name, True])
+            alone = len(paths) / statistics.median(times[name, family, False])
+            busy = len(paths) / statistics.median(times[name, family, True])
             cells += [f"{alone:.1f}", f"{busy:.2f}", f"{busy / alone:.0%}"]
         print(f"| {family} | {' | '.join(cells)} |", flush=True)
 
@@ -193,7 +199,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=6, help="recordings per family (max-*.wav, at most 14)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs-copies", type=int, default=25, help="copies of each file in the --jobs runs")
-    parser.add_argument("--tables", default="1,2,3", help="which tables, e.g. 2 (default: 1,2,3)")
+    parser.add_argument("--tables", default="1,2,3,4", help="which tables, e.g. 2 (default: 1,2,3,4)")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_families: Debian's ffmpeg makes the fixtures (scripts/build/install_test_tools.sh)")
@@ -212,6 +218,8 @@ def main() -> int:
             cpu_table(files, args.rounds)
         if "2" in tables:
             jobs_table(files, args.jobs_copies, args.rounds, folder)
+        if "4" in tables:
+            busy_table(files, args.rounds, resample=False)
     return 0
 
 
