@@ -85,6 +85,8 @@ class Cli:
                  "AUDIOTAG_CACHE_DIR": str(BINARY_CACHE)}  # the binary unpacks once per test session
         if self.command[0] == sys.executable:
             clean["PYTHONPATH"] = str(REPO)  # the package under test, not whatever is installed
+        if "AUDIOTAG_FFMPEG" in os.environ:  # AUDIOTAG_FFMPEG=pyav runs the suite on PyAV, the fallback
+            clean["AUDIOTAG_FFMPEG"] = os.environ["AUDIOTAG_FFMPEG"]
         clean.update(env or {})
         return clean
 

@@ -108,6 +108,7 @@ def source_sha256() -> str:
     assets = REPO / "audiotag" / "assets"
     paths = sorted((REPO / "audiotag").rglob("*.py")) + [assets / n for n in
                                                          ("mel_filterbank.npy", "stft_window.npy", "mn04_as.onnx")]
+    paths.append(REPO / "audiotag" / "decode" / "_avblocks.c")
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())

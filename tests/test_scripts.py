@@ -69,6 +69,14 @@ def test_bench_decoders():
     assert code == 0 and "| pcm.wav | " in out and "| aac.m4a | refused | " in out and "M4A / WAV: " in out, out
 
 
+def test_bench_families():
+    code, out = run_script("bench/bench_families.py", "--files", 1, "--rounds", 1, "--jobs-copies", 1)
+    assert code == 0, out
+    for line in ("## 1. Decode + resample", "## 2. `audiotag DIR --jobs N`", "## 3. CPU s", "| Opus/WebM | ",
+                 "| H.264+AAC MP4 (1) | "):
+        assert line in out, out
+
+
 def test_bench_model_files():
     """The shipped model against itself: the same outputs."""
     code, out = run_script("bench/bench_model_files.py", REPO / "audiotag" / "assets" / "mn04_as.onnx", "--rounds", 1)

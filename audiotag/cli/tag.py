@@ -263,6 +263,8 @@ def _summary(counts, seconds) -> None:
 def _version_text(tagger) -> str:
     import onnxruntime
 
+    from ..decode import ffmpeg
+
     info = tagger.model.info
     return "\n".join([
         f"audiotag {__version__}",
@@ -270,6 +272,7 @@ def _version_text(tagger) -> str:
         f"onnxruntime {onnxruntime.__version__} "
         f"(available providers: {', '.join(onnxruntime.get_available_providers())};"
         f" in use: {', '.join(tagger.model.providers)})",
+        f"decoders: libsndfile, {ffmpeg.describe()}",
     ])
 
 

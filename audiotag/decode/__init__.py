@@ -1,9 +1,10 @@
 """Decoding: files, bytes and streams to mono float32 blocks at the model's rate (``stream.Stream``).
 
 The decoder is chosen by the bytes, never by the name: libsndfile (``sndfile``) first; what it refuses (AAC/M4A/
-MP4, WebM/Matroska, WMA, AC-3, AMR, ALAC, video files...) goes to FFmpeg (``ffmpeg``); MPEG audio behind junk and
-chained Ogg are found by ``sniff``. Raw samples and WAV streams are read by ``pcm``. (One exception: an SD2
-file keeps its header in a resource fork beside it, "._NAME", which libsndfile finds by the file's name.)
+MP4, WebM/Matroska, WMA, AC-3, AMR, ALAC, video files...) goes to FFmpeg (``ffmpeg``), and so do chained Ogg and,
+with FFmpeg's block decoder, Ogg Vorbis (``_unless_chained``); MPEG audio behind junk and chained Ogg are found
+by ``sniff``. Raw samples and WAV streams are read by ``pcm``. (One exception: an SD2 file keeps its header in a
+resource fork beside it, "._NAME", which libsndfile finds by the file's name.)
 
 stdin cannot seek, so a WAV stream is parsed as it arrives (``pcm``), what libsndfile knows by its first bytes (FLAC,
 Ogg, AIFF, AU, ID3-tagged or bare MP3...) is read into memory before libsndfile sees it (the same samples as the
@@ -104,9 +105,17 @@ class _BufferFile(io.RawIOBase):
     def pread(self, size: int, offset: int) -> bytes:
         return bytes(self._view[offset:offset + size])
 
+    def getbuffer(self) -> memoryview:
+        """The whole buffer, for a decoder that reads memory itself (``avblocks``)."""
+        return self._view
+
 
 def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
-    """``stream``, unless it is the first of a chained Ogg's logical streams: then FFmpeg decodes them all."""
+    """``stream``, unless FFmpeg takes the Ogg file: a chained Ogg's logical streams (libsndfile stops after the
+    first), and Ogg Vorbis when FFmpeg decodes in blocks without Python's lock (``ffmpeg.native()``): FFmpeg's own
+    Vorbis decoder holds the parity bar (samples within 4.8e-7 of libsndfile's, logits within 4.5e-5 of
+    upstream's on the extra set: scripts/studies/native_opus_vorbis.py). If FFmpeg cannot open it, libsndfile
+    keeps it."""
 
     def unchanged():
         if closer:
@@ -120,16 +129,20 @@ def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
     head = pread(28, 0)
     if head[:4] != b"OggS":
         return unchanged()
-    start = max(0, size - sniff.TAIL)
-    tail = pread(sniff.TAIL, start)
-    if not sniff.is_chained_ogg(head, tail) or not ffmpeg.available():
+    if not (stream.codec == "vorbis" and ffmpeg.native()):
+        start = max(0, size - sniff.TAIL)
+        tail = pread(sniff.TAIL, start)
+        if not sniff.is_chained_ogg(head, tail) or not ffmpeg.available():
+            return unchanged()
+    file.seek(0)
+    try:
+        taken = ffmpeg.open_source(file)
+    except AudioError:
         return unchanged()
     stream.close()  # libsndfile's decoder; the file stays open for FFmpeg
-    file.seek(0)
-    chained = ffmpeg.open_source(file)
     if closer:
-        chained.add_closer(closer)
-    return chained
+        taken.add_closer(closer)
+    return taken
 
 
 def _second_decoder(refused: AudioError, file, closer) -> Stream:

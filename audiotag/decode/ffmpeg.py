@@ -1,19 +1,25 @@
-"""The second decoder: FFmpeg's libraries through PyAV, for what libsndfile refuses.
+"""The second decoder: FFmpeg's libraries, for what libsndfile refuses.
 
-AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, MP3 behind junk, the audio
-of video files. libsndfile stays the first decoder (``audio`` asks this module only after it refused an input),
-so what decoded before keeps its samples bit for bit. The FFmpeg here is a slim LGPL build made by
-scripts/build/build_ffmpeg.sh: audio demuxers, decoders and parsers only, no network, no encoders.
+AAC/M4A/MP4, WebM/Matroska, WMA/ASF, AC-3/E-AC-3, AMR, ALAC, FLAC in Ogg or Matroska, chained Ogg, the audio of
+video files; and Ogg Vorbis when avblocks is in use (``decode._unless_chained``: FFmpeg's Vorbis decoder holds
+upstream's parity bar). libsndfile stays the first decoder for everything else, so what it decoded before keeps
+its samples bit for bit. The FFmpeg here is a slim LGPL build made by scripts/build/build_ffmpeg.sh: audio
+demuxers, decoders and parsers only, no network, no encoders.
 
-Only the first (default) audio stream is decoded; video packets are read past, never decoded. Samples come out as
-float32 scaled as libsndfile scales them (int16 / 32768, ...), in blocks of ``audio.block_frames``; resampling
-stays with ``audio.Stream`` (soxr), as for every decoder.
+Two ways in: ``avblocks`` (our C over the same libraries: whole blocks per call without Python's lock, so
+``--jobs`` threads scale) when its library is built, else PyAV (a frame per step, each under the lock). The
+environment variable AUDIOTAG_FFMPEG=pyav picks PyAV (for comparisons). Only the first (default) audio stream is
+decoded; video packets are read past, never decoded. Samples come out as float32 scaled as libsndfile scales
+them (int16 / 32768, ...), in blocks of ``audio.block_frames``; resampling stays with ``audio.Stream`` (soxr), as
+for every decoder.
 """
 
+import os
 from typing import Optional
 
 import numpy as np
 
+from . import avblocks
 from . import stream as audio
 
 # A stream that changes rate or channel count midway (HE-AAC signalling, a spliced MPEG-TS, a chained Ogg) is
@@ -48,7 +54,24 @@ def _import_av():
     return _av
 
 
+def native() -> bool:
+    """Whether inputs are decoded by ``avblocks`` (else by PyAV)."""
+    return os.environ.get("AUDIOTAG_FFMPEG") != "pyav" and avblocks.available()
+
+
+def describe() -> str:
+    """How FFmpeg's formats are decoded here, for --version."""
+    if native():
+        return "FFmpeg 5.1 (slim LGPL build) in whole blocks, without Python's lock"
+    why = "AUDIOTAG_FFMPEG=pyav" if os.environ.get("AUDIOTAG_FFMPEG") == "pyav" else avblocks.missing()
+    if not available():
+        return f"FFmpeg: not installed ({why})"
+    return f"FFmpeg 5.1 through PyAV {_av.__version__}, a frame at a time under Python's lock ({why})"
+
+
 def available() -> bool:
+    if native():
+        return True
     try:
         _import_av()
     except ImportError:
@@ -61,7 +84,9 @@ class NotMedia(audio.AudioError):
 
 
 def open_source(source, seekable: bool = True) -> audio.Stream:
-    """Decode ``source`` (a path, or a binary file object; ``seekable`` False for a pipe) with FFmpeg."""
+    """Decode ``source`` (a binary file object; ``seekable`` False for a pipe) with FFmpeg."""
+    if native():
+        return _open_native(source, seekable)
     av = _import_av()
     if hasattr(source, "read") and hasattr(source, "name"):
         source = _Unnamed(source)  # PyAV passes a file object's name to FFmpeg, which guesses by its extension
@@ -82,6 +107,72 @@ def open_source(source, seekable: bool = True) -> audio.Stream:
         raise
 
 
+def _open_native(source, seekable: bool) -> audio.Stream:
+    """``open_source`` through ``avblocks``: the same stream, record and messages as through PyAV, but blocks
+    decoded whole, without the lock. Layouts PyAV could not read (10-channel Vorbis, 17 channels) decode here."""
+    try:
+        decoder = avblocks.Decoder(source, _MAX_BAD_PACKETS)
+    except avblocks.Error as error:
+        if error.code == _AVERROR_EOF:  # too short to probe: a container header and nothing after it, or noise
+            raise NotMedia("cannot decode: it ends before any audio") from None
+        if error.code == avblocks.NO_AUDIO:
+            what = f" (it holds {', '.join(sorted(error.stream_kinds))})" if error.stream_kinds else ""
+            raise audio.AudioError(f"no audio stream in this {error.format_name.split(',')[0]} file{what}") \
+                from None
+        if error.code == avblocks.NO_DECODER:
+            raise audio.AudioError("cannot decode: no decoder for its audio stream's codec") from None
+        kind = NotMedia if error.code == _AVERROR_INVALIDDATA else audio.AudioError
+        raise kind(f"cannot decode: {_code_reason(error.code)}") from None
+    try:
+        return _native_stream(decoder, seekable)
+    except BaseException:
+        decoder.close()
+        raise
+
+
+def _native_stream(decoder, seekable: bool) -> audio.Stream:
+    codec = _CODEC_NAMES.get(decoder.codec_name, decoder.codec_name)
+    try:
+        first = decoder.first()
+    except avblocks.Error:  # more bad packets than an input may have
+        first = None
+    bad, bad_error, stop_error = decoder.bad()
+    if bad > _MAX_BAD_PACKETS:
+        raise audio.AudioError(f"cannot decode: {_code_reason(bad_error)} ({bad} bad packets)")
+    if first is None:
+        error = bad_error or stop_error
+        raise audio.AudioError(f"cannot decode {codec}: {_code_reason(error) if error else 'no audio frames'}")
+    rate, channels = first
+    audio.check_format(rate, channels)
+
+    def blocks():
+        decoded, step = 0, audio.block_frames(channels, rate)
+        while True:
+            try:
+                block = decoder.read(step, audio.BLOCK_SAMPLES)  # the first call: no lock taken before it
+            except avblocks.Error:
+                block = None
+            bad, bad_error, stop_error = decoder.bad()
+            if bad > _MAX_BAD_PACKETS:
+                raise audio.AudioError(f"cannot decode: {_code_reason(bad_error)} ({bad} bad packets)")
+            if block is None:
+                break
+            samples = _conform(block, rate, channels)
+            decoded += len(samples)
+            yield samples
+        if bad or (stop_error and seekable):
+            state = {"bad": bad, "reason": _code_reason(bad_error) if bad else None,
+                     "stopped": _code_reason(stop_error) if stop_error else None}
+            stream.warning = _warning(decoded, stream.known_frames, rate, state)
+
+    stream = audio.Stream(blocks(), rate, channels, decoder.close)
+    stream.codec = codec
+    seconds = decoder.duration()
+    if seekable and seconds > 0:
+        stream.known_frames = round(seconds * rate)
+    return stream
+
+
 def _stream(container, seekable: bool) -> audio.Stream:
     av = _av
     if not container.streams.audio:
@@ -95,6 +186,8 @@ def _stream(container, seekable: bool) -> audio.Stream:
     if context is None or context.codec is None:  # a codec this build has no decoder for
         raise audio.AudioError("cannot decode: its audio is in a codec audiotag does not decode, or its header is "
                                "damaged")
+    # PyAV takes FFmpeg's default decoder: its own Opus decoder, in Ogg too (avblocks keeps libopus there, as
+    # libsndfile; a chained Ogg Opus differs by about 2e-7 between the two paths).
     if context.codec.name == "libopus":
         context.options = {"request_sample_fmt": "flt"}  # libopus in float: as libsndfile's Opus (1.8e-7)
     codec = _CODEC_NAMES.get(context.codec.name, context.codec.name)
@@ -268,19 +361,49 @@ def _reason(error) -> str:
     text = str(getattr(error, "strerror", None) or error).strip().rstrip(".")
     av = _av
     if isinstance(error, av.error.InvalidDataError):
-        plain = "damaged or not audio"
+        kind = "invalid"
     elif isinstance(error, av.error.MemoryError):
-        plain = "a corrupt index or header (it asks for more memory than its audio can need)"
+        kind = "memory"
     elif isinstance(error, (av.error.PatchWelcomeError, av.error.NotImplementedError)):
-        plain = "a damaged frame, or a feature of its codec FFmpeg cannot decode"
-    elif getattr(error, "errno", None) in (1, 5, 22):  # EPERM, EIO, EINVAL: what demuxers and decoders say of
-        plain = "damaged data (it breaks off or contradicts itself)"  # bytes that break their rules
-    elif isinstance(error, (av.error.UndefinedError, av.error.UnknownError, av.error.BugError)) or \
-            text.startswith("Error number"):
-        plain = "damaged data"
+        kind = "unsupported"
+    elif getattr(error, "errno", None) in (1, 5, 22):
+        kind = "rules"
+    elif isinstance(error, (av.error.UndefinedError, av.error.UnknownError, av.error.BugError)):
+        kind = "damaged"
     else:
-        return text
-    return f"{plain} (FFmpeg: {text})"
+        kind = None
+    return _in_words(kind, text)
+
+
+def _tag(name: str) -> int:
+    """FFmpeg's FFERRTAG: an error code made of four letters."""
+    return -int.from_bytes(name.encode(), "little")
+
+
+_AVERROR_EOF, _AVERROR_INVALIDDATA = _tag("EOF "), _tag("INDA")
+_CODE_KINDS = {_AVERROR_INVALIDDATA: "invalid", -12: "memory", _tag("PAWE"): "unsupported", -38: "unsupported",
+               -1: "rules", -5: "rules", -22: "rules", _tag("UNKN"): "damaged", _tag("BUG!"): "damaged",
+               _tag("BUG "): "damaged"}  # -12 ENOMEM, -38 ENOSYS, -1 EPERM, -5 EIO, -22 EINVAL
+
+
+def _code_reason(code: int) -> str:
+    """``_reason`` for an FFmpeg error code (``avblocks``)."""
+    return _in_words(_CODE_KINDS.get(code), avblocks.strerror(code).strip().rstrip("."))
+
+
+_WORDS = {
+    "invalid": "damaged or not audio",
+    "memory": "a corrupt index or header (it asks for more memory than its audio can need)",
+    "unsupported": "a damaged frame, or a feature of its codec FFmpeg cannot decode",
+    "rules": "damaged data (it breaks off or contradicts itself)",  # EPERM, EIO, EINVAL: what demuxers and
+    "damaged": "damaged data",  # decoders say of bytes that break their rules
+}
+
+
+def _in_words(kind: Optional[str], text: str) -> str:
+    if kind is None and text.startswith("Error number"):
+        kind = "damaged"
+    return f"{_WORDS[kind]} (FFmpeg: {text})" if kind else text
 
 
 class _Unnamed:

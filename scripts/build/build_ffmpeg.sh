@@ -9,8 +9,9 @@
 # parsers, the file and pipe protocols, swresample. No encoders, muxers, network, devices, filters or programs,
 # no GPL part. libopus (BSD) decodes Opus with float output and libopencore-amrnb (Apache-2.0, hence
 # --enable-version3: LGPL-3.0+ overall) decodes AMR-NB with DTX frames, both from Debian's packages. FFmpeg's own
-# Opus and AMR-NB decoders are left out, so these two are the ones chosen (FFmpeg's Opus differs from libopus by
-# 2.6e-3; its AMR-NB rejects DTX frames: ../shared/notes/decoders.md).
+# AMR-NB decoder is left out (it rejects DTX frames: ../shared/notes/decoders.md). FFmpeg's own Opus decoder is in
+# (2.4x faster than libopus) and decodes Opus outside Ogg (WebM, Matroska), where FFmpeg is the reference; Ogg
+# Opus keeps libopus in float, as libsndfile decodes it (audiotag/decode/_avblocks.c picks, by container).
 #
 # The result is cached in build/ffmpeg/<key>/ (key: this script's hash and the Python version), so a second run
 # only prints the path. Needs root for apt-get when the build tools are missing.
@@ -75,7 +76,7 @@ pcm_* dsf iff ircam mmf oma qcp shorten smjpeg sol"
 decoders="aac aac_fixed aac_latm ac3 ac3_fixed alac als amrwb ape atrac1 atrac3 atrac3p atrac9 cook dca \
 dsd_* eac3 flac g722 g723_1 g726 g726le g729 gsm gsm_ms ilbc mlp mp1 mp1float mp2 mp2float mp3 mp3float mp3adu \
 mp3adufloat mp3on4 mp3on4float mpc7 mpc8 nellymoser qcelp qdm2 ra_144 ra_288 ralf shorten sipr tak truehd tta \
-vorbis wavpack wmalossless wmapro wmav1 wmav2 wmavoice pcm_* adpcm_* libopus libopencore_amrnb"
+vorbis wavpack wmalossless wmapro wmav1 wmav2 wmavoice pcm_* adpcm_* opus libopus libopencore_amrnb"
 parsers="aac aac_latm ac3 amr cook dca flac gsm mlp mpegaudio opus sipr tak vorbis xma g723_1 g729"
 flags=(--prefix="$prefix" --enable-shared --disable-static --enable-pic --disable-debug --disable-doc
        --disable-programs --disable-everything --disable-autodetect --disable-network --disable-iconv
@@ -97,9 +98,10 @@ strip --strip-unneeded "$prefix"/lib/lib*.so.*.*
 
 log "building PyAV $PYAV_VERSION against it"
 # rpath: the extension modules find these libraries wherever the wheel is installed on this machine; the frozen
-# binary bundles them beside the rest. -g0: no debug info in the extension modules.
+# binary bundles them beside the rest. -g0: no debug info in the extension modules. --no-cache-dir: pip's cache
+# would hand back a PyAV wheel built earlier against another build's libraries (another rpath, other decoders).
 PKG_CONFIG_PATH="$prefix/lib/pkgconfig" CFLAGS="-g0" LDFLAGS="-Wl,-rpath,$prefix/lib" \
-    "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-binary av \
+    "$python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir --no-deps --no-binary av \
     "av==$PYAV_VERSION" -w "$root/wheel" >"$root/pyav.log" 2>&1 ||
     { tail -20 "$root/pyav.log" >&2; fail "PyAV build failed (log: $root/pyav.log)"; }
 rm -rf "$root/src"  # 100 MB of objects; the logs and the prefix stay

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up a checkout: .venv with audiotag and its dev tools, the second decoder (scripts/build/build_ffmpeg.sh), the
-# frontend arrays, the exported model.
+# Set up a checkout: .venv with audiotag and its dev tools, the second decoder (scripts/build/build_ffmpeg.sh and
+# build_avblocks.sh), the frontend arrays, the exported model.
 # Idempotent: a second run only checks. The model is exported from the upstream checkpoint found in
 # $AUDIOTAG_ASSETS_DIR (a directory holding mn04_as_mAP_432.pt, class_labels_indices.csv
 # and ontology.json; default ../shared/upstream when that exists), else downloaded.
@@ -22,6 +22,8 @@ if [ "$(cat .venv/.audiotag-av-wheel 2>/dev/null)" != "$wheel" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
     echo "$wheel" >.venv/.audiotag-av-wheel
 fi
+# Whole blocks per call without Python's lock (audiotag/decode/_avblocks.c), against the same FFmpeg libraries.
+scripts/build/build_avblocks.sh "$(dirname "$(dirname "$wheel")")/prefix"
 .venv/bin/python scripts/model/make_frontend_assets.py
 # Exported again when missing or of an older model format (e.g. one without the ontology's categories).
 .venv/bin/python scripts/model/export_model.py --if-stale

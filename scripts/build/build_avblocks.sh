@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Compile audiotag/decode/_avblocks.c (whole blocks of decoded audio per call, without Python's lock) against the
+# slim FFmpeg of scripts/build/build_ffmpeg.sh, into audiotag/decode/_avblocks.so.
+#
+#     scripts/build/build_avblocks.sh FFMPEG_PREFIX
+#
+# Run by scripts/build/setup.sh; a failure stops the set-up (the package falls back to PyAV without the library,
+# 10-100x slower beside busy threads: a checkout must not end up there unnoticed). rpath: the FFmpeg libraries of
+# this machine's build, then the folder two levels up, where the frozen binary keeps them (build.spec).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+prefix=${1:?usage: build_avblocks.sh FFMPEG_PREFIX}
+[ -f "$prefix/include/libavcodec/avcodec.h" ] || { echo "build_avblocks.sh: no FFmpeg headers in $prefix" >&2; exit 1; }
+out=audiotag/decode/_avblocks.so
+tmp=$out.tmp.$$
+gcc -O2 -g0 -shared -fPIC -Wall -Wextra -Werror -I"$prefix/include" -o "$tmp" audiotag/decode/_avblocks.c \
+    -L"$prefix/lib" -lavformat -lavcodec -lavutil -Wl,-rpath,"$prefix/lib" -Wl,-rpath,'$ORIGIN/../..'
+mv "$tmp" "$out"
