@@ -123,10 +123,16 @@ def test_the_stored_waveforms_are_what_we_think():
 @pytest.mark.parametrize("subdir, record", WAVEFORMS, ids=lambda v: v["file"] if isinstance(v, dict) else v)
 def test_own_decoder_gives_upstreams_waveform_exactly(subdir, record):
     """audiotag's own decoding, downmix and resampling (decode.load) against librosa.load(sr=32000, mono=True):
-    bit for bit (measured: max abs difference 0.0 on all 27 clips)."""
+    bit for bit where audiotag decodes as upstream does (libsndfile: max abs difference 0.0 on 21 clips). Ogg
+    Vorbis goes to FFmpeg's own Vorbis decoder when FFmpeg decodes in blocks (issue 22: it holds the logit bar):
+    within 1e-6 there (measured: at most 4.8e-7 on the 6 Ogg clips)."""
     from audiotag import decode
+    from audiotag.decode import ffmpeg
 
     clip = decode.load(AUDIO / subdir / record["file"])
     waveform = reference_arrays(record, subdir)["waveform"]
     assert clip.samples.dtype == np.float32 and clip.samples.shape == waveform.shape
-    np.testing.assert_array_equal(clip.samples, waveform)
+    if clip.codec == "vorbis" and ffmpeg.native():
+        assert np.abs(clip.samples - waveform).max() <= 1e-6
+    else:
+        np.testing.assert_array_equal(clip.samples, waveform)

@@ -79,6 +79,9 @@ def available() -> bool:
     return True
 
 
+NO_DECODER = "cannot decode: its audio is in a codec audiotag does not decode, or its header is damaged"
+
+
 class NotMedia(audio.AudioError):
     """FFmpeg found no container it knows in the input: the caller may prefer libsndfile's message."""
 
@@ -120,7 +123,7 @@ def _open_native(source, seekable: bool) -> audio.Stream:
             raise audio.AudioError(f"no audio stream in this {error.format_name.split(',')[0]} file{what}") \
                 from None
         if error.code == avblocks.NO_DECODER:
-            raise audio.AudioError("cannot decode: no decoder for its audio stream's codec") from None
+            raise audio.AudioError(NO_DECODER) from None
         kind = NotMedia if error.code == _AVERROR_INVALIDDATA else audio.AudioError
         raise kind(f"cannot decode: {_code_reason(error.code)}") from None
     try:
@@ -184,8 +187,7 @@ def _stream(container, seekable: bool) -> audio.Stream:
     source = container.streams.audio[0]
     context = source.codec_context
     if context is None or context.codec is None:  # a codec this build has no decoder for
-        raise audio.AudioError("cannot decode: its audio is in a codec audiotag does not decode, or its header is "
-                               "damaged")
+        raise audio.AudioError(NO_DECODER)
     # PyAV takes FFmpeg's default decoder: its own Opus decoder, in Ogg too (avblocks keeps libopus there, as
     # libsndfile; a chained Ogg Opus differs by about 2e-7 between the two paths).
     if context.codec.name == "libopus":
