@@ -27,12 +27,15 @@ def record(outcome) -> dict:
         outcome: an ``Outcome`` (``Tagger.tag_file``, a batch run).
 
     Returns:
-        ``{"path", ["sha256"], "duration", "sample_rate", "channels", "codec", ["truncated", "audio_duration"],
-        ["warning"], "categories", "tags"}``, or ``{"path", ["sha256"], "error"}``; "sha256" with --hash.
+        ``{"path", ["sha256"], ["archive", "member", ["key"]], "duration", "sample_rate", "channels", "codec",
+        ["truncated", "audio_duration"], ["warning"], "categories", "tags"}``, or ``{"path", ["sha256"], [archive
+        fields], "error"}``; "sha256" with --hash; the archive fields for an archive's member (``batch.archives``).
     """
     head = {"path": outcome.name}
     if outcome.sha256 is not None:
         head["sha256"] = outcome.sha256
+    if outcome.fields:  # an archive's member: "archive", "member" (and "key"), after the path and its hash
+        head.update(outcome.fields)
     if outcome.error is not None:
         return {**head, "error": outcome.error}
     rec = {

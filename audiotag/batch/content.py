@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import failure_message
 from ..hashing import file_sha256
+from .archives import member_sha256
 from .inputs import Input
 
 class DigestTable:
@@ -86,8 +87,8 @@ class DigestTable:
 class Duplicate:
     """An input whose bytes were seen before: it is not tagged."""
 
-    def __init__(self, name: str, sha: str, first: str):
-        self.name, self.sha256, self.first = name, sha, first
+    def __init__(self, name: str, sha: str, first: str, fields: Optional[dict] = None):
+        self.name, self.sha256, self.first, self.fields = name, sha, first, fields
 
 
 class Contents:
@@ -116,7 +117,7 @@ class Contents:
             first = self._first_copy(sha) if self.dedup and sha else None
             with self._lock:
                 if first is not None:
-                    self._held[-1].append(Duplicate(item.name, sha, first))
+                    self._held[-1].append(Duplicate(item.name, sha, first, item.fields))
                     continue
                 if self.dedup and sha:
                     self._pending[sha] = item.name
@@ -129,6 +130,8 @@ class Contents:
             if item.error or item.name == "-":  # stdin: hashed as it is decoded
                 return None
             try:
+                if item.member is not None:  # an archive's member: its bytes, read where they lie
+                    return member_sha256(item.member)
                 if not stat.S_ISREG(os.stat(item.name).st_mode):  # a pipe named as a file: read once, by the decoder
                     return None
                 return file_sha256(item.name)

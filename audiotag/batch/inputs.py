@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import failure_message
+from . import archives
 
 # Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
 # (audio containers, raw codec streams, and video files, whose audio is tagged). The decoder is chosen from the
@@ -27,23 +28,33 @@ AUDIO_EXTENSIONS = frozenset({
 
 @dataclass(frozen=True)
 class Input:
-    """One thing to tag: a path, or "-" for stdin; ``error`` when it was known to be bad before opening."""
+    """One thing to tag: a path, or "-" for stdin, or an archive's member (``archives``: its name is
+    ARCHIVE/MEMBER); ``error`` when it was known to be bad before opening."""
 
     name: str
     error: Optional[str] = None
+    member: Optional[archives.Member] = None
+
+    @property
+    def fields(self) -> Optional[dict]:
+        """What its record adds after the path (an archive's member: "archive", "member", "key")."""
+        return self.member.fields if self.member is not None else None
 
 
 def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
-def expand(operands: Iterable[str], all_files: bool = False) -> Iterator[Input]:
-    """Operands as given: "-" and files are inputs themselves, directories yield their audio files (every
-    regular file with ``all_files``)."""
+def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False) -> Iterator[Input]:
+    """Operands as given: "-" and files are inputs themselves, an archive (by its name: ``archives``) yields its
+    audio members, directories yield their audio files (every regular file with ``all_files``; archives in them
+    are opened with ``open_archives``, else they are files as any other)."""
     for operand in operands:
-        if operand != "-" and os.path.isdir(operand):
+        if operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
+            yield from archive_members(operand, all_files)
+        elif operand != "-" and os.path.isdir(operand):
             found = False
-            for item in walk(operand, all_files):
+            for item in walk(operand, all_files, open_archives):
                 found = True
                 yield item
             if not found:
@@ -52,7 +63,14 @@ def expand(operands: Iterable[str], all_files: bool = False) -> Iterator[Input]:
             yield Input(operand)
 
 
-def walk(top: str, all_files: bool = False) -> Iterator[Input]:
+def archive_members(path: str, all_files: bool = False) -> Iterator[Input]:
+    """An archive's audio members (every member with ``all_files``), or its problem as an input with an error."""
+    wanted = (lambda name: True) if all_files else is_audio_name
+    for name, found in archives.members(path, wanted):
+        yield Input(name, error=found) if isinstance(found, str) else Input(name, member=found)
+
+
+def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iterator[Input]:
     """Audio files (``all_files``: every file) below ``top``, sorted by name at every level; follows symlinks,
     reports loops.
 
@@ -84,6 +102,8 @@ def walk(top: str, all_files: bool = False) -> Iterator[Input]:
             opened = yield from _enter(entry.path, ancestors, walked)
             if opened is not None:
                 stack.append(opened)
+        elif open_archives and is_file and archives.is_archive_name(entry.name):
+            yield from archive_members(entry.path, all_files)
         elif all_files or is_audio_name(entry.name):
             if entry.is_symlink() and not os.path.exists(entry.path):
                 yield Input(entry.path, error="broken symlink")
@@ -113,7 +133,8 @@ def _enter(directory: str, ancestors: dict, walked: set):
     return iter(entries)
 
 
-def read_list(lines: TextIO, name: str = "-", all_files: bool = False) -> Iterator[Input]:
+def read_list(lines: TextIO, name: str = "-", all_files: bool = False, open_archives: bool = False) \
+        -> Iterator[Input]:
     """Paths one per line (blank lines skipped); each line is taken as soon as it arrives. A list that cannot be
     read on (an I/O error) ends there, reported as an input that failed, named after the list."""
     while True:
@@ -126,7 +147,7 @@ def read_list(lines: TextIO, name: str = "-", all_files: bool = False) -> Iterat
             return
         path = line.rstrip("\r\n")
         if path.strip():
-            yield from expand([path], all_files)
+            yield from expand([path], all_files, open_archives)
 
 
 def _identity(directory: str):

@@ -22,6 +22,7 @@ from ..errors import failure_message
 from ..infer.batcher import Batcher, model_runners, submit_stream
 from ..infer.results import Outcome
 from ..infer.tagger import TagOptions, Tagger
+from . import archives
 from .inputs import Input
 
 
@@ -42,18 +43,22 @@ class Opener:
             stream = decode.open_file(name, self.raw, self.rate, self.channels)
         return limits.apply(stream, self.limits)
 
+    def open_member(self, member: archives.Member) -> decode.Stream:
+        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too)."""
+        return limits.apply(archives.open_member(member), self.limits)
+
 
 def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
                 options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
     """Decode one input and submit its windows; returns ``outcome()``, which waits for the model's last results
     and gives the Outcome. Every failure becomes an error message, never an exception."""
     if item.error:
-        return lambda: Outcome(item.name, error=item.error)
+        return lambda: Outcome(item.name, error=item.error, fields=item.fields)
     stream = None
 
     def submit():
         nonlocal stream
-        stream = open_input(item.name)
+        stream = open_input(item.name) if item.member is None else open_input.open_member(item.member)
         callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
         return submit_stream(stream, tagger, batcher, options, callback)
 
@@ -63,16 +68,18 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
         if stream is not None:
             stream.close()
     if isinstance(submitted, Outcome):
+        submitted.fields = item.fields
         return lambda: submitted
     finish, timings = submitted
 
     def outcome() -> Outcome:
         prediction = _or_failure(item.name, finish)
         if isinstance(prediction, Outcome):
+            prediction.fields = item.fields
             return prediction
         whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
         return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
-                       whole, stream.warning, timings=timings, codec=stream.codec)
+                       whole, stream.warning, timings=timings, codec=stream.codec, fields=item.fields)
 
     return outcome
 

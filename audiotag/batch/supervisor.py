@@ -169,7 +169,7 @@ class Supervisor:
                     if len(in_flight) == 1:  # alone in the worker: the culprit
                         item = in_flight.popleft()
                         slots.release()
-                        yield Outcome(item.name, error=reason)
+                        yield Outcome(item.name, error=reason, fields=getattr(item, "fields", None))
                     else:  # which one? each alone, in order, before anything newer
                         suspects.extendleft(reversed(in_flight))
                         in_flight.clear()

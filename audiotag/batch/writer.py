@@ -305,12 +305,14 @@ class RecordReader:
             return None
         return {"path": rows[0][0], "sha256": rows[0][-3], "text": text}
 
-    def duplicate(self, first: dict, name: str) -> str:
-        """The lines of a duplicate's record: the first copy's, with its own path and "duplicate_of"."""
+    def duplicate(self, first: dict, name: str, fields: Optional[dict] = None) -> str:
+        """The lines of a duplicate's record: the first copy's, with its own path (and archive ``fields``) and
+        "duplicate_of"."""
         if self.fmt in ("jsonl", "json"):
             rec = json.loads(first["text"])
-            head = {"path": name, "sha256": rec.get("sha256"), "duplicate_of": rec["path"]}
-            return format_record({**head, **{k: v for k, v in rec.items() if k not in head}}, self.fmt)
+            head = {"path": name, "sha256": rec.get("sha256"), "duplicate_of": rec["path"], **(fields or {})}
+            rest = {k: v for k, v in rec.items() if k not in head and k not in ("archive", "member", "key")}
+            return format_record({**head, **rest}, self.fmt)
         delimiter = table_delimiter(self.fmt)
         rows = list(csv.reader(io.StringIO(first["text"], newline=""), delimiter=delimiter))
         return "".join(table_line([name, *row[1:-2], row[0], row[-1]], delimiter) for row in rows)

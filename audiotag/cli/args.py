@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ..batch import archives
 from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
                        window_problem)
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in directories, try every regular file, whatever its name (crawlers save "
                              "index.php?id=1); "
                              "what is not audio becomes an error record")
+    add_engine_arguments(parser, "open_archives")
     out = parser.add_argument_group("output")
     out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
                      help="output format (default: text on a terminal, else jsonl)")
@@ -166,8 +168,9 @@ def check_arguments(parser, args) -> None:
 
 
 def batch_mode(args) -> bool:
-    """Several inputs (or a directory, or a list): one record per input, each headed by its path."""
-    return len(args.inputs) > 1 or bool(args.files_from) or any(os.path.isdir(p) for p in args.inputs if p != "-")
+    """Several inputs (or a directory, an archive, or a list): one record per input, each headed by its path."""
+    return len(args.inputs) > 1 or bool(args.files_from) or \
+        any(os.path.isdir(p) or archives.is_archive_name(p) for p in args.inputs if p != "-")
 
 
 def supervised(args) -> bool:

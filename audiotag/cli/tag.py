@@ -94,7 +94,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listed = _list_source(args.files_from, inputs, args.all_files) if args.files_from else ()
+    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives) if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -106,7 +106,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
     writers.append(writer)
-    items = _chain(inputs.expand(args.inputs, args.all_files), listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives), listed)
     items = (item for item in items if item.name not in done)
     contents = None
     if options.hash:
@@ -187,7 +187,7 @@ def _duplicate_text(duplicate, table, reader, fmt) -> str:
         return records.format_record({"path": duplicate.name, "sha256": duplicate.sha256,
                                       "duplicate_of": duplicate.first,
                                       "error": "the first copy's record cannot be read back"}, fmt, hashed=True)
-    return reader.duplicate(first, duplicate.name)
+    return reader.duplicate(first, duplicate.name, duplicate.fields)
 
 
 def _on_terminal(stream) -> bool:
@@ -209,8 +209,9 @@ def _count_in_background(args, inputs, done) -> list:
 
     def count():
         try:
-            found = _chain(inputs.expand(args.inputs, args.all_files),
-                           _list_source(args.files_from, inputs, args.all_files) if args.files_from else ())
+            found = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives),
+                           _list_source(args.files_from, inputs, args.all_files, args.open_archives)
+                           if args.files_from else ())
             total.append(sum(1 for item in found if item.name not in done))
         except (OSError, SystemExit, ValueError):
             pass  # the run itself reports what cannot be read; the bar just shows no total
@@ -221,14 +222,14 @@ def _count_in_background(args, inputs, done) -> list:
     return total
 
 
-def _list_source(name, inputs, all_files):
+def _list_source(name, inputs, all_files, open_archives=False):
     if name == "-":
-        return inputs.read_list(sys.stdin, all_files=all_files)
+        return inputs.read_list(sys.stdin, all_files=all_files, open_archives=open_archives)
     try:
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
-    return inputs.read_list(handle, name, all_files)
+    return inputs.read_list(handle, name, all_files, open_archives)
 
 
 def _chain(*iterables):

@@ -26,7 +26,8 @@ from .sndfile import NOT_AUDIO, Refused, open_soundfile
 from .stream import TARGET_RATE, Audio, Stream, block_frames, from_array
 
 __all__ = ["AudioError", "Audio", "Stream", "TARGET_RATE", "RAW_FORMATS", "STDIN_MEMORY_LIMIT", "open_file",
-           "open_bytes", "open_stdin", "open_raw", "open_source", "load", "load_bytes", "from_array", "block_frames"]
+           "open_bytes", "open_seekable", "open_stdin", "open_raw", "open_source", "load", "load_bytes", "from_array",
+           "block_frames"]
 
 
 STDIN_MEMORY_LIMIT = 1 << 30  # bytes of a stdin (or HTTP) input held in memory to be decoded whole (FLAC, Ogg, MP4)
@@ -70,6 +71,20 @@ def open_bytes(data) -> Stream:
     except Refused as refused:
         return _second_decoder(refused, _BufferFile(data), None)
     return _unless_chained(stream, _BufferFile(data), len(data), None)
+
+
+def open_seekable(file, size: int) -> Stream:
+    """Open a seekable binary file object holding one whole file of ``size`` bytes (an archive's member read in
+    place) as the same bytes in a file are opened; the stream closes ``file``. ``file.pread(size, offset)``, when it
+    has one, reads without moving it."""
+    if not size:
+        raise AudioError("empty: no data")
+    try:
+        stream = open_soundfile(file, None)
+    except Refused as refused:
+        file.seek(0)
+        return _second_decoder(refused, file, file.close)
+    return _unless_chained(stream, file, size, file.close)
 
 
 class _BufferFile(io.RawIOBase):
@@ -124,7 +139,7 @@ def _unless_chained(stream: Stream, file, size: int, closer) -> Stream:
 
     if stream.codec not in ("vorbis", "opus", "flac") or size < 2 * 28:
         return unchanged()
-    pread = file.pread if isinstance(file, _BufferFile) else \
+    pread = file.pread if hasattr(file, "pread") else \
         lambda count, offset: os.pread(file.fileno(), count, offset)
     head = pread(28, 0)
     if head[:4] != b"OggS":

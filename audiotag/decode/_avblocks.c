@@ -42,6 +42,7 @@ typedef struct {
     int fd;                /* input: a descriptor (>= 0), */
     const uint8_t *memory; /* or a buffer, */
     avb_read_fn read;      /* or a callback */
+    int64_t base;          /* where the input starts in fd: an archive's member is a window on the archive */
     int64_t position, size;
     int pending;           /* frame holds samples not yet handed out, from offset on */
     int offset;
@@ -63,8 +64,11 @@ static int read_input(void *opaque, uint8_t *buf, int size) {
         ctx->position += size;
         return size;
     }
+    int64_t left = ctx->size - ctx->position;  /* never past the window: the next member is not this input */
+    if (left <= 0) return AVERROR_EOF;
+    if (size > left) size = (int)left;
     ssize_t got;
-    do got = pread(ctx->fd, buf, size, ctx->position); while (got < 0 && errno == EINTR);
+    do got = pread(ctx->fd, buf, size, ctx->base + ctx->position); while (got < 0 && errno == EINTR);
     if (got < 0) return AVERROR(errno);
     if (got == 0) return AVERROR_EOF;
     ctx->position += got;
@@ -86,7 +90,8 @@ static void no_log(void *object, int level, const char *format, va_list args) {
     (void)object, (void)level, (void)format, (void)args;
 }
 
-/* A context reading from fd (at offset), from memory, or through read; then avb_open_input. */
+/* A context reading size bytes of fd from offset on (size < 0: to the end of the file), size bytes of memory, or
+ * through read; then avb_open_input. */
 avb *avb_new(int fd, int64_t offset, const uint8_t *memory, int64_t size, avb_read_fn read, int max_bad) {
     /* FFmpeg's log stays silent (audiotag reports a bad input once, itself), and its callback is set again for each
      * input: PyAV, once imported, installs one that takes Python's lock for every message, even unprinted ones,
@@ -97,13 +102,13 @@ avb *avb_new(int fd, int64_t offset, const uint8_t *memory, int64_t size, avb_re
     ctx->fd = fd;
     ctx->memory = memory;
     ctx->read = read;
-    ctx->position = offset;
+    ctx->base = offset;
     ctx->size = size;
     ctx->max_bad = max_bad;
     ctx->stream = -1;
-    if (fd >= 0) {
+    if (fd >= 0 && size < 0) {
         struct stat info;
-        ctx->size = fstat(fd, &info) == 0 ? info.st_size : -1;
+        ctx->size = fstat(fd, &info) == 0 ? info.st_size - offset : -1;
     }
     return ctx;
 }

@@ -83,7 +83,8 @@ def strerror(code: int) -> str:
 
 class Decoder:
     """One input: ``source`` a regular file (a binary file object with a descriptor), an object with
-    getbuffer() (io.BytesIO, decode's in-place buffer), or any object with read() (a pipe). FFmpeg is never given
+    getbuffer() (io.BytesIO, decode's in-place buffer), one with file_window() (an archive's member), or any
+    object with read() (a pipe). FFmpeg is never given
     the file's name: it would guess the format from the extension, and a file and its bytes on stdin must agree.
     Reading starts at the source's current position; at most ``max_bad`` packets that fail to decode are skipped."""
 
@@ -93,11 +94,13 @@ class Decoder:
         self._state = np.zeros(3, np.intc)  # avb_state: written by the open and each read
         fd, offset, memory, size, read = -1, 0, None, 0, _READ()
         if hasattr(source, "getbuffer"):  # io.BytesIO, or decode's in-place buffer: read where it lies
-            view = np.frombuffer(source.getbuffer(), np.uint8)  # no copy, read-only bytes too
+            view = np.frombuffer(source.getbuffer(), np.uint8)[source.tell():]  # no copy, read-only bytes too
             self._kept.append(view)
-            memory, size, offset = view.ctypes.data, len(view), source.tell()
+            memory, size = view.ctypes.data, len(view)
+        elif hasattr(source, "file_window"):  # an archive's member read in place: (descriptor, offset, size)
+            fd, offset, size = source.file_window()
         elif _regular_file(source):
-            fd, offset = source.fileno(), source.tell()
+            fd, offset, size = source.fileno(), source.tell(), -1
         else:
             read = _READ(self._reader(source))
             self._kept.append(read)

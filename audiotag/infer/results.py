@@ -56,3 +56,4 @@ class Outcome:
     timings: Optional[dict] = None  # seconds spent per stage in this input's worker
     codec: Optional[str] = None  # what was decoded ("aac", "pcm_s16le", ...)
     sha256: Optional[str] = None  # of the input's bytes (--hash)
+    fields: Optional[dict] = None  # what the record adds after the path (an archive's member: archive, member, key)
