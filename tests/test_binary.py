@@ -163,6 +163,16 @@ def test_self_check_passes(binary, cache, tmp_path):
     assert ok(result).startswith(b"self-check ok")
 
 
+def test_parquet_is_one_line_saying_how_to_get_it(binary, cache, tmp_path):
+    """pyarrow (~100 MB) would take the binary past 36 MB: -f parquet is the package's, with its extra."""
+    result = run_binary(binary, tmp_path, AUDIO / "speech.wav", "-f", "parquet", "-o", tmp_path / "tags",
+                        cache=cache)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "pip install 'audiotag[parquet]'" in lines[0]
+    assert not (tmp_path / "tags").exists()
+
+
 # ---- what is in the bundle ----
 
 def test_bundle_is_lean(binary, cache, tmp_path):

@@ -51,6 +51,8 @@ exit status:
   141  stdout was closed early
 
 environment:
+  AUDIOTAG_PARQUET_FLUSH  -f parquet: a part file every RECORDS records or SECONDS s: "RECORDS[,SECONDS]"
+                       (default 1000,60)
   AUDIOTAG_PROVIDERS   onnxruntime execution providers, comma-separated (e.g. "cuda,cpu"); default automatic:
                        CUDA, ROCm, MIGraphX, CoreML, DirectML, then CPU, whichever are available
 
@@ -82,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "what is not audio becomes an error record")
     add_engine_arguments(parser, "open_archives")
     out = parser.add_argument_group("output")
-    out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv"),
-                     help="output format (default: text on a terminal, else jsonl)")
+    out.add_argument("-f", "--format", choices=("text", "jsonl", "json", "csv", "tsv", "parquet"),
+                     help="output format (default: text on a terminal, else jsonl; parquet: -o names a directory "
+                          "of part files, needs the parquet extra)")
     out.add_argument("-o", "--output", metavar="FILE", help="write results to FILE instead of stdout")
     out.add_argument("--resume", action="store_true",
                      help="with -o: skip inputs already recorded in FILE and append the rest")
@@ -133,6 +136,8 @@ def check_arguments(parser, args) -> None:
         parser.error("--resume needs -o FILE")
     if args.dedup and not (args.output and args.format in (None, "jsonl", "json", "csv", "tsv")):
         parser.error("--dedup needs -o FILE in jsonl, csv or tsv: a duplicate's record is read back from it")
+    if args.format == "parquet":
+        _check_parquet(parser, args)
     if args.workers > 1 and args.in_process:
         parser.error("--workers starts worker processes: it cannot be combined with --in-process")
     if args.workers > 256:
@@ -165,6 +170,19 @@ def check_arguments(parser, args) -> None:
         setattr(args, name, (getattr(BATCH, name) if batch else None) if value is None else (value or None))
     if args.resume and args.format == "text":
         parser.error("--resume needs a machine-readable format: jsonl, csv or tsv")
+
+
+def _check_parquet(parser, args) -> None:
+    import importlib.util
+
+    if not args.output:
+        parser.error("-f parquet needs -o DIR: the parts of a Parquet output are files, not a stream")
+    if args.segments:
+        parser.error("--segments needs jsonl or text output: a Parquet row is one input's record")
+    if importlib.util.find_spec("pyarrow") is None:  # the package without its extra, or the single-file binary
+        from ..batch.parquet import INSTALL_HINT
+
+        parser.error(INSTALL_HINT)
 
 
 def batch_mode(args) -> bool:

@@ -99,11 +99,22 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
         table = content.DigestTable() if args.dedup else None  # content -> where its first record lies
-        done = results.recorded_paths(args.output, args.format, rows, options.hash, table) if args.resume else set()
-        writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout, hashed=options.hash)
+        if args.format == "parquet":  # a directory of part files (batch.parquet)
+            from ..batch import parquet
+
+            done = parquet.recorded_paths(args.output) if args.resume else set()
+            writer = parquet.ParquetWriter(args.output, append=args.resume)
+        else:
+            done = results.recorded_paths(args.output, args.format, rows, options.hash, table) \
+                if args.resume else set()
+            writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout,
+                                    hashed=options.hash)
         reader = results.RecordReader(args.output, args.format, options.hash) if args.dedup else None
     except (OSError, results.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
+        return EXIT_USAGE
+    except ImportError as error:  # pyarrow found but unusable (a broken install): parquet.ParquetMissing says how
+        _warn(str(error))
         return EXIT_USAGE
     writers.append(writer)
     items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives), listed)

@@ -14,7 +14,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export,ray]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,export,ray,parquet]"
 # The second decoder: PyAV against a slim LGPL FFmpeg, built by our script (cached in build/ffmpeg/), never
 # PyPI's av wheel (GPL codecs, 10x the size). Reinstalled when the build changes.
 wheel=$(scripts/build/build_ffmpeg.sh .venv/bin/python)
