@@ -17,6 +17,8 @@ times: they are the control. The two paths are switched by AUDIOTAG_FFMPEG=pyav,
    (`ffmpeg -benchmark -threads 1 -f null`, Debian's build: its native Opus) + soxr HQ on its samples.
    Target: <= 1.3x.
 4. As 1, for the decoder's own blocks alone (no downmix, no soxr): the lock as the decoder alone needs it.
+5. `audiotag DIR` with no flags against --jobs 1, --jobs 4xCPUs, --workers CPUs (--jobs 1, and default --jobs):
+   wall seconds, new path. Target: the default within 5% of the best setting on every family.
 """
 
 import argparse
@@ -131,17 +133,50 @@ def busy_table(files: dict, rounds: int, resample: bool = True) -> None:
         print(f"| {family} | {' | '.join(cells)} |", flush=True)
 
 
+def copies_of(paths: list, copies: int, folder: Path) -> Path:
+    """A folder of ``copies`` hard links to each of ``paths`` (made once per family)."""
+    corpus = folder / f"corpus-{paths[0].parent.name}"
+    if not corpus.exists():
+        corpus.mkdir()
+        for copy in range(copies):
+            for path in paths:
+                os.link(path, corpus / f"{copy}-{path.name}")
+    return corpus
+
+
+def settings_table(files: dict, copies: int, rounds: int, folder: Path) -> None:
+    """The default (no flags) against the other ways of spending the cores, on the new path."""
+    cores = os.cpu_count() or 1
+    settings = {"default": [], "--jobs 1": ["--jobs", "1"], f"--jobs {4 * cores}": ["--jobs", str(4 * cores)],
+                f"--workers {cores} --jobs 1": ["--workers", str(cores), "--jobs", "1"],
+                f"--workers {cores}": ["--workers", str(cores)]}
+    print(f"\n## 5. `audiotag DIR` wall s per setting, the best of {rounds} ({copies} copies of each file), new path; "
+          "default / best\n")
+    print("| family (files) | " + " | ".join(settings) + " | default / best |")
+    print("|---|" + "---|" * len(settings) + "---|")
+    for family, paths in files.items():
+        corpus = copies_of(paths, copies, folder)
+        wall = {name: [] for name in settings}
+        for _ in range(rounds):  # the settings take turns, round by round
+            for name, flags in settings.items():
+                command = [sys.executable, "-m", "audiotag", str(corpus), *flags, "-o", str(folder / "out.jsonl")]
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True, env={**os.environ, "AUDIOTAG_FFMPEG": ""})
+                wall[name].append(time.perf_counter() - start)
+        best = {name: min(times) for name, times in wall.items()}
+        fastest = min(best.values())
+        cells = [f"{best[name]:.1f}" for name in settings]
+        print(f"| {family} ({len(paths) * copies}) | {' | '.join(cells)} | {best['default'] / fastest:.2f} |",
+              flush=True)
+
+
 def jobs_table(files: dict, copies: int, rounds: int, folder: Path) -> None:
     print(f"\n## 2. `audiotag DIR --jobs N` wall s, the best of {rounds} ({copies} copies of each file), "
           "--jobs 16 / --jobs 2\n")
     print("| family (files) | " + " | ".join(f"{name} -j2 | -j16 | ratio" for name in PATHS) + " |")
     print("|---|" + "---|---|---|" * len(PATHS))
     for family, paths in files.items():
-        corpus = folder / f"corpus-{paths[0].parent.name}"
-        corpus.mkdir()
-        for copy in range(copies):
-            for path in paths:
-                os.link(path, corpus / f"{copy}-{path.name}")
+        corpus = copies_of(paths, copies, folder)
         wall = {(path, jobs): [] for path in PATHS.values() for jobs in (2, 16)}
         for _ in range(rounds):  # the paths and settings take turns, round by round
             for path, jobs in wall:
@@ -199,7 +234,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=6, help="recordings per family (max-*.wav, at most 14)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs-copies", type=int, default=25, help="copies of each file in the --jobs runs")
-    parser.add_argument("--tables", default="1,2,3,4", help="which tables, e.g. 2 (default: 1,2,3,4)")
+    parser.add_argument("--tables", default="1,2,3,4,5", help="which tables, e.g. 2 (default: 1,2,3,4,5)")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_families: Debian's ffmpeg makes the fixtures (scripts/build/install_test_tools.sh)")
@@ -220,6 +255,8 @@ def main() -> int:
             jobs_table(files, args.jobs_copies, args.rounds, folder)
         if "4" in tables:
             busy_table(files, args.rounds, resample=False)
+        if "5" in tables:
+            settings_table(files, args.jobs_copies, args.rounds, folder)
     return 0
 
 
