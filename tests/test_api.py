@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -106,6 +107,22 @@ def test_tag_many_over_a_directory_equals_audiotag_dir(tmp_path, isolate):
             assert record == want
         else:
             assert_same_record(record, want)
+
+
+def test_tag_many_opens_archives_in_a_walk_when_asked(tmp_path):
+    shard = tmp_path / "corpus" / "shard.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for number, name in enumerate(("music.wav", "speech.wav")):
+            tar.add(AUDIO / name, arcname=f"{number:06d}.wav")
+    expected = cli_records(shard.parent, "--open-archives")
+    assert [r["member"] for r in expected] == ["000000.wav", "000001.wav"]
+    got = list(audiotag.tag_many([shard.parent], jobs=2, isolate=False, open_archives=True))
+    assert [(r["path"], r["archive"], r["key"]) for r in got] == [(r["path"], r["archive"], r["key"]) for r in expected]
+    for record, want in zip(got, expected):
+        assert_same_record(record, want)
+    [alone] = audiotag.tag_many([shard.parent], isolate=False)  # without it, a .tar is not audio by its name
+    assert alone == {"path": str(shard.parent), "error": "no audio files in this directory"}
 
 
 def test_tag_many_gives_events_with_their_clip(tmp_path):

@@ -75,7 +75,8 @@ class Engine:
 
 def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: Optional[int] = None,
              workers: int = 1, isolate: bool = True, max_duration: Optional[float] = BATCH.max_duration,
-             timeout: Optional[float] = BATCH.timeout, all_files: bool = False, model=None,
+             timeout: Optional[float] = BATCH.timeout, all_files: bool = False, open_archives: bool = False,
+             model=None,
              providers: Optional[Sequence[str]] = None, threads: int = 1) -> Iterator[dict]:
     """Tag many files and directories as ``audiotag DIR...`` does, yielding each input's record as it is done.
 
@@ -91,6 +92,8 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
         max_duration: seconds of audio tagged per input (None: all); the record then says it was cut.
         timeout: seconds an input may take before it is an error record (None: no limit).
         all_files: in directories, try every regular file whatever its name.
+        open_archives: in directories, also tag the audio members of archives (an archive among ``paths`` is
+            always opened; a member's record adds "archive", "member" and "key" after its path).
         model, providers, threads: the ONNX model file (default: the bundled one), execution providers (default:
             automatic, or $AUDIOTAG_PROVIDERS), onnxruntime threads per process.
 
@@ -117,7 +120,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
         from ..infer.tagger import Tagger
 
         tagger = Tagger(model, providers=providers, threads=threads)
-    items = inputs.expand((os.fspath(path) for path in paths), all_files)
+    items = inputs.expand((os.fspath(path) for path in paths), all_files, open_archives)
     contents = content.Contents(jobs, dedup=False) if options.hash else None  # files hashed before they are tagged
     if contents is not None:
         items = contents.tagged(items)
