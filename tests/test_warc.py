@@ -164,6 +164,46 @@ def test_resume_inside_a_warc_skips_the_records_recorded(cli, crawl):
     assert b"3 inputs" in result.stderr
 
 
+def test_parquet_rows_carry_the_url_and_record_id(cli, crawl, tmp_path):
+    pytest.importorskip("pyarrow")
+    from audiotag.batch import parquet
+
+    warc = crawl["top"] / "crawl.warc.gz"
+    lines = _records(cli(warc, "-f", "jsonl", "-k", 2).stdout)
+    result = cli(warc, "-f", "parquet", "-o", tmp_path / "tags", "-k", 2)
+    assert result.returncode == 0, result.stderr
+    rows = parquet.read_records(str(tmp_path / "tags"))
+    assert [{k: r[k] for k in OWN if k in r} for r in rows] == [{k: r[k] for k in OWN if k in r} for r in lines]
+    assert all(r["url"] and r["warc_record_id"] for r in rows)
+
+
+def test_a_record_that_crashes_the_decoder_fails_alone(cli, crawl, tmp_path):
+    """The watched worker enters the WARC at each record's offset: a crash fails that record only."""
+    from test_archives import READ_CRASH_LIBRARY
+
+    (tmp_path / "crash.c").write_text(READ_CRASH_LIBRARY)
+    library = tmp_path / "libreadcrash.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(tmp_path / "crash.c"), "-ldl"],
+                   check=True)
+    speech = (AUDIO / "speech.wav").read_bytes()
+    middle = len(speech) // 2
+    poisoned = speech[:middle] + b"CRASHME-MEMBER" + speech[middle + 14:]  # a few samples of noise, as audio
+    with open(tmp_path / "crash.warc", "wb") as file:  # plain: the marker is in the bytes a worker reads
+        writer = WARCWriter(file, gzip=False)
+        for index in range(5):
+            record = writer.create_warc_record(
+                f"http://example.org/{index}.wav", "response", payload=io.BytesIO(poisoned if index == 2 else speech),
+                http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1"))
+            writer.write_record(record)
+    result = cli(tmp_path / "crash.warc", "--jobs", 2, "-k", 1, "-f", "jsonl", env={"LD_PRELOAD": str(library)})
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["url"] for r in records] == [f"http://example.org/{index}.wav" for index in range(5)]
+    assert [(r["url"], r["error"]) for r in records if "error" in r] == \
+        [("http://example.org/2.wav", "decoder crashed (SIGSEGV)")]
+    assert all(r["tags"][0]["label"] == "Speech" for r in records if "error" not in r)
+
+
 @pytest.mark.parametrize("name, option", [("shard.tar", ()), ("shard.tar.gz", ("--archive", "tar")), ("shard.zip", ()),
                                           ("crawl.warc.gz", ()), ("crawl.warc", ("--archive", "warc"))])
 def test_an_archive_on_stdin_gives_the_records_of_the_archive_named(cli, crawl, name, option):
