@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 
-from ..batch import archives
 from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
                        window_problem)
 
@@ -35,11 +34,13 @@ output formats (default: text on a terminal, jsonl otherwise):
          or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
          with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
          with --hash, "sha256" after "path"; with --dedup a copy's record is its first copy's, with
-         its own "path" and "duplicate_of": the first copy's path
+         its own "path" and "duplicate_of": the first copy's path; an archive's member adds "archive",
+         "member" (and a tar's WebDataset "key"), a WARC record "archive", "url" and "warc_record_id"
   csv, tsv  one row per label:
            path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
          (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row;
-         with --hash or --dedup, sha256,duplicate_of before error)
+         with --hash or --dedup, sha256,duplicate_of before error; a member's path names its archive: no
+         archive, url or record id columns)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
@@ -204,6 +205,8 @@ def _check_parquet(parser, args) -> None:
 
 def batch_mode(args) -> bool:
     """Several inputs (or a directory, an archive, or a list): one record per input, each headed by its path."""
+    from ..batch import archives  # not at the top: it brings numpy and the decoders, --help needs neither
+
     return len(args.inputs) > 1 or bool(args.files_from) or bool(getattr(args, "archive", None)) or \
         any(os.path.isdir(p) or archives.is_archive_name(p) for p in args.inputs if p != "-")
 
