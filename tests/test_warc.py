@@ -164,6 +164,22 @@ def test_resume_inside_a_warc_skips_the_records_recorded(cli, crawl):
     assert b"3 inputs" in result.stderr
 
 
+def test_dedup_tags_a_payload_once_across_records_and_files(cli, crawl):
+    """speech.wav is in the WARC twice (chunked, then plain) and beside it as a file: tagged once; each copy's
+    record keeps its own url and record id, and the file's carries none of the WARC record's fields."""
+    warc, out = crawl["top"] / "crawl.warc.gz", crawl["top"] / "dedup.jsonl"
+    result = cli(warc, crawl["top"] / "files" / "speech.wav", "--dedup", "-k", 1, "-f", "jsonl", "-o", out)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    first = next(r for r in records if r.get("url") == "http://example.org/speech.wav")
+    copies = [r for r in records if r.get("duplicate_of") == first["path"]]
+    assert [r["path"] for r in copies] == [records[-2]["path"], str(crawl["top"] / "files" / "speech.wav")]
+    assert sum("duplicate_of" in r for r in records) == 3  # and the FLAC resource: the bytes of music.bin
+    assert all(r["duplicate_of"] == first["path"] and r["tags"] == first["tags"] for r in copies)
+    assert (copies[0]["url"], copies[0]["warc_record_id"]) == (crawl["last"], crawl["ids"][".warc.gz"][crawl["last"]])
+    assert not {"archive", "url", "warc_record_id"} & set(copies[1])
+
+
 def test_parquet_rows_carry_the_url_and_record_id(cli, crawl, tmp_path):
     pytest.importorskip("pyarrow")
     from audiotag.batch import parquet
