@@ -149,6 +149,25 @@ def test_a_warc_s_audio_and_video_are_tagged_as_the_files(cli, crawl, unpacked, 
         [f"audiotag: {failed[0]['path']}: {TRUNCATED}"]
 
 
+@pytest.mark.parametrize("damage, expected", [
+    ("not a warc", "not a WARC file (it does not begin with a WARC record)"),
+    ("header cut", "a damaged record at offset {offset}: its header cannot be read"),
+])
+def test_a_damaged_warc_is_one_line_not_a_traceback(cli, crawl, tmp_path, damage, expected):
+    data = (crawl["top"] / "crawl.warc").read_bytes()
+    first = _records(cli(crawl["top"] / "crawl.warc", "-f", "jsonl", "-k", 1).stdout)
+    offset = int(first[1]["path"].rpartition("#")[2])  # the second audio record: cut 100 bytes into its header
+    (tmp_path / "bad.warc").write_bytes(b"<html>" * 100 if damage == "not a warc" else data[:offset + 100])
+    result = cli(tmp_path / "bad.warc", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    message = f"cannot read the archive: {expected.format(offset=offset)}"
+    assert records[-1] == {"path": str(tmp_path / "bad.warc"), "error": message}
+    if damage == "header cut":  # the record before the damage is tagged
+        assert [r["url"] for r in records[:-1]] == [first[0]["url"]] and "error" not in records[0]
+    assert result.stderr.decode().count("cannot read the archive") == 1
+
+
 def test_resume_inside_a_warc_skips_the_records_recorded(cli, crawl):
     warc, out = str(crawl["top"] / "crawl.warc.gz"), crawl["top"] / "resume.jsonl"
     first = _records(cli(warc, "-f", "jsonl", "-k", 1).stdout)

@@ -85,6 +85,8 @@ def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
             yield from _warc_members(path, every)
         else:
             yield from _tar_members(path, wanted)
+    except warc.Damaged as error:
+        yield path, None, f"cannot read the archive: {error}"
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
         yield path, None, f"cannot read the archive: {failure_message(error)}"
     except Exception as error:

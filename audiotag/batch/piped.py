@@ -44,11 +44,7 @@ def sniff(binary, kind: Optional[str] = None) -> tuple:
 
 def kind_of(head: bytes) -> Optional[str]:
     """"tar", "warc", "zip" or None, from a stream's first bytes (gzip: its decompressed first bytes)."""
-    if head[:2] == b"\x1f\x8b":
-        try:
-            head = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, HEAD)
-        except zlib.error:
-            return None
+    head = warc.decompressed(head)
     if head.startswith(b"WARC/"):
         return "warc"
     if head[257:262] == b"ustar":
@@ -72,7 +68,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
             yield from _zip(binary, wanted)
         else:
             yield from _tar(binary, wanted)
-    except warc.Truncated as error:
+    except warc.Damaged as error:
         yield "-", None, f"cannot read the archive: {error}"
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
         yield "-", None, f"cannot read the archive: {failure_message(error)}"

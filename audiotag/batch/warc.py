@@ -10,11 +10,13 @@ so a record is entered at its offset in the file, as a plain ``.warc``'s.
 """
 
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
 from ..decode import sniff
 from ..decode.pcm import read_exactly
+from ..errors import failure_message
 from ..hashing import CHUNK
 
 WARC_SUFFIXES = (".warc", ".warc.gz")
@@ -26,8 +28,6 @@ PLAYLISTS = ("audio/x-mpegurl", "audio/mpegurl", "audio/x-scpls", "video/x-ms-as
 
 def read_errors() -> tuple:
     """What reading a damaged WARC raises (warcio's own errors, and those of the streams under it)."""
-    import zlib
-
     from warcio.bufferedreaders import ChunkedDataException
     from warcio.exceptions import ArchiveLoadFailed
     from warcio.statusandheaders import StatusAndHeadersParserException
@@ -47,25 +47,36 @@ class Record:
     truncated: bool = False  # the WARC ends inside it (known once it was read to its end)
 
 
-class Truncated(Exception):
-    """The WARC ends inside the record at ``offset``."""
-
-    def __init__(self, offset: int):
-        super().__init__(f"it ends inside the record at offset {offset} (truncated)")
+class Damaged(Exception):
+    """A WARC that cannot be read on: not a WARC, a record's header damaged, or the file cut short."""
 
 
 def records(binary, every: bool = False, read_first: bool = False) -> Iterator[Record]:
-    """The records of a WARC stream to tag (``every``: each response and resource record), in file order.
+    """The records of a WARC stream to tag (``every``: each response and resource record), in file order;
+    ``binary`` is read from the WARC's start.
 
     ``read_first``: each is read to its end before it is given (its payload then spent), so a record the file
     ends inside comes with ``truncated``; else its payload is read by the caller before it asks for the next, and
-    a record cut short raises Truncated after it. A skipped record cut short raises Truncated too.
+    a record cut short raises Damaged after it. A skipped record cut short, a damaged header, or a stream that is
+    not a WARC raise Damaged.
     """
     from warcio.archiveiterator import ArchiveIterator
 
-    iterator = ArchiveIterator(binary)
-    for record in iterator:
-        offset = iterator.offset
+    start = read_exactly(binary, 512)
+    if not decompressed(start).startswith(b"WARC/"):
+        raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
+    iterator = ArchiveIterator(Replay(start, binary))  # read as a stream: offsets counted from the start
+    records = iter(iterator)
+    while True:
+        try:
+            record = next(records, None)
+        except Exception as error:  # warcio's parser fails on a damaged header in ways it does not type (a
+            # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
+            detail = failure_message(error) if isinstance(error, read_errors()) else "its header cannot be read"
+            raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
+        if record is None:
+            return
+        offset = iterator.offset  # where this record begins (known once the one before was read to its end)
         if record.rec_type in TAGGED_TYPES:
             payload = record.content_stream()
             head = read_exactly(payload, SNIFFED)
@@ -78,7 +89,17 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
                     continue
                 yield found
         if _read_to_end(record):
-            raise Truncated(offset)
+            raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
+
+
+def decompressed(head: bytes) -> bytes:
+    """A stream's first bytes, or what they decompress to when they begin a gzip stream (as far as they go)."""
+    if head[:2] != b"\x1f\x8b":
+        return head
+    try:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
+    except zlib.error:
+        return b""
 
 
 def _read_to_end(record) -> bool:
