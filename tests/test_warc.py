@@ -168,6 +168,20 @@ def test_a_damaged_warc_is_one_line_not_a_traceback(cli, crawl, tmp_path, damage
     assert result.stderr.decode().count("cannot read the archive") == 1
 
 
+def test_payloads_told_by_their_bytes(crawl):
+    """A payload whose Content-Type says nothing is tagged when its bytes open audio or video, not when they open
+    a page or an image (WebP is RIFF, AVIF is ISO-BMFF, as WAV and MP4 are)."""
+    from audiotag.batch.warc import is_media
+
+    files = crawl["top"] / "files"
+    for name in ("speech.wav", "babycry.mp3", "music.flac", "typing.mp4"):
+        assert is_media("application/octet-stream", (files / name).read_bytes()[:8192]), name
+    for head in (b"<!doctype html><html>", b"RIFF\x10\0\0\0WEBPVP8 ", b"\0\0\0\x1cftypavif\0\0\0\0",
+                 b"\xff\xd8\xff\xe0\0\x10JFIF\0" + bytes(8000), b"\x89PNG\r\n\x1a\n" + bytes(100)):
+        assert not is_media("application/octet-stream", head), head[:12]
+    assert is_media("audio/mpeg", b"") and not is_media("audio/x-mpegurl", b"#EXTM3U\n")
+
+
 def test_resume_inside_a_warc_skips_the_records_recorded(cli, crawl):
     warc, out = str(crawl["top"] / "crawl.warc.gz"), crawl["top"] / "resume.jsonl"
     first = _records(cli(warc, "-f", "jsonl", "-k", 1).stdout)

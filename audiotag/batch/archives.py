@@ -18,7 +18,8 @@ the file (in a .warc.gz, where its gzip member starts), so the name is unique an
 WARC-Target-URI) and "warc_record_id" (the WARC-Record-ID). A worker enters the WARC at that offset; the payload
 is streamed to the decoder as stdin is (``decode.open_stdin``: held whole, up to the stdin limit, only where its
 format needs seeking). A WARC that ends inside a record (a crawl cut short): the records before are tagged, that
-record is one error, "the WARC ends inside this record (truncated)".
+record is one error, "the WARC ends inside this record (truncated)". Listing a WARC's records reads it once (a
+.warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
 """
 
 import gzip

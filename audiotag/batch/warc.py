@@ -43,7 +43,6 @@ class Record:
     url: str
     record_id: str
     payload: object
-    warcio_record: object
     truncated: bool = False  # the WARC ends inside it (known once it was read to its end)
 
 
@@ -82,7 +81,7 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             head = read_exactly(payload, SNIFFED)
             if every or is_media(_content_type(record), head):
                 found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
-                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload), record)
+                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload))
                 if read_first:
                     found.truncated = _read_to_end(record)
                     yield found
