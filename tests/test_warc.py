@@ -269,5 +269,16 @@ def test_an_archive_on_stdin_gives_the_records_of_the_archive_named(cli, crawl, 
         assert _same_as_file(mine, theirs) == [], mine["path"]  # scores and the member's sha256 too
 
 
+def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
+    data = (crawl["top"] / "shard.tar.gz").read_bytes()
+    result = cli("-", "-f", "jsonl", "-k", 1, stdin=data[:len(data) // 2])
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert "error" not in records[0]  # the members before the cut are tagged
+    assert records[-1] == {"path": "-", "error": "cannot read the archive: the archive is damaged: unexpected end of "
+                                                "data"}
+    assert b"internal error" not in result.stderr
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

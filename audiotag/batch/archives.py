@@ -86,14 +86,22 @@ def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
             yield from _warc_members(path, every)
         else:
             yield from _tar_members(path, wanted)
-    except warc.Damaged as error:
-        yield path, None, f"cannot read the archive: {error}"
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
-        yield path, None, f"cannot read the archive: {failure_message(error)}"
     except Exception as error:
-        if not isinstance(error, warc.read_errors()):
+        problem = damage(error)
+        if problem is None:
             raise
-        yield path, None, f"cannot read the archive: {failure_message(error)}"
+        yield path, None, f"cannot read the archive: {problem}"
+
+
+def damage(error: Exception) -> Optional[str]:
+    """Why an archive cannot be read, in its reader's words (tarfile's, zipfile's, zlib's, warcio's: not "an
+    internal error"); None for anything else (a bug: raised on)."""
+    if isinstance(error, OSError):
+        return failure_message(error)
+    if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
+            isinstance(error, warc.read_errors()):
+        return str(error).strip() or "damaged"
+    return None
 
 
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
@@ -161,7 +169,11 @@ def open_member(member: Member) -> Stream:
         except BaseException:
             window.close()
             raise
-    return open_bytes(_read_whole(member))
+    try:
+        data = _read_whole(member)
+    except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
+    return open_bytes(data)
 
 
 def member_sha256(member: Member) -> str:

@@ -18,7 +18,6 @@ import io
 import tarfile
 import threading
 import zipfile
-import zlib
 from typing import Iterator, Optional
 
 from ..decode import STDIN_MEMORY_LIMIT, Stream, open_stdin
@@ -26,7 +25,7 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import webdataset_key
+from .archives import damage, webdataset_key
 
 KINDS = ("tar", "warc", "zip")
 HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
@@ -68,14 +67,11 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
             yield from _zip(binary, wanted)
         else:
             yield from _tar(binary, wanted)
-    except warc.Damaged as error:
-        yield "-", None, f"cannot read the archive: {error}"
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
-        yield "-", None, f"cannot read the archive: {failure_message(error)}"
     except Exception as error:
-        if kind != "warc" or not isinstance(error, warc.read_errors()):
+        problem = damage(error)
+        if problem is None:
             raise
-        yield "-", None, f"cannot read the archive: {failure_message(error)}"
+        yield "-", None, f"cannot read the archive: {problem}"
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
@@ -144,7 +140,7 @@ class Piped:
             while self._reader.read(CHUNK):
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
-            self._error = failure_message(error)
+            self._error = failure_message(error)  # _Hashing made them OSErrors
 
 
 class _Hashing(io.RawIOBase):
@@ -153,12 +149,22 @@ class _Hashing(io.RawIOBase):
     def __init__(self, reader):
         super().__init__()
         self._member, self.digest = reader, sha256()
+        self._failure: Optional[str] = None  # the first read that failed: the stream is not read again after it
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._member.read(len(buffer))
+        if self._failure is not None:
+            raise OSError(self._failure)
+        try:
+            data = self._member.read(len(buffer))
+        except Exception as error:  # the archive is damaged here: said in its reader's words, as a read error
+            problem = damage(error)
+            if problem is None:
+                raise
+            self._failure = f"the archive is damaged: {problem}"
+            raise OSError(self._failure) from error
         memoryview(buffer).cast("B")[:len(data)] = data
         self.digest.update(data)
         return len(data)
