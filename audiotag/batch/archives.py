@@ -16,10 +16,11 @@ A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFF
 the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
 ``--resume`` matches (a URL is not: a crawl may fetch one twice). Its record adds "archive", "url" (the
 WARC-Target-URI) and "warc_record_id" (the WARC-Record-ID). A worker enters the WARC at that offset; the payload
-is streamed to the decoder as stdin is (``decode.open_stdin``: held whole, up to the stdin limit, only where its
-format needs seeking). A WARC that ends inside a record (a crawl cut short): the records before are tagged, that
-record is one error, "the WARC ends inside this record (truncated)". Listing a WARC's records reads it once (a
-.warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
+goes to the decoder as stdin does (``decode.open_stdin``: a WAV and the containers FFmpeg reads as a stream are
+streamed; FLAC, Ogg, MP3, MP4 and CAF are held whole, up to the stdin limit). A WARC that ends inside a record
+(a crawl cut short): the records before are tagged, that record is one error, "the WARC ends inside this record
+(truncated)"; a WARC damaged elsewhere ends with one error naming the offset. Listing a WARC's records reads it
+once (a .warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
 """
 
 import gzip

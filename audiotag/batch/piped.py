@@ -1,12 +1,15 @@
 """Archives on stdin: ``cat shard.tar | audiotag - --archive tar`` (tar, tar.gz, WARC, WARC.gz, zip), or told by
-their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/1." at 0, a zip's "PK\\3\\4", and the
+their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/" at 0, a zip's "PK\\3\\4", and the
 same inside gzip).
 
 A stream is read once, in order, and nothing of it is written to disk. A tar's or WARC's member goes to the
-decoder as it arrives (``Piped``: read as stdin is, ``decode.open_stdin``, so held whole, up to the stdin limit,
-only where its format needs seeking: an MP4 whose index comes last), and the archive is read on to the next member
-only once the decoder is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input.
-A zip keeps its index at its end: it is read whole into memory (up to the stdin limit), its members from there.
+decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin``): a WAV, and the containers FFmpeg
+reads as a stream, are streamed; what is held whole on stdin (FLAC, Ogg, MP3; an MP4 or CAF, whose index may come
+last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the
+decoder is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps
+its index at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut
+short on stdin: its last record is tagged as far as it goes (it cannot be known cut before it was read), then the
+archive's error says where it ends.
 
 Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
 named as a path. As for any input on stdin there is no watched worker (a crash could not be retried: the bytes
