@@ -27,14 +27,15 @@ def record(outcome) -> dict:
         outcome: an ``Outcome`` (``Tagger.tag_file``, a batch run).
 
     Returns:
-        ``{"path", ["sha256"], ["archive", "member", ["key"]], "duration", "sample_rate", "channels", "codec",
+        ``{"path", ["sha256"], [archive fields], "duration", "sample_rate", "channels", "codec",
         ["truncated", "audio_duration"], ["warning"], "categories", "tags"}``, or ``{"path", ["sha256"], [archive
-        fields], "error"}``; "sha256" with --hash; the archive fields for an archive's member (``batch.archives``).
+        fields], "error"}``; "sha256" with --hash; the archive fields for an archive's member (``batch.archives``):
+        "archive", "member" (and "key"), or a WARC record's "archive", "url" and "warc_record_id".
     """
     head = {"path": outcome.name}
     if outcome.sha256 is not None:
         head["sha256"] = outcome.sha256
-    if outcome.fields:  # an archive's member: "archive", "member" (and "key"), after the path and its hash
+    if outcome.fields:  # an archive's member: "archive", "member"/"key" or "url"/"warc_record_id", after the hash
         head.update(outcome.fields)
     if outcome.error is not None:
         return {**head, "error": outcome.error}

@@ -1,5 +1,5 @@
-"""Archives as inputs: tar files (plain or gzip-compressed; WebDataset shards are tar files) and zip files, read
-where they lie: a member is never written to disk.
+"""Archives as inputs: tar files (plain or gzip-compressed; WebDataset shards are tar files), zip files and WARC
+files (plain or .warc.gz: ``warc``), read where they lie: a member is never written to disk.
 
 A member is tagged as a file is. Its input's name is ``ARCHIVE/MEMBER`` (``shards/000001.tar/000123.flac``): unique
 in a run, and what ``--resume`` matches; its record adds "archive", "member" and, for a tar member, "key" (the
@@ -11,6 +11,16 @@ A member carries where its bytes lie (``Member``), so whichever process tags it,
 too, opens the archive again at that member: a plain tar's member or a stored zip member is read in place (a
 seekable window on the archive, streamed to the decoder as a file is); a compressed one (tar.gz, a deflated zip
 member) is decompressed from the start of its stream and held whole, up to the stdin limit.
+
+A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
+the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
+``--resume`` matches (a URL is not: a crawl may fetch one twice). Its record adds "archive", "url" (the
+WARC-Target-URI) and "warc_record_id" (the WARC-Record-ID). A worker enters the WARC at that offset; the payload
+goes to the decoder as stdin does (``decode.open_stdin``: a WAV and the containers FFmpeg reads as a stream are
+streamed; FLAC, Ogg, MP3, MP4 and CAF are held whole, up to the stdin limit). A WARC that ends inside a record
+(a crawl cut short): the records before are tagged, that record is one error, "the WARC ends inside this record
+(truncated)"; a WARC damaged elsewhere ends with one error naming the offset. Listing a WARC's records reads it
+once (a .warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
 """
 
 import gzip
@@ -24,11 +34,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from ..decode import STDIN_MEMORY_LIMIT, AudioError, Stream, open_bytes, open_seekable
+from ..decode import STDIN_MEMORY_LIMIT, AudioError, Stream, open_bytes, open_seekable, open_stdin
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
+from . import warc
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip") + warc.WARC_SUFFIXES
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
 
@@ -43,31 +54,55 @@ class Member:
 
     archive: str
     name: str
-    kind: str  # "tar", "tar.gz" or "zip"
+    kind: str  # "tar", "tar.gz", "zip" or "warc"
     offset: int
-    size: int
+    size: int  # a WARC record's: not known before it is read (0)
     in_place: bool
     key: Optional[str] = None
+    url: Optional[str] = None  # a WARC record's
+    record_id: Optional[str] = None
 
     @property
     def fields(self) -> dict:
         """What the member's record adds after its path."""
+        if self.kind == "warc":
+            return {"archive": self.archive, "url": self.url, "warc_record_id": self.record_id}
         found = {"archive": self.archive, "member": self.name}
         if self.key is not None:
             found["key"] = self.key
         return found
 
+    def open(self) -> Stream:
+        return open_member(self)
 
-def members(path: str, wanted) -> Iterator[tuple]:
-    """(input name, Member) for each member whose name ``wanted(name)`` accepts, in archive order; an archive that
-    cannot be read (on) ends with (path, error message)."""
+
+def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
+    """(input name, Member, error) for each member whose name ``wanted(name)`` accepts (a WARC's: each audio or
+    video record; ``every``: each response and resource record), in archive order: error None, or why that member
+    cannot be tagged; an archive that cannot be read (on) ends with (path, None, error message)."""
     try:
         if path.lower().endswith(".zip"):
             yield from _zip_members(path, wanted)
+        elif path.lower().endswith(warc.WARC_SUFFIXES):
+            yield from _warc_members(path, every)
         else:
             yield from _tar_members(path, wanted)
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
-        yield path, f"cannot read the archive: {failure_message(error)}"
+    except Exception as error:
+        problem = damage(error)
+        if problem is None:
+            raise
+        yield path, None, f"cannot read the archive: {problem}"
+
+
+def damage(error: Exception) -> Optional[str]:
+    """Why an archive cannot be read, in its reader's words (tarfile's, zipfile's, zlib's, warcio's: not "an
+    internal error"); None for anything else (a bug: raised on)."""
+    if isinstance(error, OSError):
+        return failure_message(error)
+    if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
+            isinstance(error, warc.read_errors()):
+        return str(error).strip() or "damaged"
+    return None
 
 
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
@@ -78,9 +113,13 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
                 continue
-            match = _KEY.match(info.name)
             yield f"{path}/{info.name}", Member(path, info.name, kind, info.offset_data, info.size, not compressed,
-                                                match.group(1) if match else info.name)
+                                                webdataset_key(info.name)), None
+
+
+def webdataset_key(name: str) -> str:
+    match = _KEY.match(name)
+    return match.group(1) if match else name
 
 
 def _is_plain_tar(path: str) -> bool:
@@ -100,11 +139,30 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
                 if signature != b"PK\x03\x04":
                     raise zipfile.BadZipFile(f"{info.filename}: bad local header")
                 offset += 30 + name_length + extra_length
-            yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored)
+            yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored), None
+
+
+def _warc_members(path: str, every: bool) -> Iterator[tuple]:
+    with open(path, "rb") as file:
+        for found in warc.records(file, every, read_first=True):
+            member = Member(path, found.url, "warc", found.offset, 0, False, url=found.url,
+                            record_id=found.record_id)
+            yield f"{path}#{found.offset}", member, \
+                "the WARC ends inside this record (truncated)" if found.truncated else None
 
 
 def open_member(member: Member) -> Stream:
-    """A decoding stream on one member, opened as the same bytes in a file would be."""
+    """A decoding stream on one member, opened as the same bytes in a file would be (a WARC record's payload as
+    the same bytes on stdin are)."""
+    if member.kind == "warc":
+        payload, file = warc.open_payload(member.archive, member.offset)
+        try:
+            stream = open_stdin(payload)
+        except BaseException:
+            file.close()
+            raise
+        stream.add_closer(file.close)
+        return stream
     if member.in_place:
         window = _Window(member.archive, member.offset, member.size)
         try:
@@ -112,7 +170,11 @@ def open_member(member: Member) -> Stream:
         except BaseException:
             window.close()
             raise
-    return open_bytes(_read_whole(member))
+    try:
+        data = _read_whole(member)
+    except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
+    return open_bytes(data)
 
 
 def member_sha256(member: Member) -> str:
@@ -124,10 +186,17 @@ def member_sha256(member: Member) -> str:
                 digest.update(chunk)
     except (EOFError, zlib.error, zipfile.BadZipFile) as error:  # the decoder will say what is wrong with it
         raise OSError(str(error)) from error
+    except Exception as error:
+        if member.kind == "warc" and isinstance(error, warc.read_errors()):
+            raise OSError(str(error)) from error
+        raise
     return digest.hexdigest()
 
 
 def _reader(member: Member):
+    if member.kind == "warc":
+        payload, file = warc.open_payload(member.archive, member.offset)
+        return _Limited(payload, 1 << 62, file)
     if member.in_place:
         return _Window(member.archive, member.offset, member.size)
     if member.kind == "zip":
@@ -154,9 +223,9 @@ def _read_whole(member: Member) -> bytes:
 class _Limited(io.RawIOBase):
     """The first ``size`` bytes of a stream (a tar.gz member, once its stream is at the member)."""
 
-    def __init__(self, stream, size: int):
+    def __init__(self, stream, size: int, closes=None):
         super().__init__()
-        self._stream, self._left = stream, size
+        self._stream, self._left, self._closes = stream, size, closes or stream
 
     def readable(self) -> bool:
         return True
@@ -168,7 +237,7 @@ class _Limited(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        self._stream.close()
+        self._closes.close()
         super().close()
 
 

@@ -5,7 +5,8 @@ process (the parent, which walks, reads lists and writes the records), by ``jobs
 tagging: the dedup decision must come before decoding, and this is the one place that sees every input when
 ``--workers`` deals them to several processes. The worker then reads the file a second time, from the page cache
 (``scripts/bench/bench_content.py`` measures the cost). Stdin cannot be read twice: it is hashed as the decoder
-reads it, then read to its end.
+reads it, then read to its end; so is a member of an archive on stdin (``piped``), which --dedup therefore
+decodes even when its bytes were seen (later copies of it are spared).
 
 A duplicate is not decoded: its record is the first copy's, read back from the results file (by offset, so the
 records are not held in memory), with its own path and ``"duplicate_of": <first path>``. The table from content to
@@ -121,13 +122,13 @@ class Contents:
                     continue
                 if self.dedup and sha:
                     self._pending[sha] = item.name
-                self._hashes.append((item.name, sha))
+                self._hashes.append((item.name, item.member if item.streamed else sha))
                 self._held.append([])
             yield item
 
     def _hashed(self, items: Iterable[Input]) -> Iterator[tuple]:
         def digest(item: Input):
-            if item.error or item.name == "-":  # stdin: hashed as it is decoded
+            if item.error or item.name == "-" or item.streamed:  # stdin: hashed as it is decoded
                 return None
             try:
                 if item.member is not None:  # an archive's member: its bytes, read where they lie
@@ -142,6 +143,10 @@ class Contents:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="audiotag-hash") as pool:
             for item in items:
                 ahead.append((item, pool.submit(digest, item)))
+                if item.streamed:  # the stream is read on only once this one is tagged: no reading ahead
+                    while ahead:
+                        item, future = ahead.popleft()
+                        yield item, future.result()
                 if len(ahead) > 2 * self.jobs:
                     item, future = ahead.popleft()
                     yield item, future.result()
@@ -164,11 +169,14 @@ class Contents:
         """The sha256 of the input this outcome is of (the next one sent to be tagged)."""
         with self._lock:
             name, sha = self._hashes.popleft()
-        if name == "-" and self.stdin is not None:
+        source = self.stdin if name == "-" else sha if hasattr(sha, "hexdigest") else None  # hashed as read
+        if source is not None:
+            sha = None
             try:
-                sha = self.stdin.hexdigest()
+                sha = source.hexdigest()
             except OSError as error:
-                outcome.warning = outcome.warning or f"stdin not hashed: {failure_message(error)}"
+                what = "stdin" if name == "-" else "member"
+                outcome.warning = outcome.warning or f"{what} not hashed: {failure_message(error)}"
         return sha
 
     def duplicates_before(self) -> list:

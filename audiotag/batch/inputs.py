@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import failure_message
-from . import archives
+from . import archives, piped
 
 # Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
 # (audio containers, raw codec streams, and video files, whose audio is tagged). The decoder is chosen from the
@@ -33,7 +33,12 @@ class Input:
 
     name: str
     error: Optional[str] = None
-    member: Optional[archives.Member] = None
+    member: Optional[archives.Member] = None  # or a piped.Piped: a member of an archive on stdin
+
+    @property
+    def streamed(self) -> bool:
+        """A member of an archive on stdin: tagged before the next input is read (``piped``)."""
+        return getattr(self.member, "streamed", False)
 
     @property
     def fields(self) -> Optional[dict]:
@@ -45,12 +50,18 @@ def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
-def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False) -> Iterator[Input]:
+def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False,
+           stdin_archive: Optional[tuple] = None) -> Iterator[Input]:
     """Operands as given: "-" and files are inputs themselves, an archive (by its name: ``archives``) yields its
     audio members, directories yield their audio files (every regular file with ``all_files``; archives in them
-    are opened with ``open_archives``, else they are files as any other)."""
+    are opened with ``open_archives``, else they are files as any other). ``stdin_archive``: (kind, stream) when
+    stdin holds an archive (``piped.sniff``): "-" yields its members."""
     for operand in operands:
-        if operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
+        if operand == "-" and stdin_archive is not None:
+            wanted = (lambda name: True) if all_files else is_audio_name
+            for name, member, error in piped.members(stdin_archive[1], stdin_archive[0], wanted, all_files):
+                yield Input(name, error=error, member=member)
+        elif operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
             yield from archive_members(operand, all_files)
         elif operand != "-" and os.path.isdir(operand):
             found = False
@@ -66,8 +77,8 @@ def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool
 def archive_members(path: str, all_files: bool = False) -> Iterator[Input]:
     """An archive's audio members (every member with ``all_files``), or its problem as an input with an error."""
     wanted = (lambda name: True) if all_files else is_audio_name
-    for name, found in archives.members(path, wanted):
-        yield Input(name, error=found) if isinstance(found, str) else Input(name, member=found)
+    for name, member, error in archives.members(path, wanted, all_files):
+        yield Input(name, error=error, member=member)
 
 
 def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iterator[Input]:

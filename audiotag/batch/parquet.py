@@ -27,7 +27,8 @@ def flush_settings() -> tuple:
         return FLUSH_RECORDS, FLUSH_SECONDS
 
 
-NAME_FIELDS = ("path", "archive", "member", "key", "duplicate_of")  # names from disk or archives: maybe not UTF-8
+# Names from disk, archives or WARC headers: maybe not UTF-8.
+NAME_FIELDS = ("path", "archive", "member", "key", "url", "warc_record_id", "duplicate_of")
 PART = re.compile(r"part-(\d{5,})\.parquet")
 INSTALL_HINT = "-f parquet needs pyarrow: pip install 'audiotag[parquet]' (the single-file binary does not have it)"
 
@@ -51,7 +52,7 @@ def schema():
     pa, _ = _pyarrow()
     return pa.schema([
         ("path", pa.string()), ("sha256", pa.string()), ("archive", pa.string()), ("member", pa.string()),
-        ("key", pa.string()), ("duplicate_of", pa.string()),
+        ("key", pa.string()), ("url", pa.string()), ("warc_record_id", pa.string()), ("duplicate_of", pa.string()),
         ("duration", pa.float64()), ("sample_rate", pa.int32()), ("channels", pa.int32()), ("codec", pa.string()),
         ("truncated", pa.bool_()), ("audio_duration", pa.float64()), ("warning", pa.string()),
         ("error", pa.string()),

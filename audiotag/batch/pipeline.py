@@ -11,7 +11,7 @@ as soon as it arrives.
 import queue
 import sys
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -44,8 +44,9 @@ class Opener:
         return limits.apply(stream, self.limits)
 
     def open_member(self, member: archives.Member) -> decode.Stream:
-        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too)."""
-        return limits.apply(archives.open_member(member), self.limits)
+        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too), or
+        a member of an archive on stdin (``piped``), read as it arrives."""
+        return limits.apply(member.open(), self.limits)
 
 
 def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
@@ -126,6 +127,9 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
                 ordered.put(future)
                 if not put_work((item, future)):
                     return
+                if item.streamed:  # a member of an archive on stdin: the archive is read on once it is decoded
+                    while not (future.done() or finished.is_set()):
+                        wait([future], timeout=0.1)
         except BaseException as error:  # e.g. the list of paths became unreadable
             feeder_error.append(error)
         finally:

@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 
 from ..records import RECORD_START, format_record, table_columns, table_delimiter, table_header, table_line
 
+MEMBER_FIELDS = ("archive", "member", "key", "url", "warc_record_id")  # an archive member's own (batch.archives)
+
 
 class ResumeError(ValueError):
     """The -o file cannot be resumed into (it is not an audiotag output of this format); it was left untouched."""
@@ -311,7 +313,7 @@ class RecordReader:
         if self.fmt in ("jsonl", "json"):
             rec = json.loads(first["text"])
             head = {"path": name, "sha256": rec.get("sha256"), "duplicate_of": rec["path"], **(fields or {})}
-            rest = {k: v for k, v in rec.items() if k not in head and k not in ("archive", "member", "key")}
+            rest = {k: v for k, v in rec.items() if k not in head and k not in MEMBER_FIELDS}
             return format_record({**head, **rest}, self.fmt)
         delimiter = table_delimiter(self.fmt)
         rows = list(csv.reader(io.StringIO(first["text"], newline=""), delimiter=delimiter))

@@ -5,7 +5,6 @@ import argparse
 import os
 import sys
 
-from ..batch import archives
 from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
                        window_problem)
 
@@ -17,9 +16,13 @@ inputs:
            audio stream (the video is never decoded). libsndfile decodes what it can, FFmpeg the rest.
   DIR      every audio or video file below it (by extension, case-insensitive; --all-files: every regular file),
            in sorted order
+  ARCHIVE  a .tar, .tar.gz/.tgz (a WebDataset shard), .zip, .warc or .warc.gz: its audio members are tagged
+           where they lie, as ARCHIVE/MEMBER (a WARC's audio and video responses: ARCHIVE#OFFSET, with the
+           record's "url" and "warc_record_id"); in a DIR only with --open-archives
   -        any of those on stdin (curl URL | audiotag -): WAV and most containers are decoded as they arrive;
            FLAC, Ogg, MP4/MOV/3GP and CAF (whose index may come last) are held in memory, up to 1024 MB;
-           with --raw, headerless samples (consumed as they arrive)
+           with --raw, headerless samples (consumed as they arrive); a tar, WARC or zip on stdin (told by its
+           first bytes, or --archive): its members, read in order, never written to disk (-/MEMBER, -#OFFSET)
 
 output formats (default: text on a terminal, jsonl otherwise):
   text   "SCORE  LABEL" lines, best first, then "category: NAME SCORE" (the best top-level category);
@@ -31,11 +34,13 @@ output formats (default: text on a terminal, jsonl otherwise):
          or {"path": "b.wav", "error": "..."}; with --segments also {"path", "start", "end", "tags"} per window;
          with --events, before the input's record, {"path", "label", "start", "end", "score"} per event
          with --hash, "sha256" after "path"; with --dedup a copy's record is its first copy's, with
-         its own "path" and "duplicate_of": the first copy's path
+         its own "path" and "duplicate_of": the first copy's path; an archive's member adds "archive",
+         "member" (and a tar's WebDataset "key"), a WARC record "archive", "url" and "warc_record_id"
   csv, tsv  one row per label:
            path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
          (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row;
-         with --hash or --dedup, sha256,duplicate_of before error)
+         with --hash or --dedup, sha256,duplicate_of before error; a member's path names its archive: no
+         archive, url or record id columns)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
@@ -64,6 +69,8 @@ examples:
   audiotag /data/crawl -o tags.jsonl --dedup --resume --only Music
   audiotag /data/crawl -o tags.jsonl --labels mine.csv     (mine.csv: dog,Bark / dog,Yip / vehicle,Vehicle)
   crawler | audiotag --files-from - -o tags.jsonl
+  audiotag crawl.warc.gz shards/ --open-archives -o tags.jsonl --resume
+  curl -s https://example.org/crawl.warc.gz | audiotag - --archive warc -o tags.jsonl
   arecord -f S16_LE -r 16000 -c 1 | audiotag - --raw s16le --rate 16000 --segments
 """
 
@@ -96,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show a progress bar on stderr for a batch run: done/total, percent, time left "
                           "(default: when stderr is a terminal)")
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
-    raw = parser.add_argument_group("raw samples on stdin")
+    raw = parser.add_argument_group("stdin: raw samples or an archive")
+    raw.add_argument("--archive", choices=("tar", "warc", "zip"),
+                     help="stdin carries an archive: tag its members as they arrive (tar and tar.gz, WARC and "
+                          "WARC.gz: streamed; zip: read whole first, up to 1024 MB). Default: told by its first "
+                          "bytes")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
     raw.add_argument("--rate", type=number(int, 1), metavar="HZ",
                      help="sample rate of --raw input (required with --raw)")
@@ -130,6 +141,8 @@ def check_arguments(parser, args) -> None:
         parser.error("no input given (a file, a directory, - for stdin, or --files-from LIST)")
     if args.raw and not args.rate:
         parser.error("--raw needs --rate HZ")
+    if args.archive and (args.raw or "-" not in args.inputs):
+        parser.error("--archive reads stdin: give - as an input (and no --raw)")
     if (args.inputs.count("-") + (args.files_from == "-")) > 1:
         parser.error("stdin (-) can be read only once")
     if args.resume and not args.output:
@@ -163,6 +176,11 @@ def check_arguments(parser, args) -> None:
         parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
                      "(a directory walk would take it for an input)")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
+    args.stdin = None  # what "-" reads: stdin, its first bytes replayed after they were sniffed for an archive
+    if "-" in args.inputs and not args.raw:
+        from ..batch import piped
+
+        args.archive, args.stdin = piped.sniff(sys.stdin.buffer, args.archive)
     from ..decode.limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
     batch = batch_mode(args)
     for name in ("max_duration", "timeout"):
@@ -187,7 +205,9 @@ def _check_parquet(parser, args) -> None:
 
 def batch_mode(args) -> bool:
     """Several inputs (or a directory, an archive, or a list): one record per input, each headed by its path."""
-    return len(args.inputs) > 1 or bool(args.files_from) or \
+    from ..batch import archives  # not at the top: it brings numpy and the decoders, --help needs neither
+
+    return len(args.inputs) > 1 or bool(args.files_from) or bool(getattr(args, "archive", None)) or \
         any(os.path.isdir(p) or archives.is_archive_name(p) for p in args.inputs if p != "-")
 
 

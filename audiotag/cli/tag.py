@@ -62,8 +62,11 @@ def _tag_inputs(args, tagger) -> int:
     # Stdin cannot be read twice: with --hash it is hashed as it is decoded (files are hashed before: content.py).
     from ..hashing import HashingReader
 
-    stdin = HashingReader(sys.stdin.buffer) if options.hash and "-" in args.inputs else None
-    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout), stdin)
+    replayed = getattr(args, "stdin", None)  # stdin, its first bytes replayed after they were sniffed (args.py)
+    stdin = HashingReader(replayed or sys.stdin.buffer) if options.hash and "-" in args.inputs and not args.archive \
+        else None
+    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout),
+                             stdin or replayed)
     # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
     engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
                     providers=requested_providers(args.provider), threads=args.threads,
@@ -117,7 +120,8 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         _warn(str(error))
         return EXIT_USAGE
     writers.append(writer)
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives), listed)
+    archive = (args.archive, args.stdin) if getattr(args, "archive", None) else None  # members of stdin's archive
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive), listed)
     items = (item for item in items if item.name not in done)
     contents = None
     if options.hash:

@@ -221,3 +221,24 @@ class Prefixed:
 
     def seekable(self) -> bool:
         return True
+
+
+# Brands of an ISO-BMFF file ("ftyp") that is a still image, not audio or video (AVIF, HEIF/HEIC).
+IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+RIFF_MEDIA = (b"WAVE", b"AVI ", b"RMP3")  # RIFF also holds WebP images and other files
+FORM_MEDIA = (b"AIFF", b"AIFC", b"8SVX", b"16SV")  # FORM also holds IFF images
+
+
+def is_media(head: bytes) -> bool:
+    """Whether bytes of unknown kind (a crawled payload whose type says nothing) open audio or video that a
+    decoder takes: what libsndfile knows by its marker, an ID3 tag, a run of MPEG audio frames, or a container
+    (not an image inside RIFF, FORM or ISO-BMFF)."""
+    if head[:4] == b"RIFF":
+        return head[8:12] in RIFF_MEDIA
+    if head[:4] == b"FORM":
+        return head[8:12] in FORM_MEDIA
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in IMAGE_BRANDS
+    if sndfile_format(head) or head.startswith(b"ID3") or is_container(head):
+        return True
+    return mpeg_audio_start(head) is not None

@@ -1,0 +1,176 @@
+"""Archives on stdin: ``cat shard.tar | audiotag - --archive tar`` (tar, tar.gz, WARC, WARC.gz, zip), or told by
+their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/" at 0, a zip's "PK\\3\\4", and the
+same inside gzip).
+
+A stream is read once, in order, and nothing of it is written to disk. A tar's or WARC's member goes to the
+decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin``): a WAV, and the containers FFmpeg
+reads as a stream, are streamed; what is held whole on stdin (FLAC, Ogg, MP3; an MP4 or CAF, whose index may come
+last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the
+decoder is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps
+its index at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut
+short on stdin: its last record is tagged as far as it goes (it cannot be known cut before it was read), then the
+archive's error says where it ends.
+
+Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
+named as a path. As for any input on stdin there is no watched worker (a crash could not be retried: the bytes
+are gone). ``--hash``: a member is hashed as it is read; ``--dedup`` cannot spare a piped member its decoding (its
+hash is known only once it was read), but later inputs with its bytes are spared.
+"""
+
+import io
+import tarfile
+import threading
+import zipfile
+from typing import Iterator, Optional
+
+from ..decode import STDIN_MEMORY_LIMIT, Stream, open_stdin
+from ..decode.pcm import read_exactly
+from ..errors import failure_message
+from ..hashing import CHUNK, sha256
+from . import warc
+from .archives import damage, webdataset_key
+
+KINDS = ("tar", "warc", "zip")
+HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
+
+
+def sniff(binary, kind: Optional[str] = None) -> tuple:
+    """(the kind of archive stdin holds, or None for audio; the stream to read stdin from, its first bytes
+    replayed). ``kind`` (--archive) is taken as given."""
+    try:
+        head = read_exactly(binary, HEAD)
+    except OSError:  # said when stdin is read as the input
+        head = b""
+    return kind or kind_of(head), warc.Replay(head, binary)
+
+
+def kind_of(head: bytes) -> Optional[str]:
+    """"tar", "warc", "zip" or None, from a stream's first bytes (gzip: its decompressed first bytes)."""
+    head = warc.decompressed(head)
+    if head.startswith(b"WARC/"):
+        return "warc"
+    if head[257:262] == b"ustar":
+        return "tar"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    return None
+
+
+def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
+    """(input name, Piped, None) for each member to tag, in stream order (``wanted(name)`` chooses a tar's or
+    zip's, as in a file; a WARC's: its audio and video records, ``every``: all response and resource records);
+    an archive that cannot be read on ends with ("-", None, error message)."""
+    try:
+        if kind == "warc":
+            for found in warc.records(binary, every):
+                piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id})
+                yield f"-#{found.offset}", piped, None
+                piped.finish()
+        elif kind == "zip":
+            yield from _zip(binary, wanted)
+        else:
+            yield from _tar(binary, wanted)
+    except Exception as error:
+        problem = damage(error)
+        if problem is None:
+            raise
+        yield "-", None, f"cannot read the archive: {problem}"
+
+
+def _tar(binary, wanted) -> Iterator[tuple]:
+    with tarfile.open(fileobj=binary, mode="r|*") as tar:  # a stream, plain or compressed
+        while (info := tar.next()) is not None:
+            tar.members = []  # tarfile keeps every header it read
+            if not info.isreg() or not wanted(info.name):
+                continue
+            piped = Piped(tar.extractfile(info), {"archive": "-", "member": info.name,
+                                                  "key": webdataset_key(info.name)})
+            yield f"-/{info.name}", piped, None
+            piped.finish()
+
+
+def _zip(binary, wanted) -> Iterator[tuple]:
+    data = read_exactly(binary, STDIN_MEMORY_LIMIT + 1)
+    if len(data) > STDIN_MEMORY_LIMIT:
+        raise OSError(f"a zip on stdin is read whole (its index is at its end), and this one is over "
+                      f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            if info.is_dir() or not wanted(info.filename):
+                continue
+            with archive.open(info) as member:
+                piped = Piped(member, {"archive": "-", "member": info.filename})
+                yield f"-/{info.filename}", piped, None
+                piped.finish()
+
+
+class Piped:
+    """A member of an archive on stdin: read once, as it arrives. ``open()`` gives the decoder its bytes;
+    ``finish()`` (the archive's reader, before it reads on) reads what the decoder left; ``hexdigest()`` is the
+    sha256 of all of them."""
+
+    streamed = True  # tagged before the next input is taken (batch.pipeline)
+
+    def __init__(self, reader, fields: dict):
+        self.fields = fields
+        self._reader = _Hashing(reader)
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: Optional[str] = None
+
+    def open(self) -> Stream:
+        return open_stdin(self._reader)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._read_rest()
+        if self._error is not None:
+            raise OSError(self._error)
+
+    def hexdigest(self) -> str:
+        """The member's sha256 (OSError when it could not be read to its end)."""
+        with self._lock:
+            self._read_rest()
+        if self._error is not None:
+            raise OSError(self._error)
+        return self._reader.digest.hexdigest()
+
+    def _read_rest(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            while self._reader.read(CHUNK):
+                pass
+        except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
+            self._error = failure_message(error)  # _Hashing made them OSErrors
+
+
+class _Hashing(io.RawIOBase):
+    """A member's bytes as a binary stream, hashed as they are read."""
+
+    def __init__(self, reader):
+        super().__init__()
+        self._member, self.digest = reader, sha256()
+        self._failure: Optional[str] = None  # the first read that failed: the stream is not read again after it
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._failure is not None:
+            raise OSError(self._failure)
+        try:
+            data = self._member.read(len(buffer))
+        except Exception as error:  # the archive is damaged here: said in its reader's words, as a read error
+            problem = damage(error)
+            if problem is None:
+                raise
+            self._failure = f"the archive is damaged: {problem}"
+            raise OSError(self._failure) from error
+        memoryview(buffer).cast("B")[:len(data)] = data
+        self.digest.update(data)
+        return len(data)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)

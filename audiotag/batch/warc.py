@@ -1,0 +1,160 @@
+"""WARC records as inputs (read with warcio, imported only when a WARC is read).
+
+A crawl's WARC holds each HTTP exchange as records; the ``response`` and ``resource`` records whose payload is
+audio or video are tagged: by the Content-Type (the HTTP response's, or a resource record's own), or, for any
+other type, by sniffing the payload's first bytes as a file's are (``decode.sniff.is_media``). Request, metadata,
+warcinfo and revisit records, HTML and images are skipped without a word. The payload is what the server sent with
+its HTTP chunked transfer encoding and its gzip/deflate/brotli content encoding undone (warcio's
+``content_stream``): the bytes a browser would save. A ``.warc.gz`` is a series of gzip members, one per record,
+so a record is entered at its offset in the file, as a plain ``.warc``'s.
+"""
+
+import io
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..decode import sniff
+from ..decode.pcm import read_exactly
+from ..errors import failure_message
+from ..hashing import CHUNK
+
+WARC_SUFFIXES = (".warc", ".warc.gz")
+TAGGED_TYPES = ("response", "resource")
+SNIFFED = 8192  # payload bytes read to tell audio and video from the rest, when the Content-Type does not
+MEDIA_TYPES = ("audio/", "video/", "application/ogg")
+PLAYLISTS = ("audio/x-mpegurl", "audio/mpegurl", "audio/x-scpls", "video/x-ms-asx")  # text: sniffed, so skipped
+
+
+def read_errors() -> tuple:
+    """What reading a damaged WARC raises (warcio's own errors, and those of the streams under it)."""
+    from warcio.bufferedreaders import ChunkedDataException
+    from warcio.exceptions import ArchiveLoadFailed
+    from warcio.statusandheaders import StatusAndHeadersParserException
+
+    return ArchiveLoadFailed, StatusAndHeadersParserException, ChunkedDataException, EOFError, zlib.error
+
+
+@dataclass
+class Record:
+    """A record to tag: where it starts in the WARC, its URL and id, and its payload (first bytes replayed)."""
+
+    offset: int
+    url: str
+    record_id: str
+    payload: object
+    truncated: bool = False  # the WARC ends inside it (known once it was read to its end)
+
+
+class Damaged(Exception):
+    """A WARC that cannot be read on: not a WARC, a record's header damaged, or the file cut short."""
+
+
+def records(binary, every: bool = False, read_first: bool = False) -> Iterator[Record]:
+    """The records of a WARC stream to tag (``every``: each response and resource record), in file order;
+    ``binary`` is read from the WARC's start.
+
+    ``read_first``: each is read to its end before it is given (its payload then spent), so a record the file
+    ends inside comes with ``truncated``; else its payload is read by the caller before it asks for the next, and
+    a record cut short raises Damaged after it. A skipped record cut short, a damaged header, or a stream that is
+    not a WARC raise Damaged.
+    """
+    from warcio.archiveiterator import ArchiveIterator
+
+    start = read_exactly(binary, 512)
+    if not decompressed(start).startswith(b"WARC/"):
+        raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
+    iterator = ArchiveIterator(Replay(start, binary))  # read as a stream: offsets counted from the start
+    records = iter(iterator)
+    while True:
+        try:
+            record = next(records, None)
+        except Exception as error:  # warcio's parser fails on a damaged header in ways it does not type (a
+            # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
+            detail = failure_message(error) if isinstance(error, read_errors()) else "its header cannot be read"
+            raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
+        if record is None:
+            return
+        offset = iterator.offset  # where this record begins (known once the one before was read to its end)
+        if record.rec_type in TAGGED_TYPES:
+            payload = record.content_stream()
+            head = read_exactly(payload, SNIFFED)
+            if every or is_media(_content_type(record), head):
+                found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
+                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload))
+                if read_first:
+                    found.truncated = _read_to_end(record)
+                    yield found
+                    continue
+                yield found
+        if _read_to_end(record):
+            raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
+
+
+def decompressed(head: bytes) -> bytes:
+    """A stream's first bytes, or what they decompress to when they begin a gzip stream (as far as they go)."""
+    if head[:2] != b"\x1f\x8b":
+        return head
+    try:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
+    except zlib.error:
+        return b""
+
+
+def _read_to_end(record) -> bool:
+    """Read what is left of a record; whether the file ended before its Content-Length did."""
+    while record.raw_stream.read(CHUNK):
+        pass
+    return record.raw_stream.limit > 0
+
+
+def _content_type(record) -> str:
+    headers = record.http_headers if record.rec_type == "response" and record.http_headers else record.rec_headers
+    return (headers.get_header("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def is_media(content_type: str, head: bytes) -> bool:
+    """Whether a payload is tagged: an audio or video Content-Type (not a playlist), else its first bytes."""
+    if content_type.startswith(MEDIA_TYPES) and content_type not in PLAYLISTS:
+        return True
+    return sniff.is_media(head)
+
+
+def open_payload(path: str, offset: int):
+    """(the payload stream of the record at ``offset`` of a WARC file, the file to close after it)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    file = open(path, "rb")
+    try:
+        file.seek(offset)
+        record = next(iter(ArchiveIterator(file)), None)
+        if record is None:
+            raise EOFError(f"no WARC record at offset {offset}")
+        return Replay(b"", record.content_stream()), file
+    except BaseException:
+        file.close()
+        raise
+
+
+class Replay(io.RawIOBase):
+    """A stream whose first bytes were read already (``head``): they are read again, then the rest."""
+
+    def __init__(self, head: bytes, rest):
+        super().__init__()
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count], self._head = self._head[:count], self._head[count:]
+            return count
+        data = self._rest.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)

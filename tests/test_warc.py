@@ -1,0 +1,284 @@
+"""WARC inputs and archives on stdin (issue 20, item 1): a crawl's audio and video responses are tagged as the same
+bytes in files are, with their URL and record id; HTML and other records are skipped; a WARC cut short is one
+error; --resume works inside a WARC; a tar, zip or WARC piped in gives the records of the same archive named as a
+path. Fixtures are built here with warcio's own writer from ../shared/audio and files ffmpeg makes from them."""
+
+import gzip
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from compare_records import differences
+from conftest import AUDIO, CLI_COMMANDS, Cli
+
+OWN = ("path", "archive", "member", "key", "url", "warc_record_id")  # what differs from the unpacked file's record
+TRUNCATED = "the WARC ends inside this record (truncated)"
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    return Cli(CLI_COMMANDS["python"], tmp_path)
+
+
+def _records(stdout: bytes) -> list:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+def _chunked(data: bytes, size: int = 7000) -> bytes:
+    """HTTP/1.1 chunked transfer encoding."""
+    pieces = [b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size]) for i in range(0, len(data), size)]
+    return b"".join(pieces) + b"0\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory) -> dict:
+    """files/: a WAV, an MP3, a FLAC and an MP4 video (AAC); crawl.warc.gz and crawl.warc: a warcinfo record, then
+    per file a request and a response (plain, chunked, gzip-encoded, both), a FLAC resource record, HTML
+    responses (one gzip-encoded), and a last WAV response; cut.warc.gz and cut.warc: the same, cut inside that
+    last response. Also shard.tar/.tar.gz/.zip of the files. Returns {"top", "urls": url -> file name, "ids":
+    {".warc.gz" or ".warc": url -> WARC-Record-ID}, "last": the url of the record cut short}."""
+    top = tmp_path_factory.mktemp("warc")
+    files = top / "files"
+    files.mkdir()
+    shutil.copyfile(AUDIO / "speech.wav", files / "speech.wav")
+    shutil.copyfile(AUDIO / "extra/esc10-babycry-1-60997-B.mp3", files / "babycry.mp3")
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(AUDIO / "music.wav"), str(files / "music.flac")], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=blue:s=64x48:r=10:d=6", "-i",
+                    str(AUDIO / "typing.wav"), "-shortest", "-c:v", "mpeg4", "-c:a", "aac", "-b:a", "96k",
+                    str(files / "typing.mp4")], check=True)
+    html = b"<!doctype html><html><body>" + b"<p>a crawled page</p>" * 400 + b"</body></html>"
+    responses = [  # url, file or body, Content-Type, transfer encodings
+        ("http://example.org/index.html", html, "text/html; charset=utf-8", ()),
+        ("http://example.org/speech.wav", "speech.wav", "audio/wav", ("chunked",)),
+        ("http://example.org/cry", "babycry.mp3", "audio/mpeg", ("gzip",)),
+        ("http://example.org/music.bin", "music.flac", "application/octet-stream", ()),  # told by its bytes
+        ("http://example.org/page2.html", html, "text/html", ("gzip",)),
+        ("http://example.org/typing.mp4", "typing.mp4", "video/mp4", ("gzip", "chunked")),
+    ]
+    urls, ids = {}, {}
+    for compressed in (True, False):
+        suffix = ".warc.gz" if compressed else ".warc"
+        ids[suffix] = {}
+        buffer = io.BytesIO()
+        writer = WARCWriter(buffer, gzip=compressed)
+        writer.write_record(writer.create_warcinfo_record("crawl.warc", {"software": "test_warc.py"}))
+
+        def response(url, body, content_type, encodings):
+            headers = [("Content-Type", content_type)]
+            if "gzip" in encodings:
+                body, headers = gzip.compress(body), headers + [("Content-Encoding", "gzip")]
+            if "chunked" in encodings:
+                body, headers = _chunked(body), headers + [("Transfer-Encoding", "chunked")]
+            request = writer.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n"))
+            writer.write_record(request)
+            record = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=StatusAndHeaders(
+                "200 OK", headers + [("Content-Length", str(len(body)))], protocol="HTTP/1.1"))
+            writer.write_record(record)
+            return record.rec_headers.get_header("WARC-Record-ID")
+
+        for url, source, content_type, encodings in responses:
+            body = source if isinstance(source, bytes) else (files / source).read_bytes()
+            identifier = response(url, body, content_type, encodings)
+            if not isinstance(source, bytes):
+                urls[url], ids[suffix][url] = source, identifier
+        resource = writer.create_warc_record("urn:example:recording/music.flac", "resource",
+                                             payload=io.BytesIO((files / "music.flac").read_bytes()),
+                                             warc_content_type="audio/flac")
+        writer.write_record(resource)
+        urls[resource.rec_headers.get_header("WARC-Target-URI")] = "music.flac"
+        ids[suffix][resource.rec_headers.get_header("WARC-Target-URI")] = \
+            resource.rec_headers.get_header("WARC-Record-ID")
+        whole = buffer.getvalue()
+        last = "http://example.org/last.wav"
+        ids[suffix][last] = response(last, (files / "speech.wav").read_bytes(), "audio/x-wav", ())
+        (top / f"crawl{suffix}").write_bytes(buffer.getvalue())
+        (top / f"cut{suffix}").write_bytes(buffer.getvalue()[:len(whole) + 200_000])
+    urls[last] = "speech.wav"
+    for name, mode in (("shard.tar", "w"), ("shard.tar.gz", "w:gz")):
+        with tarfile.open(top / name, mode) as tar:
+            for path in sorted(files.iterdir()):
+                tar.add(path, path.name)
+    with zipfile.ZipFile(top / "shard.zip", "w") as archive:
+        for path in sorted(files.iterdir()):
+            archive.write(path, path.name, compress_type=zipfile.ZIP_DEFLATED)
+    return {"top": top, "urls": urls, "ids": ids, "last": last}
+
+
+@pytest.fixture(scope="module")
+def unpacked(crawl) -> dict:
+    """file name -> the record of the file itself (one run, --hash)."""
+    run = subprocess.run([*CLI_COMMANDS["python"], str(crawl["top"] / "files"), "--hash", "-f", "jsonl"],
+                         capture_output=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return {Path(r["path"]).name: r for r in _records(run.stdout)}
+
+
+def _same_as_file(rec: dict, theirs: dict) -> list:
+    return differences({k: v for k, v in rec.items() if k not in OWN},
+                       {k: v for k, v in theirs.items() if k not in OWN}, 1e-6)
+
+
+@pytest.mark.parametrize("name", ["cut.warc.gz", "cut.warc"])
+def test_a_warc_s_audio_and_video_are_tagged_as_the_files(cli, crawl, unpacked, name):
+    warc = str(crawl["top"] / name)
+    result = cli(warc, "--hash", "-f", "jsonl")
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    tagged, failed = [r for r in records if "error" not in r], [r for r in records if "error" in r]
+    # every audio or video response and resource, in file order; no HTML, request or warcinfo record
+    assert [r["url"] for r in records] == [*crawl["urls"]]
+    for rec in records:
+        assert rec["archive"] == warc and rec["warc_record_id"] == crawl["ids"][name[3:]][rec["url"]]
+        assert rec["path"].startswith(warc + "#") and rec["path"][len(warc) + 1:].isdigit()
+    assert len({r["path"] for r in records}) == len(records)
+    for rec in tagged:  # the scores, sha256 and codec of the same bytes in a file (encodings undone)
+        assert _same_as_file(rec, unpacked[crawl["urls"][rec["url"]]]) == [], rec["url"]
+    assert {r["codec"] for r in tagged} >= {"pcm_s16le", "mp3", "flac", "aac"}
+    # the record the file ends inside: one error record, one line on stderr
+    assert [(r["url"], r["error"]) for r in failed] == [(crawl["last"], TRUNCATED)]
+    assert [line for line in result.stderr.decode().splitlines() if "truncated" in line] == \
+        [f"audiotag: {failed[0]['path']}: {TRUNCATED}"]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("not a warc", "not a WARC file (it does not begin with a WARC record)"),
+    ("header cut", "a damaged record at offset {offset}: its header cannot be read"),
+])
+def test_a_damaged_warc_is_one_line_not_a_traceback(cli, crawl, tmp_path, damage, expected):
+    data = (crawl["top"] / "crawl.warc").read_bytes()
+    first = _records(cli(crawl["top"] / "crawl.warc", "-f", "jsonl", "-k", 1).stdout)
+    offset = int(first[1]["path"].rpartition("#")[2])  # the second audio record: cut 100 bytes into its header
+    (tmp_path / "bad.warc").write_bytes(b"<html>" * 100 if damage == "not a warc" else data[:offset + 100])
+    result = cli(tmp_path / "bad.warc", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    message = f"cannot read the archive: {expected.format(offset=offset)}"
+    assert records[-1] == {"path": str(tmp_path / "bad.warc"), "error": message}
+    if damage == "header cut":  # the record before the damage is tagged
+        assert [r["url"] for r in records[:-1]] == [first[0]["url"]] and "error" not in records[0]
+    assert result.stderr.decode().count("cannot read the archive") == 1
+
+
+def test_payloads_told_by_their_bytes(crawl):
+    """A payload whose Content-Type says nothing is tagged when its bytes open audio or video, not when they open
+    a page or an image (WebP is RIFF, AVIF is ISO-BMFF, as WAV and MP4 are)."""
+    from audiotag.batch.warc import is_media
+
+    files = crawl["top"] / "files"
+    for name in ("speech.wav", "babycry.mp3", "music.flac", "typing.mp4"):
+        assert is_media("application/octet-stream", (files / name).read_bytes()[:8192]), name
+    for head in (b"<!doctype html><html>", b"RIFF\x10\0\0\0WEBPVP8 ", b"\0\0\0\x1cftypavif\0\0\0\0",
+                 b"\xff\xd8\xff\xe0\0\x10JFIF\0" + bytes(8000), b"\x89PNG\r\n\x1a\n" + bytes(100)):
+        assert not is_media("application/octet-stream", head), head[:12]
+    assert is_media("audio/mpeg", b"") and not is_media("audio/x-mpegurl", b"#EXTM3U\n")
+
+
+def test_resume_inside_a_warc_skips_the_records_recorded(cli, crawl):
+    warc, out = str(crawl["top"] / "crawl.warc.gz"), crawl["top"] / "resume.jsonl"
+    first = _records(cli(warc, "-f", "jsonl", "-k", 1).stdout)
+    assert len(first) == 6
+    seeded = [dict(r) for r in first[:3]]
+    seeded[1]["duration"] = 12345.0  # kept, not tagged again
+    out.write_text("".join(json.dumps(r) + "\n" for r in seeded) + '{"path": "cr')
+    result = cli(warc, "-f", "jsonl", "-k", 1, "-o", out, "--resume")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == [r["path"] for r in first]  # each record once, in order
+    assert records[1]["duration"] == 12345.0 and records[3:] == first[3:]
+    assert b"3 inputs" in result.stderr
+
+
+def test_dedup_tags_a_payload_once_across_records_and_files(cli, crawl):
+    """speech.wav is in the WARC twice (chunked, then plain) and beside it as a file: tagged once; each copy's
+    record keeps its own url and record id, and the file's carries none of the WARC record's fields."""
+    warc, out = crawl["top"] / "crawl.warc.gz", crawl["top"] / "dedup.jsonl"
+    result = cli(warc, crawl["top"] / "files" / "speech.wav", "--dedup", "-k", 1, "-f", "jsonl", "-o", out)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    first = next(r for r in records if r.get("url") == "http://example.org/speech.wav")
+    copies = [r for r in records if r.get("duplicate_of") == first["path"]]
+    assert [r["path"] for r in copies] == [records[-2]["path"], str(crawl["top"] / "files" / "speech.wav")]
+    assert sum("duplicate_of" in r for r in records) == 3  # and the FLAC resource: the bytes of music.bin
+    assert all(r["duplicate_of"] == first["path"] and r["tags"] == first["tags"] for r in copies)
+    assert (copies[0]["url"], copies[0]["warc_record_id"]) == (crawl["last"], crawl["ids"][".warc.gz"][crawl["last"]])
+    assert not {"archive", "url", "warc_record_id"} & set(copies[1])
+
+
+def test_parquet_rows_carry_the_url_and_record_id(cli, crawl, tmp_path):
+    pytest.importorskip("pyarrow")
+    from audiotag.batch import parquet
+
+    warc = crawl["top"] / "crawl.warc.gz"
+    lines = _records(cli(warc, "-f", "jsonl", "-k", 2).stdout)
+    result = cli(warc, "-f", "parquet", "-o", tmp_path / "tags", "-k", 2)
+    assert result.returncode == 0, result.stderr
+    rows = parquet.read_records(str(tmp_path / "tags"))
+    assert [{k: r[k] for k in OWN if k in r} for r in rows] == [{k: r[k] for k in OWN if k in r} for r in lines]
+    assert all(r["url"] and r["warc_record_id"] for r in rows)
+
+
+def test_a_record_that_crashes_the_decoder_fails_alone(cli, crawl, tmp_path):
+    """The watched worker enters the WARC at each record's offset: a crash fails that record only."""
+    from test_archives import READ_CRASH_LIBRARY
+
+    (tmp_path / "crash.c").write_text(READ_CRASH_LIBRARY)
+    library = tmp_path / "libreadcrash.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(tmp_path / "crash.c"), "-ldl"],
+                   check=True)
+    speech = (AUDIO / "speech.wav").read_bytes()
+    middle = len(speech) // 2
+    poisoned = speech[:middle] + b"CRASHME-MEMBER" + speech[middle + 14:]  # a few samples of noise, as audio
+    with open(tmp_path / "crash.warc", "wb") as file:  # plain: the marker is in the bytes a worker reads
+        writer = WARCWriter(file, gzip=False)
+        for index in range(5):
+            record = writer.create_warc_record(
+                f"http://example.org/{index}.wav", "response", payload=io.BytesIO(poisoned if index == 2 else speech),
+                http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1"))
+            writer.write_record(record)
+    result = cli(tmp_path / "crash.warc", "--jobs", 2, "-k", 1, "-f", "jsonl", env={"LD_PRELOAD": str(library)})
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["url"] for r in records] == [f"http://example.org/{index}.wav" for index in range(5)]
+    assert [(r["url"], r["error"]) for r in records if "error" in r] == \
+        [("http://example.org/2.wav", "decoder crashed (SIGSEGV)")]
+    assert all(r["tags"][0]["label"] == "Speech" for r in records if "error" not in r)
+
+
+@pytest.mark.parametrize("name, option", [("shard.tar", ()), ("shard.tar.gz", ("--archive", "tar")), ("shard.zip", ()),
+                                          ("crawl.warc.gz", ()), ("crawl.warc", ("--archive", "warc"))])
+def test_an_archive_on_stdin_gives_the_records_of_the_archive_named(cli, crawl, name, option):
+    archive = crawl["top"] / name
+    named = _records(cli(archive, "--hash", "-f", "jsonl").stdout)
+    piped = cli("-", *option, "--hash", "-f", "jsonl", stdin=archive.read_bytes())
+    assert piped.returncode == 0 and b"Traceback" not in piped.stderr, piped.stderr
+    records = _records(piped.stdout)
+    assert len(records) == len(named) >= 4
+    for mine, theirs in zip(records, named):
+        assert mine["archive"] == "-" and "error" not in mine
+        assert mine["path"] == theirs["path"].replace(str(archive), "-", 1)
+        assert {k: mine[k] for k in OWN[2:] if k in mine} == {k: theirs[k] for k in OWN[2:] if k in theirs}
+        assert _same_as_file(mine, theirs) == [], mine["path"]  # scores and the member's sha256 too
+
+
+def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
+    data = (crawl["top"] / "shard.tar.gz").read_bytes()
+    result = cli("-", "-f", "jsonl", "-k", 1, stdin=data[:len(data) // 2])
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert "error" not in records[0]  # the members before the cut are tagged
+    assert records[-1] == {"path": "-", "error": "cannot read the archive: the archive is damaged: unexpected end of "
+                                                "data"}
+    assert b"internal error" not in result.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
