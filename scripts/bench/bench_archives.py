@@ -7,14 +7,16 @@ The corpus is made at run time from ../shared/audio ($AUDIOTAG_SHARED) with Debi
 ``--seconds`` s, excerpts of the shared recordings in turn, encoded in turn as WAV, FLAC, MP3, Ogg Vorbis, M4A (AAC)
 and Opus, each named KEY.EXT beside a small KEY.json sidecar (a WebDataset shard); the same files as shard.tar and
 shard.tar.gz. Each round runs ``audiotag INPUT -o FILE`` on the directory, the tar and the tar.gz, in an order
-rotated round by round (the page cache is warm for all: one untimed run of each first); the median files/s of each
-and its ratio to the directory's (target: >= 0.95). Options after ``--`` go to every run (``--workers 2``...).
-The machine may be shared: compare the ratios, not the absolute figures.
+rotated round by round (the page cache is warm for all: one untimed run of each first); the median files/s and CPU
+time per file of each, and its ratio to the directory's: the median over rounds of each round's ratio (target:
+>= 0.95), by wall time and by CPU time (children's user + system: steadier on a loaded machine). Options after
+``--`` go to every run (``--workers 2``...). The machine may be shared: compare the ratios, not the absolute figures.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +44,7 @@ def make_shard(top: Path, count: int, seconds: float) -> None:
         key, extension = f"{index:06d}", list(ENCODERS)[index % len(ENCODERS)]
         source = sources[index % len(sources)]  # looped when shorter than --seconds
         running.append(subprocess.Popen(
-            ["ffmpeg", "-v", "error", "-stream_loop", "-1", "-t", str(seconds), "-i", str(source),
+            ["ffmpeg", "-v", "fatal", "-stream_loop", "-1", "-t", str(seconds), "-i", str(source),
              "-c:a", ENCODERS[extension], str(unpacked / f"{key}{extension}")]))
         (unpacked / f"{key}.json").write_text(json.dumps({"__key__": key, "source": "bench"}))
         if len(running) >= os.cpu_count():
@@ -57,14 +59,20 @@ def make_shard(top: Path, count: int, seconds: float) -> None:
                 tar.add(path, path.name)
 
 
-def run(target: Path, output: Path, options: list) -> float:
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the runs ended so far, their workers included
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(target: Path, output: Path, options: list) -> tuple:
+    """(wall seconds, CPU seconds) of one run."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = subprocess.run([sys.executable, "-m", "audiotag", str(target), "-o", str(output), *options],
                             cwd=REPO, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"audiotag {target.name}: exit {result.returncode}: {result.stderr.decode().strip()}")
-    return seconds
+    return seconds, cpu_seconds() - cpu
 
 
 def main(argv=None) -> int:
@@ -91,17 +99,20 @@ def main(argv=None) -> int:
                 times[name].append(run(targets[name], out, args.options))
         sizes = {name: sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
                  for name, path in targets.items()}
-    base = count / statistics.median(times["unpacked"])
     print(f"{count} audio members (+{count} JSON sidecars), {args.seconds:g} s each, options {args.options or '-'}, "
           f"{args.rounds} rounds, load {os.getloadavg()[0]:.1f}:")
     missed = False
     for name, values in times.items():
-        rate = count / statistics.median(values)
-        ratio = rate / base
+        walls = [wall for wall, _ in values]
+        # Each round's ratio to the directory's run of the same round: a shared machine's load moves both alike.
+        ratio = statistics.median(base[0] / value[0] for base, value in zip(times["unpacked"], values))
+        cpu_ratio = statistics.median(base[1] / value[1] for base, value in zip(times["unpacked"], values))
         missed |= ratio < TARGET
-        rounds = " ".join(f"{count / value:.1f}" for value in values)
-        print(f"  {name:8} {rate:7.1f} files/s (rounds: {rounds})  {sizes[name] / 1e6:7.1f} MB  "
-              f"ratio {ratio:.3f}" + ("" if name == "unpacked" else f" (target >= {TARGET})"))
+        rounds = " ".join(f"{count / wall:.1f}" for wall in walls)
+        print(f"  {name:8} {count / statistics.median(walls):6.1f} files/s (rounds: {rounds}), "
+              f"{statistics.median(cpu for _, cpu in values) / count * 1000:5.1f} CPU ms/file, "
+              f"{sizes[name] / 1e6:5.1f} MB; ratio {ratio:.3f}, by CPU time {cpu_ratio:.3f}"
+              + ("" if name == "unpacked" else f" (target >= {TARGET})"))
     return 1 if missed else 0
 
 
