@@ -289,10 +289,11 @@ def test_duplicate_members_are_tagged_once_without_being_decoded(cli, shard, unp
 
 
 def test_resume_after_a_kill_midway_through_a_shard(cli, shard, harness, tmp_path):
-    """A run on the tar.gz killed (SIGKILL, workers and all) midway: stuck on member 20, whose decoder hangs;
-    --resume tags the members left, each once, after the records written, which are kept as they were."""
+    """A run on the tar.gz (--dedup) killed (SIGKILL, workers and all) midway: stuck on member 20, whose decoder
+    hangs; --resume tags the members left, each once, after the records written, which are kept as they were; a
+    copy whose first copy was recorded before the kill is still a duplicate of it."""
     out, archive = tmp_path / "tags.jsonl", str(shard.top / "shard.tar.gz")
-    options = [archive, "--workers", 2, "--jobs", 1, "--max-duration", 30, "-k", 1, "-o", out]
+    options = [archive, "--workers", 2, "--jobs", 1, "--max-duration", 30, "-k", 1, "--dedup", "-o", out]
     first = subprocess.Popen([*cli.command, *map(str, options)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env=cli.environment({**harness, "READ_CRASH": "hang"}),
                              cwd=cli.workdir, start_new_session=True)
@@ -316,6 +317,9 @@ def test_resume_after_a_kill_midway_through_a_shard(cli, shard, harness, tmp_pat
     assert out.read_text().startswith(written)
     assert [r["path"] for r in records] == [f"{archive}/{name}" for name in shard.audio]  # each once, in order
     assert not [r for r in records if "error" in r]
+    assert {r["member"]: r["duplicate_of"] for r in records if "duplicate_of" in r} == \
+        {name: f"{archive}/{first}" for name, first in shard.copies.items()}
+    assert any(shard.audio.index(first) < 20 <= shard.audio.index(name) for name, first in shard.copies.items())
 
 
 def test_archives_in_a_walk_are_opened_with_open_archives(cli, shard):
