@@ -41,8 +41,11 @@ def make_shard(top: Path, count: int, seconds: float) -> None:
                                                                                                    ".mp3", ".flac"))
     running = []
     for index in range(count):
-        key, extension = f"{index:06d}", list(ENCODERS)[index % len(ENCODERS)]
         source = sources[index % len(sources)]  # looped when shorter than --seconds
+        # the format moves on by one each time the sources come round: no two members are the same bytes (until
+        # every source has been in every format), which --dedup would skip
+        extension = list(ENCODERS)[(index + index // len(sources)) % len(ENCODERS)]
+        key = f"{index:06d}"
         running.append(subprocess.Popen(
             ["ffmpeg", "-v", "fatal", "-stream_loop", "-1", "-t", str(seconds), "-i", str(source),
              "-c:a", ENCODERS[extension], str(unpacked / f"{key}{extension}")]))
