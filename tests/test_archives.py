@@ -1,14 +1,22 @@
 """Archives as inputs (issue 20, item 1): tar, tar.gz (WebDataset shards) and zip members are tagged where they lie,
 as the same files unpacked are; a member is one input for every guarantee of a batch run: --resume, limits, crash
-isolation. Fixtures are built here from ../shared/audio with tarfile, zipfile and ffmpeg."""
+isolation, --dedup. The fixture is the issue's, built once per session from ../shared/audio with ffmpeg, soundfile,
+tarfile and zipfile: a WebDataset shard of 50 members of 7 formats, each beside its JSON sidecar, 15 of them (30%)
+the same bytes as an earlier member under another key, one that crashes the decoder and one FLAC bomb; the same
+files as a tar.gz and a zip, and unpacked in a directory."""
 
 import io
 import json
+import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +24,23 @@ import pytest
 import soundfile
 
 from compare_records import differences
-from conftest import AUDIO, CLI_COMMANDS, Cli
+from conftest import AUDIO, CLI_COMMANDS, REPO, Cli
 
-# Mixed formats, each under a WebDataset key; the last ones repeat earlier bytes (~30% duplicates).
-SOURCES = ["music.wav", "speech.wav", "typing.wav", "extra/esc10-babycry-1-60997-B.mp3", "extra/librosa-robin.ogg",
-           "extra/max-birds1.wav", "extra/librosa-trumpet.ogg"]
-CONVERTED = {"speech.wav": ".flac", "music.wav": ".m4a"}  # ffmpeg: FLAC and AAC in MP4 as well
 ARCHIVES = ("shard.tar", "shard.tar.gz", "shard.zip")
+# ffmpeg's encoder per member extension: 7 formats, cycled over the distinct clips.
+ENCODERS = {".wav": "pcm_s16le", ".flac": "flac", ".mp3": "libmp3lame", ".ogg": "libvorbis", ".m4a": "aac",
+            ".opus": "libopus", ".webm": "libopus"}
+MEMBERS, DUPLICATES = 50, 15
+CRASH_KEY, BOMB_KEY = "000020", "000033"
+MARKER = b"CRASHME-MEMBER"
+ARCHIVE_FIELDS = ("path", "archive", "member", "key")
+
+
+@dataclass(frozen=True)
+class Shard:
+    top: Path
+    audio: list  # the audio members' names, in archive order (000000.flac...)
+    copies: dict  # the duplicates: member name -> the name of the first member with its bytes
 
 
 @pytest.fixture
@@ -35,139 +53,94 @@ def _records(stdout: bytes) -> list:
     return [json.loads(line) for line in stdout.decode().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """unpacked/: 000000.EXT + 000000.json per key, 10 audio members of 4+ formats, 3 of them duplicates; and the
-    same files as shard.tar, shard.tar.gz and shard.zip."""
-    top = tmp_path_factory.mktemp("archives")
-    unpacked = top / "unpacked"
-    unpacked.mkdir()
-    for index, source in enumerate(SOURCES):
-        name = f"{index:06d}"
-        if source in CONVERTED:
-            target = unpacked / f"{name}{CONVERTED[source]}"
-            subprocess.run(["ffmpeg", "-v", "error", "-i", str(AUDIO / source), str(target)], check=True)
-        else:
-            shutil.copyfile(AUDIO / source, unpacked / f"{name}{Path(source).suffix}")
-        (unpacked / f"{name}.json").write_text(json.dumps({"source": source}))
-    for index, copied in enumerate([0, 3, 4], len(SOURCES)):  # duplicates: the same bytes under new keys
-        (original,) = unpacked.glob(f"{copied:06d}.[!j]*")
-        shutil.copyfile(original, unpacked / f"{index:06d}{original.suffix}")
-        (unpacked / f"{index:06d}.json").write_text("{}")
-    members = sorted(path.name for path in unpacked.iterdir())
-    for name, mode in (("shard.tar", "w"), ("shard.tar.gz", "w:gz")):
-        with tarfile.open(top / name, mode) as tar:
-            for member in members:
-                tar.add(unpacked / member, member)
-    with zipfile.ZipFile(top / "shard.zip", "w") as archive:
-        for member in members:  # audio stored (read in place), sidecars deflated: both ways are read
-            compression = zipfile.ZIP_DEFLATED if member.endswith((".json", ".ogg")) else zipfile.ZIP_STORED
-            archive.write(unpacked / member, member, compress_type=compression)
-    return top
-
-
-@pytest.fixture(scope="module")
-def unpacked_records(corpus) -> dict:
-    """member name -> the record of the same file unpacked (one run, --hash)."""
-    run = subprocess.run([*CLI_COMMANDS["python"], str(corpus / "unpacked"), "--hash", "-f", "jsonl"],
-                         capture_output=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    return {Path(r["path"]).name: r for r in _records(run.stdout)}
-
-
-@pytest.mark.parametrize("archive", ARCHIVES)
-def test_an_archive_is_tagged_as_its_files_unpacked(cli, corpus, unpacked_records, archive):
-    result = cli(corpus / archive, "--hash", "-f", "jsonl")
-    assert result.returncode == 0, result.stderr
-    records = _records(result.stdout)
-    path = str(corpus / archive)
-    assert sorted(r["member"] for r in records) == sorted(unpacked_records)  # every audio member, no sidecar
-    for rec in records:
-        assert rec["path"] == f"{path}/{rec['member']}" and rec["archive"] == path
-        assert rec.get("key") == (rec["member"].split(".")[0] if archive != "shard.zip" else None)
-        mine = {k: v for k, v in rec.items() if k not in ("path", "archive", "member", "key")}
-        theirs = {k: v for k, v in unpacked_records[rec["member"]].items() if k != "path"}
-        assert differences(mine, theirs, 1e-6) == [], rec["member"]  # the sha256 is the member's bytes' too
-    assert len({r["codec"] for r in records}) >= 4
-
-
-def test_duplicate_members_are_tagged_once(cli, corpus, unpacked_records):
-    result = cli(corpus / "shard.tar", "--dedup", "-f", "jsonl", "-o", corpus / "dedup.jsonl")
-    assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in (corpus / "dedup.jsonl").read_text().splitlines()]
-    copies = {r["member"]: r["duplicate_of"] for r in records if "duplicate_of" in r}
-    shard = str(corpus / "shard.tar")
-    assert copies == {"000007.m4a": f"{shard}/000000.m4a", "000008.mp3": f"{shard}/000003.mp3",
-                      "000009.ogg": f"{shard}/000004.ogg"}
-    for rec in records:
-        assert rec["path"] == f"{shard}/{rec['member']}" and rec["key"] == rec["member"].split(".")[0]
-        theirs = {k: v for k, v in unpacked_records[rec["member"]].items() if k != "path"}
-        assert differences({k: v for k, v in rec.items() if k not in ("path", "archive", "member", "key",
-                                                                      "duplicate_of")}, theirs, 1e-6) == []
-
-
-def test_archives_in_a_walk_are_opened_with_open_archives(cli, corpus):
-    top = corpus / "walk"
-    top.mkdir(exist_ok=True)
-    shutil.copyfile(corpus / "shard.tar", top / "a.tar")
-    shutil.copyfile(AUDIO / "speech.wav", top / "b.wav")
-    plain = _records(cli(top, "-f", "jsonl", "-k", 1).stdout)
-    assert [r["path"] for r in plain] == [str(top / "b.wav")]  # an archive in a walk is what it was: not audio
-    opened = _records(cli(top, "--open-archives", "-f", "jsonl", "-k", 1).stdout)
-    assert len(opened) == 11 and opened[-1]["path"] == str(top / "b.wav")
-    assert all(r["path"].startswith(str(top / "a.tar") + "/0000") for r in opened[:-1])
-    listed = _records(cli("--files-from", "-", "-f", "jsonl", "-k", 1, stdin=f"{top / 'a.tar'}\n".encode()).stdout)
-    assert [r["path"] for r in listed] == [r["path"] for r in opened[:-1]]  # a listed archive is always opened
-
-
-def test_resume_skips_the_members_already_recorded(cli, corpus):
-    out = corpus / "resume.jsonl"
-    shard = str(corpus / "shard.tar.gz")
-    # A run killed after four members: their records (one marked, to show it is kept, not tagged again).
-    first = _records(cli(shard, "-f", "jsonl", "-k", 1).stdout)
-    seeded = [dict(r) for r in first[:4]]
-    seeded[0]["duration"] = 12345.0
-    out.write_text("".join(json.dumps(r) + "\n" for r in seeded) + '{"path": "torn')
-    result = cli(shard, "-f", "jsonl", "-k", 1, "-o", out, "--resume")
-    assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["path"] for r in records] == [r["path"] for r in first]  # each member once, in order
-    assert records[0]["duration"] == 12345.0 and records[4:] == first[4:]
-    assert b"6 inputs" in result.stderr
-
-
-def test_a_flac_bomb_member_is_cut_at_max_duration(cli, tmp_path):
+def _flac_bomb() -> bytes:
+    """10 hours of 8 kHz silence in about 1 MB of FLAC (the bomb of issue 21)."""
     bomb = io.BytesIO()
     with soundfile.SoundFile(bomb, "w", 8000, 1, format="FLAC", subtype="PCM_16") as out:
-        for _ in range(60):  # 10 h of silence, about 1 MB
+        for _ in range(60):
             out.write(np.zeros(8000 * 600, np.int16))
-    with tarfile.open(tmp_path / "bomb.tar", "w") as tar:
-        for name, data in (("000000.flac", bomb.getvalue()), ("000001.wav", (AUDIO / "speech.wav").read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    result = cli(tmp_path / "bomb.tar", "--max-duration", 30, "-f", "jsonl", "-k", 1)
-    assert result.returncode == 0, result.stderr
-    cut, speech = _records(result.stdout)
-    assert (cut["member"], cut["duration"], cut["truncated"], cut["audio_duration"]) == \
-        ("000000.flac", 30.0, True, 36000.0)
-    assert speech["member"] == "000001.wav" and speech["tags"][0]["label"] == "Speech"
+    return bomb.getvalue()
+
+
+def _crashing_wav() -> bytes:
+    """3 s of speech with the crash library's marker over a few samples in its middle: audio all the same."""
+    speech = io.BytesIO()
+    soundfile.write(speech, soundfile.read(AUDIO / "speech.wav", frames=96000)[0], 32000, format="WAV")
+    data = speech.getvalue()
+    return data[:len(data) // 2] + MARKER + data[len(data) // 2 + len(MARKER):]
+
+
+@pytest.fixture(scope="session")
+def shard(tmp_path_factory) -> Shard:
+    """unpacked/: KEY.EXT + KEY.json for 50 keys, then the same 100 files as shard.tar, shard.tar.gz and shard.zip.
+    35 distinct contents (33 clips of 3 s in 7 formats, the crashing WAV, the bomb) and 15 copies of earlier clips,
+    each under a new key, at places drawn once (a fixed seed)."""
+    top = tmp_path_factory.mktemp("shard")
+    unpacked = top / "unpacked"
+    unpacked.mkdir()
+    sources = sorted(p for p in (AUDIO / "extra").iterdir() if p.suffix != ".csv")[:33]
+    rng = random.Random(20)
+    duplicate_at = set(rng.sample([k for k in range(5, MEMBERS) if f"{k:06d}" not in (CRASH_KEY, BOMB_KEY)],
+                                  DUPLICATES))
+    audio, copies, clips = [], {}, []
+    encoders = []
+    for index in range(MEMBERS):
+        key = f"{index:06d}"
+        if key == CRASH_KEY:
+            name = f"{key}.wav"
+            (unpacked / name).write_bytes(_crashing_wav())
+        elif key == BOMB_KEY:
+            name = f"{key}.flac"
+            (unpacked / name).write_bytes(_flac_bomb())
+        elif index in duplicate_at:
+            first = rng.choice(clips)
+            name = key + Path(first).suffix
+            copies[name] = first  # copied once every ffmpeg has ended
+        else:
+            source = sources[len(clips)]
+            name = key + list(ENCODERS)[len(clips) % len(ENCODERS)]
+            encoders.append(subprocess.Popen(
+                ["ffmpeg", "-v", "error", "-t", "3", "-i", str(source), "-vn", "-c:a", ENCODERS[Path(name).suffix],
+                 str(unpacked / name)]))
+            if len(encoders) >= 2:
+                assert encoders.pop(0).wait() == 0
+            clips.append(name)
+        audio.append(name)
+        (unpacked / f"{key}.json").write_text(json.dumps({"key": key, "source": "a crawl"}))
+    assert all(encoder.wait() == 0 for encoder in encoders)
+    for name in copies:
+        shutil.copyfile(unpacked / copies[name], unpacked / name)
+    files = sorted(path.name for path in unpacked.iterdir())
+    for name, mode in (("shard.tar", "w"), ("shard.tar.gz", "w:gz")):
+        with tarfile.open(top / name, mode) as tar:
+            for member in files:
+                tar.add(unpacked / member, member)
+    with zipfile.ZipFile(top / "shard.zip", "w") as archive:
+        for member in files:  # audio stored (read in place), sidecars and Ogg deflated: both ways are read
+            compression = zipfile.ZIP_DEFLATED if member.endswith((".json", ".ogg")) else zipfile.ZIP_STORED
+            archive.write(unpacked / member, member, compress_type=compression)
+    return Shard(top, audio, copies)
 
 
 # A decoder crashing on a member's bytes. A member is not opened by a path of its own (the LD_PRELOAD library of
-# test_robustness crashes on a path), so this one crashes a watched worker (a process whose arguments hold the
-# worker flag) that reads bytes holding the marker: only the member whose data holds it.
-READ_CRASH_LIBRARY = r"""
+# test_robustness crashes on a path), so this one acts in a watched worker (a process whose arguments hold the
+# worker flag) that reads bytes holding the marker: with $READ_CRASH=segv it crashes there, with "hang" it hangs
+# for ever (a run to be killed midway). With $READ_LOG it appends "OFFSET COUNT" to that file for each read of a
+# worker from a file whose path ends in $READ_LOG_MATCH: which bytes of an archive the workers read.
+READ_LIBRARY = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 static int armed = -1;
-static void check(const void *data, ssize_t n) {
+static void check(int fd, const void *data, ssize_t n, off_t at) {
     if (armed < 0) {
         char line[8192];
         armed = 0;
@@ -176,49 +149,198 @@ static void check(const void *data, ssize_t n) {
         if (fd >= 0) close(fd);
         armed = got > 0 && memmem(line, got, "--_supervised-worker", 20) != NULL;
     }
-    if (armed && n > 0 && memmem(data, n, "CRASHME-MEMBER", 14)) raise(SIGSEGV);
+    if (!armed || n <= 0) return;
+    const char *crash = getenv("READ_CRASH"), *log = getenv("READ_LOG"), *match = getenv("READ_LOG_MATCH");
+    if (crash && memmem(data, n, "CRASHME-MEMBER", 14)) {
+        if (!strcmp(crash, "hang")) for (;;) pause();
+        raise(SIGSEGV);
+    }
+    if (log && match) {
+        char link[64], target[4096], entry[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t length = readlink(link, target, sizeof target - 1);
+        size_t tail = strlen(match);
+        if (length < (ssize_t)tail || memcmp(target + length - tail, match, tail)) return;
+        int out = syscall(SYS_openat, AT_FDCWD, log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        int size = snprintf(entry, sizeof entry, "%lld %lld\n", (long long)at, (long long)n);
+        if (out >= 0) { if (write(out, entry, size) < 0) {} close(out); }
+    }
 }
 ssize_t read(int fd, void *b, size_t c) {
     static ssize_t (*real)(int, void *, size_t); if (!real) real = dlsym(RTLD_NEXT, "read");
-    ssize_t n = real(fd, b, c); check(b, n); return n; }
+    ssize_t n = real(fd, b, c); int e = errno; if (n > 0) check(fd, b, n, lseek(fd, 0, SEEK_CUR) - n); errno = e;
+    return n; }
 ssize_t pread(int fd, void *b, size_t c, off_t o) {
     static ssize_t (*real)(int, void *, size_t, off_t); if (!real) real = dlsym(RTLD_NEXT, "pread");
-    ssize_t n = real(fd, b, c, o); check(b, n); return n; }
+    ssize_t n = real(fd, b, c, o); check(fd, b, n, o); return n; }
 ssize_t pread64(int fd, void *b, size_t c, off_t o) {
     static ssize_t (*real)(int, void *, size_t, off_t); if (!real) real = dlsym(RTLD_NEXT, "pread64");
-    ssize_t n = real(fd, b, c, o); check(b, n); return n; }
+    ssize_t n = real(fd, b, c, o); check(fd, b, n, o); return n; }
 """
 
 
-def test_a_member_that_crashes_the_decoder_fails_alone(cli, tmp_path):
-    (tmp_path / "crash.c").write_text(READ_CRASH_LIBRARY)
-    library = tmp_path / "libreadcrash.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(tmp_path / "crash.c"), "-ldl"],
+# A compressed member (a tar.gz's, a deflated zip member) reaches the decoder from zlib, never through a read() of
+# its bytes, and a hook on zlib would fire for every later member too (each is decompressed from the stream's
+# start): in a watched worker this sitecustomize makes the decoder crash (SIGSEGV) or hang where such a member
+# holding the marker is opened, as the library above does for bytes read in place.
+COMPRESSED_CRASH = """
+import os, signal  # the marker is built at run time: a worker reading this file (or its .pyc) must not crash
+if b"--_supervised-worker" in open("/proc/self/cmdline", "rb").read() and os.environ.get("READ_CRASH"):
+    from audiotag.batch import archives
+    opened = archives.open_member
+    def open_member(member):
+        if not member.in_place and "-".join(["CRASHME", "MEMBER"]).encode() in archives._read_whole(member):
+            while os.environ["READ_CRASH"] == "hang":
+                signal.pause()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return opened(member)
+    archives.open_member = open_member
+"""
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory) -> dict:
+    """The environment that arms READ_LIBRARY and COMPRESSED_CRASH (add READ_CRASH or READ_LOG to use them)."""
+    directory = tmp_path_factory.mktemp("readcrash")
+    (directory / "read.c").write_text(READ_LIBRARY)
+    library = directory / "libread.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(directory / "read.c"), "-ldl"],
                    check=True)
-    speech = (AUDIO / "speech.wav").read_bytes()
-    middle = len(speech) // 2
-    poisoned = speech[:middle] + b"CRASHME-MEMBER" + speech[middle + 14:]  # a few samples of noise, as audio
-    names = [f"{i:06d}.wav" for i in range(8)]
-    with tarfile.open(tmp_path / "crash.tar", "w") as tar:
-        for name in names:
-            data = poisoned if name == "000003.wav" else speech
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    result = cli(tmp_path / "crash.tar", "--jobs", 2, "-k", 1, "-f", "jsonl", env={"LD_PRELOAD": str(library)})
-    assert result.returncode == 1, result.stderr
+    (directory / "sitecustomize.py").write_text(COMPRESSED_CRASH)
+    return {"LD_PRELOAD": str(library), "PYTHONPATH": f"{directory}{os.pathsep}{REPO}"}
+
+
+# Every run on the shard: 2 watched workers, the bomb cut at 30 s (a batch run's default, 2 hours, would decode it
+# for minutes).
+RUN = ("--workers", 2, "--jobs", 1, "--max-duration", 30, "-f", "jsonl")
+
+
+@pytest.fixture(scope="session")
+def unpacked_records(shard, harness) -> dict:
+    """member name -> the record of the same file unpacked (--hash, the crashing decoder armed)."""
+    run = Cli(CLI_COMMANDS["python"], shard.top)(shard.top / "unpacked", *RUN, "--hash",
+                                                  env={**harness, "READ_CRASH": "segv"})
+    assert run.returncode == 1, run.stderr
+    return {Path(r["path"]).name: r for r in _records(run.stdout)}
+
+
+def _without_archive_fields(record: dict, *more) -> dict:
+    return {k: v for k, v in record.items() if k not in (*ARCHIVE_FIELDS, *more)}
+
+
+@pytest.mark.parametrize("archive", ARCHIVES)
+def test_a_shard_is_tagged_as_its_files_unpacked(cli, shard, unpacked_records, harness, archive):
+    """Every audio member once, in order, no sidecar; each record is the unpacked file's, scores within 1e-6 (the
+    sha256 too: a member's bytes); the crashing member fails alone under --workers; the bomb is cut as a file is."""
+    result = cli(shard.top / archive, *RUN, "--hash", env={**harness, "READ_CRASH": "segv"})
+    assert result.returncode == 1, result.stderr  # the crashing member
     records = _records(result.stdout)
-    assert [r["member"] for r in records] == names  # every member once, in order
+    path = str(shard.top / archive)
+    assert [r["member"] for r in records] == shard.audio  # every audio member, in order: no JSON sidecar
+    assert sorted(unpacked_records) == sorted(shard.audio)
+    for rec in records:
+        assert rec["path"] == f"{path}/{rec['member']}" and rec["archive"] == path
+        assert rec.get("key") == (rec["member"].split(".")[0] if archive != "shard.zip" else None)
+        theirs = {k: v for k, v in unpacked_records[rec["member"]].items() if k != "path"}
+        assert differences(_without_archive_fields(rec), theirs, 1e-6) == [], rec["member"]
     failed = [r for r in records if "error" in r]
-    assert failed == [{"path": f"{tmp_path / 'crash.tar'}/000003.wav", "archive": str(tmp_path / "crash.tar"),
-                       "member": "000003.wav", "key": "000003", "error": "decoder crashed (SIGSEGV)"}]
-    assert all(r["tags"][0]["label"] == "Speech" for r in records if "error" not in r)
+    assert [(r["member"], r["error"]) for r in failed] == [(f"{CRASH_KEY}.wav", "decoder crashed (SIGSEGV)")]
+    assert f"{path}/{CRASH_KEY}.wav: decoder crashed (SIGSEGV)".encode() in result.stderr
+    (bomb,) = [r for r in records if r["member"] == f"{BOMB_KEY}.flac"]
+    assert (bomb["duration"], bomb["truncated"], bomb["audio_duration"]) == (30.0, True, 36000.0)
+    assert {r["codec"] for r in records if "codec" in r} >= {"pcm_s16le", "flac", "mp3", "vorbis", "aac", "opus"}
 
 
-def test_a_damaged_archive_is_one_line_not_a_traceback(cli, tmp_path, corpus):
-    data = (corpus / "shard.tar.gz").read_bytes()
+def _member_spans(archive: Path) -> dict:
+    """member name -> (offset, size) of its bytes in a plain tar."""
+    with tarfile.open(archive) as tar:
+        return {info.name: (info.offset_data, info.size) for info in tar.getmembers()}
+
+
+def _read_spans(log: Path) -> list:
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("archive", ARCHIVES)
+def test_duplicate_members_are_tagged_once_without_being_decoded(cli, shard, unpacked_records, harness, tmp_path,
+                                                                 archive):
+    """--dedup in a shard: each of the 15 copies gets the first copy's record and "duplicate_of" its path; in the
+    plain tar (read in place, by offset) the workers never read a byte of a copy (the read log), and read every
+    first copy."""
+    log, out = tmp_path / "reads.log", tmp_path / "dedup.jsonl"
+    result = cli(shard.top / archive, *RUN, "--dedup", "-o", out,
+                 env={**harness, "READ_LOG": str(log), "READ_LOG_MATCH": "/shard.tar"})
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    path = str(shard.top / archive)
+    assert [r["member"] for r in records] == shard.audio
+    assert {r["member"]: r["duplicate_of"] for r in records if "duplicate_of" in r} == \
+        {name: f"{path}/{first}" for name, first in shard.copies.items()}
+    for rec in records:
+        assert rec["path"] == f"{path}/{rec['member']}"
+        assert rec.get("key") == (rec["member"].split(".")[0] if archive != "shard.zip" else None)
+        if rec["member"] != f"{CRASH_KEY}.wav":  # crashed in the unpacked run; tagged here
+            theirs = {k: v for k, v in unpacked_records[rec["member"]].items() if k != "path"}
+            assert differences(_without_archive_fields(rec, "duplicate_of"), theirs, 1e-6) == [], rec["member"]
+    if archive == "shard.tar":
+        spans, reads = _member_spans(shard.top / archive), _read_spans(log)
+        read = {name for name, (start, size) in spans.items()
+                if any(at < start + size and start < at + count for at, count in reads)}
+        assert read == set(shard.audio) - set(shard.copies)  # every first copy decoded, no copy, no sidecar
+
+
+def test_resume_after_a_kill_midway_through_a_shard(cli, shard, harness, tmp_path):
+    """A run on the tar.gz (--dedup) killed (SIGKILL, workers and all) midway: stuck on member 20, whose decoder
+    hangs; --resume tags the members left, each once, after the records written, which are kept as they were; a
+    copy whose first copy was recorded before the kill is still a duplicate of it."""
+    out, archive = tmp_path / "tags.jsonl", str(shard.top / "shard.tar.gz")
+    options = [archive, "--workers", 2, "--jobs", 1, "--max-duration", 30, "-k", 1, "--dedup", "-o", out]
+    first = subprocess.Popen([*cli.command, *map(str, options)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=cli.environment({**harness, "READ_CRASH": "hang"}),
+                             cwd=cli.workdir, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.exists() and out.read_text().count("\n") >= 20):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        first.stderr.close()
+    written = out.read_text()
+    assert [json.loads(line)["member"] for line in written.splitlines()] == shard.audio[:20]
+    with open(out, "a") as torn:  # what a kill mid-write can leave
+        torn.write('{"path": "torn')
+    resumed = cli(*options, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"30 inputs" in resumed.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert out.read_text().startswith(written)
+    assert [r["path"] for r in records] == [f"{archive}/{name}" for name in shard.audio]  # each once, in order
+    assert not [r for r in records if "error" in r]
+    assert {r["member"]: r["duplicate_of"] for r in records if "duplicate_of" in r} == \
+        {name: f"{archive}/{first}" for name, first in shard.copies.items()}
+    assert any(shard.audio.index(first) < 20 <= shard.audio.index(name) for name, first in shard.copies.items())
+
+
+def test_archives_in_a_walk_are_opened_with_open_archives(cli, shard):
+    top = shard.top / "walk"
+    top.mkdir(exist_ok=True)
+    shutil.copyfile(shard.top / "shard.tar", top / "a.tar")
+    shutil.copyfile(AUDIO / "speech.wav", top / "b.wav")
+    run = ("-f", "jsonl", "-k", 1, "--max-duration", 30)
+    plain = _records(cli(top, *run).stdout)
+    assert [r["path"] for r in plain] == [str(top / "b.wav")]  # an archive in a walk is what it was: not audio
+    opened = _records(cli(top, "--open-archives", *run).stdout)
+    assert [r["path"] for r in opened] == [f"{top / 'a.tar'}/{name}" for name in shard.audio] + [str(top / "b.wav")]
+    listed = _records(cli("--files-from", "-", *run, stdin=f"{top / 'a.tar'}\n".encode()).stdout)
+    assert [r["path"] for r in listed] == [r["path"] for r in opened[:-1]]  # a listed archive is always opened
+
+
+def test_a_damaged_archive_is_one_line_not_a_traceback(cli, tmp_path, shard):
+    data = (shard.top / "shard.tar.gz").read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(data[:len(data) // 2])
-    result = cli(tmp_path / "cut.tar.gz", "-f", "jsonl", "-k", 1)
+    result = cli(tmp_path / "cut.tar.gz", "-f", "jsonl", "-k", 1, "--max-duration", 30)
     assert result.returncode == 1 and b"Traceback" not in result.stderr
     records = _records(result.stdout)
     assert "error" not in records[0]  # the members before the cut are tagged

@@ -88,3 +88,11 @@ def test_bench_startup(binary):
     code, out = run_script("bench/bench_startup.py", "--binary", binary, "--baseline", binary, "--pairs", 1)
     assert code in (0, 1) and "| first start, --version (ms) | " in out \
         and "| repeated tag one clip (ms) | " in out, out
+
+
+def test_bench_archives(tmp_path):
+    code, out = run_script("bench/bench_archives.py", "--count", 7, "--seconds", 2, "--rounds", 1, "--keep",
+                           tmp_path / "corpus")
+    assert code in (0, 1), out  # 1: a ratio under its target, as it may be on 7 short clips
+    for line in ("7 audio members (+7 JSON sidecars)", "  unpacked ", "  tar ", "  tar.gz ", "ratio "):
+        assert line in out, out
