@@ -228,9 +228,9 @@ def test_parquet_rows_carry_the_url_and_record_id(cli, crawl, tmp_path):
 
 def test_a_record_that_crashes_the_decoder_fails_alone(cli, crawl, tmp_path):
     """The watched worker enters the WARC at each record's offset: a crash fails that record only."""
-    from test_archives import READ_CRASH_LIBRARY
+    from test_archives import READ_LIBRARY  # crashes a watched worker reading bytes that hold the marker
 
-    (tmp_path / "crash.c").write_text(READ_CRASH_LIBRARY)
+    (tmp_path / "crash.c").write_text(READ_LIBRARY)
     library = tmp_path / "libreadcrash.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(tmp_path / "crash.c"), "-ldl"],
                    check=True)
@@ -244,7 +244,8 @@ def test_a_record_that_crashes_the_decoder_fails_alone(cli, crawl, tmp_path):
                 f"http://example.org/{index}.wav", "response", payload=io.BytesIO(poisoned if index == 2 else speech),
                 http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1"))
             writer.write_record(record)
-    result = cli(tmp_path / "crash.warc", "--jobs", 2, "-k", 1, "-f", "jsonl", env={"LD_PRELOAD": str(library)})
+    result = cli(tmp_path / "crash.warc", "--jobs", 2, "-k", 1, "-f", "jsonl",
+                 env={"LD_PRELOAD": str(library), "READ_CRASH": "segv"})
     assert result.returncode == 1, result.stderr
     records = _records(result.stdout)
     assert [r["url"] for r in records] == [f"http://example.org/{index}.wav" for index in range(5)]
