@@ -8,6 +8,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -566,3 +567,20 @@ def test_the_progress_bar_knows_the_total_and_a_single_input_has_none(cli, corpu
     assert len(piped.stdout.decode().splitlines()) == 5 and "5file" in piped.stderr.decode().replace(" ", "")
     single = cli("--progress", AUDIO / "music.wav")
     assert single.returncode == 0 and "file/s" not in single.stderr.decode() and "%" not in single.stderr.decode()
+
+
+def test_the_command_line_starts_openblas_without_its_thread_pool():
+    """audiotag runs its own worker threads, so OpenBLAS's pool (a thread per core, spinning at start) only costs
+    CPU: the command line asks for one thread before numpy loads. Loading it loaded numpy first, so the setting
+    came too late in the supervisor and in --in-process runs. A fresh process that loads the command line, as the
+    entry point does, has no thread but its own (unless the user set OPENBLAS_NUM_THREADS)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("OpenBLAS starts no pool on one core")
+    environment = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+    count = "import os, audiotag.cli, numpy; print(len(os.listdir('/proc/self/task')), numpy.__name__)"
+    started = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True, env=environment)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["1", "numpy"]
+    chosen = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True,
+                            env={**environment, "OPENBLAS_NUM_THREADS": "2"})
+    assert chosen.stdout.split() == ["2", "numpy"]

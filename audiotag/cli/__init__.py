@@ -9,6 +9,11 @@ import os
 import signal
 import sys
 
+# Before numpy loads (the imports below load it): audiotag runs its own workers and its matrix products are small,
+# so OpenBLAS's thread pool would only compete with them, and it spins for a tenth of a second of CPU at every start.
+# A worker process inherits it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from ..batch.supervisor import WORKER_FLAG  # standard library only, as --help needs
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_TERMINATED
 from .args import build_parser, check_arguments, supervised
@@ -19,9 +24,6 @@ __all__ = ["main", "build_parser"]
 
 
 def main(argv=None) -> int:
-    # Before numpy loads: audiotag runs its own workers and its matrix products are small, so OpenBLAS's thread
-    # pool would only compete with them, and it spins for a tenth of a second of CPU at every start.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == [WORKER_FLAG]:
         from ..batch import supervisor
