@@ -24,8 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from ..decode import STDIN_MEMORY_LIMIT, AudioError, Stream, open_bytes, open_seekable
-from ..errors import failure_message
+from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -103,8 +102,10 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
             yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored)
 
 
-def open_member(member: Member) -> Stream:
-    """A decoding stream on one member, opened as the same bytes in a file would be."""
+def open_member(member: Member):
+    """A decoding stream (``decode.Stream``) on one member, opened as the same bytes in a file would be."""
+    from ..decode import open_bytes, open_seekable  # here: walking archives (a supervisor's work) needs no decoder
+
     if member.in_place:
         window = _Window(member.archive, member.offset, member.size)
         try:
@@ -141,6 +142,8 @@ def _reader(member: Member):
 
 
 def _read_whole(member: Member) -> bytes:
+    from ..decode import STDIN_MEMORY_LIMIT
+
     if member.size > STDIN_MEMORY_LIMIT:
         raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")

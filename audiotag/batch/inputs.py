@@ -5,12 +5,12 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 """
 
 import os
-from typing import Iterable, Iterator, TextIO
-
+import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional, TextIO
 
 from ..errors import failure_message
+from ..options import Limits
 from . import archives
 
 # Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
@@ -39,6 +39,36 @@ class Input:
     def fields(self) -> Optional[dict]:
         """What its record adds after the path (an archive's member: "archive", "member", "key")."""
         return self.member.fields if self.member is not None else None
+
+
+@dataclass(frozen=True)
+class Opener:
+    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way).
+    The decoders are imported on the first opening: a supervisor, which only hands inputs to its workers, never
+    loads them (nor numpy)."""
+
+    raw: Optional[str] = None  # headerless samples: their format, rate and channels
+    rate: Optional[int] = None
+    channels: int = 1
+    limits: Limits = Limits()
+    stdin: object = None  # what "-" reads (default: sys.stdin's bytes); a hashing.HashingReader with --hash
+
+    def __call__(self, name: str):
+        """A ``decode.Stream`` of the input."""
+        from .. import decode
+        from ..decode import limits
+
+        if name == "-":
+            stream = decode.open_stdin(self.stdin or sys.stdin.buffer, self.raw, self.rate, self.channels)
+        else:
+            stream = decode.open_file(name, self.raw, self.rate, self.channels)
+        return limits.apply(stream, self.limits)
+
+    def open_member(self, member: archives.Member):
+        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too)."""
+        from ..decode import limits
+
+        return limits.apply(archives.open_member(member), self.limits)
 
 
 def is_audio_name(name: str) -> bool:

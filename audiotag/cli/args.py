@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..batch import archives
-from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
+from ..options import (BATCH, RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
                        window_problem)
 
 EPILOG = """\
@@ -163,9 +163,8 @@ def check_arguments(parser, args) -> None:
         parser.error(f"-o {args.output}: results go to a .jsonl/.csv/.tsv/.txt file, not an audio file name "
                      "(a directory walk would take it for an input)")
     args.format = args.format or ("text" if sys.stdout.isatty() and not args.output else "jsonl")
-    from ..decode.limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
     batch = batch_mode(args)
-    for name in ("max_duration", "timeout"):
+    for name in ("max_duration", "timeout"):  # BATCH's, in batch runs only: one file named on its own is tagged whole
         value = getattr(args, name)
         setattr(args, name, (getattr(BATCH, name) if batch else None) if value is None else (value or None))
     if args.resume and args.format == "text":
