@@ -81,9 +81,8 @@ class TagBatch:
 
     def __init__(self, options: Optional["TagOptions"] = None, *, embeddings: bool = False,
                  model: Optional[str] = None, threads: int = 1, prefix: str = ""):
-        from .infer.model import requested_providers
         from .infer.tagger import Tagger
-        from .options import TagOptions
+        from .options import TagOptions, requested_providers
 
         self.tagger = Tagger(model, providers=requested_providers(None), threads=threads)
         self.options = options or TagOptions()

@@ -252,6 +252,28 @@ ENGINE_OPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per input (``decode.limits`` applies them to a stream's blocks)."""
+
+    max_duration: Optional[float] = None  # seconds of audio tagged from the start; the rest is not decoded
+    timeout: Optional[float] = None  # seconds an input may take from its opening
+
+
+# Batch runs (directories, lists, several inputs) over audio nobody vetted: 2 hours of audio is about 10 s of one
+# core's work, and 300 s is thirty times that, so neither limit touches an honest recording on a busy server.
+BATCH = Limits(max_duration=7200.0, timeout=300.0)
+
+PROVIDERS_ENV = "AUDIOTAG_PROVIDERS"
+
+
+def requested_providers(cli_value: Optional[str] = None) -> Optional[list]:
+    """Provider names from the command line, else from the environment, else None (automatic)."""
+    value = cli_value or os.environ.get(PROVIDERS_ENV, "")
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    return names or None
+
+
 def add_engine_arguments(group, *names, **overrides) -> None:
     """Add the named ENGINE_OPTIONS to an argparse parser or group; ``overrides``: {name: {keyword: value}}."""
     for name in names:

@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from audiotag.assets import DEFAULT_MODEL, asset_path
-from audiotag.infer.model import Model, ModelError, choose_providers, requested_providers
+from audiotag.infer.model import Model, ModelError, choose_providers
+from audiotag.options import requested_providers
 from conftest import save_as_format_1
 
 GPU_BOX = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -238,7 +238,7 @@ def test_max_duration_tags_the_start_and_says_so(cli, tmp_path):
 
 
 def test_batch_runs_cut_inputs_at_two_hours_by_default(cli, tmp_path):
-    """decode/limits.py's BATCH: with no --max-duration, a batch (two inputs) tags 7,200 s of a 7,800 s file (a
+    """options.py's BATCH: with no --max-duration, a batch (two inputs) tags 7,200 s of a 7,800 s file (a
     196 kB FLAC of silence) and says so; the other input is whole."""
     with soundfile.SoundFile(str(tmp_path / "long.flac"), "w", 8000, 1, format="FLAC", subtype="PCM_16") as out:
         for _ in range(13):  # 13 x 600 s
@@ -491,7 +491,7 @@ def test_a_worker_message_that_cannot_be_read_ends_that_worker_not_the_run():
     import threading
 
     from audiotag import TagOptions
-    from audiotag.batch import pipeline, supervisor
+    from audiotag.batch import inputs, supervisor
 
     stranger = ("import pickle, struct, sys, time\n"
                 "class Ghost: pass\n"  # __main__.Ghost exists in this process only
@@ -499,7 +499,7 @@ def test_a_worker_message_that_cannot_be_read_ends_that_worker_not_the_run():
                 "sys.stdout.buffer.write(struct.pack('<Q', len(data)) + data); sys.stdout.buffer.flush()\n"
                 "time.sleep(120)\n")
     process = subprocess.Popen([sys.executable, "-c", stranger], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    watched = supervisor.Supervisor(supervisor.WorkerConfig(pipeline.Opener(), TagOptions(), jobs=1),
+    watched = supervisor.Supervisor(supervisor.WorkerConfig(inputs.Opener(), TagOptions(), jobs=1),
                                     process=process)
     outcome = []
 
@@ -515,3 +515,31 @@ def test_a_worker_message_that_cannot_be_read_ends_that_worker_not_the_run():
     watched.close()
     assert outcome and "could not start" in outcome[0] and "SIGKILL" in outcome[0]
     assert process.poll() is not None
+
+
+def test_the_supervisor_loads_neither_the_decoders_nor_numpy(tmp_path):
+    """The process that watches the worker walks, hands out inputs and writes records: it loads no decoder, no
+    model and no numpy (the worker sends outcomes without the arrays records do not need), so supervising costs
+    one light interpreter, not a second copy of the stack. Its records are those of tagging in one process."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("music.wav", "speech.wav"):
+        (folder / name).write_bytes((AUDIO / name).read_bytes())
+    program = ("import os, sys\n"
+               "from audiotag import cli\n"
+               "def leave(code):\n"
+               "    heavy = ('numpy', 'onnxruntime', 'soundfile', 'soxr', 'av')\n"
+               "    print(sorted(name for name in heavy if name in sys.modules), flush=True)\n"
+               "    exit_now(code)\n"
+               "exit_now, os._exit = os._exit, leave\n"  # main leaves through os._exit while threads remain
+               "leave(cli.main(sys.argv[1:]))\n")
+    watched, alone = tmp_path / "watched.jsonl", tmp_path / "alone.jsonl"
+    result = subprocess.run([sys.executable, "-c", program, folder, "-o", watched], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    result = subprocess.run([sys.executable, "-m", "audiotag", folder, "-o", alone, "--in-process"], timeout=120)
+    assert result.returncode == 0
+    records = _records(watched.read_bytes())
+    assert [r["tags"][0]["label"] for r in records] == ["Music", "Speech"]
+    assert records == _records(alone.read_bytes())

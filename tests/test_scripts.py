@@ -19,7 +19,7 @@ def test_bench(tmp_path):
     code, out = run_script("bench/bench.py", "--quick", "--count", 8, "--seconds", 2, "--keep", tmp_path / "corpus")
     assert code in (0, 1)  # 1: a target missed, as it may be on 8 short clips
     for line in ("(a) model alone (", "(b) audiotag DIR (default", "(c) audiotag FILE", "decode+resample (decode/)",
-                 "(b)/(a) = ", "(b)/(c) = ", "frontend/model = "):
+                 "(b)/(a) = ", "(b)/(c) = ", "frontend/model = ", "faults per file", "CPU per file / the sum: "):
         assert line in out, out
 
 

@@ -35,8 +35,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from ..decode import STDIN_MEMORY_LIMIT, AudioError, Stream, open_bytes, open_seekable, open_stdin
-from ..errors import failure_message
+from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
 
@@ -73,7 +72,7 @@ class Member:
             found["key"] = self.key
         return found
 
-    def open(self) -> Stream:
+    def open(self):
         return open_member(self)
 
 
@@ -152,9 +151,10 @@ def _warc_members(path: str, every: bool) -> Iterator[tuple]:
                 "the WARC ends inside this record (truncated)" if found.truncated else None
 
 
-def open_member(member: Member) -> Stream:
-    """A decoding stream on one member, opened as the same bytes in a file would be (a WARC record's payload as
-    the same bytes on stdin are)."""
+def open_member(member: Member):
+    """A decoding stream (``decode.Stream``) on one member, opened as the same bytes in a file would be (a WARC
+    record's payload as the same bytes on stdin are)."""
+    from ..decode import open_bytes, open_seekable, open_stdin  # here: a supervisor walks archives, no decoder
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         try:
@@ -214,6 +214,8 @@ def _reader(member: Member):
 
 
 def _read_whole(member: Member) -> bytes:
+    from ..decode import STDIN_MEMORY_LIMIT
+
     if member.size > STDIN_MEMORY_LIMIT:
         raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")

@@ -5,13 +5,13 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 """
 
 import os
-from typing import Iterable, Iterator, TextIO
-
+import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional, TextIO
 
 from ..errors import failure_message
-from . import archives, piped
+from ..options import Limits
+from . import archives
 
 # Extensions a walk picks up, matched case-insensitively: what libsndfile decodes, then what FFmpeg does
 # (audio containers, raw codec streams, and video files, whose audio is tagged). The decoder is chosen from the
@@ -46,6 +46,37 @@ class Input:
         return self.member.fields if self.member is not None else None
 
 
+@dataclass(frozen=True)
+class Opener:
+    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way).
+    The decoders are imported on the first opening: a supervisor, which only hands inputs to its workers, never
+    loads them (nor numpy)."""
+
+    raw: Optional[str] = None  # headerless samples: their format, rate and channels
+    rate: Optional[int] = None
+    channels: int = 1
+    limits: Limits = Limits()
+    stdin: object = None  # what "-" reads (default: sys.stdin's bytes); a hashing.HashingReader with --hash
+
+    def __call__(self, name: str):
+        """A ``decode.Stream`` of the input."""
+        from .. import decode
+        from ..decode import limits
+
+        if name == "-":
+            stream = decode.open_stdin(self.stdin or sys.stdin.buffer, self.raw, self.rate, self.channels)
+        else:
+            stream = decode.open_file(name, self.raw, self.rate, self.channels)
+        return limits.apply(stream, self.limits)
+
+    def open_member(self, member: archives.Member):
+        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too), or
+        a member of an archive on stdin (``piped``), read as it arrives."""
+        from ..decode import limits
+
+        return limits.apply(member.open(), self.limits)
+
+
 def is_audio_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
@@ -59,6 +90,8 @@ def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool
     for operand in operands:
         if operand == "-" and stdin_archive is not None:
             wanted = (lambda name: True) if all_files else is_audio_name
+            from . import piped  # here: it loads the decoders, which a supervisor otherwise never needs
+
             for name, member, error in piped.members(stdin_archive[1], stdin_archive[0], wanted, all_files):
                 yield Input(name, error=error, member=member)
         elif operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):

@@ -9,44 +9,16 @@ as soon as it arrives.
 """
 
 import queue
-import sys
 import threading
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 from .. import decode
-from ..decode import limits
-from ..decode.limits import Limits
 from ..errors import failure_message
 from ..infer.batcher import Batcher, model_runners, submit_stream
 from ..infer.results import Outcome
 from ..infer.tagger import TagOptions, Tagger
-from . import archives
 from .inputs import Input
-
-
-@dataclass(frozen=True)
-class Opener:
-    """Opens an input by name, with the per-input limits (picklable, so a supervised worker opens the same way)."""
-
-    raw: Optional[str] = None  # headerless samples: their format, rate and channels
-    rate: Optional[int] = None
-    channels: int = 1
-    limits: Limits = Limits()
-    stdin: object = None  # what "-" reads (default: sys.stdin's bytes); a hashing.HashingReader with --hash
-
-    def __call__(self, name: str) -> decode.Stream:
-        if name == "-":
-            stream = decode.open_stdin(self.stdin or sys.stdin.buffer, self.raw, self.rate, self.channels)
-        else:
-            stream = decode.open_file(name, self.raw, self.rate, self.channels)
-        return limits.apply(stream, self.limits)
-
-    def open_member(self, member: archives.Member) -> decode.Stream:
-        """An archive's member, reopened where it lies (any process may: a watched worker after a crash too), or
-        a member of an archive on stdin (``piped``), read as it arrives."""
-        return limits.apply(member.open(), self.limits)
 
 
 def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,

@@ -5,32 +5,33 @@ processes (``supervisor``: a decoder's native crash then fails only its input). 
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
-from ..decode.limits import BATCH, Limits
-from ..infer.model import requested_providers
-from ..options import TagOptions
+from ..options import BATCH, Limits, TagOptions, requested_providers
 from ..records import event_records, record, segment_record
-from . import content, inputs, pipeline, supervisor
+from . import inputs, supervisor
 
 
 class Engine:
     """Where a batch's outcomes come from: ``tagger`` in this process when given, else ``workers`` watched worker
     processes, each loading the model (``model``, ``providers``, ``threads``) and decoding ``jobs`` inputs at
-    once. ``on_segment(name, segment)`` gets each window as it is done (``options.segments``). Raises
+    once. ``on_segment(name, segment)`` gets each window as it is done (``options.segments``). Without ``arrays``
+    the workers' outcomes may come without their logits and embedding (records need neither). Raises
     ``supervisor.WorkerError`` where no worker can be started."""
 
-    def __init__(self, opener: pipeline.Opener, options: TagOptions, jobs: int, *, tagger=None, workers: int = 1,
+    def __init__(self, opener: inputs.Opener, options: TagOptions, jobs: int, *, tagger=None, workers: int = 1,
                  model=None, providers: Optional[Sequence[str]] = None, threads: int = 1, on_segment=None,
-                 spawned=None):
+                 spawned=None, arrays: bool = True):
         self._tagger = tagger
         self._options = options
         self._run = None
         self._watched = None
         if tagger is not None:
+            from . import pipeline  # here: a supervisor never loads the decoders or the model
+
             self._run = lambda items: pipeline.run(items, opener, tagger, options, jobs, on_segment)
             return
         timeout = opener.limits.timeout
         config = supervisor.WorkerConfig(opener, options, jobs, model, providers, threads, options.segments,
-                                         watchdog=2 * timeout + 10 if timeout else None)
+                                         watchdog=2 * timeout + 10 if timeout else None, arrays=arrays)
         if workers > 1:
             self._watched = supervisor.Pool(config, workers, on_segment, spawned)
         else:
@@ -110,7 +111,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
     jobs = jobs or os.cpu_count() or 1
-    opener = pipeline.Opener(limits=Limits(max_duration or None, timeout or None))
+    opener = inputs.Opener(limits=Limits(max_duration or None, timeout or None))
     segments = {}  # name -> its windows so far (they arrive before the input's outcome)
     on_segment = (lambda name, segment: segments.setdefault(name, []).append(segment_record(name, segment))) \
         if options.segments else None
@@ -121,11 +122,14 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
 
         tagger = Tagger(model, providers=providers, threads=threads)
     items = inputs.expand((os.fspath(path) for path in paths), all_files, open_archives)
-    contents = content.Contents(jobs, dedup=False) if options.hash else None  # files hashed before they are tagged
-    if contents is not None:
+    contents = None
+    if options.hash:  # files hashed before they are tagged
+        from . import content
+
+        contents = content.Contents(jobs, dedup=False)
         items = contents.tagged(items)
-    with Engine(opener, options, jobs, tagger=tagger, workers=workers, model=model,
-                providers=providers, threads=threads, on_segment=on_segment) as engine:
+    with Engine(opener, options, jobs, tagger=tagger, workers=workers, model=model, providers=providers,
+                threads=threads, on_segment=on_segment, arrays=False) as engine:
         problem = engine.label_problem()
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")

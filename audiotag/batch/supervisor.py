@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Optional
 
 WORKER_FLAG = "--_supervised-worker"  # argv[1] of a worker; not a user option
@@ -44,7 +44,7 @@ class WorkerError(RuntimeError):
 class WorkerConfig:
     """What a worker needs to tag inputs as the CLI would in-process (all picklable)."""
 
-    opener: Callable  # name -> decode.Stream (``pipeline.Opener``)
+    opener: Callable  # name -> decode.Stream (``inputs.Opener``)
     options: object  # tagger.TagOptions
     jobs: int
     model: Optional[str] = None
@@ -52,6 +52,8 @@ class WorkerConfig:
     threads: int = 1
     segments: bool = False
     watchdog: Optional[float] = None  # seconds without an outcome after which the worker counts as hung
+    arrays: bool = True  # outcomes keep their logits and embedding; without, they are sent without them (records
+    # need neither), so this process unpickles them without loading numpy
 
 
 def crash_reason(returncode: int) -> str:
@@ -394,6 +396,8 @@ def worker_main() -> int:
     on_segment = (lambda name, segment: send(("segment", name, segment))) if config.segments else None
     try:
         for outcome in pipeline.run(inputs(), config.opener, tagger, config.options, config.jobs, on_segment):
+            if not config.arrays and outcome.prediction is not None:
+                outcome.prediction = replace(outcome.prediction, logits=None, embedding=None)
             send(("outcome", outcome))
     except BrokenPipeError:
         return 141  # the supervisor is gone

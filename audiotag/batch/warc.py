@@ -14,8 +14,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..decode import sniff
-from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK
 
@@ -60,6 +58,8 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
     not a WARC raise Damaged.
     """
     from warcio.archiveiterator import ArchiveIterator
+
+    from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder (nor numpy)
 
     start = read_exactly(binary, 512)
     if not decompressed(start).startswith(b"WARC/"):
@@ -117,6 +117,8 @@ def is_media(content_type: str, head: bytes) -> bool:
     """Whether a payload is tagged: an audio or video Content-Type (not a playlist), else its first bytes."""
     if content_type.startswith(MEDIA_TYPES) and content_type not in PLAYLISTS:
         return True
+    from ..decode import sniff
+
     return sniff.is_media(head)
 
 

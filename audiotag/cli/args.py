@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ..options import (RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
+from ..options import (BATCH, RAW_FORMATS, Parser, add_engine_arguments, add_tag_arguments, number, tag_options,
                        window_problem)
 
 EPILOG = """\
@@ -181,9 +181,8 @@ def check_arguments(parser, args) -> None:
         from ..batch import piped
 
         args.archive, args.stdin = piped.sniff(sys.stdin.buffer, args.archive)
-    from ..decode.limits import BATCH  # defaults for batch runs only: one file named on its own is tagged whole
     batch = batch_mode(args)
-    for name in ("max_duration", "timeout"):
+    for name in ("max_duration", "timeout"):  # BATCH's, in batch runs only: one file named on its own is tagged whole
         value = getattr(args, name)
         setattr(args, name, (getattr(BATCH, name) if batch else None) if value is None else (value or None))
     if args.resume and args.format == "text":

@@ -15,13 +15,14 @@ from .args import batch_mode, supervised
 from .streams import silence_stdout
 
 def run(args) -> int:
-    from ..infer.model import ModelError, requested_providers
-    from ..infer.tagger import Tagger
-
     if args.threads is None:
         args.threads = 1 if batch_mode(args) else 0
     if supervised(args) and not (args.version or args.self_check):
-        return _tag_inputs(args, None)  # the model is loaded in the worker process only
+        return _tag_inputs(args, None)  # the model (and numpy, the decoders) are loaded in the worker process only
+    from ..infer.model import ModelError
+    from ..infer.tagger import Tagger
+    from ..options import requested_providers
+
     try:
         tagger = Tagger(args.model, providers=requested_providers(args.provider), threads=args.threads)
     except (ModelError, FileNotFoundError) as error:
@@ -44,10 +45,9 @@ def _tag_inputs(args, tagger) -> int:
     import threading
 
     from .. import records
-    from ..batch import pipeline, supervisor
+    from ..batch import inputs, supervisor
     from ..batch.run import Engine
-    from ..decode.limits import Limits
-    from ..infer.model import requested_providers
+    from ..options import Limits, requested_providers
 
     lock = threading.Lock()  # segments are written by worker threads, clip records by this one
     writers = []  # the writer, once the output is open
@@ -65,12 +65,13 @@ def _tag_inputs(args, tagger) -> int:
     replayed = getattr(args, "stdin", None)  # stdin, its first bytes replayed after they were sniffed (args.py)
     stdin = HashingReader(replayed or sys.stdin.buffer) if options.hash and "-" in args.inputs and not args.archive \
         else None
-    opener = pipeline.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout),
-                             stdin or replayed)
+    opener = inputs.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout),
+                           stdin or replayed)
     # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
     engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
                     providers=requested_providers(args.provider), threads=args.threads,
-                    on_segment=on_segment if args.segments else None, spawned=getattr(args, "worker", None))
+                    on_segment=on_segment if args.segments else None, spawned=getattr(args, "worker", None),
+                    arrays=bool(args.embeddings))
     try:
         if args.verbose and tagger is None:
             where = "a watched worker process" if args.workers == 1 else f"{args.workers} watched worker processes"
@@ -89,7 +90,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     records; with --hash each input is hashed first, and with --dedup a content seen before is not tagged again
     (``batch.content``). The model's label count is asked only when needed: a worker may still be starting."""
     from .. import records
-    from ..batch import content, inputs, writer as results
+    from ..batch import inputs, writer as results
     from ..batch.embeddings import save_embedding
 
     in_batch = batch_mode(args)
@@ -101,7 +102,11 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
-        table = content.DigestTable() if args.dedup else None  # content -> where its first record lies
+        table = None
+        if options.hash:  # --hash or --dedup: only then is batch.content (and numpy) loaded
+            from ..batch import content
+
+            table = content.DigestTable() if args.dedup else None  # content -> where its first record lies
         if args.format == "parquet":  # a directory of part files (batch.parquet)
             from ..batch import parquet
 

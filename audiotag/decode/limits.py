@@ -10,22 +10,11 @@ decoder stuck inside one native call is not reached here: the supervisor kills t
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import AudioError
+from ..options import Limits  # declared with the options (a batch's supervisor needs them, not the decoders)
 from .stream import Stream
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_duration: Optional[float] = None  # seconds of audio tagged from the start; the rest is not decoded
-    timeout: Optional[float] = None  # seconds an input may take from its opening
-
-
-# Batch runs (directories, lists, several inputs) over audio nobody vetted: 2 hours of audio is about 10 s of one
-# core's work, and 300 s is thirty times that, so neither limit touches an honest recording on a busy server.
-BATCH = Limits(max_duration=7200.0, timeout=300.0)
 
 
 def apply(stream: Stream, limits: Limits, cancelled: Optional[threading.Event] = None) -> Stream:

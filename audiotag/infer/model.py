@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-PROVIDERS_ENV = "AUDIOTAG_PROVIDERS"
 # Accelerators first; CPU always last so it is the fallback when nothing better is present.
 PREFERRED_PROVIDERS = (
     "CUDAExecutionProvider",
@@ -52,13 +51,6 @@ def choose_providers(available: Sequence[str], requested: Optional[Sequence[str]
         return chosen
     chosen = [name for name in PREFERRED_PROVIDERS if name in available]
     return chosen or list(available)
-
-
-def requested_providers(cli_value: Optional[str] = None) -> Optional[list]:
-    """Provider names from the command line, else from the environment, else None (automatic)."""
-    value = cli_value or os.environ.get(PROVIDERS_ENV, "")
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    return names or None
 
 
 @dataclass(frozen=True)

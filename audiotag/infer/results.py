@@ -2,9 +2,10 @@
 of one input (``Outcome``: the prediction and what was decoded, or why it failed)."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
+if TYPE_CHECKING:  # only named here: a batch's supervisor unpickles outcomes without loading numpy
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Prediction:
     """A clip's result: ranked tags, categories, and the raw arrays behind them."""
 
     tags: list  # of Tag, best first, at most top_k, none under the threshold
-    logits: np.ndarray  # (527,), per-label clip logits (the windows' max, or the logit of their mean score)
-    embedding: np.ndarray  # pooled features, mean over windows
+    logits: "np.ndarray"  # (527,), per-label clip logits (the windows' max, or the logit of their mean score)
+    embedding: "np.ndarray"  # pooled features, mean over windows
     categories: list = field(default_factory=list)  # of Category: all seven, best first
     segments: list = field(default_factory=list)  # of Segment, when asked for
     events: list = field(default_factory=list)  # of events.Event, in time order, when asked for

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from ..errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE
 from ..options import (MAX_SECONDS, Parser, add_engine_arguments, add_tag_arguments, number, per_request_options,
-                       tag_options, window_problem)
+                       requested_providers, tag_options, window_problem)
 from .body import Body, HttpError
 from .handler import TagRequest, listen, log
 from .metrics import Metrics
@@ -181,7 +181,7 @@ def main(argv) -> int:
         parser.error(f"--host {args.host} is reachable from other machines: give --token-file FILE (a secret "
                      "every request must send as 'Authorization: Bearer TOKEN'), or bind 127.0.0.1")
 
-    from ..infer.model import ModelError, requested_providers
+    from ..infer.model import ModelError
     from ..infer.tagger import Tagger
 
     try:

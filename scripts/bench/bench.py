@@ -31,6 +31,7 @@ import soundfile
 import soxr
 
 REPO = Path(__file__).resolve().parent.parent.parent
+ENVIRONMENT = dict(os.environ)  # what audiotag runs with: importing audiotag.cli sets OPENBLAS_NUM_THREADS here
 
 from audiotag import decode  # noqa: E402
 from audiotag.assets import DEFAULT_MODEL, asset_path  # noqa: E402
@@ -38,6 +39,7 @@ from audiotag.infer.model import Model  # noqa: E402
 from audiotag import TagOptions
 from audiotag.infer.clip import model_input  # noqa: E402
 from audiotag.infer.windows import windows  # noqa: E402
+from audiotag.cli import keep_freed_memory  # noqa: E402
 
 TARGET_OF_BOUND = 0.40  # end to end must reach this share of the model-alone files/s
 TARGET_OVER_SINGLE = 5.0  # end to end must be this many times faster than a process per file
@@ -76,6 +78,9 @@ def main() -> int:
               f"rates {rates} Hz, {sorted({path.suffix for path in files})}")
         options = TagOptions()
 
+        # The stages run with the command line's malloc settings (audiotag.cli.keep_freed_memory): without them, the
+        # pages freed blocks give back and take again cost decode+resample 2 ms per clip, which is no stage's work.
+        keep_freed_memory()
         stage_files = files[:min(len(files), 10 if args.quick else STAGE_SUBSET)]
         stages, mels, windows_per_file = measure_stages(stage_files, options, rounds)
         bound = measure_model(mels, cores, rounds, windows_per_file)
@@ -258,13 +263,14 @@ def _concurrent_calls(session, batches, cores: int, rounds: int) -> tuple:
 # --- (b) end to end, (c) a process per file ---------------------------------------------------------------------
 
 def _cli(args: list, output: Path, checkout: Path) -> tuple:
-    """Run ``audiotag ARGS -o OUTPUT`` from ``checkout``; (wall seconds, CPU seconds of the child, lines written)."""
+    """Run ``audiotag ARGS -o OUTPUT`` from ``checkout``; (wall seconds, CPU seconds of the child and its worker,
+    lines written, minor page faults)."""
     if output.exists():
         output.unlink()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "audiotag", *map(str, args), "-o", str(output), "-f", "jsonl"],
-                            cwd=checkout, capture_output=True)
+                            cwd=checkout, capture_output=True, env=ENVIRONMENT)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -272,7 +278,7 @@ def _cli(args: list, output: Path, checkout: Path) -> tuple:
                          f"{result.stderr.decode(errors='replace').strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     with open(output) as lines:
-        return wall, cpu, sum(1 for _ in lines)
+        return wall, cpu, sum(1 for _ in lines), after.ru_minflt - before.ru_minflt
 
 
 def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path, checkout: Path) -> dict:
@@ -285,14 +291,13 @@ def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path
     for _ in range(rounds):
         for name, extra in settings.items():
             loads.append(os.getloadavg()[0])
-            wall, cpu, lines = _cli([corpus, *extra], scratch / "out.jsonl", checkout)
+            wall, cpu, lines, faults = _cli([corpus, *extra], scratch / "out.jsonl", checkout)
             if lines != count:
                 raise SystemExit(f"bench: audiotag {name} wrote {lines} records for {count} files")
-            runs[name].append((wall, cpu))
+            runs[name].append((wall, cpu, faults))
     print(f"(b) audiotag DIR from {checkout}, {rounds} rounds interleaved (1-min load {min(loads):.2f}.."
           f"{max(loads):.2f})")
-    return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
-            for name, values in runs.items()}
+    return {name: tuple(statistics.median(run[i] for run in values) for i in range(3)) for name, values in runs.items()}
 
 
 def measure_single(files: list, scratch: Path, checkout: Path) -> dict:
@@ -300,14 +305,14 @@ def measure_single(files: list, scratch: Path, checkout: Path) -> dict:
     load = os.getloadavg()[0]
     walls = []
     for path in files:
-        wall, _, lines = _cli([path], scratch / "one.jsonl", checkout)
+        wall, _, lines, _ = _cli([path], scratch / "one.jsonl", checkout)
         assert lines == 1
         walls.append(wall)
     startups = []
     for _ in range(3):
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "audiotag", "--version"], cwd=checkout, capture_output=True,
-                       check=True)
+                       env=ENVIRONMENT, check=True)
         startups.append(time.perf_counter() - started)
     print(f"(c) one process per file on {len(files)} files (1-min load {load:.2f})")
     return {"per file": statistics.mean(walls), "startup": statistics.median(startups)}
@@ -326,7 +331,7 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
         ("    best with run() called from one thread", 1 / bound["single caller per clip"]),
         ("(b) audiotag DIR (default --jobs/--threads)", rates["b"]),
     ]
-    rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, _) in end_to_end.items() if name != "default"]
+    rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, *_) in end_to_end.items() if name != "default"]
     rows.append(("(c) audiotag FILE, one process per file", rates["c"]))
     for name, rate in rows:
         print(f"{name:46s} {rate:9.1f} {rate * clip:11.0f}")
@@ -335,11 +340,11 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
     print(f"    start-up alone (audiotag --version): {single['startup']:.2f} s; "
           f"(b) without it: {count / (end_to_end['default'][0] - single['startup']):.1f} files/s")
     print()
-    print("CPU use of (b), user+sys over wall x cores:")
-    for name, (wall, cpu) in end_to_end.items():
+    print("CPU use of (b), user+sys over wall x cores (and minor page faults: fresh memory touched):")
+    for name, (wall, cpu, faults) in end_to_end.items():
         share = 100 * cpu / (wall * cores)
         print(f"    {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU ({1e3 * cpu / count:5.1f} ms per file), "
-              f"{share:3.0f}% of {cores} cores")
+              f"{share:3.0f}% of {cores} cores, {faults / count:5.0f} faults per file")
     print()
     print(f"per clip ({clip:.1f} s of audio), one thread, in this process:   CPU      wall")
     for name in (*STAGES, "model"):
@@ -349,6 +354,9 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
     total = sum(stages[name][0] for name in ("decode+resample (decode/)", "frontend", "model"))
     print(f"    {'sum (decode/, frontend, model)':45s} {1e3 * total:6.2f} ms: "
           f"at most {cores / total:.0f} files/s on {cores} cores")
+    watched, alone = (end_to_end[name][1] / count for name in ("default", "--in-process (no crash isolation)"))
+    print(f"    CPU per file / the sum: default {watched / total:.2f}, --in-process {alone / total:.2f} "
+          f"(target <= 1.15); crash isolation's CPU: default / --in-process {watched / alone:.3f} (target <= 1.05)")
     print()
     frontend, model = stages["frontend"][0], stages["model"][0]
     checks = [
