@@ -333,6 +333,17 @@ def test_a_request_head_has_a_deadline_and_connections_a_cap(serve):
     status, answer = _read_response(sock)
     assert status == 408 and "--header-timeout" in answer["error"]
 
+    # A head begun, then silence: 408 at --idle-timeout, well before --header-timeout; an idle keep-alive
+    # connection (no head begun) is closed without an answer.
+    server = serve("--header-timeout", "30", "--idle-timeout", "1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    status, answer = _read_response(sock)
+    assert status == 408 and "--idle-timeout" in answer["error"] and time.monotonic() - started < 20
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    assert idle.recv(64) == b""
+
 
 def test_metrics_and_health(serve):
     server = serve()

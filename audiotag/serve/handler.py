@@ -78,7 +78,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         """One request, whose line and headers must all arrive within --header-timeout of the connection or the
-        previous answer: else 408 and the connection closed (an idle keep-alive connection is just closed)."""
+        previous answer, with no silence of --idle-timeout in them: else 408 and the connection closed (an idle
+        keep-alive connection, which has begun no request, is just closed)."""
         self.command, self.requestline, self.headers = None, "", None
         self._reads.start_head(self.service.args.header_timeout)
         self.service.awaiting_head(self.connection, self._reads)  # may be closed for a newcomer (Service.connect)
@@ -87,8 +88,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             self.service.awaiting_head(self.connection)
         if self._reads.late:
-            self.send_error(408, f"request line and headers not received within --header-timeout "
-                                 f"{self.service.args.header_timeout:g} s")
+            self.send_error(408, self._reads.late)
 
     def handle_expect_100(self):
         self._expects_continue = True  # "100 Continue" is sent when the body is read, after the checks
@@ -291,7 +291,8 @@ class _Reads(socket.SocketIO):
     def __init__(self, connection, idle_timeout: float):
         super().__init__(connection, "rb")
         self._connection, self._idle_timeout = connection, idle_timeout
-        self.deadline, self.received, self.late = None, 0, False
+        self.deadline, self.received, self._head_timeout = None, 0, 0.0
+        self.late = ""  # why a begun request head is answered 408
         self.evicted = False  # closed to make room for a new connection (Service.connect): read no more
 
     def evict(self, limit: int) -> bool:
@@ -308,7 +309,8 @@ class _Reads(socket.SocketIO):
         return answered
 
     def start_head(self, seconds: float) -> None:
-        self.deadline, self.received, self.late = time.monotonic() + seconds, 0, False
+        self.deadline, self.received, self.late = time.monotonic() + seconds, 0, ""
+        self._head_timeout = seconds
 
     def readinto(self, buffer):
         if self.deadline is not None:
@@ -319,17 +321,21 @@ class _Reads(socket.SocketIO):
         try:
             count = super().readinto(buffer)
         except TimeoutError:
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                self._late()
+            if self.deadline is not None:
+                if time.monotonic() >= self.deadline:
+                    self._late()
+                self._late(f"the client sent nothing for {self._idle_timeout:g} s (--idle-timeout) in its "
+                           "request line and headers")
             raise
         if self.evicted:  # answered (or an idle connection just closed) by evict()
             raise ConnectionAbortedError("closed for a new connection (--max-connections)")
         self.received += count or 0
         return count
 
-    def _late(self):
-        self.late = self.received > 0  # a request had begun: it is answered 408
-        raise TimeoutError("request head not received within --header-timeout")
+    def _late(self, why: str = ""):
+        why = why or f"request line and headers not received within --header-timeout {self._head_timeout:g} s"
+        self.late = why if self.received > 0 else ""  # a request had begun: it is answered 408
+        raise TimeoutError(why)
 
 
 class _Server:
