@@ -182,7 +182,9 @@ ssize_t pread64(int fd, void *b, size_t c, off_t o) {
 # A compressed member (a tar.gz's, a deflated zip member) reaches the decoder from zlib, never through a read() of
 # its bytes, and a hook on zlib would fire for every later member too (each is decompressed from the stream's
 # start): in a watched worker this sitecustomize makes the decoder crash (SIGSEGV) or hang where such a member
-# holding the marker is opened, as the library above does for bytes read in place.
+# holding the marker is opened, as the library above does for bytes read in place. (A small tar.gz member's bytes
+# travel to the worker with its input, archives.CARRIED_MAX: the library above already fires as the worker reads
+# them from its pipe, which is where such a member would first meet a fault.)
 COMPRESSED_CRASH = """
 import os, signal  # the marker is built at run time: a worker reading this file (or its .pyc) must not crash
 if b"--_supervised-worker" in open("/proc/self/cmdline", "rb").read() and os.environ.get("READ_CRASH"):

@@ -9,8 +9,11 @@ WebDataset's JSON sidecars are skipped without being read.
 
 A member carries where its bytes lie (``Member``), so whichever process tags it, a watched worker after a crash
 too, opens the archive again at that member: a plain tar's member or a stored zip member is read in place (a
-seekable window on the archive, streamed to the decoder as a file is); a compressed one (tar.gz, a deflated zip
-member) is decompressed from the start of its stream and held whole, up to the stdin limit.
+seekable window on the archive, streamed to the decoder as a file is); a deflated zip member is decompressed and
+held whole, up to the stdin limit. A tar.gz can only be read from its start, and listing it decompresses it all:
+so a member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``)
+to the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
+listing and one more in each worker); a larger member is found again by decompressing up to its offset.
 
 A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
 the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
@@ -32,7 +35,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..errors import AudioError, failure_message
@@ -42,6 +45,9 @@ from . import warc
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip") + warc.WARC_SUFFIXES
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
+# A tar.gz member up to this size is carried, bytes and all, from the listing to the worker. What that holds at
+# once: the inputs read ahead of the tagging (about 3 x --jobs + 2 per worker) times this, at most.
+CARRIED_MAX = 4 << 20
 
 
 def is_archive_name(name: str) -> bool:
@@ -61,6 +67,7 @@ class Member:
     key: Optional[str] = None
     url: Optional[str] = None  # a WARC record's
     record_id: Optional[str] = None
+    data: Optional[bytes] = field(default=None, repr=False, compare=False)  # a small tar.gz member's bytes
 
     @property
     def fields(self) -> dict:
@@ -113,8 +120,21 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
                 continue
+            data = _carried(tar, info) if compressed else None
             yield f"{path}/{info.name}", Member(path, info.name, kind, info.offset_data, info.size, not compressed,
-                                                webdataset_key(info.name)), None
+                                                webdataset_key(info.name), data=data), None
+
+
+def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Optional[bytes]:
+    """A small tar.gz member's bytes, read as the listing passes it (the listing decompresses them anyway); None for
+    a large one, or one the archive ends inside (its worker says so)."""
+    if info.size > CARRIED_MAX:
+        return None
+    try:
+        data = tar.extractfile(info).read()
+    except (EOFError, zlib.error, tarfile.TarError, OSError):
+        return None  # the listing's next header fails too: the archive's error follows this member
+    return data if len(data) == info.size else None
 
 
 def webdataset_key(name: str) -> str:
@@ -171,6 +191,8 @@ def open_member(member: Member):
         except BaseException:
             window.close()
             raise
+    if member.data is not None:
+        return open_bytes(member.data)
     try:
         data = _read_whole(member)
     except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
@@ -182,7 +204,9 @@ def member_sha256(member: Member) -> str:
     """The sha256 of a member's bytes (--hash), read as it is decoded."""
     digest = sha256()
     try:
-        if member.kind == "tar.gz":
+        if member.data is not None:
+            digest.update(member.data)
+        elif member.kind == "tar.gz":
             _TAR_GZ_STREAMS.read(member, digest.update)
         else:
             with _reader(member) as reader:

@@ -18,6 +18,7 @@ library cannot corrupt the channel.
 """
 
 import collections
+import contextlib
 import itertools
 import os
 import pickle
@@ -206,10 +207,7 @@ class Supervisor:
     def _send(self, item) -> None:
         if self._worker is None:
             self._start_worker()
-        try:
-            _write(self._worker.stdin, item)
-        except (BrokenPipeError, OSError):
-            pass  # the worker is dying: its exit event follows, and this input is in flight
+        self._outbox.put(item)
 
     def _start_worker(self, worker: Optional[subprocess.Popen] = None) -> None:
         self._generation += 1
@@ -217,11 +215,16 @@ class Supervisor:
         self._kill_reason = None
         worker = worker or spawn()
         self._worker = worker
-        _write(worker.stdin, self._config)
-        threading.Thread(target=self._read, args=(worker, self._generation), name="audiotag-supervisor-read",
+        # Inputs are written by a thread of their own: one can be megabytes (a tar.gz member's bytes), and a
+        # worker stuck before reading it must meet the watchdog here, not block this loop in a write.
+        self._outbox = queue.SimpleQueue()
+        self._outbox.put(self._config)
+        threading.Thread(target=_write_all, args=(worker.stdin, self._outbox), name="audiotag-supervisor-write",
                          daemon=True).start()
+        threading.Thread(target=self._read, args=(worker, self._generation, self._outbox),
+                         name="audiotag-supervisor-read", daemon=True).start()
 
-    def _read(self, worker, generation) -> None:
+    def _read(self, worker, generation, outbox) -> None:
         try:
             while (message := _read(worker.stdout)) is not None:
                 self._events.put(("msg", generation, message))
@@ -229,14 +232,16 @@ class Supervisor:
             pass  # a torn message from a dying worker: its exit follows
         except Exception:  # a message this process cannot read at all: end that worker, never wait on it
             worker.kill()
-        self._events.put(("exit", generation, worker.wait()))
+        returncode = worker.wait()
+        outbox.put(_END)  # its writer ends too
+        self._events.put(("exit", generation, returncode))
 
     def _finish_worker(self) -> None:
         """Every outcome is out: close the worker's input, and it ends."""
         if self._worker is None:
             return
         try:
-            self._worker.stdin.close()
+            self._outbox.put(_END)  # its writer closes the worker's input after what it still has to write
             self._worker.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             pass  # killed below
@@ -403,6 +408,23 @@ def worker_main() -> int:
         return 141  # the supervisor is gone
     replies.close()
     return 0
+
+
+_END = object()  # in an outbox: close the worker's input
+
+
+def _write_all(stream, outbox: queue.SimpleQueue) -> None:
+    """Write a worker's messages in order until _END; once its pipe breaks (the worker is dying: its exit event
+    follows, and what was sent is in flight) the rest is dropped."""
+    broken = False
+    while (message := outbox.get()) is not _END:
+        if not broken:
+            try:
+                _write(stream, message)
+            except (BrokenPipeError, OSError, ValueError):
+                broken = True
+    with contextlib.suppress(OSError, ValueError):
+        stream.close()
 
 
 def _write(stream, message) -> None:
