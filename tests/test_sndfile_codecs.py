@@ -88,3 +88,23 @@ def test_every_pair_soundfile_writes_and_reads_is_tagged(tagger, tmp_path):
             tagged.append(path.name)
     assert written >= 140 and len(tagged) >= 125, (written, len(tagged))  # the sweep is real
     assert {"SD2-PCM_16.sd2", "WAV-GSM610.wav", "OGG-OPUS.ogg", "MP3-MPEG_LAYER_III.mp3"} <= set(tagged)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_16_bit_pcm_read_as_integers_gives_libsndfiles_float_samples_downmixed(tmp_path, channels):
+    """A 16-bit WAV is read as int16 and downmixed in one pass (decode/sndfile.py): its samples must equal, bit for
+    bit, libsndfile's float samples averaged as librosa averages channels (np.mean over the channel axis)."""
+    import numpy as np
+
+    from audiotag import decode
+
+    clip = soundfile.read(AUDIO / "music.wav", dtype="int16")[0]  # 32 kHz: no resampling in the way
+    loud = np.clip(clip.astype(np.int32) * 8, -32768, 32767).astype(np.int16)  # full-scale samples too
+    data = np.stack([np.roll(loud, 997 * c) for c in range(channels)], axis=1)
+    path = tmp_path / f"{channels}.wav"
+    soundfile.write(path, data, 32000, subtype="PCM_16")
+    expected = soundfile.read(path, dtype="float32", always_2d=True)[0].T.mean(axis=0, dtype=np.float32)
+    stream = decode.open_file(str(path))
+    got = np.concatenate(list(stream.samples()))
+    assert stream.channels == channels and len(got) == len(expected)
+    assert np.array_equal(got, expected)
