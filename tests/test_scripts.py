@@ -96,3 +96,22 @@ def test_bench_archives(tmp_path):
     assert code in (0, 1), out  # 1: a ratio under its target, as it may be on 7 short clips
     for line in ("7 audio members (+7 JSON sidecars)", "  unpacked ", "  tar ", "  tar.gz ", "ratio "):
         assert line in out, out
+
+
+def test_bench_content(tmp_path):
+    code, out = run_script("bench/bench_content.py", "--contents", 20000, "--count", 4, "--rounds", 1, "--keep",
+                           tmp_path / "corpus")
+    assert code == 0, out
+    for line in ("(a) DigestTable, 20000 distinct contents: ", " bytes per content", "(b) 4 files", "hashing alone"):
+        assert line in out, out
+
+
+def test_bench_parquet(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("speech.wav", "music.wav"):
+        (clips / name).symlink_to(AUDIO / name)
+    code, out = run_script("bench/bench_parquet.py", "--records", 3000, "--rounds", 1, "--real", clips)
+    assert code == 0, out
+    for line in ("(a) 3000 synthetic records", "parquet/jsonl: size ", "(b) a real run over", "run time "):
+        assert line in out, out
