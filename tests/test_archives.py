@@ -352,3 +352,36 @@ def test_a_damaged_archive_is_one_line_not_a_traceback(cli, tmp_path, shard):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_tagged_members_bytes_are_not_kept_until_its_record_is_written(tagger, tmp_path):
+    """A finished input may wait behind a slow one before its record is written (outcomes go out in input order):
+    what waits must not hold a carried tar.gz member's bytes (archives.CARRIED_MAX), or a slow first input would
+    pile up megabytes per member finished meanwhile. Everything reachable from the waiting ``outcome()`` is
+    searched for those bytes."""
+    import gc
+    import types
+
+    from audiotag import TagOptions
+    from audiotag.batch import archives, pipeline
+    from audiotag.batch.inputs import Input, Opener
+    from audiotag.infer.batcher import Batcher, model_runners
+
+    shard = tmp_path / "one.tar.gz"
+    with tarfile.open(shard, "w:gz") as tar:
+        tar.add(AUDIO / "speech.wav", arcname="000000.wav")
+    [(name, member, error)] = archives.members(str(shard), lambda _: True)
+    assert error is None and member.data == (AUDIO / "speech.wav").read_bytes()  # carried
+    batcher = Batcher(tagger, runners=model_runners(tagger.model, 1))
+    outcome = pipeline.start_input(Input(name, member=member), Opener(), tagger, batcher, TagOptions())
+    held, seen, todo = member.data, set(), [outcome]
+    del member
+    stop = (tagger, batcher, held.__class__)
+    while todo and len(seen) < 200_000:
+        thing = todo.pop()
+        if id(thing) in seen or isinstance(thing, (types.ModuleType, type)) or any(thing is s for s in stop):
+            continue
+        seen.add(id(thing))
+        assert thing is not held, "the waiting outcome still holds the member's bytes"
+        todo.extend(gc.get_referents(thing))
+    assert outcome().prediction.tags[0].label == "Speech"

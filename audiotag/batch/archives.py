@@ -45,9 +45,10 @@ from . import warc
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip") + warc.WARC_SUFFIXES
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
-# A tar.gz member up to this size is carried, bytes and all, from the listing to the worker. What that holds at
-# once: the inputs read ahead of the tagging (about 3 x --jobs + 2 per worker) times this, at most.
-CARRIED_MAX = 4 << 20
+# A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
+# are smaller). What that holds at once, at most: this times the inputs read ahead of the tagging, about
+# 5 x --jobs + 4 per worker in the watcher and up to 3 x --jobs + 2 more in each worker.
+CARRIED_MAX = 2 << 20  # 10 s of 48 kHz stereo 16-bit WAV; an MP3 or M4A clip of minutes
 
 
 def is_archive_name(name: str) -> bool:

@@ -44,15 +44,18 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
         submitted.fields = item.fields
         return lambda: submitted
     finish, timings = submitted
+    # The stream is decoded: keep only what the record needs. A finished input may wait behind a slow one to be
+    # written, and its item (a tar.gz member's bytes) or its decoder must not wait with it.
+    name, fields, codec = item.name, item.fields, stream.codec
+    whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
+    facts = (stream.rate, stream.channels, stream.duration, stream.truncated, whole, stream.warning)
 
     def outcome() -> Outcome:
-        prediction = _or_failure(item.name, finish)
+        prediction = _or_failure(name, finish)
         if isinstance(prediction, Outcome):
-            prediction.fields = item.fields
+            prediction.fields = fields
             return prediction
-        whole = stream.known_frames / stream.rate if stream.truncated and stream.known_frames else None
-        return Outcome(item.name, prediction, stream.rate, stream.channels, stream.duration, stream.truncated,
-                       whole, stream.warning, timings=timings, codec=stream.codec, fields=item.fields)
+        return Outcome(name, prediction, *facts, timings=timings, codec=codec, fields=fields)
 
     return outcome
 

@@ -219,7 +219,7 @@ class Supervisor:
         # worker stuck before reading it must meet the watchdog here, not block this loop in a write.
         self._outbox = queue.SimpleQueue()
         self._outbox.put(self._config)
-        threading.Thread(target=_write_all, args=(worker.stdin, self._outbox), name="audiotag-supervisor-write",
+        threading.Thread(target=_write_all, args=(worker, self._outbox), name="audiotag-supervisor-write",
                          daemon=True).start()
         threading.Thread(target=self._read, args=(worker, self._generation, self._outbox),
                          name="audiotag-supervisor-read", daemon=True).start()
@@ -413,16 +413,19 @@ def worker_main() -> int:
 _END = object()  # in an outbox: close the worker's input
 
 
-def _write_all(stream, outbox: queue.SimpleQueue) -> None:
+def _write_all(worker: subprocess.Popen, outbox: queue.SimpleQueue) -> None:
     """Write a worker's messages in order until _END; once its pipe breaks (the worker is dying: its exit event
     follows, and what was sent is in flight) the rest is dropped."""
-    broken = False
+    stream, broken = worker.stdin, False
     while (message := outbox.get()) is not _END:
         if not broken:
             try:
                 _write(stream, message)
             except (BrokenPipeError, OSError, ValueError):
                 broken = True
+            except BaseException:  # e.g. MemoryError: a worker left waiting for input would hang the run
+                broken = True
+                worker.kill()
     with contextlib.suppress(OSError, ValueError):
         stream.close()
 
