@@ -166,3 +166,32 @@ def test_the_histogram_over_http_counts_each_tag_request(server):
     assert after["audiotag_request_duration_seconds_count"] == before + 2
     assert after['audiotag_request_duration_seconds_bucket{le="+Inf"}'] == before + 2
     assert after["audiotag_request_duration_seconds_sum"] > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_is_received_into_one_buffer_that_the_decoder_reads_in_place(chunked):
+    """Item 5 of the hostile-client issue: 8 uploads took 2x their bytes because the body was joined from its
+    pieces (two copies for a moment). ``Body.read_all`` fills one anonymous mapping as the bytes arrive, and that
+    buffer is what the server hands ``decode.open_bytes``, which decodes it to the file's samples."""
+    import io
+    import mmap
+
+    import numpy as np
+    import soundfile
+
+    from audiotag import decode
+    from audiotag.serve.body import Body
+
+    if chunked:
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(MUSIC[i:i + 5000]), MUSIC[i:i + 5000])
+                        for i in range(0, len(MUSIC), 5000)) + b"0\r\n\r\n"
+    else:
+        wire = MUSIC
+    rfile = io.BufferedReader(io.BytesIO(wire), 4096)
+    body = Body(rfile, None if chunked else len(MUSIC), chunked, 1 << 30, float("inf"), 60.0, lambda _: None,
+                lambda: None)
+    data = body.read_all()
+    assert isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap) and data == MUSIC
+    stream = decode.open_bytes(data)
+    samples = np.concatenate(list(stream.samples()))
+    assert np.array_equal(samples, soundfile.read(AUDIO / "music.wav", dtype="float32")[0])
