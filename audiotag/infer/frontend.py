@@ -34,7 +34,11 @@ MIN_SAMPLES = N_FFT // 2 + 2  # reflect padding of n_fft / 2 needs more than tha
 # Frames per FFT pass: ~1 MB of arrays, cache-sized. Alone, 32 to 128 run as fast; with the pipeline's workers
 # running it side by side, 128 is a fifth faster than 64 (each numpy call hands the GIL over: fewer calls).
 CHUNK_FRAMES = 128
-BLOCK_MACS = 1 << 16  # multiply-adds per filterbank block and chunk; OpenBLAS runs products this small on one thread
+# Frames per filterbank pass. Each block of bands is one matmul per pass, and each matmul hands Python's lock over
+# and takes it back: per chunk, that was 88 hand-offs per 10 s clip, and `--jobs 16` on 2 cores ran 1.3-1.4x as long
+# as `--jobs 2` (threads queueing for the lock); per 4 chunks, 22, and 1.2x (scripts/bench/bench_families.py).
+MEL_FRAMES = 4 * CHUNK_FRAMES
+BLOCK_MACS = 1 << 18  # multiply-adds per filterbank block and pass; OpenBLAS runs products this small on one thread
 
 # rfft is asked for X / sqrt(N_FFT) (norm="ortho") because a float32 scale factor is numpy's only way to its
 # float32 transform: with the default norm it computes in float64 and casts both ways, twice the time. The factor
@@ -74,14 +78,16 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     window, first, stop, blocks = _constants()
     mel = np.empty((N_MELS, n_frames), np.float32)
     windowed, spectrum, power = _chunk_buffers()
-    for start in range(0, n_frames, CHUNK_FRAMES):
-        count = min(CHUNK_FRAMES, n_frames - start)
-        np.multiply(frames[start:start + count], window, out=windowed[:count, :WIN_LENGTH])
-        np.fft.rfft(windowed[:count], out=spectrum[:count], norm="ortho")  # float32 FFT: see FFT_SCALE
-        np.abs(spectrum[:count, first:stop], out=power[:count])  # |X| through hypot, then squared: as exact as
-        power[:count] *= power[:count]  # re^2 + im^2 and a third faster
+    for base in range(0, n_frames, MEL_FRAMES):
+        total = min(MEL_FRAMES, n_frames - base)
+        for start in range(0, total, CHUNK_FRAMES):
+            count = min(CHUNK_FRAMES, total - start)
+            np.multiply(frames[base + start:base + start + count], window, out=windowed[:count, :WIN_LENGTH])
+            np.fft.rfft(windowed[:count], out=spectrum[:count], norm="ortho")  # float32 FFT: see FFT_SCALE
+            np.abs(spectrum[:count, first:stop], out=power[start:start + count])  # |X| through hypot, then
+        power[:total] *= power[:total]  # squared: as exact as re^2 + im^2, and a third faster
         for bands, low, high, weights in blocks:
-            np.matmul(weights, power[:count, low:high].T, out=mel[bands, start:start + count])
+            np.matmul(weights, power[:total, low:high].T, out=mel[bands, base:base + total])
     mel += LOG_OFFSET
     np.log(mel, out=mel)
     mel += NORM_SHIFT
@@ -103,7 +109,7 @@ def _chunk_buffers() -> tuple:
         _, first, stop, _ = _constants()
         _scratch.buffers = (np.zeros((CHUNK_FRAMES, N_FFT), np.float32),
                             np.empty((CHUNK_FRAMES, N_FFT // 2 + 1), np.complex64),
-                            np.empty((CHUNK_FRAMES, stop - first), np.float32))
+                            np.empty((MEL_FRAMES, stop - first), np.float32))
     return _scratch.buffers
 
 
@@ -129,7 +135,7 @@ def _constants():
 
     The window is cut to its 800 non-zero samples and the filterbank to its non-zero FFT bins (1..479 of 513).
     Each block is (band slice, low bin, high bin, weights (bands, high - low)), relative to ``first``: adjacent
-    bands, as many as keep CHUNK_FRAMES x bins x bands within BLOCK_MACS. The weights carry FFT_SCALE ** 2.
+    bands, as many as keep MEL_FRAMES x bins x bands within BLOCK_MACS. The weights carry FFT_SCALE ** 2.
     """
     window = np.ascontiguousarray(load_array("stft_window.npy")[_WINDOW_OFFSET:_WINDOW_OFFSET + WIN_LENGTH])
     full = load_array("mel_filterbank.npy")
@@ -140,7 +146,7 @@ def _constants():
     blocks, band = [], 0
     while band < N_MELS:
         end = band + 1
-        while end < N_MELS and CHUNK_FRAMES * (spans[end][1] - spans[band][0]) * (end + 1 - band) <= BLOCK_MACS:
+        while end < N_MELS and MEL_FRAMES * (spans[end][1] - spans[band][0]) * (end + 1 - band) <= BLOCK_MACS:
             end += 1
         low, high = spans[band][0], spans[end - 1][1]
         weights = np.ascontiguousarray(filterbank[band:end, low:high] * FFT_SCALE**2)
