@@ -492,3 +492,37 @@ def test_a_block_decodes_while_another_thread_holds_pythons_lock(fixtures):
     stream.close()
     assert len(got[0]) > 32000 * 5
     assert grown >= 0.005, f"the decoding thread used {grown * 1000:.2f} ms of CPU while this one held the lock"
+
+
+@pytest.mark.skipif(not FFMPEG, reason="needs ffmpeg to make the fixtures (scripts/build/install_test_tools.sh)")
+def test_ffmpegs_blocks_are_downmixed_and_checked_in_c_as_the_stream_would(tmp_path):
+    """avblocks downmixes and checks a block inside its one native call (each numpy step in the stream handed
+    Python's lock over): its samples must be the stream's own, bit for bit, on stereo and 6-channel AAC of a real
+    recording; a block holding NaN or huge samples comes back undownmixed, for the stream to repair as before."""
+    from audiotag.decode import avblocks
+    from audiotag.decode.stream import BLOCK_SAMPLES, SAMPLE_LIMIT, Stream, block_frames
+
+    loud = soundfile.read(MUSIC, dtype="float32")[0][:, 0] * np.float32(3e4)  # NaN, infinity, 3e4: all repaired
+    loud[1000:1100], loud[5000] = np.nan, np.inf
+    soundfile.write(tmp_path / "loud.wav", loud, 44100, subtype="FLOAT")
+    sources = {"stereo.m4a": (MUSIC, ["-c:a", "aac"]), "six.m4a": (MUSIC, ["-c:a", "aac", "-ac", "6"]),
+               "loud.mka": (tmp_path / "loud.wav", ["-c:a", "pcm_f32le"])}
+    for name, (source, options) in sources.items():
+        subprocess.run([FFMPEG, "-v", "error", "-i", str(source), *options, str(tmp_path / name)], check=True)
+        with open(tmp_path / name, "rb") as file:
+            decoder = avblocks.Decoder(file, 1000)
+            rate, channels = decoder.first()
+            step, raw, mono = block_frames(channels, rate), [], []
+            while (block := decoder.read(step, BLOCK_SAMPLES)) is not None:  # as the stream had them before
+                raw.append(block[0])
+            decoder.close()
+            file.seek(0)
+            decoder = avblocks.Decoder(file, 1000)
+            while (block := decoder.read(step, BLOCK_SAMPLES, (rate, channels, SAMPLE_LIMIT))) is not None:
+                mono.append(block[0])
+            decoder.close()
+        expected = Stream(iter(raw), rate, channels).read().samples
+        got = decode.open_file(tmp_path / name).read().samples
+        assert np.array_equal(got, expected), name
+        assert [block.ndim for block in mono] == ([2] if name == "loud.mka" else [1] * len(raw)), name
+    assert np.isnan(raw[0]).any() and np.isfinite(got).all()  # the NaN was repaired

@@ -325,13 +325,38 @@ static void copy_frames(const AVFrame *frame, int from, int count, float *out) {
 
 /* The next block: up to max_frames frames of one rate and channel count, at most room floats, interleaved float32
  * into out; its rate and channel count into *rate and *channels, avb_state into state. The count of frames (0 at
- * the end), or -AVB_TOO_MANY_BAD. One call per block: the caller's thread holds no Python lock meanwhile. */
+ * the end), or -AVB_TOO_MANY_BAD. One call per block: the caller's thread holds no Python lock meanwhile.
+ *
+ * With mono_rate > 0, a block of mono_rate Hz and mono_channels channels whose samples all lie within +-limit (no
+ * NaN, no infinity) is also downmixed in place, out[0..frames) being the mean over its channels, and *mono set to
+ * 1: the stream's own downmix and check (stream.py), done here so that they need no Python (each numpy call on the
+ * block handed the lock over and waited to take it back). Any other block is left as it is, *mono 0. */
 static int read_block(avb *ctx, float *out, int room, int max_frames, int *rate, int *channels);
+static int downmix(float *out, int frames, int channels, float limit);
 
-int avb_read(avb *ctx, float *out, int room, int max_frames, int *rate, int *channels, int *state) {
+int avb_read(avb *ctx, float *out, int room, int max_frames, int *rate, int *channels, int *state, int mono_rate,
+             int mono_channels, float limit, int *mono) {
     int filled = read_block(ctx, out, room, max_frames, rate, channels);
     avb_state(ctx, state);
+    *mono = filled > 0 && *rate == mono_rate && *channels == mono_channels &&
+            downmix(out, filled, *channels, limit);
     return filled;
+}
+
+/* The mean over channels as stream._downmix takes it (c0 + c1, + c2 ..., then / channels, all in float), in place;
+ * 0 (and out untouched) when a sample lies beyond +-limit or is NaN: stream._repair has the original block then. */
+static int downmix(float *out, int frames, int channels, float limit) {
+    size_t samples = (size_t)frames * channels;
+    for (size_t i = 0; i < samples; i++)
+        if (!(out[i] >= -limit && out[i] <= limit)) return 0;
+    if (channels == 1) return 1;
+    for (int i = 0; i < frames; i++) {
+        const float *frame = out + (size_t)i * channels;
+        float sum = frame[0] + frame[1];
+        for (int c = 2; c < channels; c++) sum += frame[c];
+        out[i] = sum / (float)channels;
+    }
+    return 1;
 }
 
 static int read_block(avb *ctx, float *out, int room, int max_frames, int *rate, int *channels) {

@@ -50,7 +50,8 @@ def _load():
         "avb_new": (pointer, [c_int, ctypes.c_int64, pointer, ctypes.c_int64, _READ, c_int]),
         "avb_open": (c_int, [pointer, c_char_p, pointer, ctypes.POINTER(ctypes.c_double),
                              ctypes.POINTER(c_char_p), ctypes.POINTER(c_char_p)]),
-        "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out, pointer]),
+        "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out, pointer, c_int, c_int, ctypes.c_float,
+                             int_out]),
         "avb_close": (None, [pointer]),
         "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
     }
@@ -159,19 +160,23 @@ class Decoder:
         self._check(got if got > 1 else 0)
         return kind if got == 1 else None
 
-    def read(self, frames: int, room: int) -> Optional[tuple]:
+    def read(self, frames: int, room: int, mono: tuple = (0, 0, 0.0)) -> Optional[tuple]:
         """The next block, (samples (frames, channels) float32, rate): at most ``frames`` frames and ``room``
-        samples, all of one rate and channel count. None at the end. One call into C, without the lock."""
+        samples, all of one rate and channel count. None at the end. One call into C, without the lock.
+
+        ``mono`` (rate, channels, limit): a block of that rate and channel count whose samples all lie within
+        +-limit comes back downmixed, samples (frames,) - the mean over channels as ``stream`` takes it, so
+        that the stream need not touch it with numpy (each call there hands the lock over)."""
         out = np.empty(room, np.float32)
-        rate, channels = ctypes.c_int(), ctypes.c_int()
+        rate, channels, downmixed = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         got = self._lib.avb_read(self._ctx, out.ctypes.data, room, frames, ctypes.byref(rate), ctypes.byref(channels),
-                                 self._state.ctypes.data)
+                                 self._state.ctypes.data, *mono, ctypes.byref(downmixed))
         self._check(-got if got < 0 else 0)
         if got == 0:
             return None
-        used = got * channels.value
-        samples = out[:used] if 2 * used > room else out[:used].copy()  # a short block keeps no unused room
-        return samples.reshape(got, channels.value), rate.value
+        used = got if downmixed.value else got * channels.value
+        out.resize(used, refcheck=False)  # in place (realloc): a short block keeps no unused room, uncopied
+        return (out if downmixed.value else out.reshape(got, channels.value)), rate.value
 
     def close(self) -> None:
         if self._ctx:

@@ -152,7 +152,8 @@ def _native_stream(decoder, seekable: bool) -> audio.Stream:
         decoded, step = 0, audio.block_frames(channels, rate)
         while True:
             try:
-                block = decoder.read(step, audio.BLOCK_SAMPLES)  # the first call: no lock taken before it
+                # the first call: no lock taken before it; the block comes back downmixed and checked when it can
+                block = decoder.read(step, audio.BLOCK_SAMPLES, (rate, channels, audio.SAMPLE_LIMIT))
             except avblocks.Error:
                 block = None
             bad, bad_error, stop_error = decoder.bad()
@@ -334,6 +335,8 @@ def _conform(block, rate: int, channels: int) -> np.ndarray:
     """A block (samples, its rate) in the stream's first rate and channel count (a mid-stream change is rare,
     but real)."""
     samples, frame_rate = block
+    if samples.ndim == 1:  # downmixed by the decoder: of the stream's rate and channel count
+        return samples
     if samples.shape[1] != channels:
         mono = samples.mean(axis=1, dtype=np.float32, keepdims=True)
         samples = np.repeat(mono, channels, axis=1)

@@ -91,7 +91,8 @@ def open_soundfile(file, closer, path=None) -> Stream:
                     return
                 resyncs += 1
                 for offset in range(0, skipped, frames):  # the frames skipped are silence: times stay right
-                    yield np.zeros((min(frames, skipped - offset), 1 if as_int16 else sound.channels), np.float32)
+                    yield np.zeros(min(frames, skipped - offset) if as_int16 else
+                                   (min(frames, skipped - offset), sound.channels), np.float32)
                 continue
             if len(block) == 0:
                 if reason is not None:
@@ -119,16 +120,17 @@ _INT16_MAX_CHANNELS = 256
 
 
 def _int16_mono(block: np.ndarray) -> np.ndarray:
-    """(frames, channels) int16 -> (frames, 1) float32: exactly libsndfile's float samples (x / 32768) averaged as
+    """(frames, channels) int16 -> (frames,) float32: exactly libsndfile's float samples (x / 32768) averaged as
     the stream's downmix averages them, since a sum of up to 256 int16 samples is exact in float32 and the
-    scaling by 2**-15 is too: only the division by the channel count rounds, once, as there."""
+    scaling by 2**-15 is too: only the division by the channel count rounds, once, as there. One-dimensional:
+    the stream takes it as downmixed and checked (every sample lies within +-1)."""
     mono = block[:, 0].astype(np.float32)
     for channel in range(1, block.shape[1]):
         mono += block[:, channel]
     mono *= np.float32(1 / 32768)
     if block.shape[1] > 1:
         mono /= np.float32(block.shape[1])
-    return mono[:, None]
+    return mono
 
 
 _BIG_ENDIAN = ("AIFF", "AU", "CAF", "SVX", "NIST", "IRCAM", "MAT4", "MAT5", "PVF", "XI", "SD2")

@@ -50,7 +50,7 @@ class Stream:
         self.truncated = False  # the blocks were cut short on purpose (``limits``)
         self.warning = None  # what the decoder could not read, when it gave what it had (salvage)
         self.codec = None  # what is decoded, in FFmpeg's names ("pcm_s16le", "aac", ...)
-        self._blocks = blocks  # (frames, channels) float32
+        self._blocks = blocks  # (frames, channels) float32, or (frames,): see ``samples``
         self._closer = closer
 
     @property
@@ -58,7 +58,11 @@ class Stream:
         return self.frames / self.rate
 
     def samples(self) -> Iterator[np.ndarray]:
-        """Mono float32 blocks at TARGET_RATE, ``ceil(frames * 32000 / rate)`` samples in all (as librosa)."""
+        """Mono float32 blocks at TARGET_RATE, ``ceil(frames * 32000 / rate)`` samples in all (as librosa).
+
+        A decoder's block (frames,) is one it has downmixed (as ``_downmix``) and checked (every sample within
+        SAMPLE_LIMIT) itself, in the native call that decoded it: numpy here would hand Python's lock over for
+        each step, and beside busy threads each hand-off may wait 5 ms to take it back."""
         resampler = None
         if self.rate != TARGET_RATE:
             resampler = soxr.ResampleStream(self.rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
@@ -70,8 +74,10 @@ class Stream:
                 if len(block) == 0:
                     continue
                 self.frames += len(block)
-                mono = _downmix(block)
-                if -SAMPLE_LIMIT <= mono.min() and mono.max() <= SAMPLE_LIMIT:  # false on NaN too
+                if block.ndim == 1:  # downmixed by its decoder, every sample checked to lie within SAMPLE_LIMIT
+                    mono = block
+                    finite += len(mono)
+                elif -SAMPLE_LIMIT <= (mono := _downmix(block)).min() and mono.max() <= SAMPLE_LIMIT:  # not NaN
                     finite += len(mono)
                 else:
                     mono, valid = _repair(mono, block)
