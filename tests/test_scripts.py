@@ -115,3 +115,11 @@ def test_bench_parquet(tmp_path):
     assert code == 0, out
     for line in ("(a) 3000 synthetic records", "parquet/jsonl: size ", "(b) a real run over", "run time "):
         assert line in out, out
+
+
+def test_bench_upstream(tmp_path):
+    code, out = run_script("bench/bench_upstream.py", "--count", 4, "--seconds", 2, "--rounds", 1, "--keep",
+                           tmp_path / "corpus")
+    assert code in (0, 1), out  # 1: under the 8x target, as it is on 4 short clips (each run's start dominates)
+    for line in ("| upstream loop | ", "| audiotag DIR | ", "audiotag / upstream: ", "the same top label on 4 of 4"):
+        assert line in out, out
