@@ -12,12 +12,14 @@ import json
 FORMATS = ("text", "jsonl", "json", "csv", "tsv")  # "json" is jsonl: one object per line
 TABLE_COLUMNS = ("path", "duration", "sample_rate", "channels", "codec", "rank", "label", "mid", "index", "score",
                  "categories", "warning", "error")
-# With --hash (or --dedup) a table has two more columns, before the error (which stays last).
-HASHED_COLUMNS = TABLE_COLUMNS[:-1] + ("sha256", "duplicate_of", "error")
+# A run that may tag an archive's members has their fields as columns (empty for a file), and one with --hash (or
+# --dedup) two more; all before the error, which stays last.
+ARCHIVE_COLUMNS = ("archive", "member", "key", "url", "warc_record_id")  # a member's own fields (batch.archives)
+HASH_COLUMNS = ("sha256", "duplicate_of")
 
 
-def table_columns(hashed: bool = False) -> tuple:
-    return HASHED_COLUMNS if hashed else TABLE_COLUMNS
+def table_columns(hashed: bool = False, archived: bool = False) -> tuple:
+    return TABLE_COLUMNS[:-1] + (ARCHIVE_COLUMNS if archived else ()) + (HASH_COLUMNS if hashed else ()) + ("error",)
 
 
 def record(outcome) -> dict:
@@ -80,8 +82,9 @@ def segment_record(name: str, segment) -> dict:
             "tags": tags_json(segment.tags)}
 
 
-def format_record(rec: dict, fmt: str, header: bool = True, hashed: bool = False) -> str:
-    """Whole lines, newline-terminated; ``hashed``: a table with the sha256 and duplicate_of columns."""
+def format_record(rec: dict, fmt: str, header: bool = True, hashed: bool = False, archived: bool = False) -> str:
+    """Whole lines, newline-terminated; ``hashed``: a table with the sha256 and duplicate_of columns,
+    ``archived``: with the archive columns (``table_columns``)."""
     if fmt in ("jsonl", "json"):
         text = json.dumps(rec, ensure_ascii=False)
         if not _encodable(text):  # a file name that is not UTF-8 (its bytes live on as lone surrogates)
@@ -89,11 +92,11 @@ def format_record(rec: dict, fmt: str, header: bool = True, hashed: bool = False
         return text + "\n"
     if fmt == "text":
         return _text(rec, header)
-    return _table_rows(rec, table_delimiter(fmt), hashed)
+    return _table_rows(rec, table_delimiter(fmt), hashed, archived)
 
 
-def table_header(fmt: str, hashed: bool = False) -> str:
-    return table_line(table_columns(hashed), table_delimiter(fmt))
+def table_header(fmt: str, hashed: bool = False, archived: bool = False) -> str:
+    return table_line(table_columns(hashed, archived), table_delimiter(fmt))
 
 
 def _text(rec: dict, header: bool) -> str:
@@ -111,12 +114,13 @@ def _text(rec: dict, header: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table_rows(rec: dict, delimiter: str, hashed: bool = False) -> str:
+def _table_rows(rec: dict, delimiter: str, hashed: bool = False, archived: bool = False) -> str:
     if "start" in rec:
         return ""  # tables hold one kind of row: clips (not windows, not events)
     base = [rec["path"], rec.get("duration", ""), rec.get("sample_rate", ""), rec.get("channels", ""),
             rec.get("codec", "")]
-    last = [rec.get("sha256", ""), rec.get("duplicate_of", "")] if hashed else []  # then the error
+    extra = (ARCHIVE_COLUMNS if archived else ()) + (HASH_COLUMNS if hashed else ())
+    last = [rec.get(column, "") for column in extra]  # then the error
     if "error" in rec:
         return table_line(base + [""] * (len(TABLE_COLUMNS) - len(base) - 1) + last + [rec["error"]], delimiter)
     categories = categories_cell(rec["categories"])

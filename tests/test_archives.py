@@ -385,3 +385,18 @@ def test_a_tagged_members_bytes_are_not_kept_until_its_record_is_written(tagger,
         assert thing is not held, "the waiting outcome still holds the member's bytes"
         todo.extend(gc.get_referents(thing))
     assert outcome().prediction.tags[0].label == "Speech"
+
+
+def test_a_shards_table_has_the_members_archive_and_key(cli, shard, tmp_path):
+    """CSV of a shard named in a --files-from list: every row's archive, member and key are its JSON record's."""
+    import csv
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{shard.top / 'shard.tar'}\n")
+    options = ["--files-from", listing, "--max-duration", 30, "-k", 1]
+    lines = _records(cli(*options, "-f", "jsonl").stdout)
+    table = list(csv.DictReader(io.StringIO(cli(*options, "-f", "csv").stdout.decode())))
+    assert [row["path"] for row in table] == [rec["path"] for rec in lines] and len(lines) == len(shard.audio)
+    assert [(row["archive"], row["member"], row["key"]) for row in table] == \
+        [(rec["archive"], rec["member"], rec["key"]) for rec in lines]
+    assert {row["url"] for row in table} == {""} and table[0]["key"] == shard.audio[0].split(".")[0]

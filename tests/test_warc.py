@@ -283,3 +283,39 @@ def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_csv_rows_carry_the_records_archive_fields_and_resume(cli, crawl, tmp_path):
+    """A table of a run that may tag an archive's members has their columns: each row's archive, url and record
+    id are its JSON record's (a duplicate's its own, not its first copy's; a file's empty), and --resume carries
+    on in them. A table written without them is not resumed with an archive operand (exit 2, one line)."""
+    import csv
+
+    from audiotag.records import table_columns
+
+    warc, speech = crawl["top"] / "crawl.warc.gz", crawl["top"] / "files" / "speech.wav"
+    options = [warc, speech, "--dedup", "-k", 1]
+    assert cli(*options, "-f", "jsonl", "-o", tmp_path / "tags.jsonl").returncode == 0
+    lines = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    out = tmp_path / "tags.csv"
+    result = cli(*options, "-f", "csv", "-o", out)
+    assert result.returncode == 0, result.stderr
+    with open(out, newline="") as table:
+        header, *rows = list(csv.reader(table))
+    assert tuple(header) == table_columns(hashed=True, archived=True)
+    assert [row[0] for row in rows] == [rec["path"] for rec in lines]
+    for row, rec in zip(rows, lines):
+        cells = dict(zip(header, row))
+        assert [cells[k] for k in ("archive", "member", "key", "url", "warc_record_id", "duplicate_of")] == \
+            [rec.get(k, "") for k in ("archive", "member", "key", "url", "warc_record_id", "duplicate_of")], rec
+    copy = next(dict(zip(header, row)) for row in rows if row[0] == lines[-2]["path"])
+    assert copy["duplicate_of"] and copy["url"] == crawl["last"]  # its own url, not the first copy's
+    whole = out.read_bytes()
+    out.write_bytes(whole[:whole.rindex(b"\n", 0, len(whole) - 1) + 1])  # the last record lost
+    resumed = cli(*options, "-f", "csv", "-o", out, "--resume")
+    assert resumed.returncode == 0 and b"1 input" in resumed.stderr, resumed.stderr
+    assert out.read_bytes() == whole
+    plain = tmp_path / "plain.csv"
+    assert cli(speech, "-f", "csv", "-k", 1, "-o", plain).returncode == 0
+    refused = cli(warc, speech, "-f", "csv", "-k", 1, "-o", plain, "--resume")
+    assert refused.returncode == 2 and b"archive columns" in refused.stderr and b"Traceback" not in refused.stderr

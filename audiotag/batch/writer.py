@@ -8,9 +8,8 @@ import json
 import os
 from typing import Optional, Sequence
 
-from ..records import RECORD_START, format_record, table_columns, table_delimiter, table_header, table_line
-
-MEMBER_FIELDS = ("archive", "member", "key", "url", "warc_record_id")  # an archive member's own (batch.archives)
+from ..records import (ARCHIVE_COLUMNS, RECORD_START, format_record, table_columns, table_delimiter, table_header,
+                       table_line)
 
 
 class ResumeError(ValueError):
@@ -51,7 +50,7 @@ def name_digest(name: str) -> bytes:
 
 
 def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1, hashed: bool = False,
-                   contents=None) -> RecordedPaths:
+                   contents=None, archived: bool = False) -> RecordedPaths:
     """Inputs already recorded in an output file, after cutting off a torn end (for --resume).
 
     Only the end of the file is ever cut: what follows the last newline (a record the writer did not finish), a
@@ -61,8 +60,8 @@ def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1, hashed: bool 
     always cut and tagged again, since whether it is whole cannot be told. A file that is not an audiotag output
     of this format raises ResumeError and is not touched; OSError passes.
     The file is read once, line by line: memory does not grow with its size beyond 16 bytes per record.
-    ``hashed``: a table has the sha256 and duplicate_of columns (--hash). ``contents`` (a ``content.DigestTable``,
-    --dedup) is given where each record with a sha256 lies.
+    ``hashed``: a table has the sha256 and duplicate_of columns (--hash), ``archived`` the archive columns.
+    ``contents`` (a ``content.DigestTable``, --dedup) is given where each record with a sha256 lies.
     """
     if not os.path.exists(path):
         return RecordedPaths()
@@ -72,7 +71,7 @@ def recorded_paths(path: str, fmt: str, rows_per_record=lambda: 1, hashed: bool 
         if fmt in ("jsonl", "json"):
             keep, digests = _jsonl_records(file, contents)
         else:
-            keep, digests = _table_records(file, fmt, rows_per_record, hashed, contents)
+            keep, digests = _table_records(file, fmt, rows_per_record, hashed, contents, archived)
         if keep < file.seek(0, os.SEEK_END):
             file.truncate(keep)
     return RecordedPaths(bytes(digests))
@@ -121,22 +120,27 @@ def _record_sha256(line: str):
     return rec.get("sha256") if rec is not None else None
 
 
-def _table_records(file, fmt: str, rows_per_record: int, hashed: bool = False, contents=None) -> tuple:
+def _table_records(file, fmt: str, rows_per_record: int, hashed: bool = False, contents=None,
+                   archived: bool = False) -> tuple:
     """(bytes to keep, digests of the paths recorded) of a CSV/TSV output.
 
     Rows are matched by writing them again: the kept part of the file is exactly what the writer would write for
     the rows it holds, whatever newlines or quotes the names contain.
     """
     delimiter = table_delimiter(fmt)
-    header = table_header(fmt, hashed)
-    columns = table_columns(hashed)
+    header = table_header(fmt, hashed, archived)
+    columns = table_columns(hashed, archived)
     first = file.readline().decode("utf-8", errors="surrogateescape")
     if first != header:
         if header.startswith(first):
             return 0, bytearray()  # empty, or a header cut short: start again
-        if first == table_header(fmt, not hashed):
+        if first in (table_header(fmt, not hashed, archived), table_header(fmt, not hashed, not archived)):
             raise ResumeError(f"written {'without' if hashed else 'with'} --hash (or --dedup): resume it "
                               f"{'without' if hashed else 'with'} them")
+        if first == table_header(fmt, hashed, not archived):
+            raise ResumeError(f"written {'without' if archived else 'with'} the archive columns, which a run has "
+                              "when it may tag an archive's members (an archive operand, --open-archives, "
+                              "--archive, --files-from): resume it as it was run")
         raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(columns)}): "
                           "not resuming into this file")
     taken = []  # the lines the csv reader took for the row it gives next
@@ -228,9 +232,10 @@ class Writer:
     """Writes formatted records to a file or stdout, one flushed write per record."""
 
     def __init__(self, fmt: str, path: Optional[str] = None, append: bool = False, stream=None,
-                 hashed: bool = False):
+                 hashed: bool = False, archived: bool = False):
         self.fmt = fmt
         self.hashed = hashed  # tables: with the sha256 and duplicate_of columns
+        self.archived = archived  # tables: with the archive columns
         # surrogateescape: a file name that is not UTF-8 goes out as its own bytes (text, CSV/TSV)
         self._file = open(path, "a" if append else "w", encoding="utf-8", newline="",
                           errors="surrogateescape") if path else stream
@@ -241,13 +246,13 @@ class Writer:
     def begin(self) -> None:
         """Write the table header, unless the file already has one (resuming)."""
         if self.fmt in ("csv", "tsv") and not (self._owned and self.position > 0):
-            self._write(table_header(self.fmt, self.hashed))
+            self._write(table_header(self.fmt, self.hashed, self.archived))
 
     def write(self, rec: dict, header: bool = True, before: Sequence[dict] = ()) -> tuple:
         """``rec`` and the records ``before`` it (an input's events) in one write: all or none reach the file.
         Returns where ``rec``'s own lines went: (offset, length) in bytes."""
-        lead = "".join(format_record(r, self.fmt, header, self.hashed) for r in before)
-        text = format_record(rec, self.fmt, header, self.hashed)
+        lead = "".join(format_record(r, self.fmt, header, self.hashed, self.archived) for r in before)
+        text = format_record(rec, self.fmt, header, self.hashed, self.archived)
         start = self.position + _size(lead)
         self._write(lead + text)
         return start, _size(text)
@@ -289,9 +294,10 @@ class RecordReader:
     """Reads records back from the results file being written, by (offset, length): a duplicate's record is its
     first copy's (``--dedup``), which is never held in memory."""
 
-    def __init__(self, path: str, fmt: str, hashed: bool):
+    def __init__(self, path: str, fmt: str, hashed: bool, archived: bool = False):
         self._fd = os.open(path, os.O_RDONLY)
         self.fmt, self.hashed = fmt, hashed
+        self.columns = table_columns(True, archived)  # of a table (--dedup: always hashed)
 
     def read(self, offset: int, length: int) -> Optional[dict]:
         """{"path", "sha256", "text"} of the record there (None where it cannot be read back)."""
@@ -303,7 +309,7 @@ class RecordReader:
             rec = _record(text.rstrip("\n"))
             return None if rec is None else {"path": rec["path"], "sha256": rec.get("sha256"), "text": text}
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=table_delimiter(self.fmt)))
-        if not rows or len(rows[0]) != len(table_columns(True)):
+        if not rows or len(rows[0]) != len(self.columns):
             return None
         return {"path": rows[0][0], "sha256": rows[0][-3], "text": text}
 
@@ -313,11 +319,14 @@ class RecordReader:
         if self.fmt in ("jsonl", "json"):
             rec = json.loads(first["text"])
             head = {"path": name, "sha256": rec.get("sha256"), "duplicate_of": rec["path"], **(fields or {})}
-            rest = {k: v for k, v in rec.items() if k not in head and k not in MEMBER_FIELDS}
+            rest = {k: v for k, v in rec.items() if k not in head and k not in ARCHIVE_COLUMNS}
             return format_record({**head, **rest}, self.fmt)
         delimiter = table_delimiter(self.fmt)
         rows = list(csv.reader(io.StringIO(first["text"], newline=""), delimiter=delimiter))
-        return "".join(table_line([name, *row[1:-2], row[0], row[-1]], delimiter) for row in rows)
+        own = {"path": name, "duplicate_of": first["path"],
+               **{column: (fields or {}).get(column, "") for column in ARCHIVE_COLUMNS if column in self.columns}}
+        return "".join(table_line([own.get(column, cell) for column, cell in zip(self.columns, row)], delimiter)
+                       for row in rows)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -113,11 +113,13 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
             done = parquet.recorded_paths(args.output) if args.resume else set()
             writer = parquet.ParquetWriter(args.output, append=args.resume)
         else:
-            done = results.recorded_paths(args.output, args.format, rows, options.hash, table) \
+            archived = _may_tag_members(args)
+            done = results.recorded_paths(args.output, args.format, rows, options.hash, table, archived) \
                 if args.resume else set()
             writer = results.Writer(args.format, args.output, append=args.resume, stream=sys.stdout,
-                                    hashed=options.hash)
-        reader = results.RecordReader(args.output, args.format, options.hash) if args.dedup else None
+                                    hashed=options.hash, archived=archived)
+        reader = results.RecordReader(args.output, args.format, options.hash, writer.archived) if args.dedup \
+            else None
     except (OSError, results.ResumeError) as error:
         _warn(f"{args.output or 'stdout'}: {failure_message(error)}")
         return EXIT_USAGE
@@ -205,8 +207,9 @@ def _duplicate_text(duplicate, table, reader, fmt) -> str:
     first = reader.read(*place) if place is not None else None
     if first is None or first["sha256"] != duplicate.sha256:
         return records.format_record({"path": duplicate.name, "sha256": duplicate.sha256,
-                                      "duplicate_of": duplicate.first,
-                                      "error": "the first copy's record cannot be read back"}, fmt, hashed=True)
+                                      "duplicate_of": duplicate.first, **(duplicate.fields or {}),
+                                      "error": "the first copy's record cannot be read back"}, fmt, hashed=True,
+                                     archived="archive" in reader.columns)
     return reader.duplicate(first, duplicate.name, duplicate.fields)
 
 
@@ -240,6 +243,16 @@ def _count_in_background(args, inputs, done) -> list:
 
     threading.Thread(target=count, name="audiotag-count", daemon=True).start()
     return total
+
+
+def _may_tag_members(args) -> bool:
+    """Whether the run may tag an archive's members, known before the first input: a table then has the archive
+    columns (``records.ARCHIVE_COLUMNS``, empty for a file's row). An archive operand, --open-archives, an archive
+    on stdin (--archive, or sniffed) or a --files-from list (its lines may name archives)."""
+    from ..batch.archives import is_archive_name
+
+    return bool(args.open_archives or getattr(args, "archive", None) or args.files_from) or \
+        any(operand != "-" and is_archive_name(operand) and os.path.isfile(operand) for operand in args.inputs)
 
 
 def _list_source(name, inputs, all_files, open_archives=False):
