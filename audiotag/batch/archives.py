@@ -9,14 +9,11 @@ WebDataset's JSON sidecars are skipped without being read.
 
 A member carries where its bytes lie (``Member``), so whichever process tags it, a watched worker after a crash
 too, opens the archive again at that member: a plain tar's member or a stored zip member is read in place (a
-seekable window on the archive, streamed to the decoder as a file is); a deflated zip member is decompressed as it
-is decoded, as stdin is (``decode.open_stdin``: a WAV and the containers FFmpeg reads as a stream are streamed, in
-bounded memory whatever their size; FLAC, Ogg, MP3, MP4 and CAF, which need seeking, are held whole, up to the
-stdin limit). A tar.gz can only be read from its start, and listing it decompresses it all: so a member of up to
-``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``) to the worker, which
-decodes it without decompressing anything (one pass over the archive in all, not one in the listing and one more
-in each worker); a larger member is found again by decompressing up to its offset, then decoded as it is
-decompressed, as a deflated zip member is.
+seekable window on the archive, streamed to the decoder as a file is); a deflated zip member is decompressed and
+held whole, up to the stdin limit. A tar.gz can only be read from its start, and listing it decompresses it all:
+so a member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``)
+to the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
+listing and one more in each worker); a larger member is found again by decompressing up to its offset.
 
 A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
 the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
@@ -197,14 +194,11 @@ def open_member(member: Member):
             raise
     if member.data is not None:
         return open_bytes(member.data)
-    reader = _decompressed(member)
     try:
-        stream = open_stdin(reader)
-    except BaseException:
-        reader.close()
-        raise
-    stream.add_closer(reader.close)
-    return stream
+        data = _read_whole(member)
+    except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
+    return open_bytes(data)
 
 
 def member_sha256(member: Member) -> str:
@@ -244,41 +238,21 @@ def _reader(member: Member):
     return _Limited(stream, member.size)
 
 
-def _decompressed(member: Member) -> "_Damage":
-    """A compressed member's bytes as a stream (a tar.gz's continuing a kept stream where one is at or before it),
-    whose damage is an AudioError that says so, and whose end before the member's size is "truncated"."""
-    try:
-        reader = _TAR_GZ_STREAMS.open(member) if member.kind == "tar.gz" else _reader(member)
-    except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
-        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
-    return _Damage(reader, member.size)
+def _read_whole(member: Member) -> bytes:
+    from ..decode import STDIN_MEMORY_LIMIT
 
-
-class _Damage(io.RawIOBase):
-    """A member's reader whose failures are the archive's damage, in words (``damage``): zlib's, zipfile's and a
-    stream that ends before the member does, for the decoder to report as the input's error."""
-
-    def __init__(self, reader, size: int):
-        super().__init__()
-        self._reader, self._left = reader, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        try:
-            data = self._reader.read(min(len(buffer), self._left))
-        except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
-            raise AudioError(f"the archive is damaged here: {damage(error)}") from error
-        if not data and self._left and len(buffer):
-            raise AudioError("the archive ends inside this member (truncated)")
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self._left -= len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._reader.close()
-        super().close()
+    if member.size > STDIN_MEMORY_LIMIT:
+        raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
+                         f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
+    if member.kind == "tar.gz":
+        data = bytearray()
+        _TAR_GZ_STREAMS.read(member, data.extend)
+    else:
+        with _reader(member) as reader:
+            data = reader.read(member.size)
+    if len(data) < member.size:
+        raise AudioError("the archive ends inside this member (truncated)")
+    return data
 
 
 class _GzipStreams:
@@ -295,12 +269,6 @@ class _GzipStreams:
 
     def read(self, member: Member, consume) -> None:
         """Hand the member's bytes to ``consume`` chunk by chunk (fewer than its size where the archive ends)."""
-        with self.open(member) as reader:
-            while chunk := reader.read(CHUNK):
-                consume(chunk)
-
-    def open(self, member: Member) -> "_Limited":
-        """The member's bytes as a stream; closing it keeps its decompressing stream for the members after."""
         status = os.stat(member.archive)
         key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
         with self._lock:
@@ -311,28 +279,17 @@ class _GzipStreams:
             stream = gzip.open(member.archive, "rb")
         try:
             stream.seek(member.offset)  # forward: decompresses only the gap
+            left = member.size
+            while left and (chunk := stream.read(min(CHUNK, left))):
+                consume(chunk)
+                left -= len(chunk)
         except BaseException:
             stream.close()
             raise
-        return _Limited(stream, member.size, _Kept(self, key, stream))
-
-    def keep(self, key: tuple, stream) -> None:
         with self._lock:
             self._idle.append((key, stream))
             while len(self._idle) > self.KEEP:
                 self._idle.pop(0)[1].close()
-
-
-class _Kept:
-    """Closing a tar.gz member's reader: its stream goes back to the kept ones (unless it failed)."""
-
-    def __init__(self, streams: _GzipStreams, key: tuple, stream):
-        self._streams, self._key, self._stream = streams, key, stream
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._streams.keep(self._key, self._stream)
-            self._stream = None
 
 
 _TAR_GZ_STREAMS = _GzipStreams()
