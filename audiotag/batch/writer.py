@@ -134,13 +134,14 @@ def _table_records(file, fmt: str, rows_per_record: int, hashed: bool = False, c
     if first != header:
         if header.startswith(first):
             return 0, bytearray()  # empty, or a header cut short: start again
-        if first in (table_header(fmt, not hashed, archived), table_header(fmt, not hashed, not archived)):
+        if first == table_header(fmt, not hashed, archived):
             raise ResumeError(f"written {'without' if hashed else 'with'} --hash (or --dedup): resume it "
                               f"{'without' if hashed else 'with'} them")
-        if first == table_header(fmt, hashed, not archived):
-            raise ResumeError(f"written {'without' if archived else 'with'} the archive columns, which a run has "
-                              "when it may tag an archive's members (an archive operand, --open-archives, "
-                              "--archive, --files-from): resume it as it was run")
+        if first in (table_header(fmt, hashed, not archived), table_header(fmt, not hashed, not archived)):
+            # an older audiotag's table (no archive columns), or the same inputs now named otherwise
+            raise ResumeError(f"its columns are not this run's ({'no' if archived else 'with'} archive columns: "
+                              "this run " + ("may" if archived else "cannot") + " tag an archive's members): "
+                              "write to a new file, or resume with the inputs and options it was written with")
         raise ResumeError(f"not an audiotag {fmt} output (columns {','.join(columns)}): "
                           "not resuming into this file")
     taken = []  # the lines the csv reader took for the row it gives next

@@ -39,8 +39,8 @@ output formats (default: text on a terminal, jsonl otherwise):
   csv, tsv  one row per label:
            path,duration,sample_rate,channels,codec,rank,label,mid,index,score,categories,warning,error
          (categories: "NAME:SCORE;..." all seven, best first; a clip with no label above --threshold: one row;
-         with --hash or --dedup, sha256,duplicate_of before error; a member's path names its archive: no
-         archive, url or record id columns)
+         a run that may tag archive members (an archive operand, --open-archives, --archive, --files-from)
+         adds archive,member,key,url,warc_record_id, and --hash or --dedup sha256,duplicate_of, before error)
 scores are per-label sigmoid outputs in 0..1 (labels are not exclusive; scores do not sum to 1). A category
 (the seven AudioSet top-level classes) scores as the best label of its ontology subtree.
 Clips up to --window seconds are tagged in one pass; longer ones in windows every --hop seconds, a label's
