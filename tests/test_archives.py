@@ -5,6 +5,7 @@ tarfile and zipfile: a WebDataset shard of 50 members of 7 formats, each beside 
 the same bytes as an earlier member under another key, one that crashes the decoder and one FLAC bomb; the same
 files as a tar.gz and a zip, and unpacked in a directory."""
 
+import gzip
 import io
 import json
 import os
@@ -400,3 +401,80 @@ def test_a_shards_table_has_the_members_archive_and_key(cli, shard, tmp_path):
     assert [(row["archive"], row["member"], row["key"]) for row in table] == \
         [(rec["archive"], rec["member"], rec["key"]) for rec in lines]
     assert {row["url"] for row in table} == {""} and table[0]["key"] == shard.audio[0].split(".")[0]
+
+
+def _small_clips(count: int) -> dict:
+    """``count`` distinct 2 s WAV clips of real speech: member name -> bytes."""
+    speech, rate = soundfile.read(AUDIO / "speech.wav", frames=32000 * 2 + 1000 * count)
+    clips = {}
+    for index in range(count):
+        data = io.BytesIO()
+        soundfile.write(data, speech[1000 * index:1000 * index + 64000], rate, format="WAV")
+        clips[f"{index:06d}.wav"] = data.getvalue()
+    return clips
+
+
+def _tar_bytes(clips: dict) -> bytes:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for name, clip in clips.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(clip)
+            tar.addfile(info, io.BytesIO(clip))
+    return data.getvalue()
+
+
+@pytest.mark.parametrize("where", ["tar", "tar.gz", "stdin"])
+def test_a_damaged_header_after_the_first_is_an_error_not_the_archives_end(cli, tmp_path, where):
+    """tarfile takes a bad header after the first for the end of the archive: a shard damaged midway would end
+    early, exit 0, without a word. The members before the damage are tagged, then one error names the header."""
+    data = bytearray(_tar_bytes(_small_clips(5)))
+    third = 2 * (512 + (len(_small_clips(1)["000000.wav"]) + 511) // 512 * 512)
+    assert data[third:third + 10] == b"000002.wav"
+    data[third:third + 4] = b"XXXX"  # its checksum no longer holds
+    data = bytes(data) if where == "tar" else gzip.compress(bytes(data))
+    archive = tmp_path / ("shard.tar" if where == "tar" else "shard.tar.gz")
+    archive.write_bytes(data)
+    result = cli("-", "-f", "jsonl", "-k", 1, stdin=data) if where == "stdin" else \
+        cli(archive, "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert [rec.get("member") for rec in records[:2]] == ["000000.wav", "000001.wav"]
+    assert all("error" not in rec for rec in records[:2]) and len(records) == 3
+    assert records[2] == {"path": "-" if where == "stdin" else str(archive),
+                          "error": f"cannot read the archive: a damaged tar header at byte {third} (bad checksum)"}
+
+
+@pytest.mark.parametrize("where", ["file", "stdin"])
+def test_an_encrypted_zip_member_is_said_as_such_and_the_others_are_tagged(cli, tmp_path, where):
+    clips = _small_clips(2)
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        for name, clip in clips.items():
+            archive.writestr(name, clip, compress_type=zipfile.ZIP_DEFLATED)
+    data = bytearray(data.getvalue())  # zipfile writes no encryption: the first member's flag is set by hand
+    data[data.find(b"PK\x03\x04") + 6] |= 1
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    (tmp_path / "crawl.zip").write_bytes(data)
+    result = cli("-", "-f", "jsonl", "-k", 1, stdin=bytes(data)) if where == "stdin" else \
+        cli(tmp_path / "crawl.zip", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    first, second = _records(result.stdout)
+    prefix = "-" if where == "stdin" else str(tmp_path / "crawl.zip")
+    assert first == {"path": f"{prefix}/000000.wav", "archive": prefix, "member": "000000.wav",
+                     "error": "the member is encrypted (audiotag reads no passwords): unpack it and give its path"}
+    assert second["member"] == "000001.wav" and "error" not in second
+
+
+def test_copies_inside_an_archive_on_stdin_are_recorded_as_duplicates(cli, tmp_path):
+    """A piped member is hashed only as it is decoded, so --dedup decodes it: its record is still its first
+    copy's, with "duplicate_of", as a file's copy's is."""
+    clips = _small_clips(2)
+    shard = _tar_bytes({"a.wav": clips["000000.wav"], "b.wav": clips["000001.wav"], "c.wav": clips["000000.wav"]})
+    result = cli("-", "-f", "jsonl", "-k", 3, "--dedup", "-o", tmp_path / "out.jsonl", stdin=shard)
+    assert result.returncode == 0, result.stderr
+    first, other, copy = _records((tmp_path / "out.jsonl").read_bytes())
+    assert "duplicate_of" not in first and "duplicate_of" not in other
+    assert copy["duplicate_of"] == "-/a.wav" and copy["member"] == "c.wav" and copy["key"] == "c"
+    assert _without_archive_fields(copy, "duplicate_of") == _without_archive_fields(first)
+    assert b"1 duplicates" in result.stderr

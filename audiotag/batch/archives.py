@@ -49,6 +49,7 @@ _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extr
 # are smaller). What that holds at once, at most: this times the inputs read ahead of the tagging, about
 # 5 x --jobs + 4 per worker in the watcher and up to 3 x --jobs + 2 more in each worker.
 CARRIED_MAX = 2 << 20  # 10 s of 48 kHz stereo 16-bit WAV; an MP3 or M4A clip of minutes
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # zipfile reads
 
 
 def is_archive_name(name: str) -> bool:
@@ -113,10 +114,32 @@ def damage(error: Exception) -> Optional[str]:
     return None
 
 
+class CheckedTarInfo(tarfile.TarInfo):
+    """A tar header that is damaged is an error wherever it lies: tarfile takes a bad header after the first for
+    the archive's end, which would end a damaged shard early without a word."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as error:
+            raise tarfile.ReadError(f"a damaged tar header at byte {tar.offset} ({error})") from None
+
+
+def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
+    """Why a zip member cannot be read (encrypted, or compressed by a method zipfile lacks), or None."""
+    if info.flag_bits & 0x1:
+        return "the member is encrypted (audiotag reads no passwords): unpack it and give its path"
+    if info.compress_type not in ZIP_METHODS:
+        return f"the member is compressed by zip method {info.compress_type}, which audiotag cannot read: " \
+               f"unpack it and give its path"
+    return None
+
+
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
     compressed = not _is_plain_tar(path)
     kind = "tar.gz" if compressed else "tar"
-    with tarfile.open(path, "r:gz" if compressed else "r:") as tar:
+    with tarfile.open(path, "r:gz" if compressed else "r:", tarinfo=CheckedTarInfo) as tar:
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
@@ -153,14 +176,16 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
         for info in archive.infolist():
             if info.is_dir() or not wanted(info.filename):
                 continue
-            stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1  # not encrypted
+            problem = zip_member_problem(info)
+            stored = info.compress_type == zipfile.ZIP_STORED and problem is None
             offset = info.header_offset
             if stored:  # the data follows the local header, whose lengths may differ from the central directory's
                 signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(os.pread(raw.fileno(), 30, offset))
                 if signature != b"PK\x03\x04":
                     raise zipfile.BadZipFile(f"{info.filename}: bad local header")
                 offset += 30 + name_length + extra_length
-            yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored), None
+            yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored), \
+                problem
 
 
 def _warc_members(path: str, every: bool) -> Iterator[tuple]:

@@ -6,7 +6,7 @@ tagging: the dedup decision must come before decoding, and this is the one place
 ``--workers`` deals them to several processes. The worker then reads the file a second time, from the page cache
 (``scripts/bench/bench_content.py`` measures the cost). Stdin cannot be read twice: it is hashed as the decoder
 reads it, then read to its end; so is a member of an archive on stdin (``piped``), which --dedup therefore
-decodes even when its bytes were seen (later copies of it are spared).
+decodes even when its bytes were seen, then records as the duplicate it is (``earlier_copy``).
 
 A duplicate is not decoded: its record is the first copy's, read back from the results file (by offset, so the
 records are not held in memory), with its own path and ``"duplicate_of": <first path>``. The table from content to
@@ -178,6 +178,19 @@ class Contents:
                 what = "stdin" if name == "-" else "member"
                 outcome.warning = outcome.warning or f"{what} not hashed: {failure_message(error)}"
         return sha
+
+    def earlier_copy(self, outcome) -> Optional[Duplicate]:
+        """The tagged input as a duplicate, when its bytes' first copy was recorded after all (--dedup): a member
+        of an archive on stdin is hashed only as it is decoded, and an input may be hashed before an earlier
+        piped copy was recorded. Its record is then the first copy's, as any duplicate's is."""
+        if not (self.dedup and outcome.sha256):
+            return None
+        with self._lock:
+            place = self.table.get(outcome.sha256)
+        record = self.read_record(*place) if place is not None else None
+        if record is None or record.get("sha256") != outcome.sha256:
+            return None
+        return Duplicate(outcome.name, outcome.sha256, record["path"], outcome.fields)
 
     def duplicates_before(self) -> list:
         """The duplicates held back before the input whose outcome comes next (call once per outcome, then once

@@ -14,7 +14,7 @@ archive's error says where it ends.
 Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
 named as a path. As for any input on stdin there is no watched worker (a crash could not be retried: the bytes
 are gone). ``--hash``: a member is hashed as it is read; ``--dedup`` cannot spare a piped member its decoding (its
-hash is known only once it was read), but later inputs with its bytes are spared.
+hash is known only once it was read), but a copy's record is its first copy's, with "duplicate_of".
 """
 
 import io
@@ -28,7 +28,7 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import damage, webdataset_key
+from .archives import CheckedTarInfo, damage, webdataset_key, zip_member_problem
 
 KINDS = ("tar", "warc", "zip")
 HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
@@ -78,7 +78,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
-    with tarfile.open(fileobj=binary, mode="r|*") as tar:  # a stream, plain or compressed
+    with tarfile.open(fileobj=binary, mode="r|*", tarinfo=CheckedTarInfo) as tar:  # a stream, plain or compressed
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read
             if not info.isreg() or not wanted(info.name):
@@ -98,10 +98,21 @@ def _zip(binary, wanted) -> Iterator[tuple]:
         for info in archive.infolist():
             if info.is_dir() or not wanted(info.filename):
                 continue
+            fields = {"archive": "-", "member": info.filename}
+            if (problem := zip_member_problem(info)) is not None:
+                yield f"-/{info.filename}", Refused(fields), problem
+                continue
             with archive.open(info) as member:
-                piped = Piped(member, {"archive": "-", "member": info.filename})
+                piped = Piped(member, fields)
                 yield f"-/{info.filename}", piped, None
                 piped.finish()
+
+
+class Refused:
+    """A member of an archive on stdin that cannot be read (its input carries the reason): only its fields."""
+
+    def __init__(self, fields: dict):
+        self.fields = fields
 
 
 class Piped:

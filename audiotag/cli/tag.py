@@ -164,6 +164,13 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
             if contents is not None:
                 write_duplicates()
                 outcome.sha256 = contents.sha256_of(outcome)
+                copy = contents.earlier_copy(outcome)
+                if copy is not None:  # known a copy only once decoded (a piped member): recorded as one
+                    with lock, aside():
+                        writer.write_text(_duplicate_text(copy, table, reader, args.format))
+                    counts["duplicates"] += 1
+                    step()
+                    continue
             if outcome.error is None and args.embeddings:
                 outcome = save_embedding(outcome, args.embeddings)
             if outcome.error is not None:
