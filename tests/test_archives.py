@@ -192,7 +192,8 @@ if b"--_supervised-worker" in open("/proc/self/cmdline", "rb").read() and os.env
     from audiotag.batch import archives
     opened = archives.open_member
     def open_member(member):
-        if not member.in_place and "-".join(["CRASHME", "MEMBER"]).encode() in archives._read_whole(member):
+        data = None if member.in_place else member.data or archives._compressed_window(member).read()
+        if data and "-".join(["CRASHME", "MEMBER"]).encode() in data:
             while os.environ["READ_CRASH"] == "hang":
                 signal.pause()
             os.kill(os.getpid(), signal.SIGSEGV)
@@ -478,3 +479,118 @@ def test_copies_inside_an_archive_on_stdin_are_recorded_as_duplicates(cli, tmp_p
     assert copy["duplicate_of"] == "-/a.wav" and copy["member"] == "c.wav" and copy["key"] == "c"
     assert _without_archive_fields(copy, "duplicate_of") == _without_archive_fields(first)
     assert b"1 duplicates" in result.stderr
+
+
+@pytest.fixture(scope="session")
+def long_members(tmp_path_factory) -> Path:
+    """unpacked/: members over CARRIED_MAX, so none is carried whole to its worker: 340 s of a real guitar
+    recording (44.1 kHz stereo) as 16-bit WAV (60 MB) and FLAC, and 120 s of it as AAC in M4A (index at its end,
+    where ffmpeg writes it), MP3 and Ogg Vorbis; then long.tar.gz and long.zip (every member deflated)."""
+    from audiotag.batch import archives
+
+    top = tmp_path_factory.mktemp("long")
+    unpacked = top / "unpacked"
+    unpacked.mkdir()
+    music, rate = soundfile.read(AUDIO / "extra" / "max-guitar.wav", dtype="int16")
+    long = np.tile(music, (34, 1))
+    soundfile.write(unpacked / "long.wav", long, rate, subtype="PCM_16")
+    soundfile.write(unpacked / "long.flac", long, rate)
+    for name, codec in (("long.m4a", "aac"), ("long.mp3", "libmp3lame"), ("long.ogg", "libvorbis")):
+        subprocess.run(["ffmpeg", "-v", "error", "-t", "120", "-i", str(unpacked / "long.wav"), "-c:a", codec,
+                        "-b:a", "192k", str(unpacked / name)], check=True)
+    assert all(path.stat().st_size > archives.CARRIED_MAX for path in unpacked.iterdir())
+    with tarfile.open(top / "long.tar.gz", "w:gz", compresslevel=1) as out:
+        for path in sorted(unpacked.iterdir()):
+            out.add(path, path.name)
+    with zipfile.ZipFile(top / "long.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for path in sorted(unpacked.iterdir()):
+            out.write(path, path.name)
+    return top
+
+
+@pytest.mark.parametrize("archive", ["long.tar.gz", "long.zip"])
+def test_a_large_compressed_members_record_is_its_files(cli, long_members, archive):
+    """A compressed member too large to carry is decompressed as its decoder reads it, seeking included (FFmpeg
+    goes to the M4A's index at its end and back): each record is the file's, scores within 1e-6, and cut at 30 s
+    it still says how long the audio was (``audio_duration``)."""
+    run = ("--max-duration", 30, "-f", "jsonl", "--hash", "-k", 5)
+    files = {Path(r["path"]).name: r for r in _records(cli(long_members / "unpacked", *run).stdout)}
+    result = cli(long_members / archive, *run)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert sorted(r["member"] for r in records) == sorted(files) and len(files) == 5
+    for rec in records:
+        theirs = {k: v for k, v in files[rec["member"]].items() if k != "path"}
+        assert differences(_without_archive_fields(rec), theirs, 1e-6) == [], rec["member"]
+        assert rec["truncated"] and rec["audio_duration"] > 119, rec["member"]
+
+
+@pytest.mark.parametrize("archive", ["long.tar.gz", "long.zip"])
+def test_a_large_compressed_member_is_not_held_whole(long_members, archive):
+    """Python's allocations while a 60 MB WAV member and a 24 MB FLAC member are decoded (cut at 30 s) stay a
+    fraction of their size (held whole, as before: all of it, and over 1 GB a refusal); the samples are the
+    file's."""
+    import tracemalloc
+
+    from audiotag import decode
+    from audiotag.batch import archives
+    from audiotag.decode import limits
+    from audiotag.options import Limits
+
+    found = {name.rsplit("/", 1)[1]: member for name, member, _ in archives.members(str(long_members / archive),
+                                                                                    bool)}
+    for name in ("long.wav", "long.flac"):
+        member = found[name]
+        assert member.size > 24e6 and not member.in_place and member.data is None, name
+        expected = limits.apply(decode.open_file(long_members / "unpacked" / name), Limits(max_duration=30)).read()
+        tracemalloc.start()
+        try:
+            got = limits.apply(archives.open_member(member), Limits(max_duration=30)).read()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(got.samples, expected.samples), name
+        assert peak < 20e6, (name, peak)  # 30 s at 32 kHz and the blocks in flight
+
+
+def test_a_compressed_members_damage_is_its_records_warning(cli, long_members, tmp_path):
+    """Where a large member's compressed data end (the tar.gz cut inside it), its decoder meets the end of its
+    data there: the audio before is tagged, with a warning that says why, then the archive's error. No traceback,
+    in a watched worker or in-process. Bytes flipped where zlib does not notice (a stored block) are found by
+    gzip's CRC at the archive's end: the archive's error says so."""
+    data = (long_members / "long.tar.gz").read_bytes()
+    with tarfile.open(long_members / "long.tar.gz") as tar:
+        ends = {info.name: info.offset_data + info.size for info in tar.getmembers()}
+    assert max(ends, key=ends.get) == "long.wav"  # the last member: the cut falls inside it
+    (tmp_path / "cut.tar.gz").write_bytes(data[:int(len(data) * 0.8)])
+    for mode in ((), ("--in-process",)):
+        result = cli(tmp_path / "cut.tar.gz", "-f", "jsonl", "-k", 1, "--max-duration", 400, *mode)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        records = {r["path"].rsplit("/", 1)[-1]: r for r in _records(result.stdout)}
+        rec = records["long.wav"]
+        assert 0 < rec["duration"] < 300 and "error" not in rec, rec
+        assert rec["warning"] == f"the archive ends inside this member (truncated): tagged the " \
+                                 f"{rec['duration']:.1f} s before it"
+        assert records["cut.tar.gz"]["error"].startswith("cannot read the archive: ")
+    flipped = bytearray(data)
+    flipped[int(len(data) * 0.8)] ^= 0x55
+    (tmp_path / "flipped.tar.gz").write_bytes(flipped)
+    result = cli(tmp_path / "flipped.tar.gz", "-f", "jsonl", "-k", 1, "--max-duration", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    last = _records(result.stdout)[-1]
+    assert last["path"] == str(tmp_path / "flipped.tar.gz")
+    assert last["error"].lower().startswith("cannot read the archive: crc check failed"), last
+
+
+def test_a_plain_tars_member_cut_short_is_tagged_up_to_the_cut(cli, tmp_path):
+    """A plain tar cut inside a member: the audio before the cut is tagged with a warning (in-process it printed
+    a traceback per read of libsndfile's, and tagged nothing)."""
+    clip = _small_clips(1)["000000.wav"]
+    (tmp_path / "cut.tar").write_bytes(_tar_bytes({"a.wav": clip})[:512 + len(clip) // 2])
+    for mode in ((), ("--in-process",)):
+        result = cli(tmp_path / "cut.tar", "-f", "jsonl", "-k", 1, *mode)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        member, archive = _records(result.stdout)
+        assert member["duration"] == pytest.approx(1.0, abs=0.01) and "error" not in member
+        assert member["warning"] == "the archive ends inside this member (truncated): tagged the 1.0 s before it"
+        assert archive["error"].startswith("cannot read the archive: ")

@@ -9,11 +9,17 @@ WebDataset's JSON sidecars are skipped without being read.
 
 A member carries where its bytes lie (``Member``), so whichever process tags it, a watched worker after a crash
 too, opens the archive again at that member: a plain tar's member or a stored zip member is read in place (a
-seekable window on the archive, streamed to the decoder as a file is); a deflated zip member is decompressed and
-held whole, up to the stdin limit. A tar.gz can only be read from its start, and listing it decompresses it all:
-so a member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``)
-to the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
-listing and one more in each worker); a larger member is found again by decompressing up to its offset.
+seekable window on the archive, streamed to the decoder as a file is). A deflated zip member, and a tar.gz member
+too large to carry (below), is decompressed as its decoder reads it: a seekable file all the same
+(``inflate.Window``: a seek back resumes from a checkpoint), so its record is its file's and memory stays
+bounded, whatever its size. A tar.gz can only be read from its start, and listing it decompresses it all: so a
+member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``) to
+the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
+listing and one more in each worker); a larger member is found again by decompressing up to its offset, from
+where a stream on the archive kept open for an earlier member ended.
+
+Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
+end of its data at that point: the audio before it is tagged, with a warning that says why.
 
 A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
 the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
@@ -26,7 +32,6 @@ streamed; FLAC, Ogg, MP3, MP4 and CAF are held whole, up to the stdin limit). A 
 once (a .warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
 """
 
-import gzip
 import io
 import os
 import re
@@ -40,7 +45,7 @@ from typing import Iterator, Optional
 
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
-from . import warc
+from . import inflate, warc
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip") + warc.WARC_SUFFIXES
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
@@ -147,6 +152,8 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
             data = _carried(tar, info) if compressed else None
             yield f"{path}/{info.name}", Member(path, info.name, kind, info.offset_data, info.size, not compressed,
                                                 webdataset_key(info.name), data=data), None
+        while compressed and tar.fileobj.read(CHUNK):  # to gzip's end, where it checks its CRC: damage that
+            pass  # zlib passed (in a stored block) is said, not left unseen after the tar's last header
 
 
 def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Optional[bytes]:
@@ -179,7 +186,8 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
             problem = zip_member_problem(info)
             stored = info.compress_type == zipfile.ZIP_STORED and problem is None
             offset = info.header_offset
-            if stored:  # the data follows the local header, whose lengths may differ from the central directory's
+            if problem is None:  # the data follow the local header, whose lengths may differ from the central
+                # directory's
                 signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(os.pread(raw.fileno(), 30, offset))
                 if signature != b"PK\x03\x04":
                     raise zipfile.BadZipFile(f"{info.filename}: bad local header")
@@ -210,20 +218,64 @@ def open_member(member: Member):
             raise
         stream.add_closer(file.close)
         return stream
-    if member.in_place:
-        window = _Window(member.archive, member.offset, member.size)
+    if member.data is not None:
+        return open_bytes(member.data)
+    if member.in_place or member.kind == "tar.gz" or _deflated(member):  # read in place, or decompressed as
+        # it is read: seekable all the same
+        window = _Window(member.archive, member.offset, member.size) if member.in_place else \
+            _compressed_window(member)
         try:
-            return open_seekable(window, member.size)
+            return _reporting_failure(open_seekable(window, member.size), window)
+        except AudioError as error:
+            window.close()
+            if window.failure is not None:
+                raise AudioError(window.failure) from error
+            raise
         except BaseException:
             window.close()
             raise
-    if member.data is not None:
-        return open_bytes(member.data)
     try:
         data = _read_whole(member)
     except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
         raise AudioError(f"the archive is damaged here: {damage(error)}") from error
     return open_bytes(data)
+
+
+def _reporting_failure(stream, window):
+    """``stream`` on a member whose bytes may fail to read (``window.failure``: the archive ends inside it, or is
+    damaged there): its decoder meets the end of its data there; the record says why, a warning when audio came
+    before, else the error."""
+    def checked(blocks):
+        frames = 0
+        try:
+            for block in blocks:
+                frames += len(block)
+                yield block
+        except AudioError as error:  # the decoder's words for where its data ended: after the reason
+            if window.failure is None:
+                raise
+            raise AudioError(f"{window.failure}: {error}") from error
+        if window.failure is not None:
+            if not frames:
+                raise AudioError(window.failure)
+            stream.warning = f"{window.failure}: tagged the {frames / stream.rate:.1f} s before it"
+
+    stream.map_blocks(checked)
+    return stream
+
+
+def _compressed_window(member: Member) -> inflate.Window:
+    """A tar.gz member or a deflated zip member as a seekable file, decompressed as it is read."""
+    if member.kind == "tar.gz":
+        return _TAR_GZ_STREAMS.window(member)
+    return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
+
+
+def _deflated(member: Member) -> bool:
+    if member.kind != "zip":
+        return False
+    with zipfile.ZipFile(member.archive) as archive:
+        return archive.getinfo(member.name).compress_type == zipfile.ZIP_DEFLATED
 
 
 def member_sha256(member: Member) -> str:
@@ -238,6 +290,8 @@ def member_sha256(member: Member) -> str:
             with _reader(member) as reader:
                 while chunk := reader.read(CHUNK):
                     digest.update(chunk)
+                if getattr(reader, "failure", None):  # the archive ends inside it: not its bytes' hash
+                    raise OSError(reader.failure)
     except (EOFError, zlib.error, zipfile.BadZipFile) as error:  # the decoder will say what is wrong with it
         raise OSError(str(error)) from error
     except Exception as error:
@@ -253,14 +307,10 @@ def _reader(member: Member):
         return _Limited(payload, 1 << 62, file)
     if member.in_place:
         return _Window(member.archive, member.offset, member.size)
-    if member.kind == "zip":
-        archive = zipfile.ZipFile(member.archive)
-        reader = archive.open(member.name)
-        reader._archive = archive  # noqa: SLF001 -- kept open as long as the member's reader is
-        return reader
-    stream = gzip.open(member.archive, "rb")
-    stream.seek(member.offset)  # decompresses up to the member: a tar.gz cannot be entered elsewhere
-    return _Limited(stream, member.size)
+    archive = zipfile.ZipFile(member.archive)  # a compressed zip member (a tar.gz's: _GzipStreams)
+    reader = archive.open(member.name)
+    reader._archive = archive  # noqa: SLF001 -- kept open as long as the member's reader is
+    return reader
 
 
 def _read_whole(member: Member) -> bytes:
@@ -269,22 +319,18 @@ def _read_whole(member: Member) -> bytes:
     if member.size > STDIN_MEMORY_LIMIT:
         raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
-    if member.kind == "tar.gz":
-        data = bytearray()
-        _TAR_GZ_STREAMS.read(member, data.extend)
-    else:
-        with _reader(member) as reader:
-            data = reader.read(member.size)
+    with _reader(member) as reader:
+        data = reader.read(member.size)
     if len(data) < member.size:
         raise AudioError("the archive ends inside this member (truncated)")
     return data
 
 
 class _GzipStreams:
-    """Decompressing streams on tar.gz archives, kept open between members. A tar.gz can only be entered at its
-    start; members are asked for in archive order, so each one continues a stream where an earlier member ended
-    (a new stream from the start for each member made a shard of N members cost N/2 times its decompression).
-    At most ``KEEP`` are kept: ``--jobs`` threads ask at once, a little out of order."""
+    """Decompressing streams on tar.gz archives (``inflate.Inflater``), kept open between members. A tar.gz can
+    only be entered at its start; members are asked for in archive order, so each one continues a stream where
+    an earlier member ended (a new stream from the start for each member made a shard of N members cost N/2 times
+    its decompression). At most ``KEEP`` are kept: ``--jobs`` threads ask at once, a little out of order."""
 
     KEEP = 4
 
@@ -293,24 +339,45 @@ class _GzipStreams:
         self._idle: list = []  # (archive's identity, stream) not in use, oldest first
 
     def read(self, member: Member, consume) -> None:
-        """Hand the member's bytes to ``consume`` chunk by chunk (fewer than its size where the archive ends)."""
-        status = os.stat(member.archive)
-        key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
-        with self._lock:
-            behind = [(stream.tell(), index) for index, (known, stream) in enumerate(self._idle)
-                      if known == key and stream.tell() <= member.offset]
-            stream = self._idle.pop(max(behind)[1])[1] if behind else None
-        if stream is None:
-            stream = gzip.open(member.archive, "rb")
+        """Hand the member's bytes to ``consume`` chunk by chunk (EOFError where the archive ends first)."""
+        key, stream = self._take(member)
         try:
-            stream.seek(member.offset)  # forward: decompresses only the gap
             left = member.size
             while left and (chunk := stream.read(min(CHUNK, left))):
                 consume(chunk)
                 left -= len(chunk)
+            if left:
+                raise EOFError("the archive ends inside this member (truncated)")
         except BaseException:
             stream.close()
             raise
+        self._give_back(key, stream)
+
+    def window(self, member: Member) -> inflate.Window:
+        """The member as a seekable file, decompressed as it is read; its stream comes back here when it closes."""
+        key, stream = self._take(member)
+        return inflate.Window(stream, member.size, on_close=lambda used: self._give_back(key, used))
+
+    def _take(self, member: Member) -> tuple:
+        """(the archive's identity, a stream at the member's start)."""
+        status = os.stat(member.archive)
+        key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
+        with self._lock:
+            behind = [(stream.position, index) for index, (known, stream) in enumerate(self._idle)
+                      if known == key and stream.position <= member.offset]
+            stream = self._idle.pop(max(behind)[1])[1] if behind else None
+        if stream is None:
+            stream = inflate.Inflater(member.archive)
+        try:
+            while stream.position < member.offset:  # forward: decompresses only the gap
+                if not stream.read(min(member.offset - stream.position, 4 * inflate.CHUNK)):
+                    raise EOFError("the archive ends before this member (truncated)")
+        except BaseException:
+            stream.close()
+            raise
+        return key, stream
+
+    def _give_back(self, key: tuple, stream: inflate.Inflater) -> None:
         with self._lock:
             self._idle.append((key, stream))
             while len(self._idle) > self.KEEP:
@@ -348,6 +415,7 @@ class _Window(io.RawIOBase):
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._offset, self._size, self._position = offset, size, 0
+        self.failure = None  # the archive ends inside the member: reads stop there (as inflate.Window's)
 
     def readable(self) -> bool:
         return True
@@ -365,7 +433,7 @@ class _Window(io.RawIOBase):
         size = max(0, min(size, self._size - offset))
         data = os.pread(self._fd, size, self._offset + offset) if size else b""
         if len(data) < size:
-            raise OSError("the archive ends inside this member (truncated)")
+            self.failure = "the archive ends inside this member (truncated)"
         return data
 
     def file_window(self) -> tuple:

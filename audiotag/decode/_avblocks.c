@@ -30,7 +30,8 @@
 #define AVB_TOO_MANY_BAD 3
 #define IO_BUFFER 65536
 
-typedef int (*avb_read_fn)(uint8_t *buf, int size);
+/* Python's reader: size bytes at position of the input (a pipe ignores position: it is read in order). */
+typedef int (*avb_read_fn)(uint8_t *buf, int size, int64_t position);
 
 typedef struct {
     AVFormatContext *format;
@@ -53,7 +54,13 @@ typedef struct {
 static int read_input(void *opaque, uint8_t *buf, int size) {
     avb *ctx = opaque;
     if (ctx->read) {
-        int got = ctx->read(buf, size);
+        if (ctx->size >= 0) {  /* a seekable reader: never past its end */
+            int64_t left = ctx->size - ctx->position;
+            if (left <= 0) return AVERROR_EOF;
+            if (size > left) size = (int)left;
+        }
+        int got = ctx->read(buf, size, ctx->position);
+        if (got > 0) ctx->position += got;
         return got == 0 ? AVERROR_EOF : got;
     }
     if (ctx->memory) {
@@ -91,7 +98,7 @@ static void no_log(void *object, int level, const char *format, va_list args) {
 }
 
 /* A context reading size bytes of fd from offset on (size < 0: to the end of the file), size bytes of memory, or
- * through read; then avb_open_input. */
+ * through read (size < 0: a pipe; else a seekable reader of size bytes); then avb_open_input. */
 avb *avb_new(int fd, int64_t offset, const uint8_t *memory, int64_t size, avb_read_fn read, int max_bad) {
     /* FFmpeg's log stays silent (audiotag reports a bad input once, itself), and its callback is set again for each
      * input: PyAV, once imported, installs one that takes Python's lock for every message, even unprinted ones,
@@ -117,12 +124,13 @@ avb *avb_new(int fd, int64_t offset, const uint8_t *memory, int64_t size, avb_re
 int avb_open_input(avb *ctx, const char *name) {
     uint8_t *buffer = av_malloc(IO_BUFFER);
     if (!buffer) return AVERROR(ENOMEM);
-    ctx->io = avio_alloc_context(buffer, IO_BUFFER, 0, ctx, read_input, NULL, ctx->read ? NULL : seek_input);
+    int pipe = ctx->read && ctx->size < 0;
+    ctx->io = avio_alloc_context(buffer, IO_BUFFER, 0, ctx, read_input, NULL, pipe ? NULL : seek_input);
     if (!ctx->io) {
         av_free(buffer);
         return AVERROR(ENOMEM);
     }
-    ctx->io->seekable = ctx->read ? 0 : AVIO_SEEKABLE_NORMAL;
+    ctx->io->seekable = pipe ? 0 : AVIO_SEEKABLE_NORMAL;
     ctx->format = avformat_alloc_context();
     if (!ctx->format) return AVERROR(ENOMEM);
     ctx->format->pb = ctx->io;
@@ -408,3 +416,6 @@ void avb_strerror(int error, char *text, int size) {
 }
 
 void avb_quiet(void) { av_log_set_level(AV_LOG_PANIC); }
+
+/* Which interface this library has: avblocks.py refuses another (a library built from an older _avblocks.c). */
+int avb_interface(void) { return 2; }

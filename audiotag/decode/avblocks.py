@@ -2,9 +2,10 @@
 
 ctypes releases the lock for the length of each call into a CDLL, so a block of seconds (demuxing, decoding and
 the conversion to interleaved float32) runs beside other threads; PyAV needed the lock for every frame. A path
-or a seekable file is read by the C code itself (pread), bytes from memory; only a pipe calls back into Python,
-once per 64 kB read. scripts/build/build_avblocks.sh builds the library (scripts/build/setup.sh runs it); without
-it ``available()`` is False and ``ffmpeg`` decodes through PyAV as before.
+or a seekable file is read by the C code itself (pread), bytes from memory; a pipe, or a compressed archive's
+member, calls back into Python once per 64 kB read. scripts/build/build_avblocks.sh builds the library
+(scripts/build/setup.sh runs it); without it ``available()`` is False and ``ffmpeg`` decodes through PyAV as
+before.
 """
 
 import ctypes
@@ -20,7 +21,8 @@ LIBRARY = Path(__file__).with_name("_avblocks.so")
 NO_AUDIO, NO_DECODER, TOO_MANY_BAD = 1, 2, 3  # _avblocks.c's own codes; the rest are FFmpeg's (AVERROR)
 KINDS = ("video", "audio", "data", "subtitle", "attachment")  # AVMEDIA_TYPE_*, as PyAV names them
 _EIO = -5
-_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64)  # (buffer, size, position)
+INTERFACE = 2  # avb_interface() of the _avblocks.c this module calls
 
 _lib = None
 _missing = None  # why the library cannot be used, once tried
@@ -53,7 +55,7 @@ def _load():
         "avb_read": (c_int, [pointer, pointer, c_int, c_int, int_out, int_out, pointer, c_int, c_int, ctypes.c_float,
                              int_out]),
         "avb_close": (None, [pointer]),
-        "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []),
+        "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []), "avb_interface": (c_int, []),
     }
     for name, (result, arguments) in signatures.items():
         function = getattr(lib, name, None)
@@ -61,6 +63,9 @@ def _load():
             _missing = f"{LIBRARY.name} lacks {name}: rebuild it (scripts/build/setup.sh)"
             return None
         function.restype, function.argtypes = result, arguments
+    if lib.avb_interface() != INTERFACE:
+        _missing = f"{LIBRARY.name} was built from another version of _avblocks.c: rebuild it (scripts/build/setup.sh)"
+        return None
     lib.avb_quiet()  # a bad input is reported once, by audiotag, not by FFmpeg's log
     _lib = lib
     return lib
@@ -84,8 +89,9 @@ def strerror(code: int) -> str:
 
 class Decoder:
     """One input: ``source`` a regular file (a binary file object with a descriptor), an object with
-    getbuffer() (io.BytesIO, decode's in-place buffer), one with file_window() (an archive's member), or any
-    object with read() (a pipe). FFmpeg is never given
+    getbuffer() (io.BytesIO, decode's in-place buffer), one with file_window() (an archive's member), a seekable
+    file object (a compressed archive's member: read through a callback, at the positions FFmpeg asks for), or
+    any object with read() (a pipe). FFmpeg is never given
     the file's name: it would guess the format from the extension, and a file and its bytes on stdin must agree.
     Reading starts at the source's current position; at most ``max_bad`` packets that fail to decode are skipped."""
 
@@ -93,7 +99,7 @@ class Decoder:
         lib = _load()
         self._lib, self._kept, self._raised = lib, [], None
         self._state = np.zeros(3, np.intc)  # avb_state: written by the open and each read
-        fd, offset, memory, size, read = -1, 0, None, 0, _READ()
+        fd, offset, memory, size, read = -1, 0, None, -1, _READ()
         if hasattr(source, "getbuffer"):  # io.BytesIO, or decode's in-place buffer: read where it lies
             view = np.frombuffer(source.getbuffer(), np.uint8)[source.tell():]  # no copy, read-only bytes too
             self._kept.append(view)
@@ -103,7 +109,11 @@ class Decoder:
         elif _regular_file(source):
             fd, offset, size = source.fileno(), source.tell(), -1
         else:
-            read = _READ(self._reader(source))
+            start = source.tell() if _seekable(source) else None
+            if start is not None:
+                size = source.seek(0, io.SEEK_END) - start
+                source.seek(start)
+            read = _READ(self._reader(source, start))
             self._kept.append(read)
         self._ctx = lib.avb_new(fd, offset, memory, size, read, max_bad)
         if not self._ctx:
@@ -126,9 +136,13 @@ class Decoder:
         self._first = int(info[1]), (int(info[2]), int(info[3]))
         self._state[:] = info[4:]
 
-    def _reader(self, source):
-        def read(buffer, size):
+    def _reader(self, source, start: Optional[int]):
+        """FFmpeg's read callback: ``size`` bytes at ``position`` (from ``start``: a seekable source; None: a
+        pipe, read in order)."""
+        def read(buffer, size, position):
             try:
+                if start is not None and source.tell() != start + position:
+                    source.seek(start + position)
                 data = source.read(size)
             except BaseException as error:  # kept for the caller: raising here would lose it in C
                 self._raised = error
@@ -183,6 +197,13 @@ class Decoder:
             self._lib.avb_close(self._ctx)
             self._ctx = None
         self._kept = []
+
+
+def _seekable(source) -> bool:
+    try:
+        return bool(source.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _regular_file(source) -> bool:
