@@ -1,13 +1,14 @@
 """Tag a corpus on every node of a Ray cluster: ``audiotag-ray INPUT... --output DIR`` (``pip install audiotag[ray]``).
 
 Ray Data reads the files' bytes (``read_binary_files``: local paths or any filesystem pyarrow supports), a pool of
-actors tags them (``TagBatch``: one onnxruntime session per actor, built once), and the rows go to Parquet, one
-row per file with the fields of the JSONL records plus an ``embedding`` list column. Bad files become rows with
-an ``error``; a worker that dies is restarted by Ray and its batches are run again (only a finished task's output
-is kept, and a retried write task rewrites the same file name, so nothing is lost or doubled). Ray Data's own
-defaults govern this (actors restarted and their tasks retried without limit): a file that crashed the decoder
-process itself every time would be retried for ever. Re-running with the same ``--output`` tags only the files not
-in it yet.
+actors tags them (``TagBatch``: one onnxruntime session per actor, built once), and the rows go to Parquet, one row per
+file with the fields of the JSONL records plus an ``embedding`` list column. An archive (named, or in a directory with
+--open-archives) gives a row per audio member, its bytes read as an archive on the CLI's stdin is (``batch.piped``),
+with the CLI's paths and archive fields; it is done once any of its rows is in the output. Bad files become rows with an
+``error``; a worker that dies is restarted by Ray and its batches are run again (only a finished task's output is kept,
+and a retried write task rewrites the same file name, so nothing is lost or doubled). Ray Data's own defaults govern
+this (actors restarted and their tasks retried without limit): a file that crashed the decoder process itself every time
+would be retried for ever. Re-running with the same ``--output`` tags only the files not in it yet.
 
 The unusual choice: this module imports ray and pyarrow only inside functions, and nothing in the package imports
 this module. The frozen ``audiotag`` binary must not carry Ray (hundreds of MB), and ``audiotag-ray --help``
@@ -43,8 +44,8 @@ IO_TASKS_PER_WORKER = 1
 ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in the error column
 
 # The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
-COLUMNS = ("path", "sha256", "duration", "sample_rate", "channels", "codec", "categories", "tags", "events",
-           "embedding", "error")
+COLUMNS = ("path", "sha256", "archive", "member", "key", "url", "warc_record_id", "duration", "sample_rate",
+           "channels", "codec", "categories", "tags", "events", "embedding", "error")
 EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
@@ -58,6 +59,11 @@ def schema():
     return pa.schema([
         ("path", pa.string()),
         ("sha256", pa.string()),  # null unless asked for (--hash)
+        ("archive", pa.string()),  # the rest null unless the row is an archive's member (as the CLI's records)
+        ("member", pa.string()),
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("warc_record_id", pa.string()),
         ("duration", pa.float64()),
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
@@ -93,27 +99,77 @@ class TagBatch:
     def __call__(self, batch):
         import pyarrow as pa
 
-        rows = [self.row(self.prefix + path, data)
-                for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist())]
+        rows = []
+        for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
+            rows.extend(self.rows(self.prefix + path, data))
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def rows(self, path: str, data: bytes) -> list:
+        """A file's row, or an archive's (by its name, as the CLI opens one): a row per audio member."""
+        from .batch.archives import is_archive_name
+
+        return list(self.archive_rows(path, data)) if is_archive_name(path) else [self.row(path, data)]
 
     def row(self, path: str, data: bytes) -> dict:
         """One file's bytes to its row; a file that cannot be tagged gives a row with its error, never an exception."""
-        from . import decode, hashing, records
+        from . import decode, hashing
+
+        def load():
+            if not data:
+                raise decode.AudioError("empty: no data")  # what the CLI says of the same file
+            return decode.load_bytes(data)
+
+        return self._row(path, load, lambda: hashing.bytes_sha256(data))
+
+    def archive_rows(self, path: str, data: bytes):
+        """An archive's rows, read from its bytes as an archive on the CLI's stdin is (``batch.piped``): its
+        members are named and carry fields as the CLI's records of the same archive; an archive that cannot be
+        read (or be read on) gives a row with its path and the error."""
+        import io
+
+        from .batch import piped
+        from .batch.inputs import is_audio_name
+
+        kind = piped.kind_of(data[:piped.HEAD])
+        if kind is None:
+            yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive")
+            return
+        for name, member, error in piped.members(io.BytesIO(data), kind, is_audio_name):
+            name = path + name[1:]  # "-/MEMBER" or "-#OFFSET" as the CLI names a member of an archive on stdin
+            fields = dict(member.fields, archive=path) if member is not None else None
+            if error is not None or member is None:
+                yield self._failed(name, error, fields)
+            else:
+                yield self._row(name, lambda: member.open().read(), member.hexdigest, fields)
+
+    def _failed(self, path: str, error: str, fields: Optional[dict] = None) -> dict:
+        from .infer.results import Outcome
+
+        return self._as_row(Outcome(path, error=error, fields=fields))
+
+    def _row(self, path: str, load, digest, fields: Optional[dict] = None) -> dict:
         from .errors import failure_message
         from .infer.results import Outcome
 
+        prediction = None
         try:
-            if not data:
-                raise decode.AudioError("empty: no data")  # what the CLI says of the same file
-            clip = decode.load_bytes(data)
+            clip = load()
             prediction = self.tagger.predict(clip, self.options)
         except Exception as error:  # worded as the CLI words the same failure
-            outcome = Outcome(path, error=failure_message(error))
+            outcome = Outcome(path, error=failure_message(error), fields=fields)
         else:
-            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec)
+            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec,
+                              fields=fields)
         if self.options.hash:
-            outcome.sha256 = hashing.bytes_sha256(data)
+            try:
+                outcome.sha256 = digest()
+            except OSError as error:  # a member the archive could not give whole
+                outcome.error = outcome.error or failure_message(error)
+        return self._as_row(outcome, prediction)
+
+    def _as_row(self, outcome, prediction=None) -> dict:
+        from . import records
+
         row = dict.fromkeys(COLUMNS)
         row.update(records.record(outcome))
         if self.options.events and outcome.error is None:  # the CLI's event records, less the path
@@ -149,15 +205,20 @@ def resolve(location: str):
     return filesystem, path, "" if scheme == "file" else scheme + "://"
 
 
-def list_inputs(locations: Sequence[str]) -> Tuple[object, str, List[str]]:
-    """The audio files named by ``locations``: files as given, directories walked for audio extensions.
+def list_inputs(locations: Sequence[str], open_archives: bool = False) -> Tuple[object, str, List[str]]:
+    """The audio files named by ``locations``: files as given, directories walked for audio extensions (and for
+    archives' with ``open_archives``: an archive, named or found, is tagged member by member, ``TagBatch``).
 
     Returns (filesystem, prefix, sorted unique paths). All inputs must be on one filesystem (Ray reads with one).
     Raises FileNotFoundError naming a location that does not exist, ValueError when they span filesystems.
     """
     from pyarrow import fs
 
+    from .batch.archives import is_archive_name
     from .batch.inputs import is_audio_name
+
+    def wanted(name: str) -> bool:
+        return is_audio_name(name) or (open_archives and is_archive_name(name))
 
     filesystem, prefix, paths = None, None, set()
     for location in locations:
@@ -171,7 +232,7 @@ def list_inputs(locations: Sequence[str]) -> Tuple[object, str, List[str]]:
             raise FileNotFoundError(f"{location}: no such file or directory")
         if info.type == fs.FileType.Directory:
             found = here.get_file_info(fs.FileSelector(path, recursive=True))
-            paths.update(f.path for f in found if f.type == fs.FileType.File and is_audio_name(f.base_name))
+            paths.update(f.path for f in found if f.type == fs.FileType.File and wanted(f.base_name))
         else:
             paths.add(path)  # a file named on the command line is tagged whatever its extension, as the CLI does
     return filesystem, prefix, sorted(paths)
@@ -196,13 +257,27 @@ def read_rows(output: str, columns: Sequence[str] = ("path", "error"), repair: b
         if info.type != fs.FileType.File or not info.base_name.endswith(".parquet"):
             continue
         try:
-            tables.append(pq.read_table(info.path, columns=list(columns), filesystem=filesystem))
+            table = pq.read_table(info.path, filesystem=filesystem,
+                                  columns=[name for name in columns if name in _column_names(info.path, filesystem)])
         except (pa.ArrowInvalid, OSError) as error:
             if not repair:
                 raise
             _warn(f"{info.path}: removing an incomplete file left by an interrupted run ({error})")
             filesystem.delete_file(info.path)
+            continue
+        for name in columns:  # a file written before a column existed (an older audiotag's): nulls there
+            if name not in table.column_names:
+                field = empty.schema.field(name)
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        tables.append(table.select(list(columns)))
     return pa.concat_tables(tables)
+
+
+def _column_names(path: str, filesystem) -> set:
+    import pyarrow.parquet as pq
+
+    with filesystem.open_input_file(path) as file:
+        return set(pq.read_schema(file).names)
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
@@ -266,8 +341,9 @@ def quiet_ray_data(verbose: bool = False) -> None:
 # -- the command -------------------------------------------------------------------------------------------------
 
 EPILOG = """\
-Rows (one per file; Parquet files under DIR): path, sha256 (with --hash), duration, sample_rate, channels,
-categories (list of {name, score}: the seven AudioSet top-level categories, best first),
+Rows (one per file, one per audio member of an archive; Parquet files under DIR): path, sha256 (with --hash),
+archive, member, key, url, warc_record_id (an archive's member, as audiotag's records), duration, sample_rate,
+channels, categories (list of {name, score}: the seven AudioSet top-level categories, best first),
 tags (list of {label, mid, index, score}, best first), events (list of {label, start, end, score}, with
 --events), embedding (list of float, with --embeddings), error (set when the file could not be tagged; the
 other fields are then null).
@@ -292,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, `ray start`'s, or local)")
     add_tag_arguments(parser.add_argument_group("tagging (as audiotag's)"), exclude=("segments",))
     parser.add_argument("--embeddings", action="store_true", help="also store each file's embedding")
-    add_engine_arguments(parser, "model", model=dict(help="an audiotag .onnx model, at this path on every node"))
+    add_engine_arguments(parser, "model", "open_archives",
+                         model=dict(help="an audiotag .onnx model, at this path on every node"))
     parser.add_argument("--workers", type=number(int, 1), metavar="N",
                         help="tagging processes in all (default: the cluster's CPUs / --worker-cpus)")
     parser.add_argument("--worker-cpus", type=number(int, 1), default=1, metavar="C",
@@ -323,15 +400,15 @@ def _run(args) -> int:
         return EXIT_USAGE
 
     try:
-        filesystem, prefix, paths = list_inputs(args.inputs)
-        done = read_rows(args.output, ("path",), repair=True)
+        filesystem, prefix, paths = list_inputs(args.inputs, args.open_archives)
+        done = read_rows(args.output, ("path", "archive"), repair=True)
     except (OSError, ValueError) as error:  # pyarrow's errors for a bad URI or an unreachable store are among these
         _warn(str(error))
         return EXIT_USAGE
     if not paths:
         _warn(f"no audio files in {' '.join(args.inputs)}")
         return EXIT_USAGE
-    recorded = set(done.column("path").to_pylist())
+    recorded = set(done.column("path").to_pylist()) | set(done.column("archive").to_pylist())  # archives: any row
     todo = [path for path in paths if prefix + path not in recorded]
     if not todo:
         _warn(f"nothing to do: all {len(paths)} files are already in {args.output}")
@@ -356,7 +433,7 @@ def _run(args) -> int:
             worker_cpus=args.worker_cpus, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
             options=options,
             embeddings=args.embeddings, model=model)
-        rows = read_rows(args.output, ("path", "error"))
+        rows = read_rows(args.output, ("path", "archive", "error"))
     except KeyboardInterrupt:
         raise
     except Exception as error:  # Ray wraps a worker's exception in its own types: report it as one line
@@ -364,13 +441,17 @@ def _run(args) -> int:
         return EXIT_RUN_FAILED
     seconds = time.perf_counter() - started
     wanted = {prefix + path for path in todo}
-    errors = [(p, e) for p, e in zip(rows.column("path").to_pylist(), rows.column("error").to_pylist())
-              if p in wanted and e is not None]
+    errors = [(path, error) for path, archive, error in zip(*(rows.column(name).to_pylist()
+                                                              for name in ("path", "archive", "error")))
+              if (path in wanted or archive in wanted) and error is not None]
     for path, error in errors[:ERRORS_SHOWN]:
         _warn(f"{path}: {error}")
     if len(errors) > ERRORS_SHOWN:
         _warn(f"... and {len(errors) - ERRORS_SHOWN} more files with an error (see the error column)")
-    _warn(f"{len(todo)} files: {len(todo) - len(errors)} ok, {len(errors)} failed in {seconds:.1f} s "
+    tagged = sum(path in wanted or archive in wanted
+                 for path, archive in zip(rows.column("path").to_pylist(), rows.column("archive").to_pylist()))
+    members = f" ({tagged} rows: an archive has a row per member)" if tagged != len(todo) else ""
+    _warn(f"{len(todo)} files{members}: {tagged - len(errors)} ok, {len(errors)} failed in {seconds:.1f} s "
           f"({len(todo) / seconds:.1f} files/s); {args.output} holds {rows.num_rows} rows")
     return EXIT_INPUT_FAILED if errors else EXIT_OK
 

@@ -315,3 +315,86 @@ def test_hash_reaches_the_actors():
     assert distributed.record(row)["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
     assert list(distributed.record(row))[:2] == ["path", "sha256"]
     assert distributed.TagBatch().row(str(clip), clip.read_bytes())["sha256"] is None
+
+
+def _archive_bytes(kind: str, members: dict) -> bytes:
+    """A tar.gz or zip holding ``members`` (name -> bytes)."""
+    import io
+    import tarfile
+    import zipfile
+
+    data = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, member in members.items():
+                archive.writestr(name, member)
+    else:
+        with tarfile.open(fileobj=data, mode="w:gz") as archive:
+            for name, member in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(member)
+                archive.addfile(info, io.BytesIO(member))
+    return data.getvalue()
+
+
+SHARD = {"000000.wav": (AUDIO / "speech.wav").read_bytes(), "000000.json": b'{"caption": "speech"}',
+         "000001.ogg": (AUDIO / "extra" / "librosa-pibble.ogg").read_bytes(),
+         "000002.wav": b"RIFF" + (4000).to_bytes(4, "little") + b"WAVE" + b"garbage!" * 500,
+         "000003.wav": (AUDIO / "music.wav").read_bytes()}
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archives_rows_are_the_cli_records_of_its_members(tmp_path, kind):
+    """Called as Ray calls it: an archive's bytes give a row per audio member (the JSON sidecar none), each the
+    CLI's record of the same archive file (path ARCHIVE/MEMBER, archive, member, key, sha256, the bad member's
+    error); an archive cut short gives the rows before the cut and a row naming the archive with the error."""
+    import pyarrow as pa
+
+    from audiotag import TagOptions
+
+    archive = tmp_path / f"shard.{kind}"
+    archive.write_bytes(_archive_bytes(kind, SHARD))
+    cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", "--hash", archive],
+                         capture_output=True, timeout=RUN_TIMEOUT)
+    assert cli.returncode == 1, cli.stderr.decode()  # the garbage member
+    expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
+    assert len(expected) == 4 and sum("error" in rec for rec in expected) == 1
+    batch = pa.table({"path": [str(archive)], "bytes": [archive.read_bytes()]})
+    found = [distributed.record(row) for row in distributed.TagBatch(TagOptions(hash=True))(batch).to_pylist()]
+    assert [list(rec) for rec in found] == [list(rec) for rec in expected]  # the same fields in the same order
+    assert compare_lines(found, expected) == []
+
+    if kind == "tar.gz":
+        cut = archive.read_bytes()[:len(archive.read_bytes()) // 2]
+        rows = [distributed.record(row) for row in distributed.TagBatch().rows(str(archive), cut)]
+        assert rows[-1]["path"] == str(archive) and rows[-1]["error"].startswith("cannot read the archive: ")
+        assert [rec["path"] for rec in rows[:-1]] == [rec["path"] for rec in expected][:len(rows) - 1]
+        assert rows[0] == {key: value for key, value in found[0].items() if key != "sha256"}
+
+
+def test_archives_are_opened_with_open_archives_and_resumed(cluster, tmp_path):
+    """audiotag-ray DIR tags an archive in it only with --open-archives, as audiotag does: a row per member (the
+    CLI's records), and a re-run counts the archive as done by its members' rows."""
+    address = cluster[0]
+    corpus, output = tmp_path / "corpus", tmp_path / "tags"
+    corpus.mkdir()
+    (corpus / "shard.tar.gz").write_bytes(_archive_bytes("tar.gz", SHARD))
+    (corpus / "loose.wav").write_bytes(SHARD["000003.wav"])
+
+    first = tag(address, corpus, "-o", output)
+    assert first.returncode == 0, first.stderr.decode()
+    assert [row["path"] for row in rows(output)] == [str(corpus / "loose.wav")]
+
+    second = tag(address, corpus, "-o", output, "--open-archives")
+    stderr = second.stderr.decode()
+    assert second.returncode == distributed.EXIT_INPUT_FAILED, stderr  # the garbage member
+    assert "1 of 2 files are already in" in stderr and "1 files (4 rows: an archive has a row per member)" in stderr
+    assert f"{corpus / 'shard.tar.gz'}/000002.wav: cannot decode: a damaged or unsupported WAV header" in stderr
+    cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", corpus, "--open-archives"],
+                         capture_output=True, timeout=RUN_TIMEOUT)
+    expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
+    found = sorted((distributed.record(row) for row in rows(output)), key=lambda rec: rec["path"])
+    assert len(found) == 5 and compare_lines(found, sorted(expected, key=lambda rec: rec["path"])) == []
+
+    third = tag(address, corpus, "-o", output, "--open-archives")
+    assert third.returncode == 0 and "all 2 files are already in" in third.stderr.decode()
