@@ -142,6 +142,43 @@ def test_json_identical_one_clip_per_run(binary, cache, tmp_path, clip):
     assert ok(run_binary(binary, tmp_path, "--format", "json", clip, cache=cache)) == expected
 
 
+def test_archives_of_every_kind_identical_to_package(binary, cache, tmp_path):
+    """What archives need beyond the decoders is bundled: tarfile and zlib, backports.zstd's extension (.tar.zst,
+    also sniffed on stdin), zipfile, warcio (WARC.gz): the binary's records are the package's, byte for byte."""
+    import io
+    import tarfile
+    import zipfile
+
+    from backports import zstd
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    clips = {"000000.wav": (AUDIO / "speech.wav").read_bytes(), "000001.ogg": EXTRA_CLIPS[0].read_bytes()}
+    for name, mode in (("clips.tar", "w"), ("clips.tar.gz", "w:gz")):
+        with tarfile.open(tmp_path / name, mode) as tar:
+            for member, data in clips.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "clips.tar.zst").write_bytes(zstd.compress((tmp_path / "clips.tar").read_bytes()))
+    with zipfile.ZipFile(tmp_path / "clips.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in clips.items():
+            archive.writestr(member, data)
+    with open(tmp_path / "crawl.warc.gz", "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for member, data in clips.items():
+            head = StatusAndHeaders("200 OK", [("Content-Type", "application/octet-stream")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"https://example.org/{member}", "response",
+                                                          payload=io.BytesIO(data), http_headers=head))
+    archives = ["clips.tar", "clips.tar.gz", "clips.tar.zst", "clips.zip", "crawl.warc.gz"]
+    expected = ok(run_package(tmp_path, "--format", "json", "--hash", *archives))
+    assert len(expected.splitlines()) == 2 * len(archives) and b'"error"' not in expected
+    assert ok(run_binary(binary, tmp_path, "--format", "json", "--hash", *archives, cache=cache)) == expected
+    piped = run_binary(binary, tmp_path, "--format", "json", "-", stdin=(tmp_path / "clips.tar.zst").read_bytes(),
+                       cache=cache)
+    assert [json.loads(line)["member"] for line in ok(piped).splitlines()] == list(clips)
+
+
 def test_version_names_model_checkpoint_runtime_and_providers(binary, cache, tmp_path):
     import onnxruntime
 

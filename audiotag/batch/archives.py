@@ -1,5 +1,5 @@
-"""Archives as inputs: tar files (plain or gzip-compressed; WebDataset shards are tar files), zip files and WARC
-files (plain or .warc.gz: ``warc``), read where they lie: a member is never written to disk.
+"""Archives as inputs: tar files (plain, gzip- or zstd-compressed; WebDataset shards are tar files), zip files and
+WARC files (plain or .warc.gz: ``warc``), read where they lie: a member is never written to disk.
 
 A member is tagged as a file is. Its input's name is ``ARCHIVE/MEMBER`` (``shards/000001.tar/000123.flac``): unique
 in a run, and what ``--resume`` matches; its record adds "archive", "member" and, for a tar member, "key" (the
@@ -16,7 +16,9 @@ bounded, whatever its size. A tar.gz can only be read from its start, and listin
 member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``) to
 the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
 listing and one more in each worker); a larger member is found again by decompressing up to its offset, from
-where a stream on the archive kept open for an earlier member ended.
+where a stream on the archive kept open for an earlier member ended. A .tar.zst is read the same way, except that
+zstd's decompressor cannot be copied (no checkpoints): a member too large to carry is held whole to be decoded,
+up to the stdin limit.
 
 Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
 end of its data at that point: the audio before it is tagged, with a warning that says why.
@@ -47,7 +49,8 @@ from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, warc
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip") + warc.WARC_SUFFIXES
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
+GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
 # A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
@@ -67,7 +70,7 @@ class Member:
 
     archive: str
     name: str
-    kind: str  # "tar", "tar.gz", "zip" or "warc"
+    kind: str  # "tar", "tar.gz", "tar.zst", "zip" or "warc"
     offset: int
     size: int  # a WARC record's: not known before it is read (0)
     in_place: bool
@@ -114,7 +117,7 @@ def damage(error: Exception) -> Optional[str]:
     if isinstance(error, OSError):
         return failure_message(error)
     if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
-            isinstance(error, warc.read_errors()):
+            isinstance(error, warc.read_errors() + zstd_errors()):
         return str(error).strip() or "damaged"
     return None
 
@@ -142,9 +145,11 @@ def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
 
 
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
-    compressed = not _is_plain_tar(path)
-    kind = "tar.gz" if compressed else "tar"
-    with tarfile.open(path, "r:gz" if compressed else "r:", tarinfo=CheckedTarInfo) as tar:
+    kind = _tar_kind(path)
+    compressed = kind != "tar"
+    source = {"tar.gz": dict(name=path, mode="r:gz"), "tar": dict(name=path, mode="r:"),
+              "tar.zst": dict(fileobj=_zstd_reader(path), mode="r:")}[kind]  # zstd: Python 3.11's tarfile lacks it
+    with tarfile.open(**source, tarinfo=CheckedTarInfo) as tar:
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
@@ -173,9 +178,24 @@ def webdataset_key(name: str) -> str:
     return match.group(1) if match else name
 
 
-def _is_plain_tar(path: str) -> bool:
+def _tar_kind(path: str) -> str:
+    """"tar.gz", "tar.zst" or "tar", by the file's first bytes: a .tar compressed all the same is read so."""
     with open(path, "rb") as file:
-        return file.read(2) != b"\x1f\x8b"  # gzip's magic: a .tar that is compressed all the same is read so
+        head = file.read(4)
+    return "tar.gz" if head.startswith(GZIP_MAGIC) else "tar.zst" if head == ZSTD_MAGIC else "tar"
+
+
+def _zstd_reader(source):
+    """A zstd stream's decompressed bytes (a path or a binary file object), read forward."""
+    from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
+
+    return zstd.ZstdFile(source)
+
+
+def zstd_errors() -> tuple:
+    from backports import zstd
+
+    return (zstd.ZstdError,)
 
 
 def _zip_members(path: str, wanted) -> Iterator[tuple]:
@@ -220,6 +240,8 @@ def open_member(member: Member):
         return stream
     if member.data is not None:
         return open_bytes(member.data)
+    if member.kind == "tar.zst":  # zstd cannot resume from a checkpoint: a large member is held whole to be sought in
+        return open_bytes(_read_whole(member))
     if member.in_place or member.kind == "tar.gz" or _deflated(member):  # read in place, or decompressed as
         # it is read: seekable all the same
         window = _Window(member.archive, member.offset, member.size) if member.in_place else \
@@ -234,11 +256,7 @@ def open_member(member: Member):
         except BaseException:
             window.close()
             raise
-    try:
-        data = _read_whole(member)
-    except (EOFError, zlib.error, zipfile.BadZipFile, tarfile.TarError) as error:
-        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
-    return open_bytes(data)
+    return open_bytes(_read_whole(member))
 
 
 def _reporting_failure(stream, window):
@@ -284,7 +302,7 @@ def member_sha256(member: Member) -> str:
     try:
         if member.data is not None:
             digest.update(member.data)
-        elif member.kind == "tar.gz":
+        elif member.kind in ("tar.gz", "tar.zst"):
             _TAR_GZ_STREAMS.read(member, digest.update)
         else:
             with _reader(member) as reader:
@@ -292,8 +310,8 @@ def member_sha256(member: Member) -> str:
                     digest.update(chunk)
                 if getattr(reader, "failure", None):  # the archive ends inside it: not its bytes' hash
                     raise OSError(reader.failure)
-    except (EOFError, zlib.error, zipfile.BadZipFile) as error:  # the decoder will say what is wrong with it
-        raise OSError(str(error)) from error
+    except (EOFError, zlib.error, zipfile.BadZipFile) + zstd_errors() as error:  # the decoder will say what is
+        raise OSError(str(error)) from error  # wrong with it
     except Exception as error:
         if member.kind == "warc" and isinstance(error, warc.read_errors()):
             raise OSError(str(error)) from error
@@ -319,8 +337,17 @@ def _read_whole(member: Member) -> bytes:
     if member.size > STDIN_MEMORY_LIMIT:
         raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
-    with _reader(member) as reader:
-        data = reader.read(member.size)
+    try:
+        if member.kind == "tar.zst":
+            data = bytearray()
+            _TAR_GZ_STREAMS.read(member, data.extend)
+            return bytes(data)
+        with _reader(member) as reader:
+            data = reader.read(member.size)
+    except EOFError as error:
+        raise AudioError("the archive ends inside this member (truncated)") from error
+    except (zlib.error, zipfile.BadZipFile, tarfile.TarError) + zstd_errors() as error:
+        raise AudioError(f"the archive is damaged here: {damage(error)}") from error
     if len(data) < member.size:
         raise AudioError("the archive ends inside this member (truncated)")
     return data
@@ -367,7 +394,7 @@ class _GzipStreams:
                       if known == key and stream.position <= member.offset]
             stream = self._idle.pop(max(behind)[1])[1] if behind else None
         if stream is None:
-            stream = inflate.Inflater(member.archive)
+            stream = inflate.Inflater(member.archive) if member.kind == "tar.gz" else _ZstdStream(member.archive)
         try:
             while stream.position < member.offset:  # forward: decompresses only the gap
                 if not stream.read(min(member.offset - stream.position, 4 * inflate.CHUNK)):
@@ -384,7 +411,24 @@ class _GzipStreams:
                 self._idle.pop(0)[1].close()
 
 
-_TAR_GZ_STREAMS = _GzipStreams()
+class _ZstdStream:
+    """A .tar.zst's decompressed bytes, read forward, as ``_GzipStreams`` reads an ``inflate.Inflater``."""
+
+    def __init__(self, path: str):
+        self._file = _zstd_reader(path)
+
+    @property
+    def position(self) -> int:
+        return self._file.tell()
+
+    def read(self, size: int) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_TAR_GZ_STREAMS = _GzipStreams()  # and .tar.zst's
 
 
 class _Limited(io.RawIOBase):

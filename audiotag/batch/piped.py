@@ -1,6 +1,6 @@
-"""Archives on stdin: ``cat shard.tar | audiotag - --archive tar`` (tar, tar.gz, WARC, WARC.gz, zip), or told by
-their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/" at 0, a zip's "PK\\3\\4", and the
-same inside gzip).
+"""Archives on stdin: ``cat shard.tar | audiotag - --archive tar`` (tar, tar.gz, tar.zst, WARC, WARC.gz, zip), or
+told by their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/" at 0, a zip's "PK\\3\\4",
+and the same inside gzip or zstd).
 
 A stream is read once, in order, and nothing of it is written to disk. A tar's or WARC's member goes to the
 decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin``): a WAV, and the containers FFmpeg
@@ -28,10 +28,11 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import CheckedTarInfo, damage, webdataset_key, zip_member_problem
+from .archives import ZSTD_MAGIC, CheckedTarInfo, damage, webdataset_key, zip_member_problem
 
 KINDS = ("tar", "warc", "zip")
 HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
+ZSTD_HEAD = 256 << 10  # a zstd stream's first bytes read to tell what it holds: its first block, whole (<= 128 kB)
 
 
 def sniff(binary, kind: Optional[str] = None) -> tuple:
@@ -39,14 +40,16 @@ def sniff(binary, kind: Optional[str] = None) -> tuple:
     replayed). ``kind`` (--archive) is taken as given."""
     try:
         head = read_exactly(binary, HEAD)
+        if head.startswith(ZSTD_MAGIC) and kind is None:  # a zstd block gives nothing until it is whole
+            head += read_exactly(binary, ZSTD_HEAD - HEAD)
     except OSError:  # said when stdin is read as the input
         head = b""
     return kind or kind_of(head), warc.Replay(head, binary)
 
 
 def kind_of(head: bytes) -> Optional[str]:
-    """"tar", "warc", "zip" or None, from a stream's first bytes (gzip: its decompressed first bytes)."""
-    head = warc.decompressed(head)
+    """"tar", "warc", "zip" or None, from a stream's first bytes (gzip, zstd: their decompressed first bytes)."""
+    head = _zstd_decompressed(head) if head.startswith(ZSTD_MAGIC) else warc.decompressed(head)
     if head.startswith(b"WARC/"):
         return "warc"
     if head[257:262] == b"ustar":
@@ -54,6 +57,15 @@ def kind_of(head: bytes) -> Optional[str]:
     if head.startswith(b"PK\x03\x04"):
         return "zip"
     return None
+
+
+def _zstd_decompressed(head: bytes) -> bytes:
+    from backports import zstd
+
+    try:
+        return zstd.ZstdDecompressor().decompress(head, HEAD)
+    except zstd.ZstdError:
+        return b""
 
 
 def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
@@ -78,6 +90,12 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
+    head = read_exactly(binary, len(ZSTD_MAGIC))
+    binary = warc.Replay(head, binary)
+    if head == ZSTD_MAGIC:  # Python 3.11's tarfile reads gzip, bzip2 and xz streams itself, not zstd
+        from backports import zstd
+
+        binary = zstd.ZstdFile(binary)
     with tarfile.open(fileobj=binary, mode="r|*", tarinfo=CheckedTarInfo) as tar:  # a stream, plain or compressed
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read

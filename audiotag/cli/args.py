@@ -16,7 +16,7 @@ inputs:
            audio stream (the video is never decoded). libsndfile decodes what it can, FFmpeg the rest.
   DIR      every audio or video file below it (by extension, case-insensitive; --all-files: every regular file),
            in sorted order
-  ARCHIVE  a .tar, .tar.gz/.tgz (a WebDataset shard), .zip, .warc or .warc.gz: its audio members are tagged
+  ARCHIVE  a .tar, .tar.gz/.tgz, .tar.zst (a WebDataset shard), .zip, .warc or .warc.gz: its audio members are tagged
            where they lie, as ARCHIVE/MEMBER (a WARC's audio and video responses: ARCHIVE#OFFSET, with the
            record's "url" and "warc_record_id"); in a DIR only with --open-archives
   -        any of those on stdin (curl URL | audiotag -): WAV and most containers are decoded as they arrive;
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("stdin: raw samples or an archive")
     raw.add_argument("--archive", choices=("tar", "warc", "zip"),
-                     help="stdin carries an archive: tag its members as they arrive (tar and tar.gz, WARC and "
+                     help="stdin carries an archive: tag its members as they arrive (tar, tar.gz, tar.zst, WARC and "
                           "WARC.gz: streamed; zip: read whole first, up to 1024 MB). Default: told by its first "
                           "bytes")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
