@@ -628,3 +628,45 @@ def test_a_tar_zst_is_read_from_a_file_and_from_stdin_and_its_cut_end_is_one_err
     tagged = [r["member"] for r in records if "error" not in r]
     assert 0 < len(tagged) < len(clips) and tagged == list(clips)[:len(tagged)]
     assert [r for r in records if "error" in r][-1]["error"].startswith("cannot read the archive: ")
+
+
+@pytest.mark.parametrize("archive", ["shard.tar.gz", "shard.tar.zst"])
+def test_a_shard_on_stdin_is_tagged_in_watched_workers(cli, shard, unpacked_records, harness, archive):
+    """An archive's members on stdin are read whole and carried to the watched workers, as a file's are: the
+    member that crashes the decoder fails alone (tagged in-process, it ended the run), every other record is the
+    unpacked file's, named -/MEMBER; --hash hashes each before it is tagged."""
+    result = cli("-", *RUN, "--hash", stdin=(shard.top / archive).read_bytes(), env={**harness, "READ_CRASH": "segv"})
+    assert result.returncode == 1, result.stderr
+    records = _records(result.stdout)
+    assert [r["member"] for r in records] == shard.audio
+    for rec in records:
+        assert (rec["path"], rec["archive"]) == (f"-/{rec['member']}", "-")
+        theirs = {k: v for k, v in unpacked_records[rec["member"]].items() if k != "path"}
+        assert differences(_without_archive_fields(rec), theirs, 1e-6) == [], rec["member"]
+    failed = [(r["member"], r["error"]) for r in records if "error" in r]
+    assert failed == [(f"{CRASH_KEY}.wav", "decoder crashed (SIGSEGV)")]
+
+
+def test_members_carried_from_stdin_wait_for_their_budget():
+    """Reading stdin on waits while the members carried and not yet tagged hold the budget's bytes (one larger
+    member is carried alone), and goes on once one is dropped (its record written)."""
+    import gc
+    import threading
+
+    from audiotag.batch import piped
+
+    clips = _small_clips(3)  # 128 kB each
+    budget = piped.Budget(limit=200_000)
+    stream = piped.members(io.BytesIO(_tar_bytes(clips)), "tar", lambda name: True)
+    first, error = piped.carried(next(stream)[1], budget)
+    assert error is None and first.data == clips["000000.wav"] and first.fields["key"] == "000000"
+    second = next(stream)[1]
+    got = []
+    reader = threading.Thread(target=lambda: got.append(piped.carried(second, budget)))
+    reader.start()
+    reader.join(1)
+    assert reader.is_alive() and not got  # 2 x 128 kB > 200 kB: waits
+    del first
+    gc.collect()
+    reader.join(10)
+    assert not reader.is_alive() and got[0][0].data == clips["000001.wav"]

@@ -229,6 +229,8 @@ def open_member(member: Member):
     """A decoding stream (``decode.Stream``) on one member, opened as the same bytes in a file would be (a WARC
     record's payload as the same bytes on stdin are)."""
     from ..decode import open_bytes, open_seekable, open_stdin  # here: a supervisor walks archives, no decoder
+    if member.kind == "warc" and member.data is not None:  # a record of a WARC on stdin, carried (piped.carried)
+        return open_stdin(io.BytesIO(member.data))
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         try:

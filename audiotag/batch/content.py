@@ -143,7 +143,9 @@ class Contents:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="audiotag-hash") as pool:
             for item in items:
                 ahead.append((item, pool.submit(digest, item)))
-                if item.streamed:  # the stream is read on only once this one is tagged: no reading ahead
+                if item.streamed or getattr(item.member, "archive", None) == "-":  # stdin is read on only once
+                    # this one is tagged (streamed), or while its bytes fit in their budget (piped.carried): no
+                    # reading ahead
                     while ahead:
                         item, future = ahead.popleft()
                         yield item, future.result()

@@ -2,24 +2,28 @@
 told by their first bytes without --archive (``sniff``: "ustar" at offset 257, "WARC/" at 0, a zip's "PK\\3\\4",
 and the same inside gzip or zstd).
 
-A stream is read once, in order, and nothing of it is written to disk. A tar's or WARC's member goes to the
-decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin``): a WAV, and the containers FFmpeg
+A stream is read once, in order, and nothing of it is written to disk. In a watched run (the default) each member is
+read whole and carried, bytes and all, to a watched worker (``carried``), as a small tar.gz member is: a member that
+crashes the decoder fails alone, and --hash/--dedup know its hash before it is tagged (a copy is not decoded). What
+that holds at once: the members read and not yet tagged, up to ``CARRIED_BUDGET`` bytes (reading stdin on waits
+meanwhile; one larger member, up to the stdin limit, is read alone). With --in-process a tar's or WARC's member goes
+to the decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin``): a WAV, and the containers FFmpeg
 reads as a stream, are streamed; what is held whole on stdin (FLAC, Ogg, MP3; an MP4 or CAF, whose index may come
-last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the
-decoder is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps
-its index at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut
-short on stdin: its last record is tagged as far as it goes (it cannot be known cut before it was read), then the
-archive's error says where it ends.
+last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the decoder
+is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps its index
+at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut short on stdin:
+its last record is tagged as far as it goes (it cannot be known cut before it was read), then the archive's error
+says where it ends.
 
 Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
-named as a path. As for any input on stdin there is no watched worker (a crash could not be retried: the bytes
-are gone). ``--hash``: a member is hashed as it is read; ``--dedup`` cannot spare a piped member its decoding (its
-hash is known only once it was read), but a copy's record is its first copy's, with "duplicate_of".
+named as a path. Streamed (--in-process), a member is hashed as it is read; ``--dedup`` cannot spare it its decoding
+(its hash is known only once it was read), but a copy's record is its first copy's, with "duplicate_of".
 """
 
 import io
 import tarfile
 import threading
+import weakref
 import zipfile
 from typing import Iterator, Optional
 
@@ -28,9 +32,10 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import ZSTD_MAGIC, CheckedTarInfo, damage, webdataset_key, zip_member_problem
+from .archives import ZSTD_MAGIC, CheckedTarInfo, Member, damage, webdataset_key, zip_member_problem
 
 KINDS = ("tar", "warc", "zip")
+CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
 HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
 ZSTD_HEAD = 256 << 10  # a zstd stream's first bytes read to tell what it holds: its first block, whole (<= 128 kB)
 
@@ -124,6 +129,45 @@ def _zip(binary, wanted) -> Iterator[tuple]:
                 piped = Piped(member, fields)
                 yield f"-/{info.filename}", piped, None
                 piped.finish()
+
+
+class Budget:
+    """Bytes held at once by members carried from stdin to the watched workers (``carried``): reading stdin on
+    waits while the members read and not yet tagged hold ``limit`` bytes (one larger member is read alone)."""
+
+    def __init__(self, limit: int = CARRIED_BUDGET):
+        self._limit, self._used = limit, 0
+        self._changed = threading.Condition()
+
+    def take(self, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._used or self._used + size <= self._limit)
+            self._used += size
+
+    def give_back(self, size: int) -> None:
+        with self._changed:
+            self._used -= size
+            self._changed.notify_all()
+
+
+def carried(piped: "Piped", budget: Budget) -> tuple:
+    """(a member holding its bytes, None), or (Refused, why not): a member of an archive on stdin read whole, so
+    that it can go to a watched worker (a crash then fails it alone) and be hashed before it is tagged. Its bytes
+    count against ``budget`` until the member is dropped (its record written)."""
+    try:
+        data = read_exactly(piped._reader, STDIN_MEMORY_LIMIT + 1)
+    except OSError as error:  # the archive is damaged inside it: said by its reader
+        return Refused(piped.fields), failure_message(error)
+    if len(data) > STDIN_MEMORY_LIMIT:
+        return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
+                                       f"watched worker, and this one is over {STDIN_MEMORY_LIMIT >> 20} MB: "
+                                       f"--in-process decodes it as it arrives")
+    budget.take(len(data))
+    fields = piped.fields
+    member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, len(data), False,
+                    fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data)
+    weakref.finalize(member, budget.give_back, len(data))
+    return member, None
 
 
 class Refused:

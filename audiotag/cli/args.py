@@ -212,8 +212,8 @@ def batch_mode(args) -> bool:
 
 def supervised(args) -> bool:
     """Batch inputs go to a watched worker (see supervisor), unless audio comes on stdin: it cannot be read
-    twice, so it could not be retried."""
-    return batch_mode(args) and not args.in_process and "-" not in args.inputs
+    twice, so it could not be retried. An archive's members on stdin are read whole and carried to the worker."""
+    return batch_mode(args) and not args.in_process and ("-" not in args.inputs or bool(args.archive))
 
 
 def _is_audio_name(path: str) -> bool:

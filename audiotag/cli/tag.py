@@ -66,7 +66,7 @@ def _tag_inputs(args, tagger) -> int:
     stdin = HashingReader(replayed or sys.stdin.buffer) if options.hash and "-" in args.inputs and not args.archive \
         else None
     opener = inputs.Opener(args.raw, args.rate, args.channels, Limits(args.max_duration, args.timeout),
-                           stdin or replayed)
+                           None if tagger is None else stdin or replayed)  # a worker never reads stdin itself
     # A watched worker was spawned first (main), so that its start-up (imports, the model) overlaps ours.
     engine = Engine(opener, options, args.jobs, tagger=tagger, workers=args.workers, model=args.model,
                     providers=requested_providers(args.provider), threads=args.threads,
@@ -128,7 +128,8 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         return EXIT_USAGE
     writers.append(writer)
     archive = (args.archive, args.stdin) if getattr(args, "archive", None) else None  # members of stdin's archive
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive), listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, carry=supervised(args)),
+                   listed)
     items = (item for item in items if item.name not in done)
     contents = None
     if options.hash:
