@@ -1,13 +1,13 @@
-"""Archives as inputs: files/s of a WebDataset shard (plain tar and tar.gz) against the same files unpacked.
+"""Archives as inputs: files/s of a WebDataset shard (plain tar, tar.gz, tar.zst) against the same files unpacked.
 
     .venv/bin/python scripts/bench/bench_archives.py [--count 200] [--seconds 10] [--rounds 3] [--keep DIR]
                                                      [-- AUDIOTAG OPTIONS...]
 
 The corpus is made at run time from ../shared/audio ($AUDIOTAG_SHARED) with Debian's ffmpeg: ``--count`` clips of
 ``--seconds`` s, excerpts of the shared recordings in turn, encoded in turn as WAV, FLAC, MP3, Ogg Vorbis, M4A (AAC)
-and Opus, each named KEY.EXT beside a small KEY.json sidecar (a WebDataset shard); the same files as shard.tar and
-shard.tar.gz. Each round runs ``audiotag INPUT -o FILE`` on the directory, the tar and the tar.gz, in an order
-rotated round by round (the page cache is warm for all: one untimed run of each first); the median files/s and CPU
+and Opus, each named KEY.EXT beside a small KEY.json sidecar (a WebDataset shard); the same files as shard.tar,
+shard.tar.gz and shard.tar.zst. Each round runs ``audiotag INPUT -o FILE`` on the directory and each archive, in an
+order rotated round by round (the page cache is warm for all: one untimed run of each first); the median files/s and CPU
 time per file of each, and its ratio to the directory's: the median over rounds of each round's ratio (target:
 >= 0.95), by wall time and by CPU time (children's user + system: steadier on a loaded machine). Options after
 ``--`` go to every run (``--workers 2``...). The machine may be shared: compare the ratios, not the absolute figures.
@@ -33,7 +33,7 @@ TARGET = 0.95
 
 
 def make_shard(top: Path, count: int, seconds: float) -> None:
-    """top/unpacked (KEY.EXT + KEY.json), top/shard.tar and top/shard.tar.gz of the same files."""
+    """top/unpacked (KEY.EXT + KEY.json), top/shard.tar, .tar.gz and .tar.zst of the same files."""
     unpacked = top / "unpacked"
     unpacked.mkdir(parents=True)
     audio = SHARED / "audio"
@@ -60,6 +60,13 @@ def make_shard(top: Path, count: int, seconds: float) -> None:
         with tarfile.open(top / name, mode) as tar:
             for path in files:
                 tar.add(path, path.name)
+    write_zst(top)
+
+
+def write_zst(top: Path) -> None:
+    from backports import zstd  # zstd's default level, as `tar --zstd` writes it
+
+    (top / "shard.tar.zst").write_bytes(zstd.compress((top / "shard.tar").read_bytes()))
 
 
 def cpu_seconds() -> float:
@@ -90,8 +97,11 @@ def main(argv=None) -> int:
         top = args.keep or Path(scratch) / "corpus"
         if not (top / "shard.tar.gz").is_file():
             make_shard(top, args.count, args.seconds)
+        elif not (top / "shard.tar.zst").is_file():  # a corpus kept from before the tar.zst
+            write_zst(top)
         count = sum(1 for path in (top / "unpacked").iterdir() if path.suffix != ".json")
-        targets = {"unpacked": top / "unpacked", "tar": top / "shard.tar", "tar.gz": top / "shard.tar.gz"}
+        targets = {"unpacked": top / "unpacked", "tar": top / "shard.tar", "tar.gz": top / "shard.tar.gz",
+                   "tar.zst": top / "shard.tar.zst"}
         times = {name: [] for name in targets}
         out = Path(scratch) / "out.jsonl"
         for target in targets.values():
