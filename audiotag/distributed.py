@@ -130,7 +130,7 @@ class TagBatch:
         from .batch import piped
         from .batch.inputs import is_audio_name
 
-        kind = piped.kind_of(data[:piped.HEAD])
+        kind = piped.kind_of(data[:piped.ZSTD_HEAD])  # a zstd stream's first block, whole
         if kind is None:
             yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive")
             return

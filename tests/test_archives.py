@@ -648,9 +648,8 @@ def test_a_shard_on_stdin_is_tagged_in_watched_workers(cli, shard, unpacked_reco
 
 
 def test_members_carried_from_stdin_wait_for_their_budget():
-    """Reading stdin on waits while the members carried and not yet tagged hold the budget's bytes (one larger
-    member is carried alone), and goes on once one is dropped (its record written)."""
-    import gc
+    """Reading stdin on waits while the members carried and not yet recorded hold the budget's bytes (one larger
+    member is carried alone), and goes on once one's record is written (``give_back`` by its name)."""
     import threading
 
     from audiotag.batch import piped
@@ -658,15 +657,49 @@ def test_members_carried_from_stdin_wait_for_their_budget():
     clips = _small_clips(3)  # 128 kB each
     budget = piped.Budget(limit=200_000)
     stream = piped.members(io.BytesIO(_tar_bytes(clips)), "tar", lambda name: True)
-    first, error = piped.carried(next(stream)[1], budget)
+    name, member, _ = next(stream)
+    first, error = piped.carried(name, member, budget)
     assert error is None and first.data == clips["000000.wav"] and first.fields["key"] == "000000"
-    second = next(stream)[1]
+    name, second, _ = next(stream)
     got = []
-    reader = threading.Thread(target=lambda: got.append(piped.carried(second, budget)))
+    reader = threading.Thread(target=lambda: got.append(piped.carried(name, second, budget)))
     reader.start()
     reader.join(1)
     assert reader.is_alive() and not got  # 2 x 128 kB > 200 kB: waits
-    del first
-    gc.collect()
+    budget.give_back("-/000000.wav")
     reader.join(10)
     assert not reader.is_alive() and got[0][0].data == clips["000001.wav"]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_budget_smaller_than_the_members_in_flight_never_stalls_a_run(tmp_path, workers):
+    """With a budget of one and a half members, every member of an archive on stdin is tagged, with --dedup and
+    then --resume too: the pipeline's threads still hold the last inputs they handled while they wait for the next
+    (a budget given back when a member was collected waited for ever)."""
+    clips = _small_clips(8)
+    clips["000008.wav"] = clips["000001.wav"]  # a copy: its record is written without decoding
+    start = ("import sys; from audiotag.batch import piped; piped.CARRIED_BUDGET = 200_000; "
+             "piped.Budget.__init__.__defaults__ = (200_000,); from audiotag.cli import main; sys.exit(main())")
+    out = tmp_path / "tags.jsonl"
+    for extra in (("--dedup",), ("--resume", "--dedup")):
+        result = subprocess.run([sys.executable, "-c", start, "-", "-f", "jsonl", "-o", out, "--workers",
+                                 str(workers), *extra], input=_tar_bytes(clips), capture_output=True, timeout=120,
+                                cwd=REPO)
+        assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["member"] for r in records] == list(clips)
+    assert records[-1]["duplicate_of"] == "-/000001.wav" and "error" not in str(records)
+
+
+def test_a_damaged_lzma_zip_member_on_stdin_is_said_in_words(cli, tmp_path):
+    """lzma's own error (not an OSError) where a zip on stdin is damaged inside an LZMA member: one record for the
+    member and one for the archive, in words, not a traceback that ends the run."""
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w", zipfile.ZIP_LZMA) as archive:
+        archive.writestr("a.wav", (AUDIO / "speech.wav").read_bytes())
+    damaged = bytearray(data.getvalue())
+    damaged[2000:2400] = bytes(400)
+    result = cli("-", "-f", "jsonl", stdin=bytes(damaged))
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    assert [(r["path"], r["error"].startswith(("the archive is damaged", "cannot read the archive")))
+            for r in _records(result.stdout)] == [("-/a.wav", True), ("-", True)]

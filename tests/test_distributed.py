@@ -318,7 +318,7 @@ def test_hash_reaches_the_actors():
 
 
 def _archive_bytes(kind: str, members: dict) -> bytes:
-    """A tar.gz or zip holding ``members`` (name -> bytes)."""
+    """A tar.gz, tar.zst or zip holding ``members`` (name -> bytes)."""
     import io
     import tarfile
     import zipfile
@@ -329,11 +329,15 @@ def _archive_bytes(kind: str, members: dict) -> bytes:
             for name, member in members.items():
                 archive.writestr(name, member)
     else:
-        with tarfile.open(fileobj=data, mode="w:gz") as archive:
+        with tarfile.open(fileobj=data, mode="w:gz" if kind == "tar.gz" else "w") as archive:
             for name, member in members.items():
                 info = tarfile.TarInfo(name)
                 info.size = len(member)
                 archive.addfile(info, io.BytesIO(member))
+    if kind == "tar.zst":
+        from backports import zstd
+
+        return zstd.compress(data.getvalue())
     return data.getvalue()
 
 
@@ -343,7 +347,7 @@ SHARD = {"000000.wav": (AUDIO / "speech.wav").read_bytes(), "000000.json": b'{"c
          "000003.wav": (AUDIO / "music.wav").read_bytes()}
 
 
-@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.zst", "zip"])
 def test_an_archives_rows_are_the_cli_records_of_its_members(tmp_path, kind):
     """Called as Ray calls it: an archive's bytes give a row per audio member (the JSON sidecar none), each the
     CLI's record of the same archive file (path ARCHIVE/MEMBER, archive, member, key, sha256, the bad member's

@@ -38,6 +38,7 @@ import io
 import os
 import re
 import struct
+import sys
 import tarfile
 import threading
 import zipfile
@@ -117,7 +118,7 @@ def damage(error: Exception) -> Optional[str]:
     if isinstance(error, OSError):
         return failure_message(error)
     if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
-            isinstance(error, warc.read_errors() + zstd_errors()):
+            isinstance(error, warc.read_errors() + zstd_errors() + _lzma_errors()):
         return str(error).strip() or "damaged"
     return None
 
@@ -190,6 +191,12 @@ def _zstd_reader(source):
     from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
 
     return zstd.ZstdFile(source)
+
+
+def _lzma_errors() -> tuple:
+    """An LZMA zip member's damage (lzma is loaded only where zipfile meets such a member: not in the binary)."""
+    lzma = sys.modules.get("lzma")
+    return (lzma.LZMAError,) if lzma is not None else ()
 
 
 def zstd_errors() -> tuple:

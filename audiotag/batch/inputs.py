@@ -82,21 +82,21 @@ def is_audio_name(name: str) -> bool:
 
 
 def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False,
-           stdin_archive: Optional[tuple] = None, carry: bool = False) -> Iterator[Input]:
+           stdin_archive: Optional[tuple] = None, carry=None) -> Iterator[Input]:
     """Operands as given: "-" and files are inputs themselves, an archive (by its name: ``archives``) yields its
     audio members, directories yield their audio files (every regular file with ``all_files``; archives in them
     are opened with ``open_archives``, else they are files as any other). ``stdin_archive``: (kind, stream) when
     stdin holds an archive (``piped.sniff``): "-" yields its members, read whole and carried to a watched worker
-    with ``carry`` (``piped.carried``), else read as they arrive by the decoder in this process."""
+    within ``carry``, a ``piped.Budget`` (``piped.carried``), else read as they arrive by the decoder in this
+    process."""
     for operand in operands:
         if operand == "-" and stdin_archive is not None:
             wanted = (lambda name: True) if all_files else is_audio_name
             from . import piped  # here: it loads the decoders, which a supervisor otherwise never needs
 
-            budget = piped.Budget()
             for name, member, error in piped.members(stdin_archive[1], stdin_archive[0], wanted, all_files):
-                if carry and isinstance(member, piped.Piped) and error is None:
-                    member, error = piped.carried(member, budget)
+                if carry is not None and isinstance(member, piped.Piped) and error is None:
+                    member, error = piped.carried(name, member, carry)
                 yield Input(name, error=error, member=member)
         elif operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
             yield from archive_members(operand, all_files)

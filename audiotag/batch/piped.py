@@ -23,7 +23,6 @@ named as a path. Streamed (--in-process), a member is hashed as it is read; ``--
 import io
 import tarfile
 import threading
-import weakref
 import zipfile
 from typing import Iterator, Optional
 
@@ -133,41 +132,57 @@ def _zip(binary, wanted) -> Iterator[tuple]:
 
 class Budget:
     """Bytes held at once by members carried from stdin to the watched workers (``carried``): reading stdin on
-    waits while the members read and not yet tagged hold ``limit`` bytes (one larger member is read alone)."""
+    waits while the members read and not yet recorded hold ``limit`` bytes (one larger member is read alone).
+    The writer gives a member's bytes back by its input's name once its record is written (or it is skipped):
+    explicitly, not when the member is collected, since the pipeline's threads may hold the last inputs they
+    handled while they wait for the next one."""
 
     def __init__(self, limit: int = CARRIED_BUDGET):
         self._limit, self._used = limit, 0
+        self._held = {}  # input name -> bytes
         self._changed = threading.Condition()
 
-    def take(self, size: int) -> None:
+    def take(self, name: str, size: int) -> None:
         with self._changed:
             self._changed.wait_for(lambda: not self._used or self._used + size <= self._limit)
             self._used += size
+            self._held[name] = self._held.get(name, 0) + size
 
-    def give_back(self, size: int) -> None:
+    def give_back(self, name: str) -> None:
         with self._changed:
-            self._used -= size
+            self._used -= self._held.pop(name, 0)
             self._changed.notify_all()
 
 
-def carried(piped: "Piped", budget: Budget) -> tuple:
+def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
     """(a member holding its bytes, None), or (Refused, why not): a member of an archive on stdin read whole, so
     that it can go to a watched worker (a crash then fails it alone) and be hashed before it is tagged. Its bytes
-    count against ``budget`` until the member is dropped (its record written)."""
+    count against ``budget`` until its record is written (``Budget.give_back(name)``)."""
     try:
-        data = read_exactly(piped._reader, STDIN_MEMORY_LIMIT + 1)
-    except OSError as error:  # the archive is damaged inside it: said by its reader
-        return Refused(piped.fields), failure_message(error)
+        data = _read_up_to(piped._reader, STDIN_MEMORY_LIMIT + 1)
+    except Exception as error:  # the archive is damaged inside it: said by its reader
+        problem = damage(error)
+        if problem is None:
+            raise
+        return Refused(piped.fields), problem
     if len(data) > STDIN_MEMORY_LIMIT:
         return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
                                        f"watched worker, and this one is over {STDIN_MEMORY_LIMIT >> 20} MB: "
                                        f"--in-process decodes it as it arrives")
-    budget.take(len(data))
+    budget.take(name, len(data))
     fields = piped.fields
     member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, len(data), False,
                     fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data)
-    weakref.finalize(member, budget.give_back, len(data))
     return member, None
+
+
+def _read_up_to(reader, limit: int) -> bytes:
+    """Up to ``limit`` bytes, read a chunk at a time (a RawIOBase's read(limit) allocates ``limit`` first)."""
+    pieces, size = [], 0
+    while size < limit and (piece := reader.read(min(CHUNK << 4, limit - size))):
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
 
 
 class Refused:

@@ -128,9 +128,14 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         return EXIT_USAGE
     writers.append(writer)
     archive = (args.archive, args.stdin) if getattr(args, "archive", None) else None  # members of stdin's archive
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, carry=supervised(args)),
-                   listed)
-    items = (item for item in items if item.name not in done)
+    budget = None
+    if archive is not None and supervised(args):  # stdin's members go to the workers whole, within a budget
+        from ..batch import piped
+
+        budget = piped.Budget()
+    recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget), listed)
+    items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
     if options.hash:
         contents = content.Contents(args.jobs, args.dedup, table, reader.read if reader else None)
@@ -156,6 +161,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         for duplicate in contents.duplicates_before():
             with lock, aside():
                 writer.write_text(_duplicate_text(duplicate, table, reader, args.format))
+            recorded(duplicate.name)
             counts["duplicates"] += 1
             step()
 
@@ -169,6 +175,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
                 if copy is not None:  # known a copy only once decoded (a piped member): recorded as one
                     with lock, aside():
                         writer.write_text(_duplicate_text(copy, table, reader, args.format))
+                    recorded(outcome.name)
                     counts["duplicates"] += 1
                     step()
                     continue
@@ -182,6 +189,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
                 counts["audio"] += outcome.duration
             with lock, aside():
                 place = writer.write(records.record(outcome), header=in_batch, before=records.event_records(outcome))
+            recorded(outcome.name)
             if contents is not None:
                 contents.recorded(outcome.sha256, *place)
             step()
