@@ -111,6 +111,7 @@ class Contents:
         self._held = collections.deque()  # per input sent: the duplicates that follow it (the first: those before)
         self._held.append([])
         self.stdin = None  # a HashingReader when stdin is an input
+        self.on_held = None  # called with a duplicate's name when it is held back (its bytes are dropped then)
 
     def tagged(self, items: Iterable[Input]) -> Iterator[Input]:
         """The inputs to tag, hashed (a little ahead, by ``jobs`` threads); duplicates are held back."""
@@ -119,6 +120,8 @@ class Contents:
             with self._lock:
                 if first is not None:
                     self._held[-1].append(Duplicate(item.name, sha, first, item.fields))
+                    if self.on_held is not None:
+                        self.on_held(item.name)
                     continue
                 if self.dedup and sha:
                     self._pending[sha] = item.name

@@ -20,6 +20,7 @@ named as a path. Streamed (--in-process), a member is hashed as it is read; ``--
 (its hash is known only once it was read), but a copy's record is its first copy's, with "duplicate_of".
 """
 
+import collections
 import io
 import tarfile
 import threading
@@ -139,19 +140,24 @@ class Budget:
 
     def __init__(self, limit: int = CARRIED_BUDGET):
         self._limit, self._used = limit, 0
-        self._held = {}  # input name -> bytes
+        self._held = {}  # input name -> bytes of each member of that name not yet given back, in input order
         self._changed = threading.Condition()
 
     def take(self, name: str, size: int) -> None:
         with self._changed:
             self._changed.wait_for(lambda: not self._used or self._used + size <= self._limit)
             self._used += size
-            self._held[name] = self._held.get(name, 0) + size
+            self._held.setdefault(name, collections.deque()).append(size)  # a tar may hold a name twice
 
     def give_back(self, name: str) -> None:
+        """The bytes of the first member of this name still held (records are written in input order)."""
         with self._changed:
-            self._used -= self._held.pop(name, 0)
-            self._changed.notify_all()
+            sizes = self._held.get(name)
+            if sizes:
+                self._used -= sizes.popleft()
+                if not sizes:
+                    del self._held[name]
+                self._changed.notify_all()
 
 
 def carried(name: str, piped: "Piped", budget: Budget) -> tuple:

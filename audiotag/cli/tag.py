@@ -140,6 +140,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if options.hash:
         contents = content.Contents(args.jobs, args.dedup, table, reader.read if reader else None)
         contents.stdin = stdin
+        contents.on_held = recorded  # a duplicate held back holds no bytes: its budget is free at once
         items = contents.tagged(items)
     progress = _progress_bar(args) if in_batch else None  # one input: its result is the progress
     total = _count_in_background(args, inputs, done) if progress is not None else []
@@ -161,7 +162,6 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
         for duplicate in contents.duplicates_before():
             with lock, aside():
                 writer.write_text(_duplicate_text(duplicate, table, reader, args.format))
-            recorded(duplicate.name)
             counts["duplicates"] += 1
             step()
 
