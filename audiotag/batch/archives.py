@@ -461,7 +461,7 @@ class _Limited(io.RawIOBase):
         super().close()
 
 
-class _Window(io.RawIOBase):
+class _Window(inflate.PreadFile):
     """A read-only, seekable file over ``size`` bytes at ``offset`` of a file, read with pread (no copy held)."""
 
     def __init__(self, path: str, offset: int, size: int):
@@ -469,18 +469,6 @@ class _Window(io.RawIOBase):
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._offset, self._size, self._position = offset, size, 0
         self.failure = None  # the archive ends inside the member: reads stop there (as inflate.Window's)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.pread(len(buffer), self._position)
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self._position += len(data)
-        return len(data)
 
     def pread(self, size: int, offset: int) -> bytes:
         size = max(0, min(size, self._size - offset))
@@ -492,16 +480,6 @@ class _Window(io.RawIOBase):
     def file_window(self) -> tuple:
         """(descriptor, offset, size) of what is left from the current position: FFmpeg reads it without Python."""
         return self._fd, self._offset + self._position, max(0, self._size - self._position)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
 
     def close(self) -> None:
         if not self.closed:

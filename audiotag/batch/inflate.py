@@ -88,7 +88,39 @@ class Inflater:
             self._fd = -1
 
 
-class Window(io.RawIOBase):
+class PreadFile(io.RawIOBase):
+    """A read-only, seekable file of ``_size`` bytes whose subclass reads with ``pread(size, offset)``."""
+
+    _size = 0
+    _position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.pread(len(buffer), self._position)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise NotImplementedError
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
+class Window(PreadFile):
     """A read-only, seekable file over ``size`` bytes of an ``Inflater`` from its current position.
 
     Where the data cannot be decompressed (the archive ends inside the member, or is damaged there), the member
@@ -104,18 +136,6 @@ class Window(io.RawIOBase):
         self._position = 0
         self._readable = size  # up to the failure, once there is one
         self.failure = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.pread(len(buffer), self._position)
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self._position += len(data)
-        return len(data)
 
     def pread(self, size: int, offset: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer past the end, or the failure), without moving the file's position."""
@@ -159,16 +179,6 @@ class Window(io.RawIOBase):
                 self._marks.append(mark)
                 self._checkpoints.append(self._inflater.checkpoint())
         return b"".join(pieces)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
 
     def close(self) -> None:
         if not self.closed:
