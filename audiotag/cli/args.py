@@ -22,7 +22,8 @@ inputs:
   -        any of those on stdin (curl URL | audiotag -): WAV and most containers are decoded as they arrive;
            FLAC, Ogg, MP4/MOV/3GP and CAF (whose index may come last) are held in memory, up to 1024 MB;
            with --raw, headerless samples (consumed as they arrive); a tar, WARC or zip on stdin (told by its
-           first bytes, or --archive): its members, read in order, never written to disk (-/MEMBER, -#OFFSET)
+           first bytes, or --archive): its members, read in order, never written to disk (-/MEMBER, -#OFFSET),
+           each held whole (up to 1024 MB) to be tagged in a watched worker; --in-process streams them
 
 output formats (default: text on a terminal, jsonl otherwise):
   text   "SCORE  LABEL" lines, best first, then "category: NAME SCORE" (the best top-level category);
@@ -106,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     raw = parser.add_argument_group("stdin: raw samples or an archive")
     raw.add_argument("--archive", choices=("tar", "warc", "zip"),
                      help="stdin carries an archive: tag its members as they arrive (tar, tar.gz, tar.zst, WARC and "
-                          "WARC.gz: streamed; zip: read whole first, up to 1024 MB). Default: told by its first "
-                          "bytes")
+                          "WARC.gz: read as a stream, each member whole for a watched worker; zip: read whole "
+                          "first, up to 1024 MB). Default: told by its first bytes")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
     raw.add_argument("--rate", type=number(int, 1), metavar="HZ",
                      help="sample rate of --raw input (required with --raw)")
