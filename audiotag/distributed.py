@@ -132,7 +132,7 @@ class TagBatch:
 
         kind = piped.kind_of(data[:piped.ZSTD_HEAD])  # a zstd stream's first block, whole
         if kind is None:
-            yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive")
+            yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive", {"archive": path})
             return
         for name, member, error in piped.members(io.BytesIO(data), kind, is_audio_name):
             name = path + name[1:]  # "-/MEMBER" or "-#OFFSET" as the CLI names a member of an archive on stdin
@@ -393,6 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args) -> int:
+    from .batch.archives import is_archive_name
+
     try:
         options = tag_options(args)  # checked before anything is listed or started
     except ValueError as error:
@@ -408,12 +410,14 @@ def _run(args) -> int:
     if not paths:
         _warn(f"no audio files in {' '.join(args.inputs)}")
         return EXIT_USAGE
-    recorded = set(done.column("path").to_pylist()) | set(done.column("archive").to_pylist())  # archives: any row
-    todo = [path for path in paths if prefix + path not in recorded]
+    # An archive is done once a row names it as its archive (a member's, or the archive's own error); a row with
+    # its path alone is older output's, which tagged it as a file: it is opened now.
+    files, archives = set(done.column("path").to_pylist()), set(done.column("archive").to_pylist())
+    todo = [path for path in paths if prefix + path not in (archives if is_archive_name(path) else files)]
     if not todo:
         _warn(f"nothing to do: all {len(paths)} files are already in {args.output}")
         return EXIT_OK
-    if recorded:
+    if len(todo) < len(paths):
         _warn(f"{len(paths) - len(todo)} of {len(paths)} files are already in {args.output}; "
               f"tagging the other {len(todo)}")
 
@@ -441,14 +445,18 @@ def _run(args) -> int:
         return EXIT_RUN_FAILED
     seconds = time.perf_counter() - started
     wanted = {prefix + path for path in todo}
+
+    def this_runs(path, archive) -> bool:  # a row of an input run now (not an older run's row of an archive)
+        return archive in wanted or (archive is None and path in wanted and not is_archive_name(path))
+
     errors = [(path, error) for path, archive, error in zip(*(rows.column(name).to_pylist()
                                                               for name in ("path", "archive", "error")))
-              if (path in wanted or archive in wanted) and error is not None]
+              if this_runs(path, archive) and error is not None]
     for path, error in errors[:ERRORS_SHOWN]:
         _warn(f"{path}: {error}")
     if len(errors) > ERRORS_SHOWN:
         _warn(f"... and {len(errors) - ERRORS_SHOWN} more files with an error (see the error column)")
-    tagged = sum(path in wanted or archive in wanted
+    tagged = sum(this_runs(path, archive)
                  for path, archive in zip(rows.column("path").to_pylist(), rows.column("archive").to_pylist()))
     members = f" ({tagged} rows: an archive has a row per member)" if tagged != len(todo) else ""
     _warn(f"{len(todo)} files{members}: {tagged - len(errors)} ok, {len(errors)} failed in {seconds:.1f} s "

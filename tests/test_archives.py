@@ -444,7 +444,8 @@ def test_a_damaged_header_after_the_first_is_an_error_not_the_archives_end(cli, 
     records = _records(result.stdout)
     assert [rec.get("member") for rec in records[:2]] == ["000000.wav", "000001.wav"]
     assert all("error" not in rec for rec in records[:2]) and len(records) == 3
-    assert records[2] == {"path": "-" if where == "stdin" else str(archive),
+    name = "-" if where == "stdin" else str(archive)
+    assert records[2] == {"path": name, "archive": name,
                           "error": f"cannot read the archive: a damaged tar header at byte {third} (bad checksum)"}
 
 
@@ -628,6 +629,67 @@ def test_a_tar_zst_is_read_from_a_file_and_from_stdin_and_its_cut_end_is_one_err
     tagged = [r["member"] for r in records if "error" not in r]
     assert 0 < len(tagged) < len(clips) and tagged == list(clips)[:len(tagged)]
     assert [r for r in records if "error" in r][-1]["error"].startswith("cannot read the archive: ")
+
+
+def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_said(cli, tmp_path):
+    """zstd's skippable frames (metadata some writers put first) are passed by, in a file and on stdin alike; a
+    stream whose window is over what zstd allows by default is one line saying so and what to do, on stdin too
+    (it was "not audio" there)."""
+    clips = _small_clips(2)
+    plain = _tar_bytes(clips)
+    skippable = b"\x5a\x2a\x4d\x18" + (6).to_bytes(4, "little") + b"crawl!"
+    packed = tmp_path / "clips.tar.zst"
+    packed.write_bytes(skippable + zstd.compress(plain))
+    for source, stdin in ((packed, b""), ("-", packed.read_bytes())):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert [r["member"] for r in _records(result.stdout)] == list(clips)
+
+    wide = tmp_path / "wide.tar.zst"  # a 256 MB window, as zstd --long=28 writes for a stream of unknown size
+    compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 28})
+    wide.write_bytes(compressor.compress(plain) + compressor.flush())  # streamed: its size unknown, the window kept
+    assert zstd.get_frame_info(wide.read_bytes()).decompressed_size is None
+    for source, stdin in ((wide, b""), ("-", wide.read_bytes())):
+        result = cli(source, "-f", "jsonl", stdin=stdin)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        assert _records(result.stdout) == [{"path": str(source), "archive": str(source), "error": (
+            "cannot read the archive: its zstd frames need a window over 128 MB (compressed with --long above 27), "
+            "which audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)")}]
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip", "warc"])
+def test_an_archive_without_audio_is_one_error_and_resume_passes_it_by(cli, tmp_path, kind):
+    """An archive that holds nothing to tag is said, as a directory without audio is (before: exit 0 and not a
+    line), named or piped, and recorded, so that --resume does not open it again."""
+    archive = tmp_path / f"pages.{kind}"
+    if kind == "tar":
+        with tarfile.open(archive, "w") as tar:
+            tar.add(Path(__file__), "000001.json")
+    elif kind == "zip":
+        with zipfile.ZipFile(archive, "w") as packed:
+            packed.writestr("000001.json", "{}")
+    else:
+        from warcio.warcwriter import WARCWriter
+
+        with open(archive, "wb") as file:
+            writer = WARCWriter(file, gzip=False)
+            writer.write_record(writer.create_warc_record("http://example.org/", "resource", payload=io.BytesIO(
+                b"<html>no audio here</html>"), warc_content_type="text/html"))
+    said = ("no audio or video records in this WARC (--all-files tries every response and resource record)"
+            if kind == "warc" else "no audio members in this archive (chosen by their names; --all-files tries "
+                                   "every member)")
+    for source, stdin in ((archive, b""), ("-", archive.read_bytes())):
+        result = cli(source, "-f", "jsonl", stdin=stdin)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        assert _records(result.stdout) == [{"path": str(source), "archive": str(source), "error": said}]
+        assert result.stderr.decode().count(said) == 1
+
+    output = tmp_path / "tags.jsonl"
+    cli(archive, "-o", output)
+    written = output.read_bytes()
+    again = cli(archive, "-o", output, "--resume")
+    assert again.returncode == 0 and said not in again.stderr.decode(), again.stderr
+    assert output.read_bytes() == written
 
 
 @pytest.mark.parametrize("archive", ["shard.tar.gz", "shard.tar.zst"])

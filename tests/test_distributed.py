@@ -9,11 +9,13 @@ machine: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes its address lookup answer 127
 
 import glob
 import importlib.util
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
     # not a skip: CI installs the extra, and these tests must run there
     raise ImportError("tests/test_distributed.py needs the ray extra: pip install -e '.[ray]' (scripts/build/setup.sh)")
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402 -- ray itself is imported by the cluster fixture, after its settings
 
 from audiotag import distributed
@@ -378,27 +381,40 @@ def test_an_archives_rows_are_the_cli_records_of_its_members(tmp_path, kind):
 
 def test_archives_are_opened_with_open_archives_and_resumed(cluster, tmp_path):
     """audiotag-ray DIR tags an archive in it only with --open-archives, as audiotag does: a row per member (the
-    CLI's records), and a re-run counts the archive as done by its members' rows."""
+    CLI's records; an archive without audio: one row with its error), and a re-run counts an archive as done by
+    the rows that name it as their archive (not by a row of an older run that tagged it as a file)."""
     address = cluster[0]
     corpus, output = tmp_path / "corpus", tmp_path / "tags"
     corpus.mkdir()
     (corpus / "shard.tar.gz").write_bytes(_archive_bytes("tar.gz", SHARD))
     (corpus / "loose.wav").write_bytes(SHARD["000003.wav"])
+    with tarfile.open(corpus / "pages.tar", "w") as pages:
+        info = tarfile.TarInfo("000001.json")
+        info.size = 2
+        pages.addfile(info, io.BytesIO(b"{}"))
 
     first = tag(address, corpus, "-o", output)
     assert first.returncode == 0, first.stderr.decode()
     assert [row["path"] for row in rows(output)] == [str(corpus / "loose.wav")]
+    older = pq.read_table(output).to_pylist()[0]  # as a run before archives were opened wrote a shard's row
+    older.update(path=str(corpus / "shard.tar.gz"), error="cannot decode: not audio")
+    pq.write_table(pa.Table.from_pylist([older], schema=pq.read_schema(next(output.glob("*.parquet")))),
+                   output / "older.parquet")
 
     second = tag(address, corpus, "-o", output, "--open-archives")
     stderr = second.stderr.decode()
     assert second.returncode == distributed.EXIT_INPUT_FAILED, stderr  # the garbage member
-    assert "1 of 2 files are already in" in stderr and "1 files (4 rows: an archive has a row per member)" in stderr
+    assert "1 of 3 files are already in" in stderr and "2 files (5 rows: an archive has a row per member)" in stderr
     assert f"{corpus / 'shard.tar.gz'}/000002.wav: cannot decode: a damaged or unsupported WAV header" in stderr
+    (output / "older.parquet").unlink()
     cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", corpus, "--open-archives"],
                          capture_output=True, timeout=RUN_TIMEOUT)
     expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
     found = sorted((distributed.record(row) for row in rows(output)), key=lambda rec: rec["path"])
-    assert len(found) == 5 and compare_lines(found, sorted(expected, key=lambda rec: rec["path"])) == []
+    assert len(found) == 6 and compare_lines(found, sorted(expected, key=lambda rec: rec["path"])) == []
+    assert {"path": str(corpus / "pages.tar"), "archive": str(corpus / "pages.tar"),
+            "error": "no audio members in this archive (chosen by their names; --all-files tries every member)"} \
+        in found
 
     third = tag(address, corpus, "-o", output, "--open-archives")
-    assert third.returncode == 0 and "all 2 files are already in" in third.stderr.decode()
+    assert third.returncode == 0 and "all 3 files are already in" in third.stderr.decode()

@@ -162,7 +162,7 @@ def test_a_damaged_warc_is_one_line_not_a_traceback(cli, crawl, tmp_path, damage
     assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
     records = _records(result.stdout)
     message = f"cannot read the archive: {expected.format(offset=offset)}"
-    assert records[-1] == {"path": str(tmp_path / "bad.warc"), "error": message}
+    assert records[-1] == {"path": str(tmp_path / "bad.warc"), "archive": str(tmp_path / "bad.warc"), "error": message}
     if damage == "header cut":  # the record before the damage is tagged
         assert [r["url"] for r in records[:-1]] == [first[0]["url"]] and "error" not in records[0]
     assert result.stderr.decode().count("cannot read the archive") == 1
@@ -276,8 +276,8 @@ def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
     assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
     records = _records(result.stdout)
     assert "error" not in records[0]  # the members before the cut are tagged
-    assert records[-1] == {"path": "-", "error": "cannot read the archive: the archive is damaged: unexpected end of "
-                                                "data"}
+    assert records[-1] == {"path": "-", "archive": "-",
+                           "error": "cannot read the archive: the archive is damaged: unexpected end of data"}
     assert b"internal error" not in result.stderr
 
 

@@ -52,6 +52,8 @@ from . import inflate, warc
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18", re.DOTALL)  # a zstd frame of metadata, ahead of the data
+ZSTD_WINDOW_MAX = 128  # MB: libzstd's default refusal (a hostile frame could ask for 2 GB); the zstd tool's too
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
 # A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
@@ -98,18 +100,36 @@ def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
     """(input name, Member, error) for each member whose name ``wanted(name)`` accepts (a WARC's: each audio or
     video record; ``every``: each response and resource record), in archive order: error None, or why that member
     cannot be tagged; an archive that cannot be read (on) ends with (path, None, error message)."""
+    is_warc = path.lower().endswith(warc.WARC_SUFFIXES)
+    found = 0
     try:
-        if path.lower().endswith(".zip"):
-            yield from _zip_members(path, wanted)
-        elif path.lower().endswith(warc.WARC_SUFFIXES):
-            yield from _warc_members(path, every)
-        else:
-            yield from _tar_members(path, wanted)
+        reader = _zip_members(path, wanted) if path.lower().endswith(".zip") else \
+            _warc_members(path, every) if is_warc else _tar_members(path, wanted)
+        for found, item in enumerate(reader, 1):
+            yield item
     except Exception as error:
         problem = damage(error)
         if problem is None:
             raise
-        yield path, None, f"cannot read the archive: {problem}"
+        yield path, Refused({"archive": path}), f"cannot read the archive: {problem}"
+    else:
+        if not found:  # said, as a directory without audio is, and recorded: --resume and Ray's runs pass it by
+            yield path, Refused({"archive": path}), nothing_to_tag(is_warc, every)
+
+
+def nothing_to_tag(is_warc: bool, every: bool) -> str:
+    if is_warc:
+        return "no response or resource records in this WARC" if every else \
+            "no audio or video records in this WARC (--all-files tries every response and resource record)"
+    return "no members in this archive" if every else \
+        "no audio members in this archive (chosen by their names; --all-files tries every member)"
+
+
+class Refused:
+    """A member that cannot be read, or an archive: its input carries the reason, this only its record's fields."""
+
+    def __init__(self, fields: dict):
+        self.fields = fields
 
 
 def damage(error: Exception) -> Optional[str]:
@@ -117,6 +137,9 @@ def damage(error: Exception) -> Optional[str]:
     internal error"); None for anything else (a bug: raised on)."""
     if isinstance(error, OSError):
         return failure_message(error)
+    if isinstance(error, zstd_errors()) and "too much memory" in str(error):
+        return f"its zstd frames need a window over {ZSTD_WINDOW_MAX} MB (compressed with --long above 27), which " \
+               f"audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)"
     if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
             isinstance(error, warc.read_errors() + zstd_errors() + _lzma_errors()):
         return str(error).strip() or "damaged"
@@ -183,7 +206,12 @@ def _tar_kind(path: str) -> str:
     """"tar.gz", "tar.zst" or "tar", by the file's first bytes: a .tar compressed all the same is read so."""
     with open(path, "rb") as file:
         head = file.read(4)
-    return "tar.gz" if head.startswith(GZIP_MAGIC) else "tar.zst" if head == ZSTD_MAGIC else "tar"
+    return "tar.gz" if head.startswith(GZIP_MAGIC) else "tar.zst" if is_zstd(head) else "tar"
+
+
+def is_zstd(head: bytes) -> bool:
+    """A zstd stream's first bytes: a frame's magic, or a skippable frame's (metadata some writers put first)."""
+    return head.startswith(ZSTD_MAGIC) or ZSTD_SKIPPABLE.match(head) is not None
 
 
 def _zstd_reader(source):

@@ -32,7 +32,8 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import ZSTD_MAGIC, CheckedTarInfo, Member, damage, webdataset_key, zip_member_problem
+from .archives import (CheckedTarInfo, Member, Refused, damage, is_zstd, nothing_to_tag, webdataset_key,
+                       zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
@@ -45,7 +46,7 @@ def sniff(binary, kind: Optional[str] = None) -> tuple:
     replayed). ``kind`` (--archive) is taken as given."""
     try:
         head = read_exactly(binary, HEAD)
-        if head.startswith(ZSTD_MAGIC) and kind is None:  # a zstd block gives nothing until it is whole
+        if is_zstd(head) and kind is None:  # a zstd block gives nothing until it is whole
             head += read_exactly(binary, ZSTD_HEAD - HEAD)
     except OSError:  # said when stdin is read as the input
         head = b""
@@ -54,7 +55,12 @@ def sniff(binary, kind: Optional[str] = None) -> tuple:
 
 def kind_of(head: bytes) -> Optional[str]:
     """"tar", "warc", "zip" or None, from a stream's first bytes (gzip, zstd: their decompressed first bytes)."""
-    head = _zstd_decompressed(head) if head.startswith(ZSTD_MAGIC) else warc.decompressed(head)
+    if is_zstd(head):
+        head = _zstd_decompressed(head)
+        if head is None:  # zstd refused it: only a tar is read inside zstd, where the refusal is said in words
+            return "tar"
+    else:
+        head = warc.decompressed(head)
     if head.startswith(b"WARC/"):
         return "warc"
     if head[257:262] == b"ustar":
@@ -64,40 +70,53 @@ def kind_of(head: bytes) -> Optional[str]:
     return None
 
 
-def _zstd_decompressed(head: bytes) -> bytes:
+def _zstd_decompressed(head: bytes) -> Optional[bytes]:
+    """The first bytes inside a zstd stream (frame after frame: skippable ones give none); b"" if ``head`` holds
+    too little to tell, None if zstd refuses the stream (damaged, or a window too large)."""
     from backports import zstd
 
+    found = b""
     try:
-        return zstd.ZstdDecompressor().decompress(head, HEAD)
+        while head and len(found) < HEAD:
+            decompressor = zstd.ZstdDecompressor()
+            found += decompressor.decompress(head, HEAD - len(found))
+            head = decompressor.unused_data if decompressor.eof else b""
     except zstd.ZstdError:
-        return b""
+        return None
+    return found
 
 
 def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
     """(input name, Piped, None) for each member to tag, in stream order (``wanted(name)`` chooses a tar's or
     zip's, as in a file; a WARC's: its audio and video records, ``every``: all response and resource records);
-    an archive that cannot be read on ends with ("-", None, error message)."""
+    an archive that cannot be read on, or holds nothing to tag, ends with ("-", Refused, error message)."""
+    found = 0
     try:
-        if kind == "warc":
-            for found in warc.records(binary, every):
-                piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id})
-                yield f"-#{found.offset}", piped, None
-                piped.finish()
-        elif kind == "zip":
-            yield from _zip(binary, wanted)
-        else:
-            yield from _tar(binary, wanted)
+        reader = _warc(binary, every) if kind == "warc" else _zip(binary, wanted) if kind == "zip" else \
+            _tar(binary, wanted)
+        for found, item in enumerate(reader, 1):
+            yield item
     except Exception as error:
         problem = damage(error)
         if problem is None:
             raise
-        yield "-", None, f"cannot read the archive: {problem}"
+        yield "-", Refused({"archive": "-"}), f"cannot read the archive: {problem}"
+    else:
+        if not found:
+            yield "-", Refused({"archive": "-"}), nothing_to_tag(kind == "warc", every)
+
+
+def _warc(binary, every: bool) -> Iterator[tuple]:
+    for found in warc.records(binary, every):
+        piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id})
+        yield f"-#{found.offset}", piped, None
+        piped.finish()
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
-    head = read_exactly(binary, len(ZSTD_MAGIC))
+    head = read_exactly(binary, 4)
     binary = warc.Replay(head, binary)
-    if head == ZSTD_MAGIC:  # Python 3.11's tarfile reads gzip, bzip2 and xz streams itself, not zstd
+    if is_zstd(head):  # Python 3.11's tarfile reads gzip, bzip2 and xz streams itself, not zstd
         from backports import zstd
 
         binary = zstd.ZstdFile(binary)
@@ -189,13 +208,6 @@ def _read_up_to(reader, limit: int) -> bytes:
         pieces.append(piece)
         size += len(piece)
     return b"".join(pieces)
-
-
-class Refused:
-    """A member of an archive on stdin that cannot be read (its input carries the reason): only its fields."""
-
-    def __init__(self, fields: dict):
-        self.fields = fields
 
 
 class Piped:
