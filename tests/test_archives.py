@@ -637,13 +637,14 @@ def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_sa
     (it was "not audio" there)."""
     clips = _small_clips(2)
     plain = _tar_bytes(clips)
-    skippable = b"\x5a\x2a\x4d\x18" + (6).to_bytes(4, "little") + b"crawl!"
-    packed = tmp_path / "clips.tar.zst"
-    packed.write_bytes(skippable + zstd.compress(plain))
-    for source, stdin in ((packed, b""), ("-", packed.read_bytes())):
-        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
-        assert result.returncode == 0, result.stderr
-        assert [r["member"] for r in _records(result.stdout)] == list(clips)
+    for size in (6, 300 << 10):  # a skippable frame that fills all the first bytes stdin is sniffed by, too
+        skippable = b"\x5a\x2a\x4d\x18" + size.to_bytes(4, "little") + b"crawl!" * (size // 6)
+        packed = tmp_path / "clips.tar.zst"
+        packed.write_bytes(skippable + zstd.compress(plain))
+        for source, stdin in ((packed, b""), ("-", packed.read_bytes())):
+            result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+            assert result.returncode == 0, (size, result.stderr)
+            assert [r["member"] for r in _records(result.stdout)] == list(clips)
 
     wide = tmp_path / "wide.tar.zst"  # a 256 MB window, as zstd --long=28 writes for a stream of unknown size
     compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 28})
@@ -668,6 +669,12 @@ def test_an_archive_without_audio_is_one_error_and_resume_passes_it_by(cli, tmp_
     elif kind == "zip":
         with zipfile.ZipFile(archive, "w") as packed:
             packed.writestr("000001.json", "{}")
+        empty = tmp_path / "empty.zip"  # its end record alone: known as a zip on stdin too
+        zipfile.ZipFile(empty, "w").close()
+        for source, stdin in ((empty, b""), ("-", empty.read_bytes())):
+            assert _records(cli(source, "-f", "jsonl", stdin=stdin).stdout) == [{
+                "path": str(source), "archive": str(source),
+                "error": "no audio members in this archive (chosen by their names' extensions)"}]
     else:
         from warcio.warcwriter import WARCWriter
 
@@ -675,9 +682,8 @@ def test_an_archive_without_audio_is_one_error_and_resume_passes_it_by(cli, tmp_
             writer = WARCWriter(file, gzip=False)
             writer.write_record(writer.create_warc_record("http://example.org/", "resource", payload=io.BytesIO(
                 b"<html>no audio here</html>"), warc_content_type="text/html"))
-    said = ("no audio or video records in this WARC (--all-files tries every response and resource record)"
-            if kind == "warc" else "no audio members in this archive (chosen by their names; --all-files tries "
-                                   "every member)")
+    said = ("no audio or video records in this WARC (by their Content-Type or first bytes)" if kind == "warc"
+            else "no audio members in this archive (chosen by their names' extensions)")
     for source, stdin in ((archive, b""), ("-", archive.read_bytes())):
         result = cli(source, "-f", "jsonl", stdin=stdin)
         assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr

@@ -413,7 +413,7 @@ def test_archives_are_opened_with_open_archives_and_resumed(cluster, tmp_path):
     found = sorted((distributed.record(row) for row in rows(output)), key=lambda rec: rec["path"])
     assert len(found) == 6 and compare_lines(found, sorted(expected, key=lambda rec: rec["path"])) == []
     assert {"path": str(corpus / "pages.tar"), "archive": str(corpus / "pages.tar"),
-            "error": "no audio members in this archive (chosen by their names; --all-files tries every member)"} \
+            "error": "no audio members in this archive (chosen by their names' extensions)"} \
         in found
 
     third = tag(address, corpus, "-o", output, "--open-archives")

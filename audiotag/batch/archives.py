@@ -119,11 +119,12 @@ def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
 
 
 def nothing_to_tag(is_warc: bool, every: bool) -> str:
+    """Why an archive gives no input (in words every front end can show: no option names)."""
     if is_warc:
         return "no response or resource records in this WARC" if every else \
-            "no audio or video records in this WARC (--all-files tries every response and resource record)"
-    return "no members in this archive" if every else \
-        "no audio members in this archive (chosen by their names; --all-files tries every member)"
+            "no audio or video records in this WARC (by their Content-Type or first bytes)"
+    return "no files in this archive" if every else \
+        "no audio members in this archive (chosen by their names' extensions)"
 
 
 class Refused:

@@ -57,7 +57,8 @@ def kind_of(head: bytes) -> Optional[str]:
     """"tar", "warc", "zip" or None, from a stream's first bytes (gzip, zstd: their decompressed first bytes)."""
     if is_zstd(head):
         head = _zstd_decompressed(head)
-        if head is None:  # zstd refused it: only a tar is read inside zstd, where the refusal is said in words
+        if not head:  # zstd refused it, or its first bytes lie beyond the head (skippable frames): only a tar is
+            # read inside zstd, where what is wrong is said in words
             return "tar"
     else:
         head = warc.decompressed(head)
@@ -65,14 +66,14 @@ def kind_of(head: bytes) -> Optional[str]:
         return "warc"
     if head[257:262] == b"ustar":
         return "tar"
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a member's header; an empty zip's end record
         return "zip"
     return None
 
 
-def _zstd_decompressed(head: bytes) -> Optional[bytes]:
+def _zstd_decompressed(head: bytes) -> bytes:
     """The first bytes inside a zstd stream (frame after frame: skippable ones give none); b"" if ``head`` holds
-    too little to tell, None if zstd refuses the stream (damaged, or a window too large)."""
+    none of them, or zstd refuses the stream (damaged, or a window too large)."""
     from backports import zstd
 
     found = b""
@@ -82,7 +83,7 @@ def _zstd_decompressed(head: bytes) -> Optional[bytes]:
             found += decompressor.decompress(head, HEAD - len(found))
             head = decompressor.unused_data if decompressor.eof else b""
     except zstd.ZstdError:
-        return None
+        return b""
     return found
 
 

@@ -101,7 +101,9 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
     Returns:
         An iterator of records in input order, as ``audiotag --format jsonl`` writes them:
         ``{"path", "duration", "sample_rate", "channels", "codec", "categories", "tags"}``, or
-        ``{"path", "error"}`` for an input that could not be tagged (the run goes on).
+        ``{"path", "error"}`` for an input that could not be tagged (the run goes on); an archive's member adds
+        "archive", "member" (a tar's: "key"; a WARC record's: "url", "warc_record_id") after the path, and an
+        archive's own error record (damaged, or nothing to tag) "archive".
 
     Raises:
         supervisor.WorkerError: no worker process could be started (e.g. the model cannot be loaded).
