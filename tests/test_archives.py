@@ -658,6 +658,36 @@ def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_sa
             "which audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)")}]
 
 
+@pytest.mark.parametrize("kind", ["zip", "warc"])
+def test_a_zip_or_warc_inside_zstd_on_stdin_is_read_as_the_archive(cli, tmp_path, kind):
+    """The sniff looks inside zstd for every kind (a WARC or zip compressed whole, as crawl tools store them): the
+    records are those of the uncompressed archive on stdin (before: only a tar was read inside zstd, and a WARC
+    was "not a WARC file")."""
+    clips = _small_clips(2)
+    if kind == "zip":
+        packed = io.BytesIO()
+        with zipfile.ZipFile(packed, "w") as archive:
+            for name, data in clips.items():
+                archive.writestr(name, data)
+    else:
+        from warcio.warcwriter import WARCWriter
+
+        packed = io.BytesIO()
+        writer = WARCWriter(packed, gzip=False)
+        for name, data in clips.items():
+            writer.write_record(writer.create_warc_record(f"http://example.org/{name}", "resource",
+                                                          payload=io.BytesIO(data), warc_content_type="audio/wav"))
+    plain = _records(cli("-", "-f", "jsonl", "-k", 1, stdin=packed.getvalue()).stdout)
+    assert len(plain) == len(clips) and all("error" not in rec for rec in plain)
+    result = cli("-", "-f", "jsonl", "-k", 1, stdin=zstd.compress(packed.getvalue()))
+    assert result.returncode == 0, result.stderr
+    found = _records(result.stdout)
+    if kind == "warc":  # a record's id is its own; the offsets are the decompressed stream's, as they are plain
+        assert [rec["url"] for rec in found] == [rec["url"] for rec in plain]
+    assert [rec["path"] for rec in found] == [rec["path"] for rec in plain]
+    assert [rec["tags"] for rec in found] == [rec["tags"] for rec in plain]
+
+
 @pytest.mark.parametrize("kind", ["tar", "zip", "warc"])
 def test_an_archive_without_audio_is_one_error_and_resume_passes_it_by(cli, tmp_path, kind):
     """An archive that holds nothing to tag is said, as a directory without audio is (before: exit 0 and not a

@@ -93,6 +93,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
     an archive that cannot be read on, or holds nothing to tag, ends with ("-", Refused, error message)."""
     found = 0
     try:
+        binary = _zstd_undone(binary)
         reader = _warc(binary, every) if kind == "warc" else _zip(binary, wanted) if kind == "zip" else \
             _tar(binary, wanted)
         for found, item in enumerate(reader, 1):
@@ -114,13 +115,19 @@ def _warc(binary, every: bool) -> Iterator[tuple]:
         piped.finish()
 
 
-def _tar(binary, wanted) -> Iterator[tuple]:
+def _zstd_undone(binary):
+    """The stream, decompressed if it is zstd (Python 3.11's tarfile reads gzip, bzip2 and xz itself, not zstd;
+    warcio reads gzip)."""
     head = read_exactly(binary, 4)
     binary = warc.Replay(head, binary)
-    if is_zstd(head):  # Python 3.11's tarfile reads gzip, bzip2 and xz streams itself, not zstd
-        from backports import zstd
+    if not is_zstd(head):
+        return binary
+    from backports import zstd
 
-        binary = zstd.ZstdFile(binary)
+    return zstd.ZstdFile(binary)
+
+
+def _tar(binary, wanted) -> Iterator[tuple]:
     with tarfile.open(fileobj=binary, mode="r|*", tarinfo=CheckedTarInfo) as tar:  # a stream, plain or compressed
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read
