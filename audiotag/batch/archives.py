@@ -17,9 +17,8 @@ member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels wit
 the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
 listing and one more in each worker); a larger member is found again by decompressing up to its offset, from
 where a stream on the archive kept open for an earlier member ended. A .tar.zst is read the same way, except that
-zstd's decompressor cannot be copied (no checkpoints to seek back to): a member too large to carry is read forward
-as stdin is (a WAV and streamable containers in bounded memory; FLAC, Ogg, MP3, MP4 held whole, up to the stdin
-limit).
+zstd's decompressor cannot be copied (no checkpoints): a member too large to carry is held whole to be decoded,
+up to the stdin limit.
 
 Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
 end of its data at that point: the audio before it is tagged, with a warning that says why.
@@ -279,26 +278,8 @@ def open_member(member: Member):
         return stream
     if member.data is not None:
         return open_bytes(member.data)
-    if member.kind == "tar.zst":  # zstd's state cannot be copied, so no checkpoints to seek back to: read forward,
-        # as stdin is (a WAV and streamable containers in bounded memory; what needs seeking held whole)
-        try:
-            reader = _ForwardMember(member)
-        except EOFError as error:
-            raise AudioError("the archive ends before this member (truncated)") from error
-        except zstd_errors() as error:
-            raise AudioError(f"the archive is damaged before this member: {damage(error)}") from error
-        try:
-            stream = _reporting_failure(open_stdin(reader), reader)
-        except AudioError as error:
-            reader.close()
-            if reader.failure is not None:
-                raise AudioError(reader.failure) from error
-            raise
-        except BaseException:
-            reader.close()
-            raise
-        stream.add_closer(reader.close)
-        return stream
+    if member.kind == "tar.zst":  # zstd cannot resume from a checkpoint: a large member is held whole to be sought in
+        return open_bytes(_read_whole(member))
     if member.in_place or member.kind == "tar.gz" or _deflated(member):  # read in place, or decompressed as
         # it is read: seekable all the same
         window = _Window(member.archive, member.offset, member.size) if member.in_place else \
@@ -395,6 +376,10 @@ def _read_whole(member: Member) -> bytes:
         raise AudioError(f"a compressed archive's member is held in memory to be decoded, and this one is over "
                          f"{STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
     try:
+        if member.kind == "tar.zst":
+            data = bytearray()
+            _TAR_GZ_STREAMS.read(member, data.extend)
+            return bytes(data)
         with _reader(member) as reader:
             data = reader.read(member.size)
     except EOFError as error:
@@ -404,47 +389,6 @@ def _read_whole(member: Member) -> bytes:
     if len(data) < member.size:
         raise AudioError("the archive ends inside this member (truncated)")
     return data
-
-
-class _ForwardMember(io.RawIOBase):
-    """A .tar.zst member's bytes, read forward from a kept stream on the archive (``_GzipStreams``), not
-    seekable. Where the data fail inside it, the member ends for its reader and ``failure`` says why (as
-    ``inflate.Window``)."""
-
-    def __init__(self, member: Member):
-        super().__init__()
-        self._key, self._stream = _TAR_GZ_STREAMS.take(member)
-        self._left = member.size
-        self.failure = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if not self._left or self.failure is not None:
-            return 0
-        try:
-            data = self._stream.read(min(len(buffer), self._left))
-            if not data:
-                raise EOFError
-        except EOFError:
-            self.failure = "the archive ends inside this member (truncated)"
-            return 0
-        except zstd_errors() as error:
-            self.failure = f"the archive is damaged inside this member ({error})"
-            return 0
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self._left -= len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            if self.failure is None:
-                _TAR_GZ_STREAMS.give_back(self._key, stream)
-            else:
-                stream.close()
-        super().close()
 
 
 class _GzipStreams:
@@ -461,7 +405,7 @@ class _GzipStreams:
 
     def read(self, member: Member, consume) -> None:
         """Hand the member's bytes to ``consume`` chunk by chunk (EOFError where the archive ends first)."""
-        key, stream = self.take(member)
+        key, stream = self._take(member)
         try:
             left = member.size
             while left and (chunk := stream.read(min(CHUNK, left))):
@@ -472,14 +416,14 @@ class _GzipStreams:
         except BaseException:
             stream.close()
             raise
-        self.give_back(key, stream)
+        self._give_back(key, stream)
 
     def window(self, member: Member) -> inflate.Window:
         """The member as a seekable file, decompressed as it is read; its stream comes back here when it closes."""
-        key, stream = self.take(member)
-        return inflate.Window(stream, member.size, on_close=lambda used: self.give_back(key, used))
+        key, stream = self._take(member)
+        return inflate.Window(stream, member.size, on_close=lambda used: self._give_back(key, used))
 
-    def take(self, member: Member) -> tuple:
+    def _take(self, member: Member) -> tuple:
         """(the archive's identity, a stream at the member's start)."""
         status = os.stat(member.archive)
         key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
@@ -498,7 +442,7 @@ class _GzipStreams:
             raise
         return key, stream
 
-    def give_back(self, key: tuple, stream: inflate.Inflater) -> None:
+    def _give_back(self, key: tuple, stream: inflate.Inflater) -> None:
         with self._lock:
             self._idle.append((key, stream))
             while len(self._idle) > self.KEEP:

@@ -54,14 +54,7 @@ def open_wav_stream(binary) -> Stream:
     limit = None if size in (0, 0xFFFFFFFF) else size
     stream = Stream(pcm_blocks(binary, dtype, channels, rate, limit), rate, channels)
     stream.codec = _WAV_CODECS[dtype]
-    if limit is not None and channels:  # the length its header announces, as libsndfile says of a file (a record
-        # cut by --max-duration gives it as "audio_duration")
-        stream.known_frames = limit // _frame_bytes(dtype, channels)
     return stream
-
-
-def _frame_bytes(dtype: str, channels: int) -> int:
-    return (3 if dtype == "i3" else np.dtype(dtype).itemsize) * channels
 
 
 _WAV_CODECS = {"u1": "pcm_u8", "<i2": "pcm_s16le", "i3": "pcm_s24le", "<i4": "pcm_s32le", "<f4": "pcm_f32le",
@@ -70,7 +63,8 @@ _WAV_CODECS = {"u1": "pcm_u8", "<i2": "pcm_s16le", "i3": "pcm_s24le", "<i4": "pc
 
 def pcm_blocks(binary, dtype, channels: int, rate: int, limit: Optional[int] = None) -> Iterator[np.ndarray]:
     """Interleaved little-endian PCM from a stream, as (frames, channels) float32 blocks; a cut-off frame is dropped."""
-    frame_bytes = _frame_bytes(dtype, channels)
+    width = 3 if dtype == "i3" else np.dtype(dtype).itemsize
+    frame_bytes = width * channels
     block_bytes = block_frames(channels, rate) * frame_bytes
     pending = b""
     remaining = limit
