@@ -76,20 +76,32 @@ def can_unshare() -> bool:
         return False
 
 
+def _kept_in_tmp(tmp_path: Path) -> list:
+    """The folders directly under /tmp that a program in a private /tmp must still see: pytest's (the test's cache
+    and working directory) and the checkout's, when it lies under /tmp (a clone made there: the binary is in it)."""
+    kept = []
+    for path in (Path(tmp_path).resolve(), REPO.resolve()):
+        if path.is_relative_to("/tmp") and path != Path("/tmp"):
+            top = Path("/tmp", path.relative_to("/tmp").parts[0])
+            if top not in kept and not any(char.isspace() for char in str(top)):
+                kept.append(top)
+    return kept
+
+
 def with_private_tmp(tmp_path: Path, command: list) -> tuple:
     """(command, env entries, folders): ``command`` with TMPDIR set to a folder of its own and, where a mount
-    namespace can be made, another folder of its own mounted on /tmp (with pytest's folders under /tmp, which hold
-    the test's cache and working directory, mounted back in it), so that what the program leaves in either place
-    is in ``folders``, and nobody else's files are."""
+    namespace can be made, another folder of its own mounted on /tmp (with the folders under /tmp it needs mounted
+    back in it: ``_kept_in_tmp``), so that what the program leaves in either place is in ``folders``, and nobody
+    else's files are."""
     folders = [tmp_path / "tmpdir"]
     if can_unshare():
         folders.append(tmp_path / "slash-tmp")
-        ours = Path(tmp_path).resolve()
-        keep = Path("/tmp", ours.relative_to("/tmp").parts[0]) if ours.is_relative_to("/tmp") else None
-        script = ('own=$0 keep=$1; shift; if [ -n "$keep" ]; then mkdir "$own/${keep#/tmp/}" && '
-                  'mount --bind "$keep" "$own/${keep#/tmp/}" || exit 125; fi; mount --rbind "$own" /tmp && exec "$@"')
-        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folders[1]),
-                   str(keep or ""), *command]
+        keep = " ".join(str(path) for path in _kept_in_tmp(tmp_path))
+        script = ('own=$0 keep=$1; shift; for kept in $keep; do mkdir "$own/${kept#/tmp/}" && '
+                  'mount --bind "$kept" "$own/${kept#/tmp/}" || exit 125; done; mount --rbind "$own" /tmp && '
+                  'exec "$@"')
+        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folders[1]), keep,
+                   *command]
     for folder in folders:
         folder.mkdir()
     return command, {"TMPDIR": str(folders[0])}, folders
@@ -97,9 +109,10 @@ def with_private_tmp(tmp_path: Path, command: list) -> tuple:
 
 def leftovers(folders) -> list:
     """What a frozen program left in its temporary folders (PyInstaller's _MEI*, anything else), but the mount
-    point of pytest's own folders."""
+    points of the folders kept in its private /tmp."""
+    kept = {path.name for path in _kept_in_tmp(folders[0])}
     return sorted(entry.name for folder in folders for entry in folder.iterdir()
-                  if not (folder.name == "slash-tmp" and entry.name.startswith("pytest-of-") and entry.is_dir()
+                  if not (folder.name == "slash-tmp" and entry.name in kept and entry.is_dir()
                           and not any(entry.iterdir())))
 
 
