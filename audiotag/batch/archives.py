@@ -52,7 +52,7 @@ from . import inflate, warc
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18", re.DOTALL)  # a zstd frame of metadata, ahead of the data
+ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd frame of metadata, ahead of the data
 ZSTD_WINDOW_MAX = 128  # MB: libzstd's default refusal (a hostile frame could ask for 2 GB); the zstd tool's too
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
@@ -99,22 +99,30 @@ class Member:
 def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
     """(input name, Member, error) for each member whose name ``wanted(name)`` accepts (a WARC's: each audio or
     video record; ``every``: each response and resource record), in archive order: error None, or why that member
-    cannot be tagged; an archive that cannot be read (on) ends with (path, None, error message)."""
+    cannot be tagged; an archive that cannot be read (on), or holds nothing to tag, ends with (path, Refused,
+    error message)."""
     is_warc = path.lower().endswith(warc.WARC_SUFFIXES)
+    yield from said_through(path, lambda: _zip_members(path, wanted) if path.lower().endswith(".zip") else
+                            _warc_members(path, every) if is_warc else _tar_members(path, wanted),
+                            is_warc, every)
+
+
+def said_through(name: str, open_reader, is_warc: bool, every: bool) -> Iterator[tuple]:
+    """What ``open_reader()`` yields, then, if the archive (``name``: its path, or "-") cannot be read on, or held
+    nothing to tag, one (name, Refused, why) more: said, as a directory without audio is, and recorded, so that
+    --resume and Ray's runs pass it by."""
     found = 0
     try:
-        reader = _zip_members(path, wanted) if path.lower().endswith(".zip") else \
-            _warc_members(path, every) if is_warc else _tar_members(path, wanted)
-        for found, item in enumerate(reader, 1):
+        for found, item in enumerate(open_reader(), 1):
             yield item
     except Exception as error:
         problem = damage(error)
         if problem is None:
             raise
-        yield path, Refused({"archive": path}), f"cannot read the archive: {problem}"
+        yield name, Refused({"archive": name}), f"cannot read the archive: {problem}"
     else:
-        if not found:  # said, as a directory without audio is, and recorded: --resume and Ray's runs pass it by
-            yield path, Refused({"archive": path}), nothing_to_tag(is_warc, every)
+        if not found:
+            yield name, Refused({"archive": name}), nothing_to_tag(is_warc, every)
 
 
 def nothing_to_tag(is_warc: bool, every: bool) -> str:

@@ -32,7 +32,7 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CheckedTarInfo, Member, Refused, damage, is_zstd, nothing_to_tag, webdataset_key,
+from .archives import (CheckedTarInfo, Member, Refused, damage, is_zstd, said_through, webdataset_key,
                        zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
@@ -91,21 +91,12 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
     """(input name, Piped, None) for each member to tag, in stream order (``wanted(name)`` chooses a tar's or
     zip's, as in a file; a WARC's: its audio and video records, ``every``: all response and resource records);
     an archive that cannot be read on, or holds nothing to tag, ends with ("-", Refused, error message)."""
-    found = 0
-    try:
-        binary = _zstd_undone(binary)
-        reader = _warc(binary, every) if kind == "warc" else _zip(binary, wanted) if kind == "zip" else \
-            _tar(binary, wanted)
-        for found, item in enumerate(reader, 1):
-            yield item
-    except Exception as error:
-        problem = damage(error)
-        if problem is None:
-            raise
-        yield "-", Refused({"archive": "-"}), f"cannot read the archive: {problem}"
-    else:
-        if not found:
-            yield "-", Refused({"archive": "-"}), nothing_to_tag(kind == "warc", every)
+    def open_reader():
+        stream = _zstd_undone(binary)
+        return _warc(stream, every) if kind == "warc" else _zip(stream, wanted) if kind == "zip" else \
+            _tar(stream, wanted)
+
+    return said_through("-", open_reader, kind == "warc", every)
 
 
 def _warc(binary, every: bool) -> Iterator[tuple]:
