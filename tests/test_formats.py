@@ -494,6 +494,63 @@ def test_a_block_decodes_while_another_thread_holds_pythons_lock(fixtures):
     assert grown >= 0.005, f"the decoding thread used {grown * 1000:.2f} ms of CPU while this one held the lock"
 
 
+def _lets_go_of_pythons_lock(action, times: int = 5) -> bool:
+    """Whether ``action()`` lets go of Python's lock, asked ``times`` times: a second thread counts whenever it holds
+    the lock, and a switch interval of 0.2 s gives it the lock in that time only if this thread lets go of it."""
+    import threading
+    import time
+
+    counted, stop = [0], threading.Event()
+
+    def count():
+        while not stop.is_set():
+            counted[0] += 1
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=count)
+    sys.setswitchinterval(0.2)
+    try:
+        thread.start()
+        time.sleep(0.01)  # the counter runs; this thread takes the lock back after at most 0.2 s, for 0.2 s
+        before = counted[0]
+        for _ in range(times):
+            action()
+        return counted[0] != before
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+
+
+def test_the_quick_steps_of_a_decode_keep_pythons_lock(fixtures, monkeypatch):
+    """Beside busy threads each native call that lets go of Python's lock may wait 5 ms to take it back, however
+    short the call: the copies that join a stream's blocks (numpy's concatenate lets go of it for large arrays), and
+    avblocks' calls that neither read nor decode (making and freeing a context) keep it. An MP4 or Matroska file
+    is no SD2 data fork: no resource fork is looked for beside it (two stat calls, each letting go of the lock)."""
+    from audiotag.decode import avblocks, sndfile
+    from audiotag.decode.stream import joined
+
+    first, second = np.ones(64, np.float32), np.arange(1 << 22, dtype=np.float32)
+    assert _lets_go_of_pythons_lock(lambda: np.concatenate([first, second]), times=20)  # the probe sees a release
+    assert not _lets_go_of_pythons_lock(lambda: joined(first, second))
+    assert np.array_equal(joined(first, second), np.concatenate([first, second]))
+    assert np.array_equal(joined(second[:0], first), first)
+
+    def context():
+        lib = avblocks._load()  # noqa: SLF001 -- the library's own calls, without an input to read
+        lib.avb_close(lib.avb_new(-1, 0, None, -1, avblocks._READ(), 0))  # noqa: SLF001
+    assert not _lets_go_of_pythons_lock(context)
+
+    looked = []
+    monkeypatch.setattr(sndfile, "_resource_fork_beside", lambda path: looked.append(path) or False)
+    for name in ("aac.m4a", "opus.webm"):
+        assert decode.load(fixtures / name).codec in ("aac", "opus")
+    assert looked == []
+    with pytest.raises(decode.AudioError):
+        decode.load(REPO / "README.md")  # not a container: looked for, as libsndfile would
+    assert looked == [str(REPO / "README.md")]
+
+
 @pytest.mark.skipif(not FFMPEG, reason="needs ffmpeg to make the fixtures (scripts/build/install_test_tools.sh)")
 def test_ffmpegs_blocks_are_downmixed_and_checked_in_c_as_the_stream_would(tmp_path):
     """avblocks downmixes and checks a block inside its one native call (each numpy step in the stream handed

@@ -165,7 +165,9 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
     libsndfile from its first frame (``sniff``), else FFmpeg. When FFmpeg finds no container it knows either, or
     is not installed, libsndfile's answer stands."""
 
-    head = file.read(sniff.SEARCHED)
+    head = file.read(4096)  # a short read first: a large one lets go of Python's lock long enough to lose it
+    if not sniff.is_container(head):
+        head += file.read(sniff.SEARCHED - len(head))
     start = None if sniff.is_container(head) else sniff.mpeg_audio_start(head)
     if start:
         try:

@@ -24,6 +24,7 @@ _EIO = -5
 _READ = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64)  # (buffer, size, position)
 INTERFACE = 2  # avb_interface() of the _avblocks.c this module calls
 
+_QUICK = ("avb_new", "avb_close", "avb_strerror", "avb_quiet", "avb_interface")  # no input read, no decoding
 _lib = None
 _missing = None  # why the library cannot be used, once tried
 
@@ -43,6 +44,9 @@ def _load():
         return _lib
     try:
         lib = ctypes.CDLL(str(LIBRARY))
+        # The same library, its calls keeping Python's lock: for the ones that take microseconds, where letting go
+        # of the lock would cost up to 5 ms beside busy threads to take it back.
+        quick = ctypes.PyDLL(str(LIBRARY))
     except OSError as error:
         _missing = str(error)
         return None
@@ -58,11 +62,12 @@ def _load():
         "avb_strerror": (None, [c_int, c_char_p, c_int]), "avb_quiet": (None, []), "avb_interface": (c_int, []),
     }
     for name, (result, arguments) in signatures.items():
-        function = getattr(lib, name, None)
+        function = getattr(quick if name in _QUICK else lib, name, None)
         if function is None:  # a library built from another version of _avblocks.c
             _missing = f"{LIBRARY.name} lacks {name}: rebuild it (scripts/build/setup.sh)"
             return None
         function.restype, function.argtypes = result, arguments
+        setattr(lib, name, function)  # lib.avb_new is the quick one
     if lib.avb_interface() != INTERFACE:
         _missing = f"{LIBRARY.name} was built from another version of _avblocks.c: rebuild it (scripts/build/setup.sh)"
         return None

@@ -217,7 +217,9 @@ def _sndfile_source(file, path) -> tuple:
     file.seek(where)
     guess, name = sniff.sndfile_guess(read_at, size)
     if guess == "unknown":
-        if path is not None and _resource_fork_beside(os.fspath(path)):
+        # A container FFmpeg reads (MP4, Matroska...) is no SD2 data fork: no search (two failed stat calls, each
+        # letting go of Python's lock, for every such file).
+        if path is not None and not sniff.is_container(read_at(0, 12)) and _resource_fork_beside(os.fspath(path)):
             return os.fspath(path), "SD2"
         raise Refused(NOT_AUDIO, known=False)
     if guess == "bare mpeg":

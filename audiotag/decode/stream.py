@@ -84,13 +84,13 @@ class Stream:
                     finite += valid
                 if resampler is not None:
                     mono = resampler.resample_chunk(mono)
-                held = np.concatenate([held, mono])
+                held = joined(held, mono)
                 if len(held) > _HOLD_BACK:
                     out, held = held[:-_HOLD_BACK], held[-_HOLD_BACK:]
                     out_total += len(out)
                     yield out
             if resampler is not None:
-                held = np.concatenate([held, resampler.resample_chunk(np.zeros(0, np.float32), last=True)])
+                held = joined(held, resampler.resample_chunk(np.zeros(0, np.float32), last=True))
         finally:
             self.close()
         if self.frames == 0:
@@ -138,6 +138,17 @@ def from_array(data: np.ndarray, rate: int) -> Audio:
     step = block_frames(data.shape[1], int(rate))
     blocks = (data[i:i + step] for i in range(0, len(data), step))
     return Stream(blocks, int(rate), data.shape[1]).read()
+
+
+def joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``first`` then ``second`` (float32, 1-D) in one new array, copied without letting go of Python's lock:
+    np.concatenate lets go of it for large arrays, and beside busy threads taking it back may wait 5 ms, where the
+    copy itself takes a tenth of a millisecond."""
+    out = np.empty(len(first) + len(second), np.float32)
+    view = memoryview(out)
+    view[:len(first)] = memoryview(np.ascontiguousarray(first, np.float32))
+    view[len(first):] = memoryview(np.ascontiguousarray(second, np.float32))
+    return out
 
 
 def block_frames(channels: int, rate: int) -> int:

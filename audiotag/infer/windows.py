@@ -11,6 +11,8 @@ from typing import Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from ..decode.stream import joined
+
 
 class Cutter:
     """Windows of one layout, from blocks pushed in stream order; ``window`` 0 means the whole stream."""
@@ -25,7 +27,7 @@ class Cutter:
 
     def push(self, block: np.ndarray) -> List[Tuple[int, np.ndarray]]:
         """The (start, samples) windows complete once ``block`` is in."""
-        self.buffer = np.concatenate([self.buffer, block]) if len(self.buffer) else block
+        self.buffer = joined(self.buffer, block) if len(self.buffer) else block
         if self.window <= 0:
             return []
         done = []
