@@ -631,6 +631,33 @@ def test_a_tar_zst_is_read_from_a_file_and_from_stdin_and_its_cut_end_is_one_err
     assert [r for r in records if "error" in r][-1]["error"].startswith("cannot read the archive: ")
 
 
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.zst"])
+def test_a_member_an_archive_on_stdin_is_cut_inside_is_tagged_from_what_came_as_the_files_is(cli, tmp_path, suffix):
+    """An archive cut inside a member (a download that stopped): piped, the member is tagged from the bytes that
+    came, with the file's warning, and the archive's cut is said in the file's words (on stdin it was an error
+    record, "the archive is damaged: unexpected end of data"). The records equal the named file's (a .tar.zst's
+    cut member is an error in both: it is held whole)."""
+    clips = {name: (AUDIO / "extra" / name).read_bytes() for name in ("max-guitar.wav", "max-birds1.wav")}
+    plain = _tar_bytes(clips)
+    packed = gzip.compress(plain, mtime=0) if suffix == ".tar.gz" else zstd.compress(plain)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(packed[:len(packed) * 3 // 4])  # inside the second member
+    named = _records(cli(cut, "-f", "jsonl", "-k", 3).stdout)
+    piped = cli("-", "-f", "jsonl", "-k", 3, stdin=cut.read_bytes())
+    assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
+    records = _records(piped.stdout)
+    assert [r.get("member") for r in records] == [r.get("member") for r in named] == [*clips, None]
+    if suffix == ".tar.gz":
+        assert records[1]["warning"].startswith("the archive ends inside this member (truncated): tagged the ")
+        assert 0 < records[1]["duration"] < len(clips["max-birds1.wav"]) / (44100 * 4)
+    else:  # a .tar.zst member is held whole, in a file too: an error in both (zstd loses its last read's bytes)
+        assert records[1]["error"] == named[1]["error"] == "the archive ends inside this member (truncated)"
+    for mine, theirs in zip(records, named):
+        assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
+    assert records[-1] == {"path": "-", "archive": "-", "error": "cannot read the archive: it is cut short (truncated)"}
+    assert named[-1]["error"] == records[-1]["error"]
+
+
 def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_said(cli, tmp_path):
     """zstd's skippable frames (metadata some writers put first) are passed by, in a file and on stdin alike; a
     stream whose window is over what zstd allows by default is one line saying so and what to do, on stdin too

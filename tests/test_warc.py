@@ -277,7 +277,7 @@ def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
     records = _records(result.stdout)
     assert "error" not in records[0]  # the members before the cut are tagged
     assert records[-1] == {"path": "-", "archive": "-",
-                           "error": "cannot read the archive: the archive is damaged: unexpected end of data"}
+                           "error": "cannot read the archive: it is cut short (truncated)"}
     assert b"internal error" not in result.stderr
 
 

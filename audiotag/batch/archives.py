@@ -81,6 +81,7 @@ class Member:
     url: Optional[str] = None  # a WARC record's
     record_id: Optional[str] = None
     data: Optional[bytes] = field(default=None, repr=False, compare=False)  # a small tar.gz member's bytes
+    cut: Optional[str] = None  # why ``data`` ends before the member does (an archive on stdin cut inside it)
 
     @property
     def fields(self) -> dict:
@@ -141,11 +142,24 @@ class Refused:
         self.fields = fields
 
 
+TRUNCATED = "it is cut short (truncated)"
+CUT_MEMBER = "the archive ends inside this member (truncated)"
+
+
+def cut_short(error: Exception) -> bool:
+    """Whether ``error`` is a reader meeting the end of a cut archive (gzip's and zstd's EOFError, tarfile's
+    "unexpected end of data"), not damage inside it."""
+    return isinstance(error, EOFError) or (isinstance(error, tarfile.ReadError) and
+                                           str(error) == "unexpected end of data")
+
+
 def damage(error: Exception) -> Optional[str]:
     """Why an archive cannot be read, in its reader's words (tarfile's, zipfile's, zlib's, warcio's: not "an
     internal error"); None for anything else (a bug: raised on)."""
     if isinstance(error, OSError):
         return failure_message(error)
+    if cut_short(error):
+        return TRUNCATED
     if isinstance(error, zstd_errors()) and "too much memory" in str(error):
         return f"its zstd frames need a window over {ZSTD_WINDOW_MAX} MB (compressed with --long above 27), which " \
                f"audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)"
@@ -284,6 +298,12 @@ def open_member(member: Member):
             raise
         stream.add_closer(file.close)
         return stream
+    if member.data is not None and member.cut is not None:  # cut short on stdin: what came, as a file's window
+        cut = _Cut(member.cut)
+        try:
+            return _reporting_failure(open_bytes(member.data), cut)
+        except AudioError as error:
+            raise AudioError(cut.failure) from error
     if member.data is not None:
         return open_bytes(member.data)
     if member.kind == "tar.zst":  # zstd cannot resume from a checkpoint: a large member is held whole to be sought in
@@ -303,6 +323,11 @@ def open_member(member: Member):
             window.close()
             raise
     return open_bytes(_read_whole(member))
+
+
+@dataclass
+class _Cut:
+    failure: str  # as a window's: why the bytes end early
 
 
 def _reporting_failure(stream, window):
@@ -346,6 +371,8 @@ def member_sha256(member: Member) -> str:
     """The sha256 of a member's bytes (--hash), read as it is decoded."""
     digest = sha256()
     try:
+        if member.cut is not None:  # not the member's bytes: no hash (the decoder says what it got)
+            raise OSError(member.cut)
         if member.data is not None:
             digest.update(member.data)
         elif member.kind in ("tar.gz", "tar.zst"):
@@ -391,11 +418,11 @@ def _read_whole(member: Member) -> bytes:
         with _reader(member) as reader:
             data = reader.read(member.size)
     except EOFError as error:
-        raise AudioError("the archive ends inside this member (truncated)") from error
+        raise AudioError(CUT_MEMBER) from error
     except (zlib.error, zipfile.BadZipFile, tarfile.TarError) + zstd_errors() as error:
         raise AudioError(f"the archive is damaged here: {damage(error)}") from error
     if len(data) < member.size:
-        raise AudioError("the archive ends inside this member (truncated)")
+        raise AudioError(CUT_MEMBER)
     return data
 
 
@@ -420,7 +447,7 @@ class _GzipStreams:
                 consume(chunk)
                 left -= len(chunk)
             if left:
-                raise EOFError("the archive ends inside this member (truncated)")
+                raise EOFError(CUT_MEMBER)
         except BaseException:
             stream.close()
             raise
@@ -511,7 +538,7 @@ class _Window(inflate.PreadFile):
         size = max(0, min(size, self._size - offset))
         data = os.pread(self._fd, size, self._offset + offset) if size else b""
         if len(data) < size:
-            self.failure = "the archive ends inside this member (truncated)"
+            self.failure = CUT_MEMBER
         return data
 
     def file_window(self) -> tuple:

@@ -32,8 +32,8 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CheckedTarInfo, Member, Refused, damage, is_zstd, said_through, webdataset_key,
-                       zip_member_problem)
+from .archives import (CUT_MEMBER, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd, said_through,
+                       webdataset_key, zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
@@ -124,10 +124,33 @@ def _tar(binary, wanted) -> Iterator[tuple]:
             tar.members = []  # tarfile keeps every header it read
             if not info.isreg() or not wanted(info.name):
                 continue
-            piped = Piped(tar.extractfile(info), {"archive": "-", "member": info.name,
-                                                  "key": webdataset_key(info.name)})
+            piped = Piped(_TarMember(tar.fileobj, info), {"archive": "-", "member": info.name,
+                                                          "key": webdataset_key(info.name)})
             yield f"-/{info.name}", piped, None
             piped.finish()
+
+
+class _TarMember(io.RawIOBase):
+    """A member of a tar stream: its bytes as they come (tarfile's own reader drops those of a read the archive
+    ends inside, and a cut member could not be tagged from what came, as a file's is). EOFError where it is cut."""
+
+    def __init__(self, stream, info: tarfile.TarInfo):
+        super().__init__()
+        stream.seek(info.offset_data)  # forward only: tarfile's stream reads up to there
+        self._stream, self._left = stream, info.size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._left:
+            return 0
+        data = self._stream.read(min(len(buffer), self._left))
+        if not data:
+            raise EOFError("unexpected end of data")
+        self._left -= len(data)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
 
 
 def _zip(binary, wanted) -> Iterator[tuple]:
@@ -182,13 +205,17 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
     """(a member holding its bytes, None), or (Refused, why not): a member of an archive on stdin read whole, so
     that it can go to a watched worker (a crash then fails it alone) and be hashed before it is tagged. Its bytes
     count against ``budget`` until its record is written (``Budget.give_back(name)``)."""
-    try:
-        data = _read_up_to(piped._reader, STDIN_MEMORY_LIMIT + 1)
-    except Exception as error:  # the archive is damaged inside it: said by its reader
+    data, error = _read_up_to(piped._reader, STDIN_MEMORY_LIMIT + 1)
+    cut = None
+    if error is not None:  # the archive is damaged inside it, or ends there: said by its reader
         problem = damage(error)
         if problem is None:
-            raise
-        return Refused(piped.fields), problem
+            raise error
+        if not piped._reader.cut_short:
+            return Refused(piped.fields), problem
+        if not data:  # nothing came (zstd drops what its last read held): the file's words
+            return Refused(piped.fields), CUT_MEMBER
+        cut = CUT_MEMBER  # what came is tagged, as a file's cut member is
     if len(data) > STDIN_MEMORY_LIMIT:
         return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
                                        f"watched worker, and this one is over {STDIN_MEMORY_LIMIT >> 20} MB: "
@@ -196,17 +223,21 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
     budget.take(name, len(data))
     fields = piped.fields
     member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, len(data), False,
-                    fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data)
+                    fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data, cut=cut)
     return member, None
 
 
-def _read_up_to(reader, limit: int) -> bytes:
-    """Up to ``limit`` bytes, read a chunk at a time (a RawIOBase's read(limit) allocates ``limit`` first)."""
+def _read_up_to(reader, limit: int) -> tuple:
+    """(up to ``limit`` bytes, the error that stopped the reading or None), read a chunk at a time (a
+    RawIOBase's read(limit) allocates ``limit`` first)."""
     pieces, size = [], 0
-    while size < limit and (piece := reader.read(min(CHUNK << 4, limit - size))):
-        pieces.append(piece)
-        size += len(piece)
-    return b"".join(pieces)
+    try:
+        while size < limit and (piece := reader.read(min(CHUNK << 4, limit - size))):
+            pieces.append(piece)
+            size += len(piece)
+    except Exception as error:
+        return b"".join(pieces), error
+    return b"".join(pieces), None
 
 
 class Piped:
@@ -258,6 +289,7 @@ class _Hashing(io.RawIOBase):
         super().__init__()
         self._member, self.digest = reader, sha256()
         self._failure: Optional[str] = None  # the first read that failed: the stream is not read again after it
+        self.cut_short = False  # that read met the end of a cut archive
 
     def readable(self) -> bool:
         return True
@@ -271,7 +303,8 @@ class _Hashing(io.RawIOBase):
             problem = damage(error)
             if problem is None:
                 raise
-            self._failure = f"the archive is damaged: {problem}"
+            self.cut_short = cut_short(error)
+            self._failure = problem if self.cut_short else f"the archive is damaged: {problem}"
             raise OSError(self._failure) from error
         memoryview(buffer).cast("B")[:len(data)] = data
         self.digest.update(data)
