@@ -21,6 +21,42 @@ AGGREGATES = ("max", "mean")  # how window scores become a clip score; scripts/s
 RAW_FORMATS = {"s16le": "<i2", "s32le": "<i4", "f32le": "<f4"}  # --raw: headerless little-endian samples (numpy dtypes)
 
 
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity (taskset, a container's cpuset), capped by a cgroup CPU
+    quota (docker --cpus, a Kubernetes CPU limit) when one is set. os.cpu_count() counts every core of the host,
+    and a pod limited to 2 CPUs on a 64-core server would run 64 threads queueing for 2 cores and one GIL."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _cgroup_quota(root: str) -> Optional[float]:
+    """CPUs a cgroup quota allows this process (cgroup v2's cpu.max, v1's cfs files); None without one."""
+    own = ""
+    try:
+        with open("/proc/self/cgroup") as lines:
+            own = next((line.rstrip("\n").split(":", 2)[2] for line in lines if line.startswith("0::")), "")
+    except (OSError, IndexError):
+        pass
+    for folder in dict.fromkeys([os.path.join(root, own.lstrip("/")), root]):  # its own cgroup's, then the root's
+        for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+            try:
+                with open(os.path.join(folder, quota_file)) as file:
+                    words = file.read().split()
+                if period_file:
+                    with open(os.path.join(folder, period_file)) as file:
+                        words.append(file.read().strip())
+                quota, period = float(words[0]), float(words[1])
+            except (OSError, ValueError, IndexError):  # "max": no quota; a file absent: not this version
+                continue
+            if quota > 0 and period > 0:
+                return quota / period
+    return None
+
+
 def number(kind, minimum, maximum=None):
     """An argparse type: a number of ``kind`` within [minimum, maximum], with a message that says so."""
 
@@ -229,8 +265,9 @@ ENGINE_OPTIONS = {
     "model": (("--model",), dict(metavar="PATH", help="an audiotag .onnx model (default: the bundled mn04_as)")),
     "provider": (("--provider",), dict(metavar="LIST", help="execution providers, comma-separated (default: "
                                                             "$AUDIOTAG_PROVIDERS or automatic)")),
-    "jobs": (("--jobs",), dict(type=number(int, 1), default=os.cpu_count() or 1, metavar="N",
-                               help="inputs decoded in parallel (default: all cores)")),
+    "jobs": (("--jobs",), dict(type=number(int, 1), default=usable_cores(), metavar="N",
+                               help="inputs decoded in parallel (default: the cores this process may use: its "
+                                    "CPU affinity and cgroup quota, as a container sets them)")),
     "threads": (("--threads",), dict(type=number(int, 0), metavar="N",
                                      help="onnxruntime intra-op threads (default: 1 when tagging several inputs, "
                                           "as --jobs already keeps every core busy; else 0, all cores)")),

@@ -23,7 +23,7 @@ from audiotag.batch import writer
 from audiotag.batch import inputs
 from audiotag.batch import pipeline
 from audiotag.infer.model import Model
-from conftest import AUDIO, readline_within
+from conftest import AUDIO, REPO, readline_within
 
 
 @pytest.fixture(scope="module")
@@ -607,3 +607,26 @@ def test_the_command_line_reuses_freed_memory_for_the_next_input():
     chosen = subprocess.run([sys.executable, "-c", touch], capture_output=True, text=True,
                             env={**environment, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
     assert int(chosen.stdout.split()[-1]) > 300  # the user's threshold: every array mapped afresh (~1,000)
+
+
+def test_jobs_default_to_the_cores_the_process_may_use(tmp_path):
+    """--jobs defaults to the cores this process may run on, not the host's: a CPU affinity (taskset, a cpuset)
+    and a cgroup CPU quota (docker --cpus, a Kubernetes limit) each cap it; a quota of "max" or -1 is none."""
+    from audiotag.options import usable_cores
+
+    script = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from audiotag import options; "
+              "print(options.ENGINE_OPTIONS['jobs'][1]['default'], options.usable_cores())")
+    assert subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout.split() == ["1", "1"]
+    cores = len(os.sched_getaffinity(0))
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    v2.mkdir()
+    for text, expected in (("50000 100000", 1), ("max 100000", cores), (f"{cores * 300000} 100000", cores)):
+        (v2 / "cpu.max").write_text(text + "\n")
+        assert usable_cores(str(v2)) == expected, text
+    for quota, expected in (("50000", 1), ("-1", cores)):
+        (v1 / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+        assert usable_cores(str(v1)) == expected, quota
+    assert usable_cores(str(tmp_path / "none")) == cores

@@ -5,7 +5,7 @@ processes (``supervisor``: a decoder's native crash then fails only its input). 
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
-from ..options import BATCH, Limits, TagOptions, requested_providers
+from ..options import BATCH, Limits, TagOptions, requested_providers, usable_cores
 from ..records import event_records, record, segment_record
 from . import inputs, supervisor
 
@@ -86,7 +86,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
             ``all_files``). A generator may still be producing paths: tagging starts at the first.
         options: the tag options (``TagOptions``). With ``events`` or ``segments`` the record also has an
             "events" or "segments" list (the command line writes those as lines of their own).
-        jobs: inputs decoded at once (default: all cores).
+        jobs: inputs decoded at once (default: the cores this process may use, ``options.usable_cores``).
         workers: worker processes (each loads the model, about 115 MB).
         isolate: tag in watched worker processes, so that a decoder's native crash (or a hang past ``timeout``)
             fails only its input; False tags in this process (for a Ray task, say, that is isolated already).
@@ -112,7 +112,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
     """
     if isinstance(paths, (str, bytes, os.PathLike)):
         paths = [paths]
-    jobs = jobs or os.cpu_count() or 1
+    jobs = jobs or usable_cores()
     opener = inputs.Opener(limits=Limits(max_duration or None, timeout or None))
     segments = {}  # name -> its windows so far (they arrive before the input's outcome)
     on_segment = (lambda name, segment: segments.setdefault(name, []).append(segment_record(name, segment))) \

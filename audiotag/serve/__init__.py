@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tag_arguments(tagging)
     engine = parser.add_argument_group("engine (as the CLI's)")
     add_engine_arguments(engine, "model", "provider", "jobs", "threads", **{
-        "jobs": dict(help="uploads decoded at once (default: all cores); a streamed upload decodes as it arrives, "
-                          "in its own connection's thread"),
+        "jobs": dict(help="uploads decoded at once (default: the cores it may use); a streamed upload decodes as it "
+                          "arrives, in its own connection's thread"),
         "threads": dict(default=1, help="onnxruntime intra-op threads (default 1: the jobs keep every core busy)")})
     engine.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs")
     return parser
