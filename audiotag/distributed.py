@@ -86,7 +86,7 @@ class TagBatch:
     """
 
     def __init__(self, options: Optional["TagOptions"] = None, *, embeddings: bool = False,
-                 model: Optional[str] = None, threads: int = 1, prefix: str = ""):
+                 model: Optional[str] = None, threads: int = 1, prefix: str = "", filesystem=None):
         from .infer.tagger import Tagger
         from .options import TagOptions, requested_providers
 
@@ -94,15 +94,32 @@ class TagBatch:
         self.options = options or TagOptions()
         self.embeddings = embeddings
         self.prefix = prefix
+        self.filesystem = filesystem  # where an archive's row without bytes is read from, as a stream
         self.schema = schema()
 
     def __call__(self, batch):
         import pyarrow as pa
 
+        from .batch.archives import is_archive_name
+
         rows = []
         for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist()):
-            rows.extend(self.rows(self.prefix + path, data))
+            if not data and self.filesystem is not None and is_archive_name(path):  # ``tag`` left it unread
+                rows.extend(self.streamed_archive_rows(path))
+            else:
+                rows.extend(self.rows(self.prefix + path, data))
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def streamed_archive_rows(self, path: str) -> list:
+        """An archive's rows, its bytes read from ``filesystem`` as they are tagged: a WARC or shard of gigabytes
+        is never held whole (a zip is: its index comes last; at most the CLI's stdin limit)."""
+        try:
+            with self.filesystem.open_input_stream(path) as stream:
+                return list(self.archive_rows(self.prefix + path, stream=stream))
+        except OSError as error:  # cannot be opened (gone, permissions): a row, as a file's would be
+            from .errors import failure_message
+
+            return [self._failed(self.prefix + path, failure_message(error), {"archive": self.prefix + path})]
 
     def rows(self, path: str, data: bytes) -> list:
         """A file's row, or an archive's (by its name, as the CLI opens one): a row per audio member."""
@@ -121,20 +138,20 @@ class TagBatch:
 
         return self._row(path, load, lambda: hashing.bytes_sha256(data))
 
-    def archive_rows(self, path: str, data: bytes):
-        """An archive's rows, read from its bytes as an archive on the CLI's stdin is (``batch.piped``): its
-        members are named and carry fields as the CLI's records of the same archive; an archive that cannot be
-        read (or be read on) gives a row with its path and the error."""
+    def archive_rows(self, path: str, data: bytes = b"", stream=None):
+        """An archive's rows, read from its bytes (or a binary ``stream``) as an archive on the CLI's stdin is
+        (``batch.piped``): its members are named and carry fields as the CLI's records of the same archive; an
+        archive that cannot be read (or be read on) gives a row with its path and the error."""
         import io
 
         from .batch import piped
         from .batch.inputs import is_audio_name
 
-        kind = piped.kind_of(data[:piped.ZSTD_HEAD])  # a zstd stream's first block, whole
+        kind, stream = piped.sniff(io.BytesIO(data) if stream is None else stream)  # a zstd stream: its first block
         if kind is None:
             yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive", {"archive": path})
             return
-        for name, member, error in piped.members(io.BytesIO(data), kind, is_audio_name):
+        for name, member, error in piped.members(stream, kind, is_audio_name):
             name = path + name[1:]  # "-/MEMBER" or "-#OFFSET" as the CLI names a member of an archive on stdin
             fields = dict(member.fields, archive=path) if member is not None else None
             if error is not None or member is None:
@@ -302,13 +319,28 @@ def tag(paths: Sequence[str], output: str, *, filesystem=None, prefix: str = "",
     io_tasks = workers * IO_TASKS_PER_WORKER
     # One read task per batch: a block is what an actor task receives whole, so it is also the unit Ray retries
     # and balances; Ray's default (about a file per block) costs a task per file.
-    dataset = ray.data.read_binary_files(list(paths), filesystem=filesystem, include_paths=True, num_cpus=IO_CPUS,
-                                         concurrency=io_tasks, override_num_blocks=math.ceil(len(paths) / batch_size))
+    # An archive is not read here: its actor streams it from the filesystem (a WARC of gigabytes would be one
+    # block of that size in the object store); its row carries no bytes.
+    from .batch.archives import is_archive_name
+
+    files = [path for path in paths if not is_archive_name(path)]
+    archives = [{"bytes": b"", "path": path} for path in paths if is_archive_name(path)]
+    parts = []
+    if files:
+        parts.append(ray.data.read_binary_files(files, filesystem=filesystem, include_paths=True, num_cpus=IO_CPUS,
+                                                concurrency=io_tasks,
+                                                override_num_blocks=math.ceil(len(files) / batch_size)))
+    if archives:
+        parts.append(ray.data.from_items(archives, override_num_blocks=len(archives)))
+    if not parts:
+        return
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     dataset = dataset.map_batches(
         TagBatch,
         fn_constructor_args=(options,),
         fn_constructor_kwargs=dict(embeddings=embeddings, model=model,
-                                   threads=max(1, int(worker_cpus)), prefix=prefix),
+                                   threads=max(1, int(worker_cpus)), prefix=prefix,
+                                   filesystem=filesystem or resolve(".")[0]),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
