@@ -25,6 +25,7 @@ import pytest
 import soundfile
 from backports import zstd
 
+import audiotag
 from compare_records import differences
 from conftest import AUDIO, CLI_COMMANDS, REPO, Cli
 
@@ -635,8 +636,8 @@ def test_a_tar_zst_is_read_from_a_file_and_from_stdin_and_its_cut_end_is_one_err
 def test_a_member_an_archive_on_stdin_is_cut_inside_is_tagged_from_what_came_as_the_files_is(cli, tmp_path, suffix):
     """An archive cut inside a member (a download that stopped): piped, the member is tagged from the bytes that
     came, with the file's warning, and the archive's cut is said in the file's words (on stdin it was an error
-    record, "the archive is damaged: unexpected end of data"). The records equal the named file's (a .tar.zst's
-    cut member is an error in both: it is held whole)."""
+    record, "the archive is damaged: unexpected end of data"; a .tar.zst's, in a file too). The records equal
+    the named file's."""
     clips = {name: (AUDIO / "extra" / name).read_bytes() for name in ("max-guitar.wav", "max-birds1.wav")}
     plain = _tar_bytes(clips)
     packed = gzip.compress(plain, mtime=0) if suffix == ".tar.gz" else zstd.compress(plain)
@@ -647,15 +648,54 @@ def test_a_member_an_archive_on_stdin_is_cut_inside_is_tagged_from_what_came_as_
     assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
     records = _records(piped.stdout)
     assert [r.get("member") for r in records] == [r.get("member") for r in named] == [*clips, None]
-    if suffix == ".tar.gz":
-        assert records[1]["warning"].startswith("the archive ends inside this member (truncated): tagged the ")
-        assert 0 < records[1]["duration"] < len(clips["max-birds1.wav"]) / (44100 * 4)
-    else:  # a .tar.zst member is held whole, in a file too: an error in both (zstd loses its last read's bytes)
-        assert records[1]["error"] == named[1]["error"] == "the archive ends inside this member (truncated)"
+    assert records[1]["warning"].startswith("the archive ends inside this member (truncated): tagged the ")
+    assert 0 < records[1]["duration"] < len(clips["max-birds1.wav"]) / (44100 * 4)
     for mine, theirs in zip(records, named):
         assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
     assert records[-1] == {"path": "-", "archive": "-", "error": "cannot read the archive: it is cut short (truncated)"}
     assert named[-1]["error"] == records[-1]["error"]
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/build/install_test_tools.sh)")
+def test_large_tar_zst_members_are_decoded_through_a_window_never_held_whole(tmp_path, monkeypatch):
+    """A .tar.zst member too large to carry (over 2 MB) is read through a seekable window, as a tar.gz's: its
+    first MB kept, a seek back beyond it decompressing the archive again from its start (an MP4 whose index
+    comes last seeks to its end and back). Never held whole; its records are the plain tar's."""
+    from audiotag.batch import archives
+
+    source = AUDIO / "extra" / "max-guitar.wav"
+    made = {}
+    for name, options in (("long.m4a", ["-c:a", "aac", "-b:a", "256k"]), ("long.flac", []),
+                          ("long.wav", ["-c:a", "pcm_s16le"])):  # 90 s each: 2.9, 6.5 and 16 MB
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "8", "-i", str(source), *options,
+                        str(tmp_path / name)], check=True)
+        made[name] = (tmp_path / name).read_bytes()
+    made["small.wav"] = source.read_bytes()  # carried: 1.7 MB
+    assert all(len(data) > archives.CARRIED_MAX for name, data in made.items() if name != "small.wav")
+    plain, packed = tmp_path / "clips.tar", tmp_path / "clips.tar.zst"
+    plain.write_bytes(_tar_bytes(made))
+    packed.write_bytes(zstd.compress(plain.read_bytes()))
+
+    def refuse(member):
+        raise AssertionError(f"{member.name} was read whole")
+    monkeypatch.setattr(archives, "_read_whole", refuse)
+    restarts = []  # seeks back past what the window keeps: decompressing the archive again from its start
+    restore = archives._ZstdStream.restore  # noqa: SLF001
+
+    def counted(stream, position):
+        if stream.ended or position < stream.position:
+            restarts.append(position)
+        restore(stream, position)
+    monkeypatch.setattr(archives._ZstdStream, "restore", counted)  # noqa: SLF001
+    run = dict(isolate=False, jobs=1, max_duration=None, timeout=None)
+    expected = list(audiotag.tag_many([str(plain)], audiotag.TagOptions(top_k=5, hash=True), **run))
+    found = list(audiotag.tag_many([str(packed)], audiotag.TagOptions(top_k=5, hash=True), **run))
+    assert [r["member"] for r in found] == [r["member"] for r in expected] == list(made)
+    for mine, theirs in zip(found, expected):
+        assert "error" not in mine and "warning" not in mine, mine
+        assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
+    assert len(restarts) == 1  # the M4A's, back from its index at the end; FLAC's seeks back after each block
+    # (libsndfile's) fall in the last MB kept
 
 
 def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_said(cli, tmp_path):

@@ -17,8 +17,8 @@ member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels wit
 the worker, which decodes it without decompressing anything (one pass over the archive in all, not one in the
 listing and one more in each worker); a larger member is found again by decompressing up to its offset, from
 where a stream on the archive kept open for an earlier member ended. A .tar.zst is read the same way, except that
-zstd's decompressor cannot be copied (no checkpoints): a member too large to carry is held whole to be decoded,
-up to the stdin limit.
+zstd's decompressor cannot be copied: a checkpoint is a position, reached again from the archive's start
+(``inflate.Window`` keeps a member's first MB, where decoders seek back to; a member is never held whole).
 
 Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
 end of its data at that point: the audio before it is tagged, with a warning that says why.
@@ -306,10 +306,8 @@ def open_member(member: Member):
             raise AudioError(cut.failure) from error
     if member.data is not None:
         return open_bytes(member.data)
-    if member.kind == "tar.zst":  # zstd cannot resume from a checkpoint: a large member is held whole to be sought in
-        return open_bytes(_read_whole(member))
-    if member.in_place or member.kind == "tar.gz" or _deflated(member):  # read in place, or decompressed as
-        # it is read: seekable all the same
+    if member.in_place or member.kind in ("tar.gz", "tar.zst") or _deflated(member):  # read in place, or
+        # decompressed as it is read: seekable all the same
         window = _Window(member.archive, member.offset, member.size) if member.in_place else \
             _compressed_window(member)
         try:
@@ -355,7 +353,7 @@ def _reporting_failure(stream, window):
 
 def _compressed_window(member: Member) -> inflate.Window:
     """A tar.gz member or a deflated zip member as a seekable file, decompressed as it is read."""
-    if member.kind == "tar.gz":
+    if member.kind in ("tar.gz", "tar.zst"):
         return _TAR_GZ_STREAMS.window(member)
     return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
 
@@ -485,17 +483,48 @@ class _GzipStreams:
 
 
 class _ZstdStream:
-    """A .tar.zst's decompressed bytes, read forward, as ``_GzipStreams`` reads an ``inflate.Inflater``."""
+    """A .tar.zst's decompressed bytes, read forward, as ``_GzipStreams`` reads an ``inflate.Inflater``; for
+    ``inflate.Window``, a checkpoint is a position, restored by decompressing from the archive's start (zstd's
+    decompressor cannot be copied)."""
+
+    restarts = True
 
     def __init__(self, path: str):
+        self._path = path
         self._file = _zstd_reader(path)
+        self.ended = False  # a read failed: the next restore starts again
+        self._error = None
+        self.errors = (EOFError,) + zstd_errors()
 
     @property
     def position(self) -> int:
         return self._file.tell()
 
     def read(self, size: int) -> bytes:
-        return self._file.read(size)
+        """Up to ``size`` bytes; read1: where the data end or are damaged, the bytes before come first (read()
+        drops those it holds when it raises)."""
+        if self._error is not None:
+            raise self._error
+        pieces = []
+        try:
+            while size > 0 and (data := self._file.read1(size)):
+                pieces.append(data)
+                size -= len(data)
+        except self.errors as error:
+            if not pieces:
+                raise
+            self._error = error  # the next read raises it
+        return b"".join(pieces)
+
+    def checkpoint(self) -> int:
+        return self.position
+
+    def restore(self, position: int) -> None:
+        if self.ended or position < self.position:
+            self._file.close()
+            self._file, self.ended, self._error = _zstd_reader(self._path), False, None
+        while self.position < position and self.read(min(position - self.position, 4 * CHUNK)):
+            pass
 
     def close(self) -> None:
         self._file.close()

@@ -7,6 +7,10 @@ first passes there. A seek back resumes from the checkpoint before it and decomp
 decompresses up to it. What this holds: about 45 kB per checkpoint (32 per GB of member) and one chunk of
 compressed input; a seek costs at most ``CHECKPOINT`` bytes of decompression beyond where it lands.
 
+A stream whose decompressor cannot be copied (zstd's: ``restarts``) takes a checkpoint as a position, reached
+again by decompressing from the archive's start: the member's first ``HEAD_KEPT`` bytes are kept, so that the
+seeks back of a decoder reading a header cost nothing; a seek back past them decompresses the archive up to there.
+
 ``Inflater`` is the forward reader underneath: a gzip file (several gzip members one after another too, as bgzip
 writes them) or raw deflate data (a zip member) from an offset of a file, read with pread in large chunks (each
 decompress call hands Python's lock over: gzip's own reader calls it once per 8 kB).
@@ -19,11 +23,17 @@ import zlib
 
 CHUNK = 1 << 18  # compressed bytes read per call
 CHECKPOINT = 32 << 20
+HEAD_KEPT = 1 << 20  # a restarting stream's member: its first bytes, where decoders seek back to
+RECENT_KEPT = 1 << 20  # the bytes just before where the stream is: libsndfile's FLAC reader seeks back ~10 kB
+# after every block it reads, and each such seek restored a checkpoint (up to CHECKPOINT bytes decompressed again)
 GZIP, DEFLATE = 31, -15  # zlib's wbits: a gzip stream; raw deflate data (a zip member's)
 
 
 class Inflater:
     """The decompressed bytes of a gzip file or of raw deflate data at ``offset`` of a file, read forward."""
+
+    errors = (EOFError, zlib.error)  # what ``read`` raises where the data end or are damaged
+    restarts = False  # its checkpoints are copies of the decompressor: a seek back costs at most CHECKPOINT
 
     def __init__(self, path: str, offset: int = 0, wbits: int = GZIP):
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -136,17 +146,27 @@ class Window(PreadFile):
         self._position = 0
         self._readable = size  # up to the failure, once there is one
         self.failure = None
+        self._recent = bytearray()  # the member's last bytes decompressed, up to here (at most RECENT_KEPT)
+        self._head = self._advance(min(size, HEAD_KEPT), keep=True) if inflater.restarts else b""
 
     def pread(self, size: int, offset: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer past the end, or the failure), without moving the file's position."""
         size = max(0, min(size, self._readable - offset))
         if not size:
             return b""
+        if offset < len(self._head):  # kept: no restart
+            first = self._head[offset:offset + size]
+            return first + self.pread(size - len(first), offset + len(first)) if len(first) < size else first
         here = self._here()
+        if here - len(self._recent) <= offset < here:  # just read: kept
+            start = offset - (here - len(self._recent))
+            first = bytes(self._recent[start:start + size])
+            return first + self.pread(size - len(first), here) if len(first) < size else first
         index = bisect.bisect_right(self._marks, offset) - 1  # the last checkpoint at or before offset
         if offset < here or self._marks[index] > here or self._inflater.ended:  # back, or a checkpoint lies
             # between (or the stream failed): resume from it
             self._inflater.restore(self._checkpoints[index])
+            self._recent.clear()
         self._advance(offset - self._here(), keep=False)
         if self._here() < offset:  # the data fail before it
             return b""
@@ -165,7 +185,7 @@ class Window(PreadFile):
                 data = self._inflater.read(min(size, mark - self._here(), 4 * CHUNK))
                 if not data:
                     raise EOFError
-            except (EOFError, zlib.error) as error:
+            except self._inflater.errors as error:
                 self.failure = self.failure or ("the archive ends inside this member (truncated)"
                                                 if isinstance(error, EOFError) else
                                                 f"the archive is damaged inside this member ({error})")
@@ -174,6 +194,8 @@ class Window(PreadFile):
                 break
             if keep:
                 pieces.append(data)
+            self._recent += data
+            del self._recent[:max(0, len(self._recent) - RECENT_KEPT)]
             size -= len(data)
             if self._here() == mark:
                 self._marks.append(mark)

@@ -115,7 +115,35 @@ def _zstd_undone(binary):
         return binary
     from backports import zstd
 
-    return zstd.ZstdFile(binary)
+    return _ByBlock(zstd.ZstdFile(binary))
+
+
+class _ByBlock(io.RawIOBase):
+    """A zstd stream read a block at a time (read1). Where it is cut, one read gives the end of the data and the
+    next ones the EOFError: tarfile's stream drops the bytes it gathered when a read raises, and a member the
+    archive is cut inside could not be tagged from what came."""
+
+    def __init__(self, file):
+        super().__init__()
+        self._file, self._cut = file, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._cut is not None:
+            raise self._cut
+        try:
+            data = self._file.read1(len(buffer))
+        except EOFError as error:
+            self._cut = error
+            return 0
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
