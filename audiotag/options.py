@@ -29,19 +29,26 @@ def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    quota = _cgroup_quota(cgroup_root)
+    quota = _cgroup_quota(cgroup_root, _own_cgroup())
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
 
 
-def _cgroup_quota(root: str) -> Optional[float]:
-    """CPUs a cgroup quota allows this process (cgroup v2's cpu.max, v1's cfs files); None without one."""
-    own = ""
+def _own_cgroup() -> str:
+    """This process's cgroup v2 path ("/" or "" inside a container, whose root is its own)."""
     try:
-        with open("/proc/self/cgroup") as lines:
-            own = next((line.rstrip("\n").split(":", 2)[2] for line in lines if line.startswith("0::")), "")
+        with open("/proc/self/cgroup", errors="surrogateescape") as lines:
+            return next((line.rstrip("\n").split(":", 2)[2] for line in lines if line.startswith("0::")), "")
     except (OSError, IndexError):
-        pass
-    for folder in dict.fromkeys([os.path.join(root, own.lstrip("/")), root]):  # its own cgroup's, then the root's
+        return ""
+
+
+def _cgroup_quota(root: str, own: str) -> Optional[float]:
+    """CPUs the cgroup quotas allow a process of cgroup ``own`` (v2's cpu.max, v1's cfs files, of the root and
+    each cgroup down to its own); None without one."""
+    folders, parts = [root], [part for part in own.split("/") if part and part != ".."]
+    folders += [os.path.join(root, *parts[:depth]) for depth in range(1, len(parts) + 1)]  # and its ancestors'
+    found = []
+    for folder in folders:  # the smallest quota on the way down to this process's cgroup holds
         for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
             try:
                 with open(os.path.join(folder, quota_file)) as file:
@@ -52,9 +59,9 @@ def _cgroup_quota(root: str) -> Optional[float]:
                 quota, period = float(words[0]), float(words[1])
             except (OSError, ValueError, IndexError):  # "max": no quota; a file absent: not this version
                 continue
-            if quota > 0 and period > 0:
-                return quota / period
-    return None
+            if 0 < quota < math.inf and period > 0:
+                found.append(quota / period)
+    return min(found, default=None)
 
 
 def number(kind, minimum, maximum=None):

@@ -630,3 +630,11 @@ def test_jobs_default_to_the_cores_the_process_may_use(tmp_path):
         (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
         assert usable_cores(str(v1)) == expected, quota
     assert usable_cores(str(tmp_path / "none")) == cores
+
+    from audiotag.options import _cgroup_quota  # a quota set on a cgroup above this process's holds too
+
+    (v2 / "cpu.max").write_text("max 100000\n")
+    (v2 / "pods" / "pod1").mkdir(parents=True)
+    (v2 / "pods" / "cpu.max").write_text("150000 100000\n")
+    (v2 / "pods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(str(v2), "/pods/pod1") == 1.5 and _cgroup_quota(str(v2), "/") is None

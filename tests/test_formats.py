@@ -549,6 +549,13 @@ def test_the_quick_steps_of_a_decode_keep_pythons_lock(fixtures, monkeypatch):
     with pytest.raises(decode.AudioError):
         decode.load(REPO / "README.md")  # not a container: looked for, as libsndfile would
     assert looked == [str(REPO / "README.md")]
+    monkeypatch.undo()
+    # An SD2 file is raw PCM beside its fork: a first sample of 0x0B77 reads as AC-3's 2-byte magic, still SD2
+    sd2 = fixtures.parent / "ac3-like.sd2"
+    samples = (np.sin(np.arange(32000) / 10) * 0.3).astype(np.float32)
+    samples[0] = 0x0B77 / 32768
+    soundfile.write(sd2, samples, 32000, format="SD2", subtype="PCM_16")
+    assert decode.load(sd2).codec == "pcm_s16be"
 
 
 @pytest.mark.skipif(not FFMPEG, reason="needs ffmpeg to make the fixtures (scripts/build/install_test_tools.sh)")

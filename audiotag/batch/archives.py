@@ -43,7 +43,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional
 
 from ..errors import AudioError, failure_message
@@ -149,8 +149,8 @@ CUT_MEMBER = "the archive ends inside this member (truncated)"
 def cut_short(error: Exception) -> bool:
     """Whether ``error`` is a reader meeting the end of a cut archive (gzip's and zstd's EOFError, tarfile's
     "unexpected end of data"), not damage inside it."""
-    return isinstance(error, EOFError) or (isinstance(error, tarfile.ReadError) and
-                                           str(error) == "unexpected end of data")
+    return isinstance(error, (EOFError, CutHeader)) or (isinstance(error, tarfile.ReadError) and
+                                                         str(error) == "unexpected end of data")
 
 
 def damage(error: Exception) -> Optional[str]:
@@ -177,8 +177,14 @@ class CheckedTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, tar):
         try:
             return super().fromtarfile(tar)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as error:
+        except tarfile.TruncatedHeaderError as error:  # the archive ends inside it
+            raise CutHeader(f"a tar header cut short at byte {tar.offset} ({error})") from None
+        except tarfile.InvalidHeaderError as error:
             raise tarfile.ReadError(f"a damaged tar header at byte {tar.offset} ({error})") from None
+
+
+class CutHeader(tarfile.ReadError):
+    """The archive ends inside a tar header."""
 
 
 def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
@@ -201,11 +207,25 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
                 continue
-            data = _carried(tar, info) if compressed else None
-            yield f"{path}/{info.name}", Member(path, info.name, kind, info.offset_data, info.size, not compressed,
-                                                webdataset_key(info.name), data=data), None
+            member = Member(path, info.name, kind, info.offset_data, info.size, not compressed,
+                            webdataset_key(info.name))
+            if info.issparse():  # its bytes are not where they lie: tarfile puts the holes back
+                yield (f"{path}/{info.name}", *_sparse(tar, info, member))
+            else:
+                yield f"{path}/{info.name}", replace(member, data=_carried(tar, info) if compressed else None), None
         while compressed and tar.fileobj.read(CHUNK):  # to gzip's end, where it checks its CRC: damage that
             pass  # zlib passed (in a stored block) is said, not left unseen after the tar's last header
+
+
+def _sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> tuple:
+    """(member, None) holding a sparse member's bytes (tar -S: holes left out, a map of where its data go), read
+    whole through tarfile, or (member, why not): over the stdin limit."""
+    from ..decode import STDIN_MEMORY_LIMIT  # here: a supervisor lists archives, no decoder
+
+    if info.size > STDIN_MEMORY_LIMIT:
+        return member, (f"a sparse member (holes, as tar -S writes them) is held in memory to be decoded, and this "
+                        f"one is over {STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
+    return replace(member, data=tar.extractfile(info).read(), in_place=False), None
 
 
 def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Optional[bytes]:
@@ -288,7 +308,14 @@ def open_member(member: Member):
     record's payload as the same bytes on stdin are)."""
     from ..decode import open_bytes, open_seekable, open_stdin  # here: a supervisor walks archives, no decoder
     if member.kind == "warc" and member.data is not None:  # a record of a WARC on stdin, carried (piped.carried)
-        return open_stdin(io.BytesIO(member.data))
+        if member.cut is None:
+            return open_stdin(io.BytesIO(member.data))
+        cut = _Held(member.data, len(member.data), member.cut)
+        cut.failure = member.cut  # a record's size is not known before it ends: cut where the bytes end
+        try:
+            return _reporting_failure(open_stdin(io.BytesIO(member.data)), cut)
+        except AudioError as error:
+            raise AudioError(member.cut) from error
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         try:
@@ -298,34 +325,44 @@ def open_member(member: Member):
             raise
         stream.add_closer(file.close)
         return stream
-    if member.data is not None and member.cut is not None:  # cut short on stdin: what came, as a file's window
-        cut = _Cut(member.cut)
-        try:
-            return _reporting_failure(open_bytes(member.data), cut)
-        except AudioError as error:
-            raise AudioError(cut.failure) from error
-    if member.data is not None:
+    if member.data is not None and member.cut is not None and member.size > len(member.data):  # cut short on
+        # stdin: what came, in a window of the member's size ending at the cut, as the named file's window ends
+        window = _Held(member.data, member.size, member.cut)
+    elif member.data is not None:
         return open_bytes(member.data)
-    if member.in_place or member.kind in ("tar.gz", "tar.zst") or _deflated(member):  # read in place, or
+    elif member.in_place or member.kind in ("tar.gz", "tar.zst") or _deflated(member):  # read in place, or
         # decompressed as it is read: seekable all the same
         window = _Window(member.archive, member.offset, member.size) if member.in_place else \
             _compressed_window(member)
-        try:
-            return _reporting_failure(open_seekable(window, member.size), window)
-        except AudioError as error:
-            window.close()
-            if window.failure is not None:
-                raise AudioError(window.failure) from error
-            raise
-        except BaseException:
-            window.close()
-            raise
-    return open_bytes(_read_whole(member))
+    else:
+        return open_bytes(_read_whole(member))
+    try:
+        return _reporting_failure(open_seekable(window, member.size), window)
+    except AudioError as error:
+        window.close()
+        if window.failure is not None:
+            raise AudioError(window.failure) from error
+        raise
+    except BaseException:
+        window.close()
+        raise
 
 
-@dataclass
-class _Cut:
-    failure: str  # as a window's: why the bytes end early
+class _Held(inflate.PreadFile):
+    """A member's first bytes held in memory (an archive on stdin cut inside it), as a file of the member's size
+    whose reads stop at the cut, ``failure`` saying why: what the named archive's window gives its decoder."""
+
+    def __init__(self, data: bytes, size: int, failure: str):
+        super().__init__()
+        self._data, self._size, self._cut = data, size, failure
+        self.failure = None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        size = max(0, min(size, self._size - offset))
+        data = self._data[offset:offset + size]
+        if len(data) < size:
+            self.failure = self._cut
+        return data
 
 
 def _reporting_failure(stream, window):
@@ -571,7 +608,10 @@ class _Window(inflate.PreadFile):
         return data
 
     def file_window(self) -> tuple:
-        """(descriptor, offset, size) of what is left from the current position: FFmpeg reads it without Python."""
+        """(descriptor, offset, size) of what is left from the current position: FFmpeg reads it without Python,
+        so that an archive ending inside the member is seen here, as ``pread`` would see it."""
+        if os.fstat(self._fd).st_size < self._offset + self._size:
+            self.failure = CUT_MEMBER
         return self._fd, self._offset + self._position, max(0, self._size - self._position)
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from ..decode.pcm import read_exactly
 from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CUT_MEMBER, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd, said_through,
+from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd, said_through,
                        webdataset_key, zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
@@ -125,7 +125,7 @@ class _ByBlock(io.RawIOBase):
 
     def __init__(self, file):
         super().__init__()
-        self._file, self._cut = file, None
+        self._file, self._cut, self._given = file, None, 0
 
     def readable(self) -> bool:
         return True
@@ -136,8 +136,11 @@ class _ByBlock(io.RawIOBase):
         try:
             data = self._file.read1(len(buffer))
         except EOFError as error:
+            if not self._given:  # nothing came: an end here would read as an empty archive
+                raise
             self._cut = error
             return 0
+        self._given += len(data)
         memoryview(buffer).cast("B")[:len(data)] = data
         return len(data)
 
@@ -152,8 +155,9 @@ def _tar(binary, wanted) -> Iterator[tuple]:
             tar.members = []  # tarfile keeps every header it read
             if not info.isreg() or not wanted(info.name):
                 continue
-            piped = Piped(_TarMember(tar.fileobj, info), {"archive": "-", "member": info.name,
-                                                          "key": webdataset_key(info.name)})
+            reader = tar.extractfile(info) if info.issparse() else _TarMember(tar.fileobj, info)  # tarfile puts
+            # a sparse member's holes back
+            piped = Piped(reader, {"archive": "-", "member": info.name, "key": webdataset_key(info.name)}, info.size)
             yield f"-/{info.name}", piped, None
             piped.finish()
 
@@ -250,7 +254,8 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
                                        f"--in-process decodes it as it arrives")
     budget.take(name, len(data))
     fields = piped.fields
-    member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, len(data), False,
+    size = piped.size if cut and piped.size else len(data)  # a cut member: the size its file has
+    member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, size, False,
                     fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data, cut=cut)
     return member, None
 
@@ -275,8 +280,9 @@ class Piped:
 
     streamed = True  # tagged before the next input is taken (batch.pipeline)
 
-    def __init__(self, reader, fields: dict):
+    def __init__(self, reader, fields: dict, size: Optional[int] = None):
         self.fields = fields
+        self.size = size  # a tar member's, as its header says
         self._reader = _Hashing(reader)
         self._lock = threading.Lock()
         self._done = False
@@ -307,7 +313,7 @@ class Piped:
             while self._reader.read(CHUNK):
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
-            self._error = failure_message(error)  # _Hashing made them OSErrors
+            self._error = TRUNCATED if self._reader.cut_short else failure_message(error)  # _Hashing: OSErrors
 
 
 class _Hashing(io.RawIOBase):
@@ -332,7 +338,7 @@ class _Hashing(io.RawIOBase):
             if problem is None:
                 raise
             self.cut_short = cut_short(error)
-            self._failure = problem if self.cut_short else f"the archive is damaged: {problem}"
+            self._failure = CUT_MEMBER if self.cut_short else f"the archive is damaged: {problem}"
             raise OSError(self._failure) from error
         memoryview(buffer).cast("B")[:len(data)] = data
         self.digest.update(data)

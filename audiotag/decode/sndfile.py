@@ -217,9 +217,9 @@ def _sndfile_source(file, path) -> tuple:
     file.seek(where)
     guess, name = sniff.sndfile_guess(read_at, size)
     if guess == "unknown":
-        # A container FFmpeg reads (MP4, Matroska...) is no SD2 data fork: no search (two failed stat calls, each
-        # letting go of Python's lock, for every such file).
-        if path is not None and not sniff.is_container(read_at(0, 12)) and _resource_fork_beside(os.fspath(path)):
+        # An MP4 or Matroska file (4 bytes of magic; a 2-byte one could be raw PCM) is no SD2 data fork: no search
+        # (two failed stat calls, each letting go of Python's lock, for every such file).
+        if path is not None and not _iso_or_matroska(read_at(0, 12)) and _resource_fork_beside(os.fspath(path)):
             return os.fspath(path), "SD2"
         raise Refused(NOT_AUDIO, known=False)
     if guess == "bare mpeg":
@@ -227,6 +227,10 @@ def _sndfile_source(file, path) -> tuple:
     # A regular file is read through its descriptor: a Python file object would call back into Python (and take
     # the GIL) for every 4 kB read.
     return (file.fileno() if isinstance(file, io.BufferedReader) else file), _FORMAT_NAMES.get(name, name)
+
+
+def _iso_or_matroska(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" or head.startswith(b"\x1a\x45\xdf\xa3")
 
 
 def _resource_fork_beside(path: str) -> bool:
