@@ -694,6 +694,35 @@ def test_a_member_cut_short_gives_one_record_named_piped_and_compressed(cli, tmp
             assert records[-1]["error"] == "cannot read the archive: it is cut short (truncated)", (suffix, source)
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_zip_members_are_decoded_through_a_window_never_held_whole(tmp_path, monkeypatch, method):
+    """A bzip2 or LZMA zip member (its decompressor cannot be copied) is read through a window as a .tar.zst's is:
+    a seek back beyond the kept bytes decompresses the member again from its start. Never held whole; its
+    records are the files'."""
+    from audiotag.batch import archives
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name, options in (("long.m4a", ["-c:a", "aac"]), ("long.flac", []), ("long.mp3", ["-c:a", "libmp3lame"])):
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "3", "-i",
+                        str(AUDIO / "extra" / "max-guitar.wav"), *options, str(folder / name)], check=True)
+    packed = tmp_path / "clips.zip"
+    with zipfile.ZipFile(packed, "w", method) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, path.name)
+
+    def refuse(member):
+        raise AssertionError(f"{member.name} was read whole")
+    monkeypatch.setattr(archives, "_read_whole", refuse)
+    run = dict(isolate=False, jobs=1, max_duration=None, timeout=None)
+    expected = list(audiotag.tag_many(sorted(map(str, folder.iterdir())), audiotag.TagOptions(hash=True), **run))
+    found = list(audiotag.tag_many([str(packed)], audiotag.TagOptions(hash=True), **run))
+    assert [r["member"] for r in found] == [Path(r["path"]).name for r in expected]
+    for mine, theirs in zip(found, expected):
+        assert "error" not in mine and "warning" not in mine, mine
+        assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
+
+
 @pytest.mark.skipif(not shutil.which("tar"), reason="GNU tar writes sparse members")
 def test_a_sparse_member_is_read_with_its_holes_named_and_piped(cli, tmp_path):
     """tar -S leaves a member's runs of zeros out and stores a map: its bytes are not where they lie. Named and

@@ -330,8 +330,8 @@ def open_member(member: Member):
         window = _Held(member.data, member.size, member.cut)
     elif member.data is not None:
         return open_bytes(member.data)
-    elif member.in_place or member.kind in ("tar.gz", "tar.zst") or _deflated(member):  # read in place, or
-        # decompressed as it is read: seekable all the same
+    elif member.in_place or member.kind in ("tar.gz", "tar.zst", "zip"):  # read in place, or decompressed as it
+        # is read: seekable all the same
         window = _Window(member.archive, member.offset, member.size) if member.in_place else \
             _compressed_window(member)
     else:
@@ -389,10 +389,12 @@ def _reporting_failure(stream, window):
 
 
 def _compressed_window(member: Member) -> inflate.Window:
-    """A tar.gz member or a deflated zip member as a seekable file, decompressed as it is read."""
+    """A tar.gz, tar.zst or compressed zip member as a seekable file, decompressed as it is read."""
     if member.kind in ("tar.gz", "tar.zst"):
         return _TAR_GZ_STREAMS.window(member)
-    return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
+    if _deflated(member):
+        return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
+    return inflate.Window(_ZipStream(member), member.size)  # bzip2, LZMA
 
 
 def _deflated(member: Member) -> bool:
@@ -519,19 +521,20 @@ class _GzipStreams:
                 self._idle.pop(0)[1].close()
 
 
-class _ZstdStream:
-    """A .tar.zst's decompressed bytes, read forward, as ``_GzipStreams`` reads an ``inflate.Inflater``; for
-    ``inflate.Window``, a checkpoint is a position, restored by decompressing from the archive's start (zstd's
-    decompressor cannot be copied)."""
+class _RestartingStream:
+    """Decompressed bytes read forward from a reader that cannot be copied (zstd's, bzip2's, LZMA's), as
+    ``_GzipStreams`` reads an ``inflate.Inflater``; for ``inflate.Window``, a checkpoint is a position, restored by
+    opening the reader again (``_open``) and decompressing forward to it."""
 
     restarts = True
 
-    def __init__(self, path: str):
-        self._path = path
-        self._file = _zstd_reader(path)
+    def __init__(self):
+        self._file = self._open()
         self.ended = False  # a read failed: the next restore starts again
         self._error = None
-        self.errors = (EOFError,) + zstd_errors()
+
+    def _open(self):
+        raise NotImplementedError
 
     @property
     def position(self) -> int:
@@ -558,13 +561,41 @@ class _ZstdStream:
 
     def restore(self, position: int) -> None:
         if self.ended or position < self.position:
-            self._file.close()
-            self._file, self.ended, self._error = _zstd_reader(self._path), False, None
+            self.close()
+            self._file, self.ended, self._error = self._open(), False, None
         while self.position < position and self.read(min(position - self.position, 4 * CHUNK)):
             pass
 
     def close(self) -> None:
         self._file.close()
+
+
+class _ZstdStream(_RestartingStream):
+    """A .tar.zst's decompressed bytes: a checkpoint is restored by decompressing from the archive's start."""
+
+    def __init__(self, path: str):
+        self._path, self.errors = path, (EOFError,) + zstd_errors()
+        super().__init__()
+
+    def _open(self):
+        return _zstd_reader(self._path)
+
+
+class _ZipStream(_RestartingStream):
+    """A bzip2 or LZMA zip member's bytes (zipfile's reader): a checkpoint is restored by decompressing the member
+    from its start."""
+
+    def __init__(self, member: Member):
+        self._member = member
+        super().__init__()
+        self.errors = (EOFError, OSError, zipfile.BadZipFile) + _lzma_errors()  # bz2: OSError; lzma: loaded now
+
+    def _open(self):
+        return _reader(self._member)
+
+    def close(self) -> None:
+        self._file.close()
+        self._file._archive.close()  # noqa: SLF001 -- the ZipFile _reader kept open for it
 
 
 _TAR_GZ_STREAMS = _GzipStreams()  # and .tar.zst's
