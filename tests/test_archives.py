@@ -757,7 +757,7 @@ def test_large_tar_zst_members_are_decoded_through_a_window_never_held_whole(tmp
     """A .tar.zst member too large to carry (over 2 MB) is read through a seekable window, as a tar.gz's: its
     first MB kept, a seek back beyond it decompressing the archive again from its start (an MP4 whose index
     comes last seeks to its end and back). Never held whole; its records are the plain tar's."""
-    from audiotag.batch import archives
+    from audiotag.batch import archives, streams
 
     source = AUDIO / "extra" / "max-guitar.wav"
     made = {}
@@ -776,13 +776,13 @@ def test_large_tar_zst_members_are_decoded_through_a_window_never_held_whole(tmp
         raise AssertionError(f"{member.name} was read whole")
     monkeypatch.setattr(archives, "_read_whole", refuse)
     restarts = []  # seeks back past what the window keeps: decompressing the archive again from its start
-    restore = archives._ZstdStream.restore  # noqa: SLF001
+    restore = streams.ZstdStream.restore
 
     def counted(stream, position):
         if stream.ended or position < stream.position:
             restarts.append(position)
         restore(stream, position)
-    monkeypatch.setattr(archives._ZstdStream, "restore", counted)  # noqa: SLF001
+    monkeypatch.setattr(streams.ZstdStream, "restore", counted)
     run = dict(isolate=False, jobs=1, max_duration=None, timeout=None)
     expected = list(audiotag.tag_many([str(plain)], audiotag.TagOptions(top_k=5, hash=True), **run))
     found = list(audiotag.tag_many([str(packed)], audiotag.TagOptions(top_k=5, hash=True), **run))

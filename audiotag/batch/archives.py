@@ -38,9 +38,7 @@ import io
 import os
 import re
 import struct
-import sys
 import tarfile
-import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -48,7 +46,8 @@ from typing import Iterator, Optional
 
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
-from . import inflate, warc
+from . import inflate, streams, warc
+from .streams import CUT_MEMBER, lzma_errors, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -143,9 +142,6 @@ class Refused:
 
 
 TRUNCATED = "it is cut short (truncated)"
-CUT_MEMBER = "the archive ends inside this member (truncated)"
-
-
 def cut_short(error: Exception) -> bool:
     """Whether ``error`` is a reader meeting the end of a cut archive (gzip's and zstd's EOFError, tarfile's
     "unexpected end of data"), not damage inside it."""
@@ -164,7 +160,7 @@ def damage(error: Exception) -> Optional[str]:
         return f"its zstd frames need a window over {ZSTD_WINDOW_MAX} MB (compressed with --long above 27), which " \
                f"audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)"
     if isinstance(error, (warc.Damaged, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error)) or \
-            isinstance(error, warc.read_errors() + zstd_errors() + _lzma_errors()):
+            isinstance(error, warc.read_errors() + zstd_errors() + lzma_errors()):
         return str(error).strip() or "damaged"
     return None
 
@@ -201,7 +197,7 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
     kind = _tar_kind(path)
     compressed = kind != "tar"
     source = {"tar.gz": dict(name=path, mode="r:gz"), "tar": dict(name=path, mode="r:"),
-              "tar.zst": dict(fileobj=_zstd_reader(path), mode="r:")}[kind]  # zstd: Python 3.11's tarfile lacks it
+              "tar.zst": dict(fileobj=zstd_reader(path), mode="r:")}[kind]  # zstd: Python 3.11's tarfile lacks it
     with tarfile.open(**source, tarinfo=CheckedTarInfo) as tar:
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
@@ -257,25 +253,6 @@ def is_zstd(head: bytes) -> bool:
     return head.startswith(ZSTD_MAGIC) or ZSTD_SKIPPABLE.match(head) is not None
 
 
-def _zstd_reader(source):
-    """A zstd stream's decompressed bytes (a path or a binary file object), read forward."""
-    from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
-
-    return zstd.ZstdFile(source)
-
-
-def _lzma_errors() -> tuple:
-    """An LZMA zip member's damage (lzma is loaded only where zipfile meets such a member: not in the binary)."""
-    lzma = sys.modules.get("lzma")
-    return (lzma.LZMAError,) if lzma is not None else ()
-
-
-def zstd_errors() -> tuple:
-    from backports import zstd
-
-    return (zstd.ZstdError,)
-
-
 def _zip_members(path: str, wanted) -> Iterator[tuple]:
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
@@ -310,7 +287,7 @@ def open_member(member: Member):
     if member.kind == "warc" and member.data is not None:  # a record of a WARC on stdin, carried (piped.carried)
         if member.cut is None:
             return open_stdin(io.BytesIO(member.data))
-        cut = _Held(member.data, len(member.data), member.cut)
+        cut = streams.Held(member.data, len(member.data), member.cut)
         cut.failure = member.cut  # a record's size is not known before it ends: cut where the bytes end
         try:
             return _reporting_failure(open_stdin(io.BytesIO(member.data)), cut)
@@ -327,12 +304,12 @@ def open_member(member: Member):
         return stream
     if member.data is not None and member.cut is not None and member.size > len(member.data):  # cut short on
         # stdin: what came, in a window of the member's size ending at the cut, as the named file's window ends
-        window = _Held(member.data, member.size, member.cut)
+        window = streams.Held(member.data, member.size, member.cut)
     elif member.data is not None:
         return open_bytes(member.data)
     elif member.in_place or member.kind in ("tar.gz", "tar.zst", "zip"):  # read in place, or decompressed as it
         # is read: seekable all the same
-        window = _Window(member.archive, member.offset, member.size) if member.in_place else \
+        window = streams.FileWindow(member.archive, member.offset, member.size) if member.in_place else \
             _compressed_window(member)
     else:
         return open_bytes(_read_whole(member))
@@ -346,23 +323,6 @@ def open_member(member: Member):
     except BaseException:
         window.close()
         raise
-
-
-class _Held(inflate.PreadFile):
-    """A member's first bytes held in memory (an archive on stdin cut inside it), as a file of the member's size
-    whose reads stop at the cut, ``failure`` saying why: what the named archive's window gives its decoder."""
-
-    def __init__(self, data: bytes, size: int, failure: str):
-        super().__init__()
-        self._data, self._size, self._cut = data, size, failure
-        self.failure = None
-
-    def pread(self, size: int, offset: int) -> bytes:
-        size = max(0, min(size, self._size - offset))
-        data = self._data[offset:offset + size]
-        if len(data) < size:
-            self.failure = self._cut
-        return data
 
 
 def _reporting_failure(stream, window):
@@ -391,10 +351,10 @@ def _reporting_failure(stream, window):
 def _compressed_window(member: Member) -> inflate.Window:
     """A tar.gz, tar.zst or compressed zip member as a seekable file, decompressed as it is read."""
     if member.kind in ("tar.gz", "tar.zst"):
-        return _TAR_GZ_STREAMS.window(member)
+        return TAR_STREAMS.window(member)
     if _deflated(member):
         return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
-    return inflate.Window(_ZipStream(member), member.size)  # bzip2, LZMA
+    return inflate.Window(streams.ZipStream(lambda: _reader(member)), member.size)  # bzip2, LZMA
 
 
 def _deflated(member: Member) -> bool:
@@ -413,7 +373,7 @@ def member_sha256(member: Member) -> str:
         if member.data is not None:
             digest.update(member.data)
         elif member.kind in ("tar.gz", "tar.zst"):
-            _TAR_GZ_STREAMS.read(member, digest.update)
+            TAR_STREAMS.read(member, digest.update)
         else:
             with _reader(member) as reader:
                 while chunk := reader.read(CHUNK):
@@ -432,10 +392,10 @@ def member_sha256(member: Member) -> str:
 def _reader(member: Member):
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
-        return _Limited(payload, 1 << 62, file)
+        return streams.Limited(payload, 1 << 62, file)
     if member.in_place:
-        return _Window(member.archive, member.offset, member.size)
-    archive = zipfile.ZipFile(member.archive)  # a compressed zip member (a tar.gz's: _GzipStreams)
+        return streams.FileWindow(member.archive, member.offset, member.size)
+    archive = zipfile.ZipFile(member.archive)  # a compressed zip member (a tar.gz's: streams.GzipStreams)
     reader = archive.open(member.name)
     reader._archive = archive  # noqa: SLF001 -- kept open as long as the member's reader is
     return reader
@@ -450,7 +410,7 @@ def _read_whole(member: Member) -> bytes:
     try:
         if member.kind == "tar.zst":
             data = bytearray()
-            _TAR_GZ_STREAMS.read(member, data.extend)
+            TAR_STREAMS.read(member, data.extend)
             return bytes(data)
         with _reader(member) as reader:
             data = reader.read(member.size)
@@ -463,189 +423,4 @@ def _read_whole(member: Member) -> bytes:
     return data
 
 
-class _GzipStreams:
-    """Decompressing streams on tar.gz archives (``inflate.Inflater``), kept open between members. A tar.gz can
-    only be entered at its start; members are asked for in archive order, so each one continues a stream where
-    an earlier member ended (a new stream from the start for each member made a shard of N members cost N/2 times
-    its decompression). At most ``KEEP`` are kept: ``--jobs`` threads ask at once, a little out of order."""
-
-    KEEP = 4
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._idle: list = []  # (archive's identity, stream) not in use, oldest first
-
-    def read(self, member: Member, consume) -> None:
-        """Hand the member's bytes to ``consume`` chunk by chunk (EOFError where the archive ends first)."""
-        key, stream = self._take(member)
-        try:
-            left = member.size
-            while left and (chunk := stream.read(min(CHUNK, left))):
-                consume(chunk)
-                left -= len(chunk)
-            if left:
-                raise EOFError(CUT_MEMBER)
-        except BaseException:
-            stream.close()
-            raise
-        self._give_back(key, stream)
-
-    def window(self, member: Member) -> inflate.Window:
-        """The member as a seekable file, decompressed as it is read; its stream comes back here when it closes."""
-        key, stream = self._take(member)
-        return inflate.Window(stream, member.size, on_close=lambda used: self._give_back(key, used))
-
-    def _take(self, member: Member) -> tuple:
-        """(the archive's identity, a stream at the member's start)."""
-        status = os.stat(member.archive)
-        key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
-        with self._lock:
-            behind = [(stream.position, index) for index, (known, stream) in enumerate(self._idle)
-                      if known == key and stream.position <= member.offset]
-            stream = self._idle.pop(max(behind)[1])[1] if behind else None
-        if stream is None:
-            stream = inflate.Inflater(member.archive) if member.kind == "tar.gz" else _ZstdStream(member.archive)
-        try:
-            while stream.position < member.offset:  # forward: decompresses only the gap
-                if not stream.read(min(member.offset - stream.position, 4 * inflate.CHUNK)):
-                    raise EOFError("the archive ends before this member (truncated)")
-        except BaseException:
-            stream.close()
-            raise
-        return key, stream
-
-    def _give_back(self, key: tuple, stream: inflate.Inflater) -> None:
-        with self._lock:
-            self._idle.append((key, stream))
-            while len(self._idle) > self.KEEP:
-                self._idle.pop(0)[1].close()
-
-
-class _RestartingStream:
-    """Decompressed bytes read forward from a reader that cannot be copied (zstd's, bzip2's, LZMA's), as
-    ``_GzipStreams`` reads an ``inflate.Inflater``; for ``inflate.Window``, a checkpoint is a position, restored by
-    opening the reader again (``_open``) and decompressing forward to it."""
-
-    restarts = True
-
-    def __init__(self):
-        self._file = self._open()
-        self.ended = False  # a read failed: the next restore starts again
-        self._error = None
-
-    def _open(self):
-        raise NotImplementedError
-
-    @property
-    def position(self) -> int:
-        return self._file.tell()
-
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes; read1: where the data end or are damaged, the bytes before come first (read()
-        drops those it holds when it raises)."""
-        if self._error is not None:
-            raise self._error
-        pieces = []
-        try:
-            while size > 0 and (data := self._file.read1(size)):
-                pieces.append(data)
-                size -= len(data)
-        except self.errors as error:
-            if not pieces:
-                raise
-            self._error = error  # the next read raises it
-        return b"".join(pieces)
-
-    def checkpoint(self) -> int:
-        return self.position
-
-    def restore(self, position: int) -> None:
-        if self.ended or position < self.position:
-            self.close()
-            self._file, self.ended, self._error = self._open(), False, None
-        while self.position < position and self.read(min(position - self.position, 4 * CHUNK)):
-            pass
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _ZstdStream(_RestartingStream):
-    """A .tar.zst's decompressed bytes: a checkpoint is restored by decompressing from the archive's start."""
-
-    def __init__(self, path: str):
-        self._path, self.errors = path, (EOFError,) + zstd_errors()
-        super().__init__()
-
-    def _open(self):
-        return _zstd_reader(self._path)
-
-
-class _ZipStream(_RestartingStream):
-    """A bzip2 or LZMA zip member's bytes (zipfile's reader): a checkpoint is restored by decompressing the member
-    from its start."""
-
-    def __init__(self, member: Member):
-        self._member = member
-        super().__init__()
-        self.errors = (EOFError, OSError, zipfile.BadZipFile) + _lzma_errors()  # bz2: OSError; lzma: loaded now
-
-    def _open(self):
-        return _reader(self._member)
-
-    def close(self) -> None:
-        self._file.close()
-        self._file._archive.close()  # noqa: SLF001 -- the ZipFile _reader kept open for it
-
-
-_TAR_GZ_STREAMS = _GzipStreams()  # and .tar.zst's
-
-
-class _Limited(io.RawIOBase):
-    """The first ``size`` bytes of a stream (a tar.gz member, once its stream is at the member)."""
-
-    def __init__(self, stream, size: int, closes=None):
-        super().__init__()
-        self._stream, self._left, self._closes = stream, size, closes or stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._stream.read(min(len(buffer), self._left))
-        memoryview(buffer).cast("B")[:len(data)] = data
-        self._left -= len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._closes.close()
-        super().close()
-
-
-class _Window(inflate.PreadFile):
-    """A read-only, seekable file over ``size`` bytes at ``offset`` of a file, read with pread (no copy held)."""
-
-    def __init__(self, path: str, offset: int, size: int):
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self._offset, self._size, self._position = offset, size, 0
-        self.failure = None  # the archive ends inside the member: reads stop there (as inflate.Window's)
-
-    def pread(self, size: int, offset: int) -> bytes:
-        size = max(0, min(size, self._size - offset))
-        data = os.pread(self._fd, size, self._offset + offset) if size else b""
-        if len(data) < size:
-            self.failure = CUT_MEMBER
-        return data
-
-    def file_window(self) -> tuple:
-        """(descriptor, offset, size) of what is left from the current position: FFmpeg reads it without Python,
-        so that an archive ending inside the member is seen here, as ``pread`` would see it."""
-        if os.fstat(self._fd).st_size < self._offset + self._size:
-            self.failure = CUT_MEMBER
-        return self._fd, self._offset + self._position, max(0, self._size - self._position)
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
+TAR_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives

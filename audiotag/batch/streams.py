@@ -1,0 +1,242 @@
+"""The files a member is read through, and the decompressing streams under them (``archives`` lists members;
+this module opens their bytes). ``FileWindow``: a plain tar's or stored zip member's bytes where they lie;
+``GzipStreams``: streams on a .tar.gz or .tar.zst kept open between members, entered in archive order;
+``RestartingStream``: a reader whose decompressor cannot be copied (zstd's, bzip2's, LZMA's), for
+``inflate.Window``, its checkpoints positions reached again from its start; ``Held``: a member's bytes in memory
+cut short on stdin, as a window of its declared size.
+"""
+
+import io
+import os
+import sys
+import threading
+import zipfile
+
+from ..hashing import CHUNK
+from . import inflate
+
+CUT_MEMBER = "the archive ends inside this member (truncated)"
+
+
+
+
+def zstd_reader(source):
+    """A zstd stream's decompressed bytes (a path or a binary file object), read forward."""
+    from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
+
+    return zstd.ZstdFile(source)
+
+
+def lzma_errors() -> tuple:
+    """An LZMA zip member's damage (lzma is loaded only where zipfile meets such a member: not in the binary)."""
+    lzma = sys.modules.get("lzma")
+    return (lzma.LZMAError,) if lzma is not None else ()
+
+
+def zstd_errors() -> tuple:
+    from backports import zstd
+
+    return (zstd.ZstdError,)
+
+
+class Held(inflate.PreadFile):
+    """A member's first bytes held in memory (an archive on stdin cut inside it), as a file of the member's size
+    whose reads stop at the cut, ``failure`` saying why: what the named archive's window gives its decoder."""
+
+    def __init__(self, data: bytes, size: int, failure: str):
+        super().__init__()
+        self._data, self._size, self._cut = data, size, failure
+        self.failure = None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        size = max(0, min(size, self._size - offset))
+        data = self._data[offset:offset + size]
+        if len(data) < size:
+            self.failure = self._cut
+        return data
+
+
+class GzipStreams:
+    """Decompressing streams on tar.gz archives (``inflate.Inflater``), kept open between members. A tar.gz can
+    only be entered at its start; members are asked for in archive order, so each one continues a stream where
+    an earlier member ended (a new stream from the start for each member made a shard of N members cost N/2 times
+    its decompression). At most ``KEEP`` are kept: ``--jobs`` threads ask at once, a little out of order. A
+    ``member`` is an ``archives.Member``: its archive, kind, offset and size."""
+
+    KEEP = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list = []  # (archive's identity, stream) not in use, oldest first
+
+    def read(self, member, consume) -> None:
+        """Hand the member's bytes to ``consume`` chunk by chunk (EOFError where the archive ends first)."""
+        key, stream = self._take(member)
+        try:
+            left = member.size
+            while left and (chunk := stream.read(min(CHUNK, left))):
+                consume(chunk)
+                left -= len(chunk)
+            if left:
+                raise EOFError(CUT_MEMBER)
+        except BaseException:
+            stream.close()
+            raise
+        self._give_back(key, stream)
+
+    def window(self, member) -> inflate.Window:
+        """The member as a seekable file, decompressed as it is read; its stream comes back here when it closes."""
+        key, stream = self._take(member)
+        return inflate.Window(stream, member.size, on_close=lambda used: self._give_back(key, used))
+
+    def _take(self, member) -> tuple:
+        """(the archive's identity, a stream at the member's start)."""
+        status = os.stat(member.archive)
+        key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
+        with self._lock:
+            behind = [(stream.position, index) for index, (known, stream) in enumerate(self._idle)
+                      if known == key and stream.position <= member.offset]
+            stream = self._idle.pop(max(behind)[1])[1] if behind else None
+        if stream is None:
+            stream = inflate.Inflater(member.archive) if member.kind == "tar.gz" else ZstdStream(member.archive)
+        try:
+            while stream.position < member.offset:  # forward: decompresses only the gap
+                if not stream.read(min(member.offset - stream.position, 4 * inflate.CHUNK)):
+                    raise EOFError("the archive ends before this member (truncated)")
+        except BaseException:
+            stream.close()
+            raise
+        return key, stream
+
+    def _give_back(self, key: tuple, stream: inflate.Inflater) -> None:
+        with self._lock:
+            self._idle.append((key, stream))
+            while len(self._idle) > self.KEEP:
+                self._idle.pop(0)[1].close()
+
+
+class RestartingStream:
+    """Decompressed bytes read forward from a reader that cannot be copied (zstd's, bzip2's, LZMA's), as
+    ``GzipStreams`` reads an ``inflate.Inflater``; for ``inflate.Window``, a checkpoint is a position, restored by
+    opening the reader again (``_open``) and decompressing forward to it."""
+
+    restarts = True
+
+    def __init__(self):
+        self._file = self._open()
+        self.ended = False  # a read failed: the next restore starts again
+        self._error = None
+
+    def _open(self):
+        raise NotImplementedError
+
+    @property
+    def position(self) -> int:
+        return self._file.tell()
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; read1: where the data end or are damaged, the bytes before come first (read()
+        drops those it holds when it raises)."""
+        if self._error is not None:
+            raise self._error
+        pieces = []
+        try:
+            while size > 0 and (data := self._file.read1(size)):
+                pieces.append(data)
+                size -= len(data)
+        except self.errors as error:
+            if not pieces:
+                raise
+            self._error = error  # the next read raises it
+        return b"".join(pieces)
+
+    def checkpoint(self) -> int:
+        return self.position
+
+    def restore(self, position: int) -> None:
+        if self.ended or position < self.position:
+            self.close()
+            self._file, self.ended, self._error = self._open(), False, None
+        while self.position < position and self.read(min(position - self.position, 4 * CHUNK)):
+            pass
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ZstdStream(RestartingStream):
+    """A .tar.zst's decompressed bytes: a checkpoint is restored by decompressing from the archive's start."""
+
+    def __init__(self, path: str):
+        self._path, self.errors = path, (EOFError,) + zstd_errors()
+        super().__init__()
+
+    def _open(self):
+        return zstd_reader(self._path)
+
+
+class ZipStream(RestartingStream):
+    """A bzip2 or LZMA zip member's bytes (``open_member()``: zipfile's reader, its ZipFile kept as ``_archive``): a
+    checkpoint is restored by decompressing the member from its start."""
+
+    def __init__(self, open_member):
+        self._open_member = open_member
+        super().__init__()
+        self.errors = (EOFError, OSError, zipfile.BadZipFile) + lzma_errors()  # bz2: OSError; lzma: loaded now
+
+    def _open(self):
+        return self._open_member()
+
+    def close(self) -> None:
+        self._file.close()
+        self._file._archive.close()  # noqa: SLF001 -- the ZipFile kept open for it
+
+
+class Limited(io.RawIOBase):
+    """The first ``size`` bytes of a stream (a tar.gz member, once its stream is at the member)."""
+
+    def __init__(self, stream, size: int, closes=None):
+        super().__init__()
+        self._stream, self._left, self._closes = stream, size, closes or stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(min(len(buffer), self._left))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._closes.close()
+        super().close()
+
+
+class FileWindow(inflate.PreadFile):
+    """A read-only, seekable file over ``size`` bytes at ``offset`` of a file, read with pread (no copy held)."""
+
+    def __init__(self, path: str, offset: int, size: int):
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._offset, self._size, self._position = offset, size, 0
+        self.failure = None  # the archive ends inside the member: reads stop there (as inflate.Window's)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        size = max(0, min(size, self._size - offset))
+        data = os.pread(self._fd, size, self._offset + offset) if size else b""
+        if len(data) < size:
+            self.failure = CUT_MEMBER
+        return data
+
+    def file_window(self) -> tuple:
+        """(descriptor, offset, size) of what is left from the current position: FFmpeg reads it without Python,
+        so that an archive ending inside the member is seen here, as ``pread`` would see it."""
+        if os.fstat(self._fd).st_size < self._offset + self._size:
+            self.failure = CUT_MEMBER
+        return self._fd, self._offset + self._position, max(0, self._size - self._position)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
