@@ -16,6 +16,7 @@ should answer without loading it.
 """
 
 import argparse
+import io
 import logging
 import math
 import os
@@ -114,12 +115,13 @@ class TagBatch:
         """An archive's rows, its bytes read from ``filesystem`` as they are tagged: a WARC or shard of gigabytes
         is never held whole (a zip is: its index comes last; at most the CLI's stdin limit)."""
         try:
-            with self.filesystem.open_input_stream(path) as stream:
-                return list(self.archive_rows(self.prefix + path, stream=stream))
+            stream = self.filesystem.open_input_stream(path)
         except OSError as error:  # cannot be opened (gone, permissions): a row, as a file's would be
             from .errors import failure_message
 
             return [self._failed(self.prefix + path, failure_message(error), {"archive": self.prefix + path})]
+        with stream:
+            return list(self.archive_rows(self.prefix + path, stream=_Failing(stream, self.prefix + path)))
 
     def rows(self, path: str, data: bytes) -> list:
         """A file's row, or an archive's (by its name, as the CLI opens one): a row per audio member."""
@@ -172,6 +174,8 @@ class TagBatch:
         try:
             clip = load()
             prediction = self.tagger.predict(clip, self.options)
+        except ReadFailed:
+            raise
         except Exception as error:  # worded as the CLI words the same failure
             outcome = Outcome(path, error=failure_message(error), fields=fields)
         else:
@@ -195,6 +199,33 @@ class TagBatch:
         if self.embeddings and outcome.error is None:
             row["embedding"] = prediction.embedding.tolist()
         return row
+
+
+class ReadFailed(Exception):
+    """The filesystem failed while an archive was streamed (not an OSError: those are the archive's damage, said
+    in its rows, and a rerun would take the archive as done). The task fails, and its archive has no rows."""
+
+
+class _Failing(io.RawIOBase):
+    """A filesystem's stream whose read errors are ``ReadFailed``."""
+
+    def __init__(self, stream, name: str):
+        super().__init__()
+        self._stream, self._name = stream, name
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # not RawIOBase's: it would allocate ``size`` bytes first
+        try:
+            return self._stream.read() if size is None or size < 0 else self._stream.read(size)
+        except OSError as error:
+            raise ReadFailed(f"{self._name}: reading failed: {error}") from error
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
 
 
 def record(row: dict) -> dict:

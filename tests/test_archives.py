@@ -751,13 +751,27 @@ def test_a_sparse_member_is_read_with_its_holes_named_and_piped(cli, tmp_path):
             for mine, theirs in zip(found, dense):
                 assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
 
+    bomb = folder / "bomb.wav"  # 100 GB of holes in a few kB of map: refused, named or piped, without filling them
+    shutil.copy(AUDIO / "music.wav", bomb)
+    os.truncate(bomb, 100 << 30)
+    bombed = tmp_path / "bomb.tar"
+    subprocess.run(["tar", "--format=gnu", "-S", "-cf", str(bombed), "-C", str(folder), "bomb.wav", "music.wav"],
+                   check=True)
+    bomb.unlink()
+    for source, stdin in ((bombed, b""), ("-", bombed.read_bytes())):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin, timeout=60)
+        records = _records(result.stdout)
+        assert [r["member"] for r in records] == ["bomb.wav", "music.wav"] and "error" not in records[1]
+        assert records[0]["error"].startswith("a sparse member (holes, as tar -S writes them) is held whole to be "
+                                              "decoded, and this one is 102400 MB with its holes, over 64 MB: ")
+
 
 @pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/build/install_test_tools.sh)")
 def test_large_tar_zst_members_are_decoded_through_a_window_never_held_whole(tmp_path, monkeypatch):
     """A .tar.zst member too large to carry (over 2 MB) is read through a seekable window, as a tar.gz's: its
     first MB kept, a seek back beyond it decompressing the archive again from its start (an MP4 whose index
     comes last seeks to its end and back). Never held whole; its records are the plain tar's."""
-    from audiotag.batch import archives, streams
+    from audiotag.batch import archives, inflate, streams
 
     source = AUDIO / "extra" / "max-guitar.wav"
     made = {}
@@ -785,13 +799,17 @@ def test_large_tar_zst_members_are_decoded_through_a_window_never_held_whole(tmp
     monkeypatch.setattr(streams.ZstdStream, "restore", counted)
     run = dict(isolate=False, jobs=1, max_duration=None, timeout=None)
     expected = list(audiotag.tag_many([str(plain)], audiotag.TagOptions(top_k=5, hash=True), **run))
-    found = list(audiotag.tag_many([str(packed)], audiotag.TagOptions(top_k=5, hash=True), **run))
-    assert [r["member"] for r in found] == [r["member"] for r in expected] == list(made)
-    for mine, theirs in zip(found, expected):
-        assert "error" not in mine and "warning" not in mine, mine
-        assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
-    assert len(restarts) == 1  # the M4A's, back from its index at the end; FLAC's seeks back after each block
-    # (libsndfile's) fall in the last MB kept
+    for kept, restarted in ((inflate.HEAD_KEPT, 0), (1 << 20, 1)):  # the M4A's 2.9 MB kept whole; or its first MB:
+        # then the seek back from its index at the end starts the archive again, once
+        monkeypatch.setattr(inflate, "HEAD_KEPT", kept)
+        restarts.clear()
+        found = list(audiotag.tag_many([str(packed)], audiotag.TagOptions(top_k=5, hash=True), **run))
+        assert [r["member"] for r in found] == [r["member"] for r in expected] == list(made)
+        for mine, theirs in zip(found, expected):
+            assert "error" not in mine and "warning" not in mine, mine
+            assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
+        assert len(restarts) == restarted, kept  # FLAC's seeks back after each block (libsndfile's) fall in the
+        # last MB read, kept too
 
 
 def test_a_tar_zst_behind_a_skippable_frame_is_read_and_a_window_too_large_is_said(cli, tmp_path):

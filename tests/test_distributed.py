@@ -388,6 +388,22 @@ def test_an_archives_rows_are_the_cli_records_of_its_members(tmp_path, kind):
     largest = max(reads)
     assert largest > archive.stat().st_size if kind == "zip" else 0 < min(reads) and largest <= 1 << 20
 
+    class Failing(Streams):  # the filesystem fails on the second read: the task fails, no row says "damaged"
+        def open_input_stream(self, path):
+            file = super().open_input_stream(path)
+            reader = file.read
+
+            def read(size=-1):
+                if len(reads) >= 1:  # the second read
+                    raise OSError(5, "Input/output error")
+                return reader(size)
+            file.read = read
+            return file
+
+    reads.clear()
+    with pytest.raises(distributed.ReadFailed):
+        distributed.TagBatch(TagOptions(hash=True), filesystem=Failing())(unread)
+
     if kind == "tar.gz":
         cut = archive.read_bytes()[:len(archive.read_bytes()) // 2]
         rows = [distributed.record(row) for row in distributed.TagBatch().rows(str(archive), cut)]

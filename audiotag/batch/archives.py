@@ -58,6 +58,7 @@ _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extr
 # A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
 # are smaller). What that holds at once, at most: this times the inputs read ahead of the tagging, about
 # 5 x --jobs + 4 per worker in the watcher and up to 3 x --jobs + 2 more in each worker.
+SPARSE_MAX = 64 << 20  # a sparse member's size with its holes: an hour of 8 kHz WAV, minutes of CD audio
 CARRIED_MAX = 2 << 20  # 10 s of 48 kHz stereo 16-bit WAV; an MP3 or M4A clip of minutes
 ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # zipfile reads
 
@@ -215,13 +216,20 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
 
 def _sparse(tar: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> tuple:
     """(member, None) holding a sparse member's bytes (tar -S: holes left out, a map of where its data go), read
-    whole through tarfile, or (member, why not): over the stdin limit."""
-    from ..decode import STDIN_MEMORY_LIMIT  # here: a supervisor lists archives, no decoder
-
-    if info.size > STDIN_MEMORY_LIMIT:
-        return member, (f"a sparse member (holes, as tar -S writes them) is held in memory to be decoded, and this "
-                        f"one is over {STDIN_MEMORY_LIMIT >> 20} MB: unpack it and give its path")
+    whole through tarfile, or (member, why not): larger than SPARSE_MAX once its holes are back."""
+    problem = sparse_problem(info)
+    if problem:
+        return member, problem
     return replace(member, data=tar.extractfile(info).read(), in_place=False), None
+
+
+def sparse_problem(info: tarfile.TarInfo) -> Optional[str]:
+    """Why a sparse member is not read (its holes put back, it is held whole and travels to a worker: a few kB
+    of map can stand for terabytes of zeros), or None."""
+    if info.size <= SPARSE_MAX:
+        return None
+    return (f"a sparse member (holes, as tar -S writes them) is held whole to be decoded, and this one is "
+            f"{info.size >> 20} MB with its holes, over {SPARSE_MAX >> 20} MB: unpack it and give its path")
 
 
 def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Optional[bytes]:
@@ -354,7 +362,8 @@ def _compressed_window(member: Member) -> inflate.Window:
         return TAR_STREAMS.window(member)
     if _deflated(member):
         return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
-    return inflate.Window(streams.ZipStream(lambda: _reader(member)), member.size)  # bzip2, LZMA
+    archive = zipfile.ZipFile(member.archive)  # a bzip2 or LZMA member: read again from its start to seek back
+    return inflate.Window(streams.ZipStream(archive, member.name), member.size)
 
 
 def _deflated(member: Member) -> bool:

@@ -8,8 +8,10 @@ decompresses up to it. What this holds: about 45 kB per checkpoint (32 per GB of
 compressed input; a seek costs at most ``CHECKPOINT`` bytes of decompression beyond where it lands.
 
 A stream whose decompressor cannot be copied (zstd's: ``restarts``) takes a checkpoint as a position, reached
-again by decompressing from the archive's start: the member's first ``HEAD_KEPT`` bytes are kept, so that the
-seeks back of a decoder reading a header cost nothing; a seek back past them decompresses the archive up to there.
+again by decompressing from the archive's start, a cost that grows with the member's depth in the archive. So the
+member's first ``HEAD_KEPT`` bytes are kept as they are read: all of an MP3 or M4A of minutes, whose decoder's
+seeks to the end and back (an index, a tag) then cost nothing; only a seek back beyond them, in a longer member,
+decompresses the archive again up to there.
 
 ``Inflater`` is the forward reader underneath: a gzip file (several gzip members one after another too, as bgzip
 writes them) or raw deflate data (a zip member) from an offset of a file, read with pread in large chunks (each
@@ -23,7 +25,7 @@ import zlib
 
 CHUNK = 1 << 18  # compressed bytes read per call
 CHECKPOINT = 32 << 20
-HEAD_KEPT = 1 << 20  # a restarting stream's member: its first bytes, where decoders seek back to
+HEAD_KEPT = 32 << 20  # a restarting stream's member: its first bytes, where decoders seek back to
 RECENT_KEPT = 1 << 20  # the bytes just before where the stream is: libsndfile's FLAC reader seeks back ~10 kB
 # after every block it reads, and each such seek restored a checkpoint (up to CHECKPOINT bytes decompressed again)
 GZIP, DEFLATE = 31, -15  # zlib's wbits: a gzip stream; raw deflate data (a zip member's)
@@ -147,7 +149,7 @@ class Window(PreadFile):
         self._readable = size  # up to the failure, once there is one
         self.failure = None
         self._recent = bytearray()  # the member's last bytes decompressed, up to here (at most RECENT_KEPT)
-        self._head = self._advance(min(size, HEAD_KEPT), keep=True) if inflater.restarts else b""
+        self._head = bytearray()  # a restarting stream's member from its start, up to HEAD_KEPT, as it is read
 
     def pread(self, size: int, offset: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer past the end, or the failure), without moving the file's position."""
@@ -155,7 +157,7 @@ class Window(PreadFile):
         if not size:
             return b""
         if offset < len(self._head):  # kept: no restart
-            first = self._head[offset:offset + size]
+            first = bytes(self._head[offset:offset + size])
             return first + self.pread(size - len(first), offset + len(first)) if len(first) < size else first
         here = self._here()
         if here - len(self._recent) <= offset < here:  # just read: kept
@@ -194,6 +196,8 @@ class Window(PreadFile):
                 break
             if keep:
                 pieces.append(data)
+            if self._inflater.restarts and len(self._head) == self._here() - len(data) < HEAD_KEPT:
+                self._head += data[:HEAD_KEPT - len(self._head)]
             self._recent += data
             del self._recent[:max(0, len(self._recent) - RECENT_KEPT)]
             size -= len(data)

@@ -33,7 +33,7 @@ from ..errors import failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
 from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd, said_through,
-                       webdataset_key, zip_member_problem)
+                       sparse_problem, webdataset_key, zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
@@ -154,6 +154,10 @@ def _tar(binary, wanted) -> Iterator[tuple]:
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read
             if not info.isreg() or not wanted(info.name):
+                continue
+            if info.issparse() and sparse_problem(info):  # its holes are not put back: the next header is read
+                yield f"-/{info.name}", Refused({"archive": "-", "member": info.name,
+                                                 "key": webdataset_key(info.name)}), sparse_problem(info)
                 continue
             reader = tar.extractfile(info) if info.issparse() else _TarMember(tar.fileobj, info)  # tarfile puts
             # a sparse member's holes back

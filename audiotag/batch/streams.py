@@ -155,7 +155,7 @@ class RestartingStream:
 
     def restore(self, position: int) -> None:
         if self.ended or position < self.position:
-            self.close()
+            self._file.close()
             self._file, self.ended, self._error = self._open(), False, None
         while self.position < position and self.read(min(position - self.position, 4 * CHUNK)):
             pass
@@ -165,31 +165,37 @@ class RestartingStream:
 
 
 class ZstdStream(RestartingStream):
-    """A .tar.zst's decompressed bytes: a checkpoint is restored by decompressing from the archive's start."""
+    """A .tar.zst's decompressed bytes: a checkpoint is restored by decompressing from the archive's start, of the
+    file opened first (a shard replaced on disk meanwhile is not read into this one's members)."""
 
     def __init__(self, path: str):
-        self._path, self.errors = path, (EOFError,) + zstd_errors()
+        self._raw, self.errors = open(path, "rb"), (EOFError,) + zstd_errors()  # noqa: SIM115 -- closed in close()
         super().__init__()
 
     def _open(self):
-        return zstd_reader(self._path)
+        self._raw.seek(0)
+        return zstd_reader(self._raw)
+
+    def close(self) -> None:
+        self._file.close()
+        self._raw.close()
 
 
 class ZipStream(RestartingStream):
-    """A bzip2 or LZMA zip member's bytes (``open_member()``: zipfile's reader, its ZipFile kept as ``_archive``): a
-    checkpoint is restored by decompressing the member from its start."""
+    """A bzip2 or LZMA zip member's bytes (zipfile's reader): a checkpoint is restored by decompressing the member
+    again from its start."""
 
-    def __init__(self, open_member):
-        self._open_member = open_member
+    def __init__(self, archive: "zipfile.ZipFile", name: str):
+        self._archive, self._name = archive, name
         super().__init__()
         self.errors = (EOFError, OSError, zipfile.BadZipFile) + lzma_errors()  # bz2: OSError; lzma: loaded now
 
     def _open(self):
-        return self._open_member()
+        return self._archive.open(self._name)
 
     def close(self) -> None:
         self._file.close()
-        self._file._archive.close()  # noqa: SLF001 -- the ZipFile kept open for it
+        self._archive.close()
 
 
 class Limited(io.RawIOBase):

@@ -19,6 +19,7 @@ times: they are the control. The two paths are switched by AUDIOTAG_FFMPEG=pyav,
 4. As 1, for the decoder's own blocks alone (no downmix, no soxr): the lock as the decoder alone needs it.
 5. `audiotag DIR` with no flags against --jobs 1, --jobs 4xCPUs, --workers CPUs (--jobs 1, and default --jobs):
    wall seconds, new path. Target: the default within 5% of the best setting on every family.
+Another checkout's figures, side by side: PYTHONPATH=CHECKOUT runs this script on it (from outside both).
 """
 
 import argparse
@@ -235,7 +236,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs-copies", type=int, default=25, help="copies of each file in the --jobs runs")
     parser.add_argument("--tables", default="1,2,3,4,5", help="which tables, e.g. 2 (default: 1,2,3,4,5)")
+    parser.add_argument("--new-only", action="store_true", help="tables 1, 2, 4: the new path alone (PyAV's runs "
+                        "beside a busy thread take minutes)")
     args = parser.parse_args()
+    if args.new_only:
+        del PATHS["old (PyAV)"]
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_families: Debian's ffmpeg makes the fixtures (scripts/build/install_test_tools.sh)")
     from audiotag.decode import avblocks
