@@ -723,6 +723,25 @@ def test_bzip2_and_lzma_zip_members_are_decoded_through_a_window_never_held_whol
         assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
 
 
+def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):
+    """The single-file binary leaves Python's bz2 and lzma modules out: a zip member compressed so is one line
+    saying what to do, not "an internal error of audiotag" (what the binary said). Here the package runs with
+    those modules hidden, as the binary is built."""
+    clips = _small_clips(2)
+    packed = tmp_path / "clips.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        for (name, data), method in zip(clips.items(), (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)):
+            archive.writestr(name, data, compress_type=method)
+    start = ("import sys; sys.modules['bz2'] = sys.modules['lzma'] = None; from audiotag.cli import main; "
+             "sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", start, str(packed), "-f", "jsonl"], capture_output=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    assert [record["error"] for record in _records(result.stdout)] == [
+        f"the member is compressed with {name}, which this build of audiotag cannot read (the Python package can): "
+        f"unpack it and give its path" for name in ("bzip2", "LZMA")]
+
+
 @pytest.mark.skipif(not shutil.which("tar"), reason="GNU tar writes sparse members")
 def test_a_sparse_member_is_read_with_its_holes_named_and_piped(cli, tmp_path):
     """tar -S leaves a member's runs of zeros out and stores a map: its bytes are not where they lie. Named and

@@ -34,6 +34,7 @@ streamed; FLAC, Ogg, MP3, MP4 and CAF are held whole, up to the stdin limit). A 
 once (a .warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
 """
 
+import importlib.util
 import io
 import os
 import re
@@ -191,7 +192,14 @@ def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
     if info.compress_type not in ZIP_METHODS:
         return f"the member is compressed by zip method {info.compress_type}, which audiotag cannot read: " \
                f"unpack it and give its path"
+    module, name = _ZIP_MODULES.get(info.compress_type, (None, ""))
+    if module is not None and importlib.util.find_spec(module) is None:  # the single-file binary leaves them out
+        return f"the member is compressed with {name}, which this build of audiotag cannot read (the Python " \
+               f"package can): unpack it and give its path"
     return None
+
+
+_ZIP_MODULES = {zipfile.ZIP_BZIP2: ("bz2", "bzip2"), zipfile.ZIP_LZMA: ("lzma", "LZMA")}
 
 
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
