@@ -18,7 +18,8 @@ the worker, which decodes it without decompressing anything (one pass over the a
 listing and one more in each worker); a larger member is found again by decompressing up to its offset, from
 where a stream on the archive kept open for an earlier member ended. A .tar.zst is read the same way, except that
 zstd's decompressor cannot be copied: a checkpoint is a position, reached again from the archive's start
-(``inflate.Window`` keeps a member's first MB, where decoders seek back to; a member is never held whole).
+(``inflate.Window`` keeps a member's first 32 MB as read, and the last MB: most seeks back land there; a
+member is never held whole beyond that).
 
 Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
 end of its data at that point: the audio before it is tagged, with a warning that says why.
