@@ -182,20 +182,13 @@ class ZstdStream(RestartingStream):
 
 
 class ZipStream(RestartingStream):
-    """A bzip2 or LZMA zip member's bytes (zipfile's reader): a checkpoint is restored by decompressing the member
-    again from its start."""
+    """A bzip2 or LZMA zip member's bytes (``open_reader()``: zipfile's reader): a checkpoint is restored by
+    decompressing the member again from its start."""
 
-    def __init__(self, archive: "zipfile.ZipFile", name: str):
-        self._archive, self._name = archive, name
+    def __init__(self, open_reader):
+        self._open = open_reader
         super().__init__()
         self.errors = (EOFError, OSError, zipfile.BadZipFile) + lzma_errors()  # bz2: OSError; lzma: loaded now
-
-    def _open(self):
-        return self._archive.open(self._name)
-
-    def close(self) -> None:
-        self._file.close()
-        self._archive.close()
 
 
 class Limited(io.RawIOBase):
