@@ -297,22 +297,16 @@ def _warc_members(path: str, every: bool) -> Iterator[tuple]:
             member = Member(path, found.url, "warc", found.offset, 0, False, url=found.url,
                             record_id=found.record_id)
             yield f"{path}#{found.offset}", member, \
-                "the WARC ends inside this record (truncated)" if found.truncated else None
+                warc.RECORD_CUT if found.truncated else None
 
 
 def open_member(member: Member):
     """A decoding stream (``decode.Stream``) on one member, opened as the same bytes in a file would be (a WARC
     record's payload as the same bytes on stdin are)."""
     from ..decode import open_bytes, open_seekable, open_stdin  # here: a supervisor walks archives, no decoder
-    if member.kind == "warc" and member.data is not None:  # a record of a WARC on stdin, carried (piped.carried)
-        if member.cut is None:
-            return open_stdin(io.BytesIO(member.data))
-        cut = streams.Held(member.data, len(member.data), member.cut)
-        cut.failure = member.cut  # a record's size is not known before it ends: cut where the bytes end
-        try:
-            return _reporting_failure(open_stdin(io.BytesIO(member.data)), cut)
-        except AudioError as error:
-            raise AudioError(member.cut) from error
+    if member.kind == "warc" and member.data is not None:  # a record of a WARC on stdin, carried (piped.carried;
+        # one the WARC ends inside is an error there, as the named file's)
+        return open_stdin(io.BytesIO(member.data))
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         try:

@@ -11,9 +11,10 @@ to the decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin`
 reads as a stream, are streamed; what is held whole on stdin (FLAC, Ogg, MP3; an MP4 or CAF, whose index may come
 last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the decoder
 is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps its index
-at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut short on stdin:
-its last record is tagged as far as it goes (it cannot be known cut before it was read), then the archive's error
-says where it ends.
+at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut short on stdin: its
+last record is one error, "the WARC ends inside this record (truncated)", as the named file's is; with --in-process
+it is tagged as far as it goes (it cannot be known cut before it was read), then the archive's error says where it
+ends.
 
 Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
 named as a path. Streamed (--in-process), a member is hashed as it is read; ``--dedup`` cannot spare it its decoding
@@ -102,6 +103,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
 def _warc(binary, every: bool) -> Iterator[tuple]:
     for found in warc.records(binary, every):
         piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id})
+        piped.warc_record = found
         yield f"-#{found.offset}", piped, None
         piped.finish()
 
@@ -249,9 +251,12 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
             raise error
         if not piped._reader.cut_short:
             return Refused(piped.fields), problem
-        if not data:  # nothing came (zstd drops what its last read held): the file's words
-            return Refused(piped.fields), CUT_MEMBER
+        if not data or piped.warc_record is not None:  # nothing came (zstd drops what its last read held), or a
+            # WARC record, whose size is not known: the file's words
+            return Refused(piped.fields), warc.RECORD_CUT if piped.warc_record is not None else CUT_MEMBER
         cut = CUT_MEMBER  # what came is tagged, as a file's cut member is
+    elif piped.warc_record is not None and piped.warc_record.ends_inside():  # as the named file's record: one error
+        return Refused(piped.fields), warc.RECORD_CUT
     if len(data) > STDIN_MEMORY_LIMIT:
         return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
                                        f"watched worker, and this one is over {STDIN_MEMORY_LIMIT >> 20} MB: "
@@ -287,6 +292,7 @@ class Piped:
     def __init__(self, reader, fields: dict, size: Optional[int] = None):
         self.fields = fields
         self.size = size  # a tar member's, as its header says
+        self.warc_record: Optional[warc.Record] = None  # a WARC record's: whether the WARC ends inside it
         self._reader = _Hashing(reader)
         self._lock = threading.Lock()
         self._done = False

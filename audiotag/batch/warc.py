@@ -11,7 +11,7 @@ so a record is entered at its offset in the file, as a plain ``.warc``'s.
 
 import io
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from ..errors import failure_message
@@ -19,6 +19,7 @@ from ..hashing import CHUNK
 
 WARC_SUFFIXES = (".warc", ".warc.gz")
 TAGGED_TYPES = ("response", "resource")
+RECORD_CUT = "the WARC ends inside this record (truncated)"
 SNIFFED = 8192  # payload bytes read to tell audio and video from the rest, when the Content-Type does not
 MEDIA_TYPES = ("audio/", "video/", "application/ogg")
 PLAYLISTS = ("audio/x-mpegurl", "audio/mpegurl", "audio/x-scpls", "video/x-ms-asx")  # text: sniffed, so skipped
@@ -42,6 +43,13 @@ class Record:
     record_id: str
     payload: object
     truncated: bool = False  # the WARC ends inside it (known once it was read to its end)
+    warcio_record: object = field(default=None, repr=False)
+
+    def ends_inside(self) -> bool:
+        """Whether the WARC ends inside this record, its payload read (what is left of it is read now): a record
+        cut short is said by the record itself, not by the archive after it."""
+        self.truncated = _read_to_end(self.warcio_record)
+        return self.truncated
 
 
 class Damaged(Exception):
@@ -54,7 +62,8 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
 
     ``read_first``: each is read to its end before it is given (its payload then spent), so a record the file
     ends inside comes with ``truncated``; else its payload is read by the caller before it asks for the next, and
-    a record cut short raises Damaged after it. A skipped record cut short, a damaged header, or a stream that is
+    a record cut short raises Damaged after it, unless the caller asked it (``ends_inside``): then the records end
+    there. A skipped record cut short, a damaged header, or a stream that is
     not a WARC raise Damaged.
     """
     from warcio.archiveiterator import ArchiveIterator
@@ -81,12 +90,13 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             head = read_exactly(payload, SNIFFED)
             if every or is_media(_content_type(record), head):
                 found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
-                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload))
+                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload),
+                               warcio_record=record)
                 if read_first:
-                    found.truncated = _read_to_end(record)
-                    yield found
-                    continue
+                    found.ends_inside()
                 yield found
+                if found.truncated:  # said by it
+                    return
         if _read_to_end(record):
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
