@@ -8,7 +8,10 @@ flips, zeroed blocks, another file's bytes spliced in behind a header) of each o
 Vorbis, Ogg Opus, WAV and FLAC, from a fixed seed. Everything runs in-process through ``Tagger.tag_file``: a
 path opens as ``audiotag FILE`` does, a file object as ``audiotag -`` reads stdin."""
 
+import bz2
+import gzip
 import io
+import lzma
 import random
 import re
 import shutil
@@ -46,7 +49,9 @@ _OWN = (r"(not audio, or a format audiotag does not know \(headerless samples: -
         r"|no valid audio stream at its start \(the decoder could not parse its first frames\)"
         r"|the decoder stopped at \d+\.\d s"
         r"|\d+ channels without a channel layout \(PyAV 12 cannot read them\)"
-        r"|\d+ channels \(at most 16 through FFmpeg: PyAV 12 misreads the layout of more\))")
+        r"|\d+ channels \(at most 16 through FFmpeg: PyAV 12 misreads the layout of more\)"
+        r"|(gzip|bzip2|xz|zstd)-compressed data, not audio \(audiotag opens tar, tar.gz, tar.zst, zip and WARC "
+        r"archives by name or on stdin\): decompress or unpack it and give what it holds)")
 REASON = f"({_FFMPEG}|{_SNDFILE}|{_OWN})"
 ERRORS = [
     rf"cannot decode( [\w.]+)?: {REASON}( \(\d+ bad packets\))?",
@@ -111,6 +116,10 @@ def hostile(tmp_path_factory) -> list:
     (folder / "noise.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)  # test_robustness
     (folder / "random.m4a").write_bytes(random.Random(3).randbytes(50000))  # test_formats
     (folder / "text.webm").write_text("<html>not found</html>\n")
+    clip = (AUDIO / "speech.wav").read_bytes()
+    (folder / "speech.wav.gz").write_bytes(gzip.compress(clip))  # compressed files audiotag does not open
+    (folder / "speech.tar.bz2").write_bytes(bz2.compress(clip))
+    (folder / "speech.tar.xz").write_bytes(lzma.compress(clip))
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:duration=1",
                     "-c:v", "mpeg4", folder / "video-only.mp4"], check=True)
     return sorted(folder.iterdir())
@@ -157,6 +166,16 @@ def test_every_message_is_one_a_user_can_read(answers, fuzzed):
     kinds = {"error" if "error" in a else "warning" if a["warning"] else "clean" for a, _ in answers.values()}
     assert kinds == {"error", "warning", "clean"}
     assert len(fuzzed) == len(FORMATS) * PER_FORMAT
+
+
+def test_a_compressed_file_is_said_to_be_one_not_an_unknown_format(answers):
+    """A .tar.bz2, .tar.xz or gzipped WAV was "not audio, or a format audiotag does not know (headerless samples:
+    --raw ...)": nothing a user could act on."""
+    said = {path.name: answers[path][0]["error"].partition(",")[0] for path in answers
+            if path.name in ("speech.wav.gz", "speech.tar.bz2", "speech.tar.xz")}
+    assert said == {"speech.wav.gz": "cannot decode: gzip-compressed data",
+                    "speech.tar.bz2": "cannot decode: bzip2-compressed data",
+                    "speech.tar.xz": "cannot decode: xz-compressed data"}
 
 
 def test_a_file_and_its_bytes_on_stdin_get_the_same_answer(answers):

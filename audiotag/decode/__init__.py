@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import AudioError
 from . import ffmpeg, sniff
 from .pcm import RAW_FORMATS, open_raw, open_wav_stream, read_exactly
-from .sndfile import NOT_AUDIO, Refused, open_soundfile
+from .sndfile import Refused, not_audio, open_soundfile
 from .stream import TARGET_RATE, Audio, Stream, block_frames, from_array
 
 __all__ = ["AudioError", "Audio", "Stream", "TARGET_RATE", "RAW_FORMATS", "STDIN_MEMORY_LIMIT", "open_file",
@@ -179,6 +179,8 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
                 stream.add_closer(closer)
             return stream
     file.seek(0)
+    if not refused.known:  # nor does libsndfile know it: a compressed file or archive is said so
+        refused = Refused(not_audio(head), known=False)
     if not ffmpeg.available():
         raise refused
     try:
@@ -236,7 +238,7 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
     except ffmpeg.NotMedia:
         if sniff.is_container(head):  # a container FFmpeg knows, cut short: its reason, as for the file
             raise
-        raise AudioError(NOT_AUDIO) from None
+        raise AudioError(not_audio(head)) from None
     except AudioError:  # a container FFmpeg cannot open as a stream (a damaged one whose index is at the end, a
         # stream header it finds only by seeking): opened whole, as the same bytes in a file are
         return open_bytes(_read_whole(_replayed(reader.stop()), binary, "a stream FFmpeg cannot read as it arrives"))

@@ -29,6 +29,15 @@ NOT_AUDIO = ("cannot decode: not audio, or a format audiotag does not know (head
              "--rate HZ on stdin)")
 
 
+def not_audio(head: bytes) -> str:
+    """NOT_AUDIO, or, for a compressed file or archive audiotag does not open, what it is and what to do."""
+    what = sniff.packed(head)
+    if what is None:
+        return NOT_AUDIO
+    return (f"cannot decode: {what}, not audio (audiotag opens tar, tar.gz, tar.zst, zip and WARC archives by "
+            f"name or on stdin): decompress or unpack it and give what it holds")
+
+
 class Refused(AudioError):
     """libsndfile would not open the input at all: the second decoder may take it. ``known``: libsndfile knew
     the format (its reason then says what is wrong with the file)."""

@@ -242,3 +242,18 @@ def is_media(head: bytes) -> bool:
     if sndfile_format(head) or head.startswith(b"ID3") or is_container(head):
         return True
     return mpeg_audio_start(head) is not None
+
+
+# Compressed files and archives audiotag does not open: what their first bytes say, so that the answer is what to
+# do (a .tar.bz2 was "not audio, or a format audiotag does not know").
+_PACKED = ((b"\x1f\x8b", "gzip-compressed data"), (b"BZh", "bzip2-compressed data"),
+           (b"\xfd7zXZ\x00", "xz-compressed data"), (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+           (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"Rar!\x1a\x07", "a RAR archive"))
+
+
+def packed(head: bytes) -> Optional[str]:
+    """What compressed file or archive ``head`` begins, if one audiotag does not open, else None."""
+    for magic, what in _PACKED:
+        if head.startswith(magic) and (magic != b"BZh" or head[3:4] in b"123456789" and head[4:10] == b"1AY&SY"):
+            return what
+    return None
