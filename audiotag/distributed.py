@@ -113,15 +113,17 @@ class TagBatch:
 
     def streamed_archive_rows(self, path: str) -> list:
         """An archive's rows, its bytes read from ``filesystem`` as they are tagged: a WARC or shard of gigabytes
-        is never held whole (a zip is: its index comes last; at most the CLI's stdin limit)."""
+        is never held whole (a zip is opened as a random-access file: its index comes last)."""
+        is_zip = path.lower().endswith(".zip")  # its index is at its end: read in place, not the zip whole
         try:
-            stream = self.filesystem.open_input_stream(path)
+            stream = (self.filesystem.open_input_file if is_zip else self.filesystem.open_input_stream)(path)
         except OSError as error:  # cannot be opened (gone, permissions): a row, as a file's would be
             from .errors import failure_message
 
             return [self._failed(self.prefix + path, failure_message(error), {"archive": self.prefix + path})]
         with stream:
-            return list(self.archive_rows(self.prefix + path, stream=_Failing(stream, self.prefix + path)))
+            stream = _Failing(stream, self.prefix + path)
+            return list(self.archive_rows(self.prefix + path, stream=stream, kind="zip" if is_zip else None))
 
     def rows(self, path: str, data: bytes) -> list:
         """A file's row, or an archive's (by its name, as the CLI opens one): a row per audio member."""
@@ -140,7 +142,7 @@ class TagBatch:
 
         return self._row(path, load, lambda: hashing.bytes_sha256(data))
 
-    def archive_rows(self, path: str, data: bytes = b"", stream=None):
+    def archive_rows(self, path: str, data: bytes = b"", stream=None, kind: Optional[str] = None):
         """An archive's rows, read from its bytes (or a binary ``stream``) as an archive on the CLI's stdin is
         (``batch.piped``): its members are named and carry fields as the CLI's records of the same archive; an
         archive that cannot be read (or be read on) gives a row with its path and the error."""
@@ -149,7 +151,8 @@ class TagBatch:
         from .batch import piped
         from .batch.inputs import is_audio_name
 
-        kind, stream = piped.sniff(io.BytesIO(data) if stream is None else stream)  # a zstd stream: its first block
+        if kind is None:  # a zstd stream: its first block read to tell what it holds
+            kind, stream = piped.sniff(io.BytesIO(data) if stream is None else stream)
         if kind is None:
             yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive", {"archive": path})
             return
@@ -216,9 +219,22 @@ class _Failing(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:  # a zip's random-access file (its members are read in place)
+        return self._stream.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._failing(self._stream.seek, offset, whence)
+
+    def tell(self) -> int:
+        return self._failing(self._stream.tell)
+
     def read(self, size: int = -1) -> bytes:  # not RawIOBase's: it would allocate ``size`` bytes first
+        return self._failing(self._stream.read) if size is None or size < 0 else \
+            self._failing(self._stream.read, size)
+
+    def _failing(self, call, *arguments):
         try:
-            return self._stream.read() if size is None or size < 0 else self._stream.read(size)
+            return call(*arguments)
         except OSError as error:
             raise ReadFailed(f"{self._name}: reading failed: {error}") from error
 

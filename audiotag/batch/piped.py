@@ -93,7 +93,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
     zip's, as in a file; a WARC's: its audio and video records, ``every``: all response and resource records);
     an archive that cannot be read on, or holds nothing to tag, ends with ("-", Refused, error message)."""
     def open_reader():
-        stream = _zstd_undone(binary)
+        stream = binary if kind == "zip" and _seekable(binary) else _zstd_undone(binary)
         return _warc(stream, every) if kind == "warc" else _zip(stream, wanted) if kind == "zip" else \
             _tar(stream, wanted)
 
@@ -192,11 +192,15 @@ class _TarMember(io.RawIOBase):
 
 
 def _zip(binary, wanted) -> Iterator[tuple]:
-    data = read_exactly(binary, STDIN_MEMORY_LIMIT + 1)
-    if len(data) > STDIN_MEMORY_LIMIT:
-        raise OSError(f"a zip on stdin is read whole (its index is at its end), and this one is over "
-                      f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    """A zip's members: from ``binary`` itself where it can seek (a file a Ray actor reads, whose index at its end
+    is then read in place), else from its bytes read whole."""
+    if not _seekable(binary):
+        data = read_exactly(binary, STDIN_MEMORY_LIMIT + 1)
+        if len(data) > STDIN_MEMORY_LIMIT:
+            raise OSError(f"a zip on stdin is read whole (its index is at its end), and this one is over "
+                          f"{STDIN_MEMORY_LIMIT >> 20} MB: save it to a file and give its path")
+        binary = io.BytesIO(data)
+    with zipfile.ZipFile(binary) as archive:
         for info in archive.infolist():
             if info.is_dir() or not wanted(info.filename):
                 continue
@@ -208,6 +212,10 @@ def _zip(binary, wanted) -> Iterator[tuple]:
                 piped = Piped(member, fields)
                 yield f"-/{info.filename}", piped, None
                 piped.finish()
+
+
+def _seekable(binary) -> bool:
+    return getattr(binary, "seekable", lambda: False)()
 
 
 class Budget:
