@@ -328,7 +328,7 @@ def open_member(member: Member):
     else:
         return open_bytes(_read_whole(member))
     try:
-        return _reporting_failure(open_seekable(window, member.size), window)
+        return reporting_failure(open_seekable(window, member.size), window)
     except AudioError as error:
         window.close()
         if window.failure is not None:
@@ -339,7 +339,7 @@ def open_member(member: Member):
         raise
 
 
-def _reporting_failure(stream, window):
+def reporting_failure(stream, window):
     """``stream`` on a member whose bytes may fail to read (``window.failure``: the archive ends inside it, or is
     damaged there): its decoder meets the end of its data there; the record says why, a warning when audio came
     before, else the error."""

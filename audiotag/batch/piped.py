@@ -30,11 +30,11 @@ from typing import Iterator, Optional
 
 from ..decode import STDIN_MEMORY_LIMIT, Stream, open_stdin
 from ..decode.pcm import read_exactly
-from ..errors import failure_message
+from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd, said_through,
-                       sparse_problem, webdataset_key, zip_member_problem)
+from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd,
+                       reporting_failure, said_through, sparse_problem, webdataset_key, zip_member_problem)
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
@@ -252,18 +252,16 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
     that it can go to a watched worker (a crash then fails it alone) and be hashed before it is tagged. Its bytes
     count against ``budget`` until its record is written (``Budget.give_back(name)``)."""
     data, error = _read_up_to(piped._reader, STDIN_MEMORY_LIMIT + 1)
-    cut = None
-    if error is not None:  # the archive is damaged inside it, or ends there: said by its reader
+    cut = piped._reader.failure  # the archive ends inside it: what came is tagged, as a file's cut member is
+    if error is not None:  # the archive is damaged inside it: said by its reader
         problem = damage(error)
         if problem is None:
             raise error
-        if not piped._reader.cut_short:
-            return Refused(piped.fields), problem
-        if not data or piped.warc_record is not None:  # nothing came (zstd drops what its last read held), or a
-            # WARC record, whose size is not known: the file's words
-            return Refused(piped.fields), warc.RECORD_CUT if piped.warc_record is not None else CUT_MEMBER
-        cut = CUT_MEMBER  # what came is tagged, as a file's cut member is
-    elif piped.warc_record is not None and piped.warc_record.ends_inside():  # as the named file's record: one error
+        return Refused(piped.fields), problem
+    if cut and (not data or piped.warc_record is not None):  # nothing came (zstd drops what its last read held),
+        # or a WARC record, whose size is not known: the file's words
+        return Refused(piped.fields), warc.RECORD_CUT if piped.warc_record is not None else CUT_MEMBER
+    if piped.warc_record is not None and piped.warc_record.ends_inside():  # as the named file's record: one error
         return Refused(piped.fields), warc.RECORD_CUT
     if len(data) > STDIN_MEMORY_LIMIT:
         return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
@@ -307,7 +305,13 @@ class Piped:
         self._error: Optional[str] = None
 
     def open(self) -> Stream:
-        return open_stdin(self._reader)
+        """The decoder on the member's bytes; an archive cut inside it: what came is tagged, as the file's is."""
+        try:
+            return reporting_failure(open_stdin(self._reader), self._reader)
+        except AudioError as error:
+            if self._reader.failure is not None:
+                raise AudioError(self._reader.failure) from error
+            raise
 
     def finish(self) -> None:
         with self._lock:
@@ -319,8 +323,8 @@ class Piped:
         """The member's sha256 (OSError when it could not be read to its end)."""
         with self._lock:
             self._read_rest()
-        if self._error is not None:
-            raise OSError(self._error)
+        if self._error is not None or self._reader.failure is not None:
+            raise OSError(self._reader.failure or self._error)
         return self._reader.digest.hexdigest()
 
     def _read_rest(self) -> None:
@@ -331,24 +335,31 @@ class Piped:
             while self._reader.read(CHUNK):
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
-            self._error = TRUNCATED if self._reader.cut_short else failure_message(error)  # _Hashing: OSErrors
+            self._error = failure_message(error)  # _Hashing: OSErrors
+        if self._reader.failure is not None:  # cut inside this member: the archive's reader says so after it
+            self._error = TRUNCATED
 
 
 class _Hashing(io.RawIOBase):
-    """A member's bytes as a binary stream, hashed as they are read."""
+    """A member's bytes as a binary stream, hashed as they are read. Where the archive is cut inside it, the
+    stream ends there (``failure`` says so: its decoder tags what came, as the named file's window ends at the
+    cut); where it is damaged, the read fails."""
 
     def __init__(self, reader):
         super().__init__()
         self._member, self.digest = reader, sha256()
-        self._failure: Optional[str] = None  # the first read that failed: the stream is not read again after it
-        self.cut_short = False  # that read met the end of a cut archive
+        self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
+        self.cut_short = False  # a read met the end of a cut archive
+        self.failure: Optional[str] = None  # then why the member's bytes end early
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        if self._failure is not None:
-            raise OSError(self._failure)
+        if self._damaged is not None:
+            raise OSError(self._damaged)
+        if self.failure is not None:
+            return 0
         try:
             data = self._member.read(len(buffer))
         except Exception as error:  # the archive is damaged here: said in its reader's words, as a read error
@@ -356,8 +367,11 @@ class _Hashing(io.RawIOBase):
             if problem is None:
                 raise
             self.cut_short = cut_short(error)
-            self._failure = CUT_MEMBER if self.cut_short else f"the archive is damaged: {problem}"
-            raise OSError(self._failure) from error
+            if self.cut_short:
+                self.failure = CUT_MEMBER
+                return 0
+            self._damaged = f"the archive is damaged: {problem}"
+            raise OSError(self._damaged) from error
         memoryview(buffer).cast("B")[:len(data)] = data
         self.digest.update(data)
         return len(data)
