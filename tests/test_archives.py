@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -765,6 +766,38 @@ def test_a_zips_members_are_read_without_parsing_its_index_again_each(tmp_path, 
         assert "error" not in mine and "warning" not in mine, mine
         assert mine["sha256"] == theirs["sha256"]
         assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
+
+
+def test_a_zip_member_whose_crc_or_data_is_bad_is_said_with_hash(cli, tmp_path):
+    """--hash on a zip with a deflated member whose CRC is wrong (its data decode: tagged, with why it has no
+    sha256; it had no word), an LZMA member whose data are damaged (a traceback ended the whole run) and a deflated
+    one damaged ("too short: 0.1 ms of audio"): each says the archive is damaged there; the next member is tagged."""
+    clips = _small_clips(4)
+    packed = tmp_path / "bad.zip"
+    methods = (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED)
+    with zipfile.ZipFile(packed, "w") as archive:
+        for (name, data), method in zip(clips.items(), methods):
+            archive.writestr(name, data, compress_type=method)
+    data = bytearray(packed.read_bytes())
+    with zipfile.ZipFile(packed) as archive:
+        infos = archive.infolist()
+    crc = struct.pack("<I", infos[0].CRC)
+    for _ in range(2):  # the local header's and the central directory's
+        at = data.index(crc)
+        data[at:at + 4] = struct.pack("<I", infos[0].CRC ^ 1)
+    for info, at in ((infos[1], 20), (infos[2], infos[2].compress_size // 2)):  # the LZMA one near its start
+        start = info.header_offset + 30 + len(info.filename) + at
+        data[start:start + 64] = bytes(64)
+    packed.write_bytes(bytes(data))
+    result = cli(packed, "--hash", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert [r["member"] for r in records] == list(clips)
+    assert records[0]["warning"].startswith("member not hashed: the archive is damaged inside this member (Bad CRC")
+    assert "sha256" not in records[0] and records[0]["tags"][0]["label"] == "Speech"
+    assert records[1]["error"].startswith("the archive is damaged inside this member ("), records[1]
+    assert "the archive is damaged inside this member (" in records[2].get("error", records[2].get("warning"))
+    assert "sha256" not in records[2] and "error" not in records[3] and len(records[3]["sha256"]) == 64
 
 
 def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):

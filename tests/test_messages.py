@@ -16,8 +16,10 @@ import random
 import re
 import shutil
 import subprocess
+import zipfile
 
 import pytest
+from backports import zstd
 
 from audiotag import AudioError
 from conftest import AUDIO
@@ -50,8 +52,9 @@ _OWN = (r"(not audio, or a format audiotag does not know \(headerless samples: -
         r"|the decoder stopped at \d+\.\d s"
         r"|\d+ channels without a channel layout \(PyAV 12 cannot read them\)"
         r"|\d+ channels \(at most 16 through FFmpeg: PyAV 12 misreads the layout of more\)"
-        r"|(gzip|bzip2|xz|zstd)-compressed data, not audio \(audiotag opens tar, tar.gz, tar.zst, zip and WARC "
-        r"archives by name or on stdin\): decompress or unpack it and give what it holds)")
+        r"|(gzip|bzip2|xz|zstd)-compressed data, not audio: decompress or unpack it first \(the command line opens "
+        r"tar, tar.gz, tar.zst, zip and WARC archives itself\)"
+        r"|a (zip|tar) archive, not audio \(the command line opens one named \*\.(zip|tar), or on stdin\))")
 REASON = f"({_FFMPEG}|{_SNDFILE}|{_OWN})"
 ERRORS = [
     rf"cannot decode( [\w.]+)?: {REASON}( \(\d+ bad packets\))?",
@@ -120,9 +123,20 @@ def hostile(tmp_path_factory) -> list:
     (folder / "speech.wav.gz").write_bytes(gzip.compress(clip))  # compressed files audiotag does not open
     (folder / "speech.tar.bz2").write_bytes(bz2.compress(clip))
     (folder / "speech.tar.xz").write_bytes(lzma.compress(clip))
+    # zstd keeps this MP3's frames as they are: it was tagged from the frames it found (0.29 s of 5 s, "Music")
+    (folder / "babycry.mp3.zst").write_bytes(zstd.compress((AUDIO / "extra" / "esc10-babycry-2-151079-A.mp3")
+                                                           .read_bytes()))
+    (folder / "clip.zip.bin").write_bytes(_zipped(clip))  # an archive not named as one
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:duration=1",
                     "-c:v", "mpeg4", folder / "video-only.mp4"], check=True)
     return sorted(folder.iterdir())
+
+
+def _zipped(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("speech.wav", data)
+    return buffer.getvalue()
 
 
 def _answer(tagger, source) -> dict:
@@ -171,11 +185,13 @@ def test_every_message_is_one_a_user_can_read(answers, fuzzed):
 def test_a_compressed_file_is_said_to_be_one_not_an_unknown_format(answers):
     """A .tar.bz2, .tar.xz or gzipped WAV was "not audio, or a format audiotag does not know (headerless samples:
     --raw ...)": nothing a user could act on."""
-    said = {path.name: answers[path][0]["error"].partition(",")[0] for path in answers
-            if path.name in ("speech.wav.gz", "speech.tar.bz2", "speech.tar.xz")}
+    named = ("speech.wav.gz", "speech.tar.bz2", "speech.tar.xz", "babycry.mp3.zst", "clip.zip.bin")
+    said = {path.name: answers[path][0].get("error", "").partition(",")[0] for path in answers if path.name in named}
     assert said == {"speech.wav.gz": "cannot decode: gzip-compressed data",
                     "speech.tar.bz2": "cannot decode: bzip2-compressed data",
-                    "speech.tar.xz": "cannot decode: xz-compressed data"}
+                    "speech.tar.xz": "cannot decode: xz-compressed data",
+                    "babycry.mp3.zst": "cannot decode: zstd-compressed data",
+                    "clip.zip.bin": "cannot decode: a zip archive"}
 
 
 def test_a_file_and_its_bytes_on_stdin_get_the_same_answer(answers):

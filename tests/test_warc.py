@@ -6,6 +6,7 @@ path. Fixtures are built here with warcio's own writer from ../shared/audio and 
 import gzip
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -275,6 +276,55 @@ def test_an_archive_on_stdin_gives_the_records_of_the_archive_named(cli, crawl, 
         assert mine["path"] == theirs["path"].replace(str(archive), "-", 1)
         assert {k: mine[k] for k in OWN[2:] if k in mine} == {k: theirs[k] for k in OWN[2:] if k in theirs}
         assert _same_as_file(mine, theirs) == [], mine["path"]  # scores and the member's sha256 too
+
+
+@pytest.mark.parametrize("name", ["cut.warc", "cut.warc.gz"])
+def test_a_warc_cut_inside_a_records_header_is_said_and_the_other_inputs_kept(cli, crawl, tmp_path, name):
+    """Cut inside the last record's header: a few bytes in, warcio's parser raised AttributeError and the whole run
+    ended in a traceback, other inputs' records lost; further in, warcio ended without a word and the run exited 0.
+    Now the archive's error names the record, named and piped, and the other input is tagged."""
+    data = (crawl["top"] / name).read_bytes()
+    offset = int(_records(cli(crawl["top"] / name, "-f", "jsonl", "-k", 1).stdout)[-1]["path"].rpartition("#")[2])
+    errors = (f"cannot read the archive: it ends inside the record at offset {offset} (truncated)",
+              f"cannot read the archive: a damaged record at offset {offset}: its header cannot be read")  # gzip's
+    for into in (8, 20, 120, 200, 300):
+        cut = tmp_path / f"into{into}{name[3:]}"
+        cut.write_bytes(data[:offset + into])
+        named = cli(cut, AUDIO / "speech.wav", "-f", "jsonl", "-k", 1)
+        piped = cli("-", "-f", "jsonl", "-k", 1, stdin=cut.read_bytes())
+        for result in (named, piped):
+            assert result.returncode == 1 and b"Traceback" not in result.stderr, (into, result.stderr[-500:])
+        records = _records(named.stdout)
+        said = [r.get("error") for r in records if r.get("archive") == str(cut) and "url" not in r]
+        assert len(said) == 1 and said[0] in errors, (into, said)
+        assert records[-1]["path"] == str(AUDIO / "speech.wav") and "error" not in records[-1]
+        assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": said[0]}, into
+
+
+def test_records_after_a_truncated_record_in_a_warc_gz_are_tagged(cli, crawl, tmp_path):
+    """A .warc.gz record whose gzip member ends before its Content-Length does: that record is one error, and the
+    records after it are read (they were dropped without a word)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    data = (crawl["top"] / "crawl.warc.gz").read_bytes()
+    iterator = ArchiveIterator(io.BytesIO(data))
+    offsets = []
+    for record in iterator:
+        offsets.append((iterator.offset, record.rec_type, record.rec_headers.get_header("WARC-Target-URI")))
+        record.raw_stream.read()
+    index = next(i for i, (_, kind, url) in enumerate(offsets) if kind == "response" and url.endswith("speech.wav"))
+    start, end = offsets[index][0], offsets[index + 1][0]
+    raw = gzip.decompress(data[start:end])
+    length = re.search(rb"Content-Length: (\d+)", raw)
+    raw = raw.replace(length.group(0), b"Content-Length: %d" % (int(length.group(1)) + 1000), 1)
+    (tmp_path / "over.warc.gz").write_bytes(data[:start] + gzip.compress(raw) + data[end:])
+    for source, stdin in ((tmp_path / "over.warc.gz", None), ("-", (tmp_path / "over.warc.gz").read_bytes())):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin or b"")
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        records = _records(result.stdout)
+        assert [r["url"] for r in records] == list(crawl["urls"])
+        assert [(r["url"], r["error"]) for r in records if "error" in r] == \
+            [("http://example.org/speech.wav", TRUNCATED)]
 
 
 def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):

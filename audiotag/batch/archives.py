@@ -354,7 +354,10 @@ def reporting_failure(stream, window):
                 raise
             raise AudioError(f"{window.failure}: {error}") from error
         if window.failure is not None:
-            if not frames:
+            from ..infer.clip import MIN_CLIP_SAMPLES, frontend
+
+            if frames * frontend.SAMPLE_RATE < MIN_CLIP_SAMPLES * stream.rate:  # too little to tag: said so,
+                # not "too short" (a member damaged or cut after its header)
                 raise AudioError(window.failure)
             stream.warning = f"{window.failure}: tagged the {frames / stream.rate:.1f} s before it"
 
@@ -398,8 +401,10 @@ def member_sha256(member: Member) -> str:
                     digest.update(chunk)
                 if getattr(reader, "failure", None):  # the archive ends inside it: not its bytes' hash
                     raise OSError(reader.failure)
-    except (EOFError, zlib.error, zipfile.BadZipFile) + zstd_errors() as error:  # the decoder will say what is
-        raise OSError(str(error)) from error  # wrong with it
+    except EOFError as error:  # said in the member's record
+        raise OSError(CUT_MEMBER) from error
+    except (zlib.error, zipfile.BadZipFile) + zstd_errors() + lzma_errors() as error:
+        raise OSError(f"the archive is damaged inside this member ({error})") from error
     except Exception as error:
         if member.kind == "warc" and isinstance(error, warc.read_errors()):
             raise OSError(str(error)) from error

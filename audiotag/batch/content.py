@@ -28,6 +28,17 @@ from ..hashing import file_sha256
 from .archives import member_sha256
 from .inputs import Input
 
+
+class Unhashed:
+    """Why a member's bytes could not be hashed: no hash (falsy), said in its record."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+
 class DigestTable:
     """sha256 -> (offset, length) of its record in the results file, in numpy arrays: an open-addressing table
     keyed by the digest's first 8 bytes, grown to stay at most 2/3 full. 20 bytes a slot (key 8, offset 8,
@@ -139,8 +150,9 @@ class Contents:
                 if not stat.S_ISREG(os.stat(item.name).st_mode):  # a pipe named as a file: read once, by the decoder
                     return None
                 return file_sha256(item.name)
-            except OSError:  # the worker will say what is wrong with it
-                return None
+            except OSError as error:  # a member's bytes (a zip's CRC, say) fail where its decoder may not: said
+                # in its record (a file: its decoder says what is wrong with it)
+                return Unhashed(failure_message(error) if error.strerror else str(error)) if item.member else None
 
         ahead = collections.deque()
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="audiotag-hash") as pool:
@@ -174,6 +186,10 @@ class Contents:
         """The sha256 of the input this outcome is of (the next one sent to be tagged)."""
         with self._lock:
             name, sha = self._hashes.popleft()
+        if isinstance(sha, Unhashed):
+            if outcome.error is None:
+                outcome.warning = outcome.warning or f"member not hashed: {sha.reason}"
+            return None
         source = self.stdin if name == "-" else sha if hasattr(sha, "hexdigest") else None  # hashed as read
         if source is not None:
             sha = None

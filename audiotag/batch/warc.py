@@ -62,9 +62,8 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
 
     ``read_first``: each is read to its end before it is given (its payload then spent), so a record the file
     ends inside comes with ``truncated``; else its payload is read by the caller before it asks for the next, and
-    a record cut short raises Damaged after it, unless the caller asked it (``ends_inside``): then the records end
-    there. A skipped record cut short, a damaged header, or a stream that is
-    not a WARC raise Damaged.
+    a record cut short raises Damaged after it, unless the caller asked it (``ends_inside``). A skipped record cut
+    short, a damaged header, or a stream that is not a WARC raise Damaged.
     """
     from warcio.archiveiterator import ArchiveIterator
 
@@ -73,7 +72,8 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
     start = read_exactly(binary, 512)
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
-    iterator = ArchiveIterator(Replay(start, binary))  # read as a stream: offsets counted from the start
+    stream = Replay(start, binary)
+    iterator = ArchiveIterator(stream)  # read as a stream: offsets counted from the start
     records = iter(iterator)
     while True:
         try:
@@ -82,7 +82,10 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
             detail = failure_message(error) if isinstance(error, read_errors()) else "its header cannot be read"
             raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
-        if record is None:
+        if record is None:  # the end; bytes after the last whole record are one cut inside its header (warcio
+            # ends there without a word)
+            if stream.given > iterator.offset:
+                raise Damaged(f"it ends inside the record at offset {iterator.offset} (truncated)")
             return
         offset = iterator.offset  # where this record begins (known once the one before was read to its end)
         if record.rec_type in TAGGED_TYPES:
@@ -95,8 +98,8 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
                 if read_first:
                     found.ends_inside()
                 yield found
-                if found.truncated:  # said by it
-                    return
+                if found.truncated:  # said by it (records may follow: a .warc.gz record's own gzip member ended)
+                    continue
         if _read_to_end(record):
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
@@ -115,7 +118,7 @@ def _read_to_end(record) -> bool:
     """Read what is left of a record; whether the file ended before its Content-Length did."""
     while record.raw_stream.read(CHUNK):
         pass
-    return record.raw_stream.limit > 0
+    return getattr(record.raw_stream, "limit", 1) > 0  # no Content-Length read: the file ends inside the header
 
 
 def _content_type(record) -> str:
@@ -154,6 +157,7 @@ class Replay(io.RawIOBase):
     def __init__(self, head: bytes, rest):
         super().__init__()
         self._head, self._rest = memoryview(head), rest
+        self.given = 0  # bytes read from it
 
     def readable(self) -> bool:
         return True
@@ -163,9 +167,11 @@ class Replay(io.RawIOBase):
         if self._head:
             count = min(len(view), len(self._head))
             view[:count], self._head = self._head[:count], self._head[count:]
+            self.given += count
             return count
         data = self._rest.read(len(view))
         view[:len(data)] = data
+        self.given += len(data)
         return len(data)
 
     def read1(self, size: int = -1) -> bytes:

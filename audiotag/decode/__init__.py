@@ -166,6 +166,8 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
     is not installed, libsndfile's answer stands."""
 
     head = file.read(4096)  # a short read first: a large one lets go of Python's lock long enough to lose it
+    if not refused.known and sniff.packed(head):  # before the MP3 search: zstd keeps an MP3's frames as they are
+        raise AudioError(not_audio(head)) from None
     if not sniff.is_container(head):
         head += file.read(sniff.SEARCHED - len(head))
     start = None if sniff.is_container(head) else sniff.mpeg_audio_start(head)
@@ -179,8 +181,6 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
                 stream.add_closer(closer)
             return stream
     file.seek(0)
-    if not refused.known:  # nor does libsndfile know it: a compressed file or archive is said so
-        refused = Refused(not_audio(head), known=False)
     if not ffmpeg.available():
         raise refused
     try:
@@ -223,6 +223,8 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
         return open_bytes(_read_whole(head, binary, "an MP3 stream"))
     if not sniff.is_container(head):
         head += read_exactly(binary, sniff.SEARCHED - len(head))
+        if sniff.packed(head):  # before the MP3 search: zstd keeps an MP3's frames as they are
+            raise AudioError(not_audio(head))
         if not sniff.is_container(head) and sniff.mpeg_audio_start(head) is not None:  # MP3, behind junk or not
             return open_bytes(_read_whole(head, binary, "an MP3 stream"))
 

@@ -30,12 +30,15 @@ NOT_AUDIO = ("cannot decode: not audio, or a format audiotag does not know (head
 
 
 def not_audio(head: bytes) -> str:
-    """NOT_AUDIO, or, for a compressed file or archive audiotag does not open, what it is and what to do."""
+    """NOT_AUDIO, or, for a compressed file or an archive, what it is and what to do."""
     what = sniff.packed(head)
     if what is None:
         return NOT_AUDIO
-    return (f"cannot decode: {what}, not audio (audiotag opens tar, tar.gz, tar.zst, zip and WARC archives by "
-            f"name or on stdin): decompress or unpack it and give what it holds")
+    if what.endswith("compressed data") or what in ("a 7-Zip archive", "a RAR archive"):
+        return (f"cannot decode: {what}, not audio: decompress or unpack it first (the command line opens tar, "
+                f"tar.gz, tar.zst, zip and WARC archives itself)")
+    suffix = {"a zip archive": ".zip", "a WARC file": ".warc", "a tar archive": ".tar"}[what]
+    return f"cannot decode: {what}, not audio (the command line opens one named *{suffix}, or on stdin)"
 
 
 class Refused(AudioError):

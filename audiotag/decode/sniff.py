@@ -8,6 +8,7 @@
   first one, so such a file goes to FFmpeg, which decodes them all as one recording.
 """
 
+import re
 from typing import Optional
 
 SEARCHED = 1 << 18  # bytes searched for the first frame: headers and junk seen in crawls are a few kB
@@ -244,16 +245,22 @@ def is_media(head: bytes) -> bool:
     return mpeg_audio_start(head) is not None
 
 
-# Compressed files and archives audiotag does not open: what their first bytes say, so that the answer is what to
-# do (a .tar.bz2 was "not audio, or a format audiotag does not know").
-_PACKED = ((b"\x1f\x8b", "gzip-compressed data"), (b"BZh", "bzip2-compressed data"),
-           (b"\xfd7zXZ\x00", "xz-compressed data"), (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
-           (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"Rar!\x1a\x07", "a RAR archive"))
+# Compressed files and archives: what their first bytes say, so that the answer is what to do (a .tar.bz2 was
+# "not audio, or a format audiotag does not know"). gzip: its magic and deflate's method byte (two bytes alone
+# begin one raw PCM stream in 65,536).
+_PACKED = ((b"\x1f\x8b\x08", "gzip-compressed data"), (b"\xfd7zXZ\x00", "xz-compressed data"),
+           (b"\x28\xb5\x2f\xfd", "zstd-compressed data"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+           (b"Rar!\x1a\x07", "a RAR archive"), (b"PK\x03\x04", "a zip archive"), (b"WARC/", "a WARC file"))
+_BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
 
 
 def packed(head: bytes) -> Optional[str]:
-    """What compressed file or archive ``head`` begins, if one audiotag does not open, else None."""
+    """What compressed file or archive ``head`` (its first 262 bytes or more) begins, else None."""
     for magic, what in _PACKED:
-        if head.startswith(magic) and (magic != b"BZh" or head[3:4] in b"123456789" and head[4:10] == b"1AY&SY"):
+        if head.startswith(magic):
             return what
+    if _BZIP2.match(head):
+        return "bzip2-compressed data"
+    if head[257:262] == b"ustar":
+        return "a tar archive"
     return None
