@@ -162,7 +162,7 @@ class TagBatch:
             if error is not None or member is None:
                 yield self._failed(name, error, fields)
             else:
-                yield self._row(name, lambda: member.open().read(), member.hexdigest, fields)
+                yield self._row(name, member.read, member.hexdigest, fields)
 
     def _failed(self, path: str, error: str, fields: Optional[dict] = None) -> dict:
         from .infer.results import Outcome

@@ -327,6 +327,23 @@ def test_records_after_a_truncated_record_in_a_warc_gz_are_tagged(cli, crawl, tm
             [("http://example.org/speech.wav", TRUNCATED)]
 
 
+@pytest.mark.parametrize("name", ["crawl.warc.gz", "cut.warc"])
+def test_audiotag_rays_rows_of_a_warc_are_the_cli_records(cli, crawl, name):
+    """audiotag-ray's rows of a WARC (read as a stream, as an archive on stdin) are the CLI's records of the named
+    file; the record the WARC ends inside is the same error (Ray tagged it from what came, with that hash)."""
+    from audiotag import TagOptions, distributed
+
+    archive = crawl["top"] / name
+    expected = _records(cli(archive, "--hash", "-f", "jsonl").stdout)
+    rows = distributed.TagBatch(TagOptions(hash=True)).rows(str(archive), archive.read_bytes())
+    found = [distributed.record(row) for row in rows]
+    assert [r["path"] for r in found] == [r["path"] for r in expected]
+    for mine, theirs in zip(found, expected):
+        assert mine.get("error") == theirs.get("error") and mine.get("sha256") == theirs.get("sha256"), mine
+        assert differences(mine, theirs, 1e-6) == [], mine["path"]
+    assert ("error" in found[-1]) == name.startswith("cut")
+
+
 def test_a_damaged_archive_on_stdin_is_said_in_words(cli, crawl):
     data = (crawl["top"] / "shard.tar.gz").read_bytes()
     result = cli("-", "-f", "jsonl", "-k", 1, stdin=data[:len(data) // 2])

@@ -313,6 +313,14 @@ class Piped:
                 raise AudioError(self._reader.failure) from error
             raise
 
+    def read(self):
+        """The member decoded whole (``decode.Audio``: audiotag-ray's way). A WARC record the WARC ends inside is
+        an error, as the CLI's record of it is (its payload's end is known once it was read)."""
+        clip = self.open().read()
+        if self.warc_record is not None and self.warc_record.ends_inside():
+            raise AudioError(warc.RECORD_CUT)
+        return clip
+
     def finish(self) -> None:
         with self._lock:
             self._read_rest()
@@ -323,6 +331,8 @@ class Piped:
         """The member's sha256 (OSError when it could not be read to its end)."""
         with self._lock:
             self._read_rest()
+        if self.warc_record is not None and self.warc_record.truncated:
+            raise OSError(warc.RECORD_CUT)
         if self._error is not None or self._reader.failure is not None:
             raise OSError(self._reader.failure or self._error)
         return self._reader.digest.hexdigest()
