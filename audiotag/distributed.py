@@ -116,7 +116,9 @@ class TagBatch:
         is never held whole (a zip is opened as a random-access file: its index comes last)."""
         is_zip = path.lower().endswith(".zip")  # its index is at its end: read in place, not the zip whole
         try:
-            stream = (self.filesystem.open_input_file if is_zip else self.filesystem.open_input_stream)(path)
+            stream = self.filesystem.open_input_file(path) if is_zip else \
+                self.filesystem.open_input_stream(path, compression=None)  # not undone by its name: read as the CLI
+            # reads it (a .warc.gz's offsets are the file's; a cut .tar.gz is not a read failure)
         except OSError as error:  # cannot be opened (gone, permissions): a row, as a file's would be
             from .errors import failure_message
 
@@ -223,7 +225,11 @@ class _Failing(io.RawIOBase):
         return self._stream.seekable()
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._failing(self._stream.seek, offset, whence)
+        try:
+            return self._failing(self._stream.seek, offset, whence)
+        except ValueError as error:  # pyarrow's ArrowInvalid for a position before the start, where zipfile
+            # expects an OSError (a zip under 22 bytes, say)
+            raise OSError(22, f"invalid seek: {error}") from error
 
     def tell(self) -> int:
         return self._failing(self._stream.tell)

@@ -693,7 +693,8 @@ def test_a_member_cut_short_gives_one_record_named_piped_and_compressed(cli, tmp
         if "error" not in streamed:
             assert streamed["warning"].startswith("the archive ends inside this member (truncated): tagged the ")
             assert streamed["tags"][0]["label"] == named_plain["tags"][0]["label"]
-            assert streamed["duration"] >= named_plain["duration"] - 0.5, (streamed, named_plain)
+            # as far as each went (a FLAC's named window lost its last 10 s block: 20.5 s of 30 s)
+            assert abs(streamed["duration"] - named_plain["duration"]) < 0.5, (streamed, named_plain)
 
     second = _tar_bytes({"a.wav": speech.read_bytes(), "b.wav": speech.read_bytes()})
     start = second.index(b"b.wav")

@@ -18,6 +18,7 @@ from .stream import Stream, block_frames
 # per try, growing, and tries per file, so garbage costs a bounded number of reopenings.
 RESYNC_SKIPS = (4096, 16384, 65536, 262144)
 MAX_RESYNCS = 32
+SALVAGE_FRAMES = 4096  # a failed block decoded again this many frames at a time (0.1 s at 44.1 kHz)
 EXACT_LENGTH = ("FLAC", "OGG")  # containers whose announced length is exact: ending short of it is a failure
 # ...but an Ogg's last granule position may count samples its last block's overlap does not give (up to half of
 # Vorbis's largest block: 4096 frames); ffmpeg's Vorbis files end 1024 frames short of it. Not damage.
@@ -85,6 +86,8 @@ def open_soundfile(file, closer, path=None) -> Stream:
                 failure = error
                 reason = _sndfile_reason(error, name)
                 got = _frames_before_error(current[0], start, frames)
+                if got == 0 and sound.seekable():  # libsndfile lost its place: the block decoded again, in pieces
+                    got = _decoded_before_error(current, source, start, out)
             else:
                 announced = (stream.known_frames or 0) - END_SLACK.get(sound.format, 0)
                 if len(block) == 0 and sound.format in EXACT_LENGTH and start < announced:
@@ -180,6 +183,39 @@ def _frames_before_error(sound, start: int, frames: int) -> int:
         return 0
 
 
+def _reopened(file):
+    """A fresh libsndfile decoder on ``file`` (a descriptor, a name, or a seekable file object)."""
+    if isinstance(file, int):
+        os.lseek(file, 0, os.SEEK_SET)
+    elif not isinstance(file, str):  # a name: libsndfile opens it afresh
+        file.seek(0)
+    return soundfile.SoundFile(file, closefd=False)
+
+
+def _decoded_before_error(current: list, file, start: int, out: np.ndarray) -> int:
+    """The frames from ``start`` a fresh decoder gives, SALVAGE_FRAMES at a time, into ``out`` up to the read that
+    fails: a read that fails midway may leave libsndfile unable to say where it is (a FLAC member an archive is
+    cut inside: its decoder asks past the end of the data), and its whole block, up to 10 s, was lost."""
+    got = 0
+    try:
+        fresh = _reopened(file)
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
+        return 0
+    try:
+        fresh.seek(start)
+        while got < len(out):
+            count = min(SALVAGE_FRAMES, len(out) - got)
+            piece = fresh.read(count, dtype=out.dtype.name, always_2d=True, out=out[got:got + count])
+            if not len(piece):
+                break
+            got += len(piece)
+    except (soundfile.LibsndfileError, RuntimeError):
+        pass
+    finally:
+        fresh.close()
+    return got
+
+
 def _resync(current: list, file, position: int) -> Optional[int]:
     """Past a bad frame: reopen the file and seek a little further each try (a seek finds the next frame that
     parses). Returns the frames skipped, or None when no later position decodes; ``current[0]`` is then the new
@@ -191,11 +227,7 @@ def _resync(current: list, file, position: int) -> Optional[int]:
         if old.frames and position + skip >= old.frames:
             return None
         try:
-            if isinstance(file, int):
-                os.lseek(file, 0, os.SEEK_SET)
-            elif not isinstance(file, str):  # a name: libsndfile opens it afresh
-                file.seek(0)
-            fresh = soundfile.SoundFile(file, closefd=False)
+            fresh = _reopened(file)
         except (soundfile.LibsndfileError, RuntimeError, OSError):
             return None
         try:
