@@ -301,6 +301,21 @@ def test_a_warc_cut_inside_a_records_header_is_said_and_the_other_inputs_kept(cl
         assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": said[0]}, into
 
 
+@pytest.mark.parametrize("name, ending", [("crawl.warc", b"\r\n\r\n"), ("crawl.warc.gz", b"\r\n"),
+                                          ("crawl.warc.gz", gzip.compress(b"")),
+                                          ("crawl.warc.gz", gzip.compress(b"\r\n\r\n"))])
+def test_line_ends_or_empty_gzip_members_after_the_last_record_are_no_cut(cli, crawl, tmp_path, name, ending):
+    """Some writers end a WARC with line ends or an empty gzip member: not a record the file ends inside (a review
+    found them called "truncated", and two of them a traceback before)."""
+    clean = _records(cli(crawl["top"] / name, "-f", "jsonl", "-k", 1).stdout)
+    ended = tmp_path / name
+    ended.write_bytes((crawl["top"] / name).read_bytes() + ending)
+    for source, stdin in ((ended, b""), ("-", ended.read_bytes())):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+        assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+        assert [(r["url"], r["tags"]) for r in _records(result.stdout)] == [(r["url"], r["tags"]) for r in clean]
+
+
 def test_records_after_a_truncated_record_in_a_warc_gz_are_tagged(cli, crawl, tmp_path):
     """A .warc.gz record whose gzip member ends before its Content-Length does: that record is one error, and the
     records after it are read (they were dropped without a word)."""

@@ -9,12 +9,12 @@ its HTTP chunked transfer encoding and its gzip/deflate/brotli content encoding 
 so a record is entered at its offset in the file, as a plain ``.warc``'s.
 """
 
+import collections
 import io
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
-from ..errors import failure_message
 from ..hashing import CHUNK
 
 WARC_SUFFIXES = (".warc", ".warc.gz")
@@ -80,11 +80,12 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             record = next(records, None)
         except Exception as error:  # warcio's parser fails on a damaged header in ways it does not type (a
             # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
-            detail = failure_message(error) if isinstance(error, read_errors()) else "its header cannot be read"
+            detail = f"its gzip data are damaged ({error})" if isinstance(error, zlib.error) else \
+                "its header cannot be read"  # warcio's own words quote the bytes (hostile, or NULs)
             raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
         if record is None:  # the end; bytes after the last whole record are one cut inside its header (warcio
             # ends there without a word)
-            if stream.given > iterator.offset:
+            if stream.given > iterator.offset and _holds_data(stream.tail(stream.given - iterator.offset)):
                 raise Damaged(f"it ends inside the record at offset {iterator.offset} (truncated)")
             return
         offset = iterator.offset  # where this record begins (known once the one before was read to its end)
@@ -104,6 +105,20 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
 
+def _holds_data(trailing: Optional[bytes]) -> bool:
+    """Whether bytes after a WARC's last whole record are more than line ends or empty gzip members (some
+    writers end a file so): the start of a record the file ends inside. None: more than was kept."""
+    while trailing and trailing[:2] == b"\x1f\x8b":
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        try:
+            if decompressor.decompress(trailing, 1024).strip() or not decompressor.eof:  # a member cut short too
+                return True
+        except zlib.error:
+            return True
+        trailing = decompressor.unused_data
+    return trailing is None or bool(trailing.strip())
+
+
 def decompressed(head: bytes) -> bytes:
     """A stream's first bytes, or what they decompress to when they begin a gzip stream (as far as they go)."""
     if head[:2] != b"\x1f\x8b":
@@ -118,7 +133,11 @@ def _read_to_end(record) -> bool:
     """Read what is left of a record; whether the file ended before its Content-Length did."""
     while record.raw_stream.read(CHUNK):
         pass
-    return getattr(record.raw_stream, "limit", 1) > 0  # no Content-Length read: the file ends inside the header
+    limit = getattr(record.raw_stream, "limit", None)
+    if limit is None:  # no Content-Length read: a header the file ends inside, or (no header at all) line ends or
+        # empty gzip members after the last record, as some writers end a file
+        return bool(record.rec_headers.protocol or record.rec_headers.headers)
+    return limit > 0
 
 
 def _content_type(record) -> str:
@@ -158,6 +177,7 @@ class Replay(io.RawIOBase):
         super().__init__()
         self._head, self._rest = memoryview(head), rest
         self.given = 0  # bytes read from it
+        self._last = collections.deque(maxlen=4)  # the last reads' bytes: what follows a WARC's last record
 
     def readable(self) -> bool:
         return True
@@ -167,12 +187,22 @@ class Replay(io.RawIOBase):
         if self._head:
             count = min(len(view), len(self._head))
             view[:count], self._head = self._head[:count], self._head[count:]
-            self.given += count
+            self._kept(bytes(view[:count]))
             return count
         data = self._rest.read(len(view))
         view[:len(data)] = data
-        self.given += len(data)
+        self._kept(data)
         return len(data)
+
+    def _kept(self, data: bytes) -> None:
+        self.given += len(data)
+        if data:
+            self._last.append(data)
+
+    def tail(self, size: int) -> Optional[bytes]:
+        """The last ``size`` bytes read, or None if more than the last reads held."""
+        kept = b"".join(self._last)
+        return kept[len(kept) - size:] if size <= len(kept) else None
 
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)
