@@ -416,9 +416,9 @@ def _reader(member: Member):
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         return streams.Limited(payload, 1 << 62, file)
-    if member.in_place:
-        return streams.FileWindow(member.archive, member.offset, member.size)
-    return _zip_reader(member)  # a compressed zip member (a tar.gz's: streams.GzipStreams)
+    if member.kind == "zip":  # zipfile's reader checks the CRC, a stored member's too
+        return _zip_reader(member)
+    return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: GzipStreams)
 
 
 def _read_whole(member: Member) -> bytes:

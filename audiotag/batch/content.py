@@ -197,7 +197,8 @@ class Contents:
                 sha = source.hexdigest()
             except OSError as error:
                 what = "stdin" if name == "-" else "member"
-                outcome.warning = outcome.warning or f"{what} not hashed: {failure_message(error)}"
+                why = failure_message(error) if error.strerror else str(error)  # the system's, or ours as written
+                outcome.warning = outcome.warning or f"{what} not hashed: {why}"
         return sha
 
     def earlier_copy(self, outcome) -> Optional[Duplicate]:

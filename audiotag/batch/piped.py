@@ -102,8 +102,8 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
 
 def _warc(binary, every: bool) -> Iterator[tuple]:
     for found in warc.records(binary, every):
-        piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id})
-        piped.warc_record = found
+        piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id},
+                      warc_record=found)
         yield f"-#{found.offset}", piped, None
         piped.finish()
 
@@ -211,7 +211,10 @@ def _zip(binary, wanted) -> Iterator[tuple]:
             with archive.open(info) as member:
                 piped = Piped(member, fields)
                 yield f"-/{info.filename}", piped, None
-                piped.finish()
+                try:
+                    piped.finish()
+                except OSError:  # this member is damaged (its record says so); the next one has its own offset
+                    pass
 
 
 def _seekable(binary) -> bool:
@@ -259,10 +262,8 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
             raise error
         return Refused(piped.fields), problem
     if cut and (not data or piped.warc_record is not None):  # nothing came (zstd drops what its last read held),
-        # or a WARC record, whose size is not known: the file's words
+        # or a WARC record (its size is not known): one error, the file's words
         return Refused(piped.fields), warc.RECORD_CUT if piped.warc_record is not None else CUT_MEMBER
-    if piped.warc_record is not None and piped.warc_record.ends_inside():  # as the named file's record: one error
-        return Refused(piped.fields), warc.RECORD_CUT
     if len(data) > STDIN_MEMORY_LIMIT:
         return Refused(piped.fields), (f"a member of an archive on stdin is held in memory to be tagged in a "
                                        f"watched worker, and this one is over {STDIN_MEMORY_LIMIT >> 20} MB: "
@@ -295,11 +296,11 @@ class Piped:
 
     streamed = True  # tagged before the next input is taken (batch.pipeline)
 
-    def __init__(self, reader, fields: dict, size: Optional[int] = None):
+    def __init__(self, reader, fields: dict, size: Optional[int] = None, warc_record: Optional[warc.Record] = None):
         self.fields = fields
         self.size = size  # a tar member's, as its header says
-        self.warc_record: Optional[warc.Record] = None  # a WARC record's: whether the WARC ends inside it
-        self._reader = _Hashing(reader)
+        self.warc_record = warc_record  # a WARC record's: whether the WARC ends inside it, once its payload ended
+        self._reader = _Hashing(reader, self._warc_record_end if warc_record is not None else None)
         self._lock = threading.Lock()
         self._done = False
         self._error: Optional[str] = None
@@ -312,6 +313,9 @@ class Piped:
             if self._reader.failure is not None:
                 raise AudioError(self._reader.failure) from error
             raise
+
+    def _warc_record_end(self) -> Optional[str]:
+        return warc.RECORD_CUT if self.warc_record.ends_inside() else None
 
     def read(self):
         """The member decoded whole (``decode.Audio``: audiotag-ray's way). A WARC record the WARC ends inside is
@@ -346,8 +350,8 @@ class Piped:
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
             self._error = failure_message(error)  # _Hashing: OSErrors
-        if self._reader.failure is not None:  # cut inside this member: the archive's reader says so after it
-            self._error = TRUNCATED
+        if self._reader.failure == CUT_MEMBER:  # cut inside this member: the archive's reader says so after it
+            self._error = TRUNCATED  # (a WARC record cut short: the WARC's records go on, .warc.gz members may)
 
 
 class _Hashing(io.RawIOBase):
@@ -355,9 +359,10 @@ class _Hashing(io.RawIOBase):
     stream ends there (``failure`` says so: its decoder tags what came, as the named file's window ends at the
     cut); where it is damaged, the read fails."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, at_end=None):
         super().__init__()
         self._member, self.digest = reader, sha256()
+        self._at_end = at_end  # asked once where the bytes end: why they end early, or None
         self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
         self.cut_short = False  # a read met the end of a cut archive
         self.failure: Optional[str] = None  # then why the member's bytes end early
@@ -382,6 +387,8 @@ class _Hashing(io.RawIOBase):
                 return 0
             self._damaged = f"the archive is damaged: {problem}"
             raise OSError(self._damaged) from error
+        if not data and self._at_end is not None:
+            self.failure, self._at_end = self._at_end(), None
         memoryview(buffer).cast("B")[:len(data)] = data
         self.digest.update(data)
         return len(data)

@@ -38,7 +38,7 @@ def not_audio(head: bytes) -> str:
     if what.endswith("compressed data") or what in ("a 7-Zip archive", "a RAR archive"):
         return (f"cannot decode: {what}, not audio: decompress or unpack it first (the command line opens tar, "
                 f"tar.gz, tar.zst, zip and WARC archives itself)")
-    suffix = {"a zip archive": ".zip", "a WARC file": ".warc", "a tar archive": ".tar"}[what]
+    suffix = {"a zip archive": ".zip", "a tar archive": ".tar"}[what]
     return f"cannot decode: {what}, not audio (the command line opens one named *{suffix}, or on stdin)"
 
 

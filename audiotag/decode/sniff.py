@@ -250,7 +250,8 @@ def is_media(head: bytes) -> bool:
 # begin one raw PCM stream in 65,536).
 _PACKED = ((b"\x1f\x8b\x08", "gzip-compressed data"), (b"\xfd7zXZ\x00", "xz-compressed data"),
            (b"\x28\xb5\x2f\xfd", "zstd-compressed data"), (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-           (b"Rar!\x1a\x07", "a RAR archive"), (b"PK\x03\x04", "a zip archive"), (b"WARC/", "a WARC file"))
+           (b"Rar!\x1a\x07", "a RAR archive"), (b"PK\x03\x04", "a zip archive"))  # not "WARC/": an MP3 saved
+# with its WARC record's header is tagged from its frames
 _BZIP2 = re.compile(rb"BZh[1-9]1AY&SY")
 
 
