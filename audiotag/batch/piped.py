@@ -11,10 +11,9 @@ to the decoder as it arrives (``Piped``), read as stdin is (``decode.open_stdin`
 reads as a stream, are streamed; what is held whole on stdin (FLAC, Ogg, MP3; an MP4 or CAF, whose index may come
 last) is held whole here too, up to the stdin limit. The archive is read on to the next member only once the decoder
 is done with this one: ``batch.pipeline`` tags a piped member before it takes the next input. A zip keeps its index
-at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut short on stdin: its
-last record is one error, "the WARC ends inside this record (truncated)", as the named file's is; with --in-process
-it is tagged as far as it goes (it cannot be known cut before it was read), then the archive's error says where it
-ends.
+at its end: it is read whole into memory (up to the stdin limit), its members from there. A WARC cut short on stdin: the
+record it ends inside is one error, "the WARC ends inside this record (truncated)", as the named file's is; with
+--in-process it is tagged as far as it goes (it cannot be known cut before it was read) and says so.
 
 Names: ``-/MEMBER`` (tar, zip) and ``-#OFFSET`` (WARC), with "archive": "-" and the fields of the same archive
 named as a path. Streamed (--in-process), a member is hashed as it is read; ``--dedup`` cannot spare it its decoding
@@ -335,8 +334,6 @@ class Piped:
         """The member's sha256 (OSError when it could not be read to its end)."""
         with self._lock:
             self._read_rest()
-        if self.warc_record is not None and self.warc_record.truncated:
-            raise OSError(warc.RECORD_CUT)
         if self._error is not None or self._reader.failure is not None:
             raise OSError(self._reader.failure or self._error)
         return self._reader.digest.hexdigest()
@@ -364,8 +361,7 @@ class _Hashing(io.RawIOBase):
         self._member, self.digest = reader, sha256()
         self._at_end = at_end  # asked once where the bytes end: why they end early, or None
         self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
-        self.cut_short = False  # a read met the end of a cut archive
-        self.failure: Optional[str] = None  # then why the member's bytes end early
+        self.failure: Optional[str] = None  # why the member's bytes end early (the archive is cut inside it)
 
     def readable(self) -> bool:
         return True
@@ -381,8 +377,7 @@ class _Hashing(io.RawIOBase):
             problem = damage(error)
             if problem is None:
                 raise
-            self.cut_short = cut_short(error)
-            if self.cut_short:
+            if cut_short(error):
                 self.failure = CUT_MEMBER
                 return 0
             self._damaged = f"the archive is damaged: {problem}"

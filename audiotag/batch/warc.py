@@ -72,7 +72,7 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
     start = read_exactly(binary, 512)
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
-    stream = Replay(start, binary)
+    stream = Replay(start, binary, keep_tail=True)
     iterator = ArchiveIterator(stream)  # read as a stream: offsets counted from the start
     records = iter(iterator)
     while True:
@@ -173,11 +173,13 @@ def open_payload(path: str, offset: int):
 class Replay(io.RawIOBase):
     """A stream whose first bytes were read already (``head``): they are read again, then the rest."""
 
-    def __init__(self, head: bytes, rest):
+    def __init__(self, head: bytes, rest, keep_tail: bool = False):
         super().__init__()
         self._head, self._rest = memoryview(head), rest
         self.given = 0  # bytes read from it
-        self._last = collections.deque(maxlen=4)  # the last reads' bytes: what follows a WARC's last record
+        # ``keep_tail``: the last reads' bytes (a WARC's own stream, read by warcio 16 kB at a time: what follows
+        # its last record). Not a payload's: a decoder reads one whole, and would hold it twice.
+        self._last = collections.deque(maxlen=4 if keep_tail else 0)
 
     def readable(self) -> bool:
         return True
