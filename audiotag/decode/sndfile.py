@@ -87,7 +87,7 @@ def open_soundfile(file, closer, path=None) -> Stream:
                 reason = _sndfile_reason(error, name)
                 got = _frames_before_error(current[0], start, frames)
                 if got == 0 and sound.seekable():  # libsndfile lost its place: the block decoded again, in pieces
-                    got = _decoded_before_error(current, source, start, out)
+                    got = _decoded_before_error(source, start, out)
             else:
                 announced = (stream.known_frames or 0) - END_SLACK.get(sound.format, 0)
                 if len(block) == 0 and sound.format in EXACT_LENGTH and start < announced:
@@ -192,7 +192,7 @@ def _reopened(file):
     return soundfile.SoundFile(file, closefd=False)
 
 
-def _decoded_before_error(current: list, file, start: int, out: np.ndarray) -> int:
+def _decoded_before_error(file, start: int, out: np.ndarray) -> int:
     """The frames from ``start`` a fresh decoder gives, SALVAGE_FRAMES at a time, into ``out`` up to the read that
     fails: a read that fails midway may leave libsndfile unable to say where it is (a FLAC member an archive is
     cut inside: its decoder asks past the end of the data), and its whole block, up to 10 s, was lost."""
