@@ -121,7 +121,7 @@ def source_sha256() -> str:
     assets = REPO / "audiotag" / "assets"
     paths = sorted((REPO / "audiotag").rglob("*.py")) + [assets / n for n in
                                                          ("mel_filterbank.npy", "stft_window.npy", "mn04_as.onnx")]
-    paths.append(REPO / "audiotag" / "decode" / "_avblocks.c")
+    paths += [REPO / "audiotag" / "decode" / "_avblocks.c", REPO / "audiotag" / "infer" / "_logmel.c"]
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
@@ -131,7 +131,8 @@ def source_sha256() -> str:
 # ---- same answers ----
 
 def test_binary_is_built_from_this_checkout(binary, cache, tmp_path):
-    ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    version = ok(run_binary(binary, tmp_path, "--version", cache=cache))
+    assert b"frontend: native, one call per clip without Python's lock" in version  # _logmel.so is bundled
     (folder,) = [cache / name for name in unpacked(cache) if not name.startswith(".")]
     info = json.loads((folder / "_internal" / "audiotag-build.json").read_text())
     assert info["source_sha256"] == source_sha256(), ("the binary is stale: rebuild it with "

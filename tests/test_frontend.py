@@ -1,4 +1,4 @@
-"""The numpy frontend reproduces upstream's log-mel features."""
+"""Both frontends, _logmel.c and numpy, reproduce upstream's log-mel features; the set-up uses _logmel.c."""
 
 import subprocess
 import sys
@@ -16,9 +16,19 @@ MEL_TOLERANCE = 1e-4
 EXTRA_MEL_TOLERANCE = 2e-4
 
 
+@pytest.fixture(params=["native", "numpy"])
+def implementation(request, monkeypatch):
+    """Each test that takes it runs on both frontends: numpy is what runs where _logmel.so was not built."""
+    if request.param == "numpy":
+        monkeypatch.setattr(frontend, "_native", lambda: None)
+    else:
+        assert frontend._native() is not None, "_logmel.so is not built: run scripts/build/setup.sh"
+    return request.param
+
+
 @pytest.mark.parametrize("record", [r for r in reference_records() if r["file"][:-4] in MAIN_CLIPS],
                          ids=lambda r: r["file"])
-def test_mel_matches_upstream(record):
+def test_mel_matches_upstream(record, implementation):
     ref = reference_arrays(record)
     mel = frontend.log_mel(ref["waveform"])
     assert mel.shape == ref["mel"].shape == (128, record["n_frames"])
@@ -26,7 +36,7 @@ def test_mel_matches_upstream(record):
     assert np.abs(mel - ref["mel"]).max() <= MEL_TOLERANCE
 
 
-def test_mel_matches_upstream_on_resampled_clips():
+def test_mel_matches_upstream_on_resampled_clips(implementation):
     """Every extra clip whose waveform is stored: features from upstream's waveform match its mel."""
     records = [r for r in reference_records("extra")]
     checked = 0
@@ -40,14 +50,14 @@ def test_mel_matches_upstream_on_resampled_clips():
 
 
 @pytest.mark.parametrize("n_samples", [frontend.MIN_SAMPLES, 1000, 32000, 320000, 320001, 320320])
-def test_frame_count_matches_upstream_rule(n_samples):
+def test_frame_count_matches_upstream_rule(n_samples, implementation):
     samples = np.random.default_rng(n_samples).standard_normal(n_samples).astype(np.float32)
     mel = frontend.log_mel(samples)
     assert mel.shape == (128, 1 + (n_samples - 1) // 320)
     assert np.isfinite(mel).all()
 
 
-def test_batched_input_equals_one_by_one():
+def test_batched_input_equals_one_by_one(implementation):
     rng = np.random.default_rng(0)
     batch = rng.standard_normal((3, 32000)).astype(np.float32)
     stacked = frontend.log_mel(batch)
@@ -55,12 +65,12 @@ def test_batched_input_equals_one_by_one():
         np.testing.assert_array_equal(frontend.log_mel(row), mel)
 
 
-def test_silence_gives_the_log_floor():
+def test_silence_gives_the_log_floor(implementation):
     mel = frontend.log_mel(np.zeros(32000, np.float32))
     np.testing.assert_allclose(mel, (np.log(np.float32(1e-5)) + 4.5) / 5, rtol=1e-6)
 
 
-def test_too_short_input_is_refused_with_a_reason():
+def test_too_short_input_is_refused_with_a_reason(implementation):
     with pytest.raises(ValueError, match="at least"):
         frontend.log_mel(np.zeros(frontend.MIN_SAMPLES - 1, np.float32))
 
@@ -82,10 +92,10 @@ def test_filterbank_has_upstreams_shape():
     assert not window[:112].any() and not window[912:].any()
 
 
-def test_the_filterbank_hands_pythons_lock_over_once_per_block_and_pass(monkeypatch):
-    """Each matmul releases Python's lock and takes it back, where threads beside it queue (`--jobs 16` on 2 cores
-    ran 1.3-1.4x as long as `--jobs 2` with a matmul per block and 128-frame chunk): a 10 s clip takes one per
-    block of bands and 512 frames, 22, not 88. The mel is the upstream one either way (the tests above)."""
+def test_the_numpy_filterbank_hands_pythons_lock_over_once_per_block_and_pass(monkeypatch):
+    """Where _logmel.so is missing: each matmul releases Python's lock and takes it back, where threads beside it
+    queue (`--jobs 16` on 2 cores ran 1.3-1.4x as long as `--jobs 2` with a matmul per block and 128-frame chunk):
+    a 10 s clip takes one per block of bands and 512 frames, 22, not 88. The mel is the upstream one either way."""
     calls = []
 
     class CountingNumpy:
@@ -98,8 +108,43 @@ def test_the_filterbank_hands_pythons_lock_over_once_per_block_and_pass(monkeypa
 
     ref = reference_arrays(next(r for r in reference_records() if r["file"][:-4] in MAIN_CLIPS))
     ten_seconds = ref["waveform"][:320000]
+    monkeypatch.setattr(frontend, "_native", lambda: None)
     monkeypatch.setattr(frontend, "np", CountingNumpy())
     mel = frontend.log_mel(ten_seconds)
     blocks = len(frontend._constants()[3])
     assert mel.shape == (128, 1000)
     assert len(calls) == blocks * 2 <= 24
+
+
+def test_a_clips_frontend_runs_while_another_thread_holds_pythons_lock():
+    """`--jobs` threads scale only if the frontend needs Python's lock rarely. The main thread holds the lock here
+    (a busy loop, and no forced switch for 100 s) while a second thread computes a minute's log-mel (about 10 ms of
+    CPU): its CPU time still grows. numpy's version stops after its first calls (2 ms of CPU, the pre-emphasis of
+    the whole minute), waiting for the lock. CPU time, not wall time: a loaded machine slows both sides alike (the
+    20 s bound only ends a failing run)."""
+    import threading
+    import time
+
+    samples = np.random.default_rng(1).standard_normal(60 * frontend.SAMPLE_RATE).astype(np.float32)
+    started, got = threading.Event(), []
+
+    def features():
+        started.set()
+        got.append(frontend.log_mel(samples))
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=features)
+    sys.setswitchinterval(100)
+    try:
+        thread.start()
+        started.wait()  # the lock comes back to this thread when the other one lets go of it
+        clock = time.pthread_getcpuclockid(thread.ident)
+        before, give_up = time.clock_gettime(clock), time.monotonic() + 20
+        while time.clock_gettime(clock) - before < 0.005 and time.monotonic() < give_up:
+            pass
+        grown = time.clock_gettime(clock) - before
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    assert grown >= 0.005, f"the frontend thread ran {grown * 1000:.2f} ms of CPU while this thread held the lock"
+    assert got[0].shape == (128, 6000)

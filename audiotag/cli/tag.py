@@ -314,6 +314,7 @@ def _version_text(tagger) -> str:
     import onnxruntime
 
     from ..decode import ffmpeg
+    from ..infer import frontend
 
     info = tagger.model.info
     return "\n".join([
@@ -323,6 +324,7 @@ def _version_text(tagger) -> str:
         f"(available providers: {', '.join(onnxruntime.get_available_providers())};"
         f" in use: {', '.join(tagger.model.providers)})",
         f"decoders: libsndfile, {ffmpeg.describe()}",
+        f"frontend: {frontend.implementation()}",
     ])
 
 

@@ -1,6 +1,11 @@
-"""Log-mel features exactly as upstream EfficientAT computes them at inference, in float32 numpy.
+"""Log-mel features exactly as upstream EfficientAT computes them at inference, in float32.
 
-Why numpy and not torchaudio: the frozen binary must not carry torch. The filterbank and window are frozen
+Two implementations of the same formulas: ``_logmel.c`` (scripts/build/build_avblocks.sh compiles it against the
+FFmpeg libraries the decoders use, for their FFT), one call per clip without Python's lock, and numpy, used where
+that library was not built. The numpy version hands Python's lock over 40-60 times per 10 s clip (once per numpy
+call): with many threads on few cores each hand-off queues behind the other threads.
+
+Why not torchaudio: the frozen binary must not carry torch. The filterbank and window are frozen
 arrays (see ``assets.py``) rather than recomputed here, so every install uses the very numbers the parity tests
 checked. Formulas: ``../shared/reference/FRONTEND.md``.
 
@@ -13,8 +18,10 @@ of the arithmetic, and products so small that BLAS runs them on the calling thre
 own threads while the pipeline's workers and onnxruntime want the cores.
 """
 
+import ctypes
 import threading
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +54,8 @@ BLOCK_MACS = 1 << 18  # multiply-adds per filterbank block and pass; OpenBLAS ru
 FFT_SCALE = np.float32(32)
 
 _WINDOW_OFFSET = (N_FFT - WIN_LENGTH) // 2  # where torch.stft places the window in the frame
+LIBRARY = Path(__file__).with_name("_logmel.so")
+INTERFACE = 1  # audiotag_log_mel_interface() of the _logmel.c this module calls
 
 
 def frame_count(n_samples: int) -> int:
@@ -68,8 +77,65 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
     return out.reshape(*samples.shape[:-1], *out.shape[1:])
 
 
+def implementation() -> str:
+    """Which frontend runs, for ``--version``."""
+    return "native, one call per clip without Python's lock" if _native() else "numpy (_logmel.so not built)"
+
+
 def _log_mel(samples: np.ndarray) -> np.ndarray:
     """(n,) float32 -> (128, frames) float32."""
+    native = _native()
+    if native is None:
+        return _numpy_log_mel(samples)
+    samples = np.ascontiguousarray(samples)
+    mel = np.empty((N_MELS, frame_count(len(samples))), np.float32)
+    window, weights, lows, highs, first = _native_constants()
+    status = native(samples.ctypes.data, len(samples), N_FFT, HOP_LENGTH, window.ctypes.data, WIN_LENGTH,
+                    weights.ctypes.data, lows.ctypes.data, highs.ctypes.data, N_MELS, first, weights.shape[1],
+                    PREEMPHASIS, LOG_OFFSET, NORM_SHIFT, NORM_SCALE, mel.ctypes.data)
+    if status == -1:
+        raise MemoryError(f"no memory for the log-mel of {len(samples)} samples")
+    if status != 0:
+        raise RuntimeError(f"{LIBRARY.name} failed ({status})")
+    return mel
+
+
+@lru_cache(maxsize=None)
+def _native():
+    """_logmel.so's audiotag_log_mel, or None where the library is missing or from another _logmel.c."""
+    try:
+        library = ctypes.CDLL(str(LIBRARY))  # a CDLL: each call lets go of Python's lock
+        interface = library.audiotag_log_mel_interface
+    except (OSError, AttributeError):
+        return None
+    if interface() != INTERFACE:
+        return None
+    function = library.audiotag_log_mel
+    pointer, c_int, c_float = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    function.restype = c_int
+    function.argtypes = [pointer, ctypes.c_int64, c_int, c_int, pointer, c_int, pointer, pointer, pointer, c_int,
+                         c_int, c_int, c_float, c_float, c_float, c_float, pointer]
+    return function
+
+
+@lru_cache(maxsize=None)
+def _native_constants():
+    """(window, weights, lows, highs, first bin) for _logmel.c: the window's 800 non-zero samples, the filterbank
+    cut to its non-zero bins, each band's first and end bin within that cut."""
+    window = np.ascontiguousarray(load_array("stft_window.npy")[_WINDOW_OFFSET:_WINDOW_OFFSET + WIN_LENGTH],
+                                  np.float32)
+    full = load_array("mel_filterbank.npy")
+    used = np.flatnonzero(full.any(axis=0))
+    first, stop = int(used[0]), int(used[-1]) + 1
+    weights = np.ascontiguousarray(full[:, first:stop], np.float32)
+    spans = [np.flatnonzero(row) for row in weights]
+    lows = np.array([span[0] if len(span) else 0 for span in spans], np.int32)
+    highs = np.array([span[-1] + 1 if len(span) else 0 for span in spans], np.int32)
+    return window, weights, lows, highs, first
+
+
+def _numpy_log_mel(samples: np.ndarray) -> np.ndarray:
+    """(n,) float32 -> (128, frames) float32, in numpy."""
     padded = _emphasise_and_pad(samples)
     n_frames = frame_count(len(samples))
     # Only the 800 window samples of each 1024-point frame are non-zero: frame them directly (a strided view,
