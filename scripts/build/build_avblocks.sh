@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 prefix=${1:?usage: build_avblocks.sh FFMPEG_PREFIX}
 [ -f "$prefix/include/libavcodec/avcodec.h" ] || { echo "build_avblocks.sh: no FFmpeg headers in $prefix" >&2; exit 1; }
+prefix=$(cd "$prefix" && pwd)  # the rpath must not depend on the folder a program starts in
 out=audiotag/decode/_avblocks.so
 tmp=$out.tmp.$$
 gcc -O2 -g0 -shared -fPIC -Wall -Wextra -Werror -I"$prefix/include" -o "$tmp" audiotag/decode/_avblocks.c \
