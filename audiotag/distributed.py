@@ -46,7 +46,7 @@ ERRORS_SHOWN = 20  # failed files named on stderr at the end; the rest are in th
 
 # The row layout is built from this: JSONL record fields first, then the events and the embedding, then the error.
 COLUMNS = ("path", "sha256", "archive", "member", "key", "url", "warc_record_id", "duration", "sample_rate",
-           "channels", "codec", "categories", "tags", "events", "embedding", "error")
+           "channels", "codec", "warning", "categories", "tags", "events", "embedding", "error")
 EXTRA_COLUMNS = ("events", "embedding")  # not in the CLI's clip record (events are records of their own there)
 
 
@@ -69,6 +69,7 @@ def schema():
         ("sample_rate", pa.int32()),
         ("channels", pa.int32()),
         ("codec", pa.string()),
+        ("warning", pa.string()),  # null unless the decoder tagged what it could read of a damaged input
         ("categories", pa.list_(category)),
         ("tags", pa.list_(tag)),
         ("events", pa.list_(event)),  # null unless asked for (--events)
@@ -184,13 +185,15 @@ class TagBatch:
         except Exception as error:  # worded as the CLI words the same failure
             outcome = Outcome(path, error=failure_message(error), fields=fields)
         else:
-            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration, codec=clip.codec,
-                              fields=fields)
+            outcome = Outcome(path, prediction, clip.sample_rate, clip.channels, clip.duration,
+                              warning=clip.warning, codec=clip.codec, fields=fields)
         if self.options.hash:
             try:
                 outcome.sha256 = digest()
-            except OSError as error:  # a member the archive could not give whole
-                outcome.error = outcome.error or failure_message(error)
+            except OSError as error:  # a member the archive could not give whole: tagged from what came, unhashed
+                if outcome.error is None:  # (the CLI's record of the same member: batch.content)
+                    why = failure_message(error) if error.strerror else str(error)
+                    outcome.warning = outcome.warning or f"member not hashed: {why}"
         return self._as_row(outcome, prediction)
 
     def _as_row(self, outcome, prediction=None) -> dict:

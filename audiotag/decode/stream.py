@@ -36,6 +36,7 @@ class Audio:
     channels: int  # of the source
     duration: float  # seconds, of the source
     codec: Optional[str] = None  # what was decoded, in FFmpeg's names: "pcm_s16le", "flac", "mp3", "aac"...
+    warning: Optional[str] = None  # what the decoder could not read, when it gave what it had (salvage)
 
 
 class Stream:
@@ -103,7 +104,7 @@ class Stream:
     def read(self) -> Audio:
         """The whole clip in memory (for clips the caller wants whole, e.g. one pass over the file)."""
         samples = np.concatenate(list(self.samples()))
-        return Audio(samples, self.rate, self.channels, self.duration, self.codec)
+        return Audio(samples, self.rate, self.channels, self.duration, self.codec, self.warning)
 
     def map_blocks(self, transform) -> None:
         """Pass the source blocks through ``transform`` (an iterator of blocks to one), e.g. to cut an input."""
