@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <libavutil/mem.h>
@@ -18,7 +19,7 @@
 
 #define FRAME_BLOCK 16 /* frames whose power spectra are multiplied by the filterbank together: one SIMD lane each */
 
-enum { LOGMEL_OK = 0, LOGMEL_NO_MEMORY = -1, LOGMEL_NO_FFT = -2 };
+enum { LOGMEL_OK = 0, LOGMEL_NO_MEMORY = -1, LOGMEL_NO_FFT = -2, LOGMEL_TOO_SHORT = -3 };
 
 /* samples: n float32 at 32 kHz, n > n_fft / 2 + 1. window: win_length values. weights: n_mels rows of n_bins,
  * row m non-zero only in [lows[m], highs[m]), columns for FFT bins first .. first + n_bins. out: n_mels rows of
@@ -31,10 +32,13 @@ int audiotag_log_mel(const float *samples, int64_t n, int n_fft, int hop, const 
     int64_t half = n_fft / 2, emphasised = n - 1, n_frames = 1 + (n - 1) / hop;
     int64_t padded_length = emphasised + 2 * half, offset = (n_fft - win_length) / 2;
     int64_t stride = (half + 1 + 7) / 8 * 8;  /* spectra start on 64-byte lines: av_tx wants aligned output */
-    float *padded = av_malloc(padded_length * sizeof(float));
-    float *frame = av_malloc(n_fft * sizeof(float));
+    if (n < half + 2)  /* reflect padding needs more than half samples after pre-emphasis */
+        return LOGMEL_TOO_SHORT;
+    /* malloc, not av_malloc, for the clip-sized buffer: av_malloc refuses 2 GB (a window of 4.7 h) */
+    float *padded = malloc(padded_length * sizeof(float));
+    float *frame = av_malloc(n_fft * sizeof(float));  /* the transform's input and output: aligned for av_tx */
     AVComplexFloat *spectrum = av_mallocz(FRAME_BLOCK * stride * sizeof(AVComplexFloat));
-    float *power = av_mallocz((size_t)n_bins * FRAME_BLOCK * sizeof(float));  /* power[bin][frame in block] */
+    float *power = calloc((size_t)n_bins * FRAME_BLOCK, sizeof(float));  /* power[bin][frame in block] */
     AVTXContext *fft = NULL;
     av_tx_fn transform = NULL;
     float unscaled = 1.0f;
@@ -84,10 +88,10 @@ int audiotag_log_mel(const float *samples, int64_t n, int n_fft, int hop, const 
     }
 done:
     av_tx_uninit(&fft);
-    av_free(padded);
+    free(padded);
     av_free(frame);
     av_free(spectrum);
-    av_free(power);
+    free(power);
     return status;
 }
 

@@ -79,7 +79,7 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 
 def implementation() -> str:
     """Which frontend runs, for ``--version``."""
-    return "native, one call per clip without Python's lock" if _native() else "numpy (_logmel.so not built)"
+    return "native, one call per clip without Python's lock" if _native() else f"numpy ({_missing[0]})"
 
 
 def _log_mel(samples: np.ndarray) -> np.ndarray:
@@ -87,28 +87,34 @@ def _log_mel(samples: np.ndarray) -> np.ndarray:
     native = _native()
     if native is None:
         return _numpy_log_mel(samples)
-    samples = np.ascontiguousarray(samples)
+    samples = np.require(samples, np.float32, ["C", "A"])
     mel = np.empty((N_MELS, frame_count(len(samples))), np.float32)
     window, weights, lows, highs, first = _native_constants()
     status = native(samples.ctypes.data, len(samples), N_FFT, HOP_LENGTH, window.ctypes.data, WIN_LENGTH,
                     weights.ctypes.data, lows.ctypes.data, highs.ctypes.data, N_MELS, first, weights.shape[1],
                     PREEMPHASIS, LOG_OFFSET, NORM_SHIFT, NORM_SCALE, mel.ctypes.data)
-    if status == -1:
-        raise MemoryError(f"no memory for the log-mel of {len(samples)} samples")
-    if status != 0:
-        raise RuntimeError(f"{LIBRARY.name} failed ({status})")
+    if status != 0:  # -1: no memory; -2: FFmpeg's FFT could not be set up (its tables: memory too)
+        raise MemoryError(f"no memory for the log-mel of {len(samples)} samples ({LIBRARY.name}: {status})")
     return mel
+
+
+_missing = ["not loaded yet"]  # why _native() is None, for --version
 
 
 @lru_cache(maxsize=None)
 def _native():
     """_logmel.so's audiotag_log_mel, or None where the library is missing or from another _logmel.c."""
+    if not LIBRARY.is_file():
+        _missing[0] = f"{LIBRARY.name} not built: run scripts/build/setup.sh"
+        return None
     try:
         library = ctypes.CDLL(str(LIBRARY))  # a CDLL: each call lets go of Python's lock
         interface = library.audiotag_log_mel_interface
-    except (OSError, AttributeError):
+    except (OSError, AttributeError) as error:
+        _missing[0] = f"{LIBRARY.name} cannot be used: {error}"
         return None
     if interface() != INTERFACE:
+        _missing[0] = f"{LIBRARY.name} was built from another _logmel.c: run scripts/build/setup.sh"
         return None
     function = library.audiotag_log_mel
     pointer, c_int, c_float = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
