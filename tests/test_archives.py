@@ -657,6 +657,29 @@ def test_a_member_an_archive_on_stdin_is_cut_inside_is_tagged_from_what_came_as_
     assert named[-1]["error"] == records[-1]["error"]
 
 
+def test_a_tar_gz_whose_crc_fails_is_said_damaged_named_piped_and_in_ray_rows(cli, tmp_path):
+    """gzip's CRC checks a tar.gz's data at its end: the named file's last record said it failed, but on stdin
+    (tarfile's stream mode never checks it, and stopped reading at the tar's end) and in audiotag-ray's rows the
+    members were tagged without a word. Now each ends with the archive's error record, as the named file does."""
+    import pyarrow as pa
+
+    from audiotag import distributed
+
+    packed = bytearray(gzip.compress(_tar_bytes(_small_clips(2)), mtime=0))
+    packed[-8] ^= 0xFF  # the CRC-32 in gzip's trailer: every byte of data still decodes
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(packed)
+    named = _records(cli(bad, "-f", "jsonl", "-k", 1).stdout)
+    piped = cli("-", "-f", "jsonl", "-k", 1, stdin=bytes(packed))
+    assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
+    records = _records(piped.stdout)
+    assert len(records) == len(named) == 3 and named[-1]["error"].startswith("cannot read the archive: crc check")
+    assert records[-1] == {"path": "-", "archive": "-", "error": named[-1]["error"]}
+    rows = distributed.TagBatch()(pa.table({"path": [str(bad)], "bytes": [bytes(packed)]})).to_pylist()
+    assert [distributed.record(row) for row in rows][-1] == {"path": str(bad), "archive": str(bad),
+                                                            "error": named[-1]["error"]}
+
+
 @pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/build/install_test_tools.sh)")
 def test_a_member_cut_short_gives_one_record_named_piped_and_compressed(cli, tmp_path):
     """Each decoder meets a member the archive is cut inside the same way, named or piped, plain or compressed:

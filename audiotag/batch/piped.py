@@ -92,7 +92,7 @@ def members(binary, kind: str, wanted, every: bool = False) -> Iterator[tuple]:
     zip's, as in a file; a WARC's: its audio and video records, ``every``: all response and resource records);
     an archive that cannot be read on, or holds nothing to tag, ends with ("-", Refused, error message)."""
     def open_reader():
-        stream = binary if kind == "zip" and _seekable(binary) else _zstd_undone(binary)
+        stream = binary if kind == "zip" and _seekable(binary) else _undone(binary, kind)
         return _warc(stream, every) if kind == "warc" else _zip(stream, wanted) if kind == "zip" else \
             _tar(stream, wanted)
 
@@ -107,20 +107,25 @@ def _warc(binary, every: bool) -> Iterator[tuple]:
         piped.finish()
 
 
-def _zstd_undone(binary):
-    """The stream, decompressed if it is zstd (Python 3.11's tarfile reads gzip, bzip2 and xz itself, not zstd;
-    warcio reads gzip)."""
+def _undone(binary, kind: str):
+    """The stream, decompressed if it is zstd, or a tar in gzip (Python 3.11's tarfile reads gzip, bzip2 and xz
+    itself, not zstd, and its stream mode never checks gzip's CRC: damage was tagged without a word; warcio reads
+    gzip, and checks it)."""
     head = read_exactly(binary, 4)
     binary = warc.Replay(head, binary)
-    if not is_zstd(head):
-        return binary
-    from backports import zstd
+    if is_zstd(head):
+        from backports import zstd
 
-    return _ByBlock(zstd.ZstdFile(binary))
+        return _ByBlock(zstd.ZstdFile(binary))
+    if kind == "tar" and head.startswith(b"\x1f\x8b"):
+        import gzip
+
+        return _ByBlock(gzip.GzipFile(fileobj=binary, mode="rb"))
+    return binary
 
 
 class _ByBlock(io.RawIOBase):
-    """A zstd stream read a block at a time (read1). Where it is cut, one read gives the end of the data and the
+    """A zstd or gzip stream read a block at a time (read1). Where it is cut, one read gives the end of the data and the
     next ones the EOFError: tarfile's stream drops the bytes it gathered when a read raises, and a member the
     archive is cut inside could not be tagged from what came."""
 
@@ -165,6 +170,8 @@ def _tar(binary, wanted) -> Iterator[tuple]:
             piped = Piped(reader, {"archive": "-", "member": info.name, "key": webdataset_key(info.name)}, info.size)
             yield f"-/{info.name}", piped, None
             piped.finish()
+    while isinstance(binary, _ByBlock) and binary.read(CHUNK):  # gzip and zstd check their data at their end,
+        pass  # past the tar's (a plain tar's stream is left where the tar ends, as before)
 
 
 class _TarMember(io.RawIOBase):
