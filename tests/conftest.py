@@ -37,6 +37,37 @@ def reference_arrays(record: dict, subdir: str = "") -> dict:
         return dict(arrays)
 
 
+def cpu_while_the_lock_is_held(work, enough: float = 0.005) -> tuple:
+    """(seconds of CPU a second thread running ``work()`` used while this thread held Python's lock, up to
+    ``enough``; what ``work`` returned). This thread holds the lock in a busy loop with no forced switch for 100 s:
+    the other thread's CPU grows only while it runs without the lock. CPU time, not wall time: a loaded machine
+    slows both sides alike (the 20 s bound only ends a failing run)."""
+    import threading
+    import time
+
+    started, got = threading.Event(), []
+
+    def run():
+        started.set()
+        got.append(work())
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=run)
+    sys.setswitchinterval(100)
+    try:
+        thread.start()
+        started.wait()  # the lock comes back to this thread when the other one lets go of it
+        clock = time.pthread_getcpuclockid(thread.ident)
+        before, give_up = time.clock_gettime(clock), time.monotonic() + 20
+        while time.clock_gettime(clock) - before < enough and time.monotonic() < give_up:
+            pass
+        grown = time.clock_gettime(clock) - before
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    return grown, got[0]
+
+
 def _binary() -> Path:
     return Path(os.environ.get("AUDIOTAG_BINARY", REPO / "dist" / "audiotag"))
 

@@ -15,7 +15,7 @@ import soundfile
 
 from audiotag import decode
 from audiotag.decode import ffmpeg
-from conftest import AUDIO, REPO, compare_lines
+from conftest import AUDIO, REPO, compare_lines, cpu_while_the_lock_is_held
 
 MUSIC = AUDIO / "extra" / "max-guitar.wav"  # 10 s, 44.1 kHz stereo, 16-bit: the web's usual music format
 SPEECH = AUDIO / "speech.wav"  # 10 s, 32 kHz mono
@@ -462,35 +462,12 @@ def test_ffmpeg_formats_are_decoded_by_our_c_not_pyav(fixtures):
 def test_a_block_decodes_while_another_thread_holds_pythons_lock(fixtures):
     """`--jobs` threads scale only if FFmpeg's formats decode without Python's lock. The main thread holds the
     lock here (a busy loop, and no forced switch for 100 s) while a second thread decodes its first block: the
-    second thread's CPU time still grows. Through PyAV it stops at the first frame, waiting for the lock. CPU
-    time, not wall time: a loaded machine slows both sides alike (the 20 s bound only ends a failing run)."""
-    import threading
-    import time
-
+    second thread's CPU time still grows. Through PyAV it stops at the first frame, waiting for the lock."""
     stream = decode.open_file(fixtures / "opus.webm")  # libopus: about 30 ms of CPU for the first 5.5 s block
     blocks = stream.samples()
-    started, got = threading.Event(), []
-
-    def first_block():
-        started.set()
-        got.append(next(blocks))
-
-    interval = sys.getswitchinterval()
-    thread = threading.Thread(target=first_block)
-    sys.setswitchinterval(100)
-    try:
-        thread.start()
-        started.wait()  # the lock comes back to this thread when the other one lets go of it
-        clock = time.pthread_getcpuclockid(thread.ident)
-        before, give_up = time.clock_gettime(clock), time.monotonic() + 20
-        while time.clock_gettime(clock) - before < 0.005 and time.monotonic() < give_up:
-            pass
-        grown = time.clock_gettime(clock) - before
-    finally:
-        sys.setswitchinterval(interval)
-    thread.join()
+    grown, block = cpu_while_the_lock_is_held(lambda: next(blocks))
     stream.close()
-    assert len(got[0]) > 32000 * 5
+    assert len(block) > 32000 * 5
     assert grown >= 0.005, f"the decoding thread used {grown * 1000:.2f} ms of CPU while this one held the lock"
 
 
