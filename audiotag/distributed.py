@@ -191,9 +191,10 @@ class TagBatch:
             try:
                 outcome.sha256 = digest()
             except OSError as error:  # a member the archive could not give whole: tagged from what came, unhashed
-                if outcome.error is None:  # (the CLI's record of the same member: batch.content)
-                    why = failure_message(error) if error.strerror else str(error)
-                    outcome.warning = outcome.warning or f"member not hashed: {why}"
+                if outcome.error is None:  # as the CLI's record of the same member
+                    from .batch.content import not_hashed
+
+                    outcome.warning = outcome.warning or not_hashed("member", error)
         return self._as_row(outcome, prediction)
 
     def _as_row(self, outcome, prediction=None) -> dict:

@@ -29,6 +29,11 @@ from .archives import member_sha256
 from .inputs import Input
 
 
+def not_hashed(what: str, error: OSError) -> str:
+    """The warning of an input tagged from what could be read but not hashed whole (a member the archive is cut or
+    damaged inside): the system's words for a read error, or ours as written."""
+    return f"{what} not hashed: {failure_message(error) if error.strerror else str(error)}"
+
 class Unhashed:
     """Why a member's bytes could not be hashed: no hash (falsy), said in its record."""
 
@@ -196,9 +201,7 @@ class Contents:
             try:
                 sha = source.hexdigest()
             except OSError as error:
-                what = "stdin" if name == "-" else "member"
-                why = failure_message(error) if error.strerror else str(error)  # the system's, or ours as written
-                outcome.warning = outcome.warning or f"{what} not hashed: {why}"
+                outcome.warning = outcome.warning or not_hashed("stdin" if name == "-" else "member", error)
         return sha
 
     def earlier_copy(self, outcome) -> Optional[Duplicate]:
