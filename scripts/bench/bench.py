@@ -85,7 +85,7 @@ def main() -> int:
         stages, mels, windows_per_file = measure_stages(stage_files, options, rounds)
         bound = measure_model(mels, cores, rounds, windows_per_file)
         stages["model"] = bound["single-thread per clip"]
-        end_to_end = measure_cli(corpus, len(files), cores, rounds, Path(scratch), args.checkout)
+        end_to_end = measure_cli(corpus, len(files), cores, rounds, Path(scratch), args.checkout, files[0])
         single = measure_single(files[:min(len(files), 5 if args.quick else SINGLE_SUBSET)], Path(scratch),
                                 args.checkout)
 
@@ -286,23 +286,35 @@ def _cli(args: list, output: Path, checkout: Path) -> tuple:
         return wall, cpu, sum(1 for _ in lines), after.ru_minflt - before.ru_minflt
 
 
-def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path, checkout: Path) -> dict:
-    """Wall and CPU seconds of ``audiotag DIR`` for the default and a few --jobs/--threads settings, interleaved."""
+def measure_cli(corpus: Path, count: int, cores: int, rounds: int, scratch: Path, checkout: Path,
+                first: Path) -> dict:
+    """Wall and CPU seconds of ``audiotag DIR`` for the default and a few --jobs/--threads settings, interleaved;
+    and of the default and --in-process on a folder of one clip (ONE_CLIP), their start-up and end: what a run of
+    weeks pays once, taken from the run on the corpus to leave what each file costs."""
     settings = {"default": [], "--in-process (no crash isolation)": ["--in-process"]}
     for jobs, threads in ((1, 1), (cores, 1), (cores + 1, 1), (2 * cores, 1)):
         settings[f"--jobs {jobs} --threads {threads}"] = ["--jobs", jobs, "--threads", threads]
-    runs = {name: [] for name in settings}
+    one = scratch / "one-clip"
+    one.mkdir(exist_ok=True)
+    (one / first.name).unlink(missing_ok=True)
+    (one / first.name).symlink_to(first.resolve())
+    runs = {name: [] for name in (*settings, *(ONE_CLIP + name for name in list(settings)[:2]))}
     loads = []
     for _ in range(rounds):
-        for name, extra in settings.items():
+        for name in runs:
+            folder, extra = (one, settings[name[len(ONE_CLIP):]]) if name.startswith(ONE_CLIP) else \
+                (corpus, settings[name])
             loads.append(os.getloadavg()[0])
-            wall, cpu, lines, faults = _cli([corpus, *extra], scratch / "out.jsonl", checkout)
-            if lines != count:
-                raise SystemExit(f"bench: audiotag {name} wrote {lines} records for {count} files")
+            wall, cpu, lines, faults = _cli([folder, *extra], scratch / "out.jsonl", checkout)
+            if lines != (1 if folder == one else count):
+                raise SystemExit(f"bench: audiotag {name} wrote {lines} records")
             runs[name].append((wall, cpu, faults))
     print(f"(b) audiotag DIR from {checkout}, {rounds} rounds interleaved (1-min load {min(loads):.2f}.."
           f"{max(loads):.2f})")
     return {name: tuple(statistics.median(run[i] for run in values) for i in range(3)) for name, values in runs.items()}
+
+
+ONE_CLIP = "one clip: "  # the key of a setting's run on one clip (measure_cli)
 
 
 def measure_single(files: list, scratch: Path, checkout: Path) -> dict:
@@ -340,7 +352,8 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
         ("    best with run() called from one thread", 1 / bound["single caller per clip"]),
         ("(b) audiotag DIR (default --jobs/--threads)", rates["b"]),
     ]
-    rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, *_) in end_to_end.items() if name != "default"]
+    runs = {name: run for name, run in end_to_end.items() if not name.startswith(ONE_CLIP)}
+    rows += [(f"    audiotag DIR {name}", count / wall) for name, (wall, *_) in runs.items() if name != "default"]
     rows.append(("(c) audiotag FILE, one process per file", rates["c"]))
     for name, rate in rows:
         print(f"{name:46s} {rate:9.1f} {rate * clip:11.0f}")
@@ -350,7 +363,7 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
           f"(b) without it: {count / (end_to_end['default'][0] - single['startup']):.1f} files/s")
     print()
     print("CPU use of (b), user+sys over wall x cores (and minor page faults: fresh memory touched):")
-    for name, (wall, cpu, faults) in end_to_end.items():
+    for name, (wall, cpu, faults) in runs.items():
         share = 100 * cpu / (wall * cores)
         print(f"    {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU ({1e3 * cpu / count:5.1f} ms per file), "
               f"{share:3.0f}% of {cores} cores, {faults / count:5.0f} faults per file")
@@ -377,6 +390,19 @@ def report(count, audio_seconds, cores, stages, bound, end_to_end, single) -> in
     if concurrent:
         print(f"    cores slowing each other: the model's CPU per window with {cores} callers / 1 caller "
               f"{concurrent:.2f} (batch {bound['single-thread batch']})")
+    # Each file's own cost: the run on the corpus less the same run on one clip (start-up, the first clip, the
+    # end), over the other files. What a run of weeks pays per file; the figures above include a start-up that a
+    # run of 200 clips pays 10-15% of its time for (two processes start with crash isolation, one without).
+    beyond = {}
+    for name in ("default", "--in-process (no crash isolation)"):
+        (wall, cpu, _), (wall_one, cpu_one, _) = end_to_end[name], end_to_end[ONE_CLIP + name]
+        beyond[name] = ((wall - wall_one) / (count - 1), (cpu - cpu_one) / (count - 1))
+        print(f"    per file beyond one clip's run, {name}: {1e3 * beyond[name][0]:.2f} ms wall, "
+              f"{1e3 * beyond[name][1]:.2f} ms CPU = {beyond[name][1] / total:.2f} of the sum (one clip's run: "
+              f"{wall_one:.2f} s wall, {cpu_one:.2f} s CPU)")
+    watched_file, alone_file = beyond["default"], beyond["--in-process (no crash isolation)"]
+    print(f"    crash isolation per file beyond one clip's run: throughput {alone_file[0] / watched_file[0]:.3f} "
+          f"(target >= 0.95), CPU {watched_file[1] / alone_file[1]:.3f} (target <= 1.05)")
     one = end_to_end.get("--jobs 1 --threads 1")
     if one:
         print(f"    --jobs 1 --threads 1 (one core at a time), start-up excluded: "
