@@ -792,21 +792,28 @@ def test_a_zips_members_are_read_without_parsing_its_index_again_each(tmp_path, 
         assert differences(_without_archive_fields(mine), _without_archive_fields(theirs), 1e-6) == []
 
 
-def test_a_zip_member_whose_crc_or_data_is_bad_is_said_with_hash(cli, tmp_path):
-    """--hash on a zip with deflated and stored members whose CRC is wrong (their data decode: tagged, with why
-    they have no sha256; they had no word, a stored one a sha256), an LZMA member whose data are damaged (a
+def test_a_zip_member_whose_crc_or_data_is_bad_is_said_named_piped_and_in_ray_rows(cli, tmp_path):
+    """A zip with deflated, stored and LZMA members whose CRC-32 is wrong (their data decode: tagged, with a
+    warning saying the archive is damaged there, and no sha256), an LZMA member whose data are damaged (a
     traceback ended the whole run) and a deflated one damaged ("too short: 0.1 ms of audio"): each says the archive
-    is damaged there; the intact member is tagged. On stdin too, where a bad CRC ended the archive there."""
-    clips = _small_clips(5)
+    is damaged there; the intact member is tagged. One rule named (with --hash or not: without, a bad CRC had no
+    word, a stored one a sha256), piped (the watched run and --in-process: a bad CRC was an error record) and in
+    audiotag-ray's rows (an error row)."""
+    import pyarrow as pa
+
+    from audiotag import TagOptions, distributed
+
+    clips = _small_clips(6)
     packed = tmp_path / "bad.zip"
-    methods = (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_STORED)
+    methods = (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, zipfile.ZIP_STORED,
+               zipfile.ZIP_LZMA)
     with zipfile.ZipFile(packed, "w") as archive:
         for (name, data), method in zip(clips.items(), methods):
             archive.writestr(name, data, compress_type=method)
     data = bytearray(packed.read_bytes())
     with zipfile.ZipFile(packed) as archive:
         infos = archive.infolist()
-    for info in (infos[0], infos[3]):
+    for info in (infos[0], infos[3], infos[5]):
         crc = struct.pack("<I", info.CRC)
         for _ in range(2):  # the local header's and the central directory's
             at = data.index(crc)
@@ -815,21 +822,34 @@ def test_a_zip_member_whose_crc_or_data_is_bad_is_said_with_hash(cli, tmp_path):
         start = info.header_offset + 30 + len(info.filename) + at
         data[start:start + 64] = bytes(64)
     packed.write_bytes(bytes(data))
-    result = cli(packed, "--hash", "-f", "jsonl", "-k", 1)
-    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
-    records = _records(result.stdout)
-    assert [r["member"] for r in records] == list(clips)
-    for record in (records[0], records[3]):
-        assert record["warning"].startswith("member not hashed: the archive is damaged inside this member (Bad CRC")
-        assert "sha256" not in record and record["tags"][0]["label"] == "Speech"
-    assert records[1]["error"].startswith("the archive is damaged inside this member ("), records[1]
-    assert "the archive is damaged inside this member (" in records[2].get("error", records[2].get("warning"))
-    assert "sha256" not in records[2] and "error" not in records[4] and len(records[4]["sha256"]) == 64
+    bad_crc = "the archive is damaged inside this member: its bytes fail the zip's CRC-32 check (tagged as they decode)"
 
-    piped = _records(cli("-", "--hash", "-f", "jsonl", "-k", 1, stdin=bytes(data)).stdout)
-    assert [r.get("member") for r in piped] == list(clips)
-    assert [("sha256" in r, "error" in r) for r in piped] == [(False, True)] * 4 + [(True, False)]
-    assert piped[4]["sha256"] == records[4]["sha256"]
+    def check(records, hashed):
+        assert [r["member"] for r in records] == list(clips)
+        for record in (records[0], records[3], records[5]):
+            assert record["warning"] == bad_crc, record
+            assert "sha256" not in record and record["tags"][0]["label"] == "Speech"
+        assert "damaged" in records[1]["error"], records[1]
+        assert "damaged" in records[2].get("error", records[2].get("warning")), records[2]
+        assert "sha256" not in records[2] and "error" not in records[4] and "warning" not in records[4]
+        assert ("sha256" in records[4]) == hashed
+
+    named = {}
+    for hashed in (False, True):
+        result = cli(packed, *(["--hash"] if hashed else []), "-f", "jsonl", "-k", 1)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        named[hashed] = _records(result.stdout)
+        check(named[hashed], hashed)
+    assert named[True][1]["error"].startswith("the archive is damaged inside this member ("), named[True][1]
+    for extra in ([], ["--in-process"], ["--hash"]):
+        piped = _records(cli("-", *extra, "-f", "jsonl", "-k", 1, stdin=bytes(data)).stdout)
+        check(piped, "--hash" in extra)
+        assert [r.get("warning") for r in piped[::3]] == [r.get("warning") for r in named[False][::3]]
+    assert piped[4]["sha256"] == named[True][4]["sha256"]
+    for hashed in (False, True):
+        table = pa.table({"path": [str(packed)], "bytes": [bytes(data)]})
+        rows = distributed.TagBatch(TagOptions(hash=hashed))(table).to_pylist()
+        check([distributed.record(row) for row in rows], hashed)
 
 
 def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):

@@ -22,7 +22,8 @@ zstd's decompressor cannot be copied: a checkpoint is a position, reached again 
 member is never held whole beyond that).
 
 Where the archive ends inside a member, or its compressed data are damaged there, the member's decoder meets the
-end of its data at that point: the audio before it is tagged, with a warning that says why.
+end of its data at that point: the audio before it is tagged, with a warning that says why. A zip member whose
+bytes fail its CRC-32 is tagged as they decode, with a warning (``zipcheck``).
 
 A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
 the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
@@ -49,6 +50,7 @@ from typing import Iterator, Optional
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, streams, warc
+from .zipcheck import CrcChecked, CrcCheckedInPlace, Damaged, without_crc_check
 from .streams import CUT_MEMBER, lzma_errors, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
@@ -86,6 +88,7 @@ class Member:
     cut: Optional[str] = None  # why ``data`` ends before the member does (an archive on stdin cut inside it)
     packed: Optional[tuple] = None  # a zip member's (method, compressed size, CRC): read without parsing the
     # archive's central directory again for each member (0.8 s for 100k members)
+    damaged: Optional[str] = None  # why ``data`` are not the bytes archived (a zip member failing its CRC-32)
 
     @property
     def fields(self) -> dict:
@@ -320,11 +323,14 @@ def open_member(member: Member):
         # stdin: what came, in a window of the member's size ending at the cut, as the named file's window ends
         window = streams.Held(member.data, member.size, member.cut)
     elif member.data is not None:
-        return open_bytes(member.data)
+        stream = open_bytes(member.data)
+        return reporting_failure(stream, Damaged(member.damaged)) if member.damaged else stream
     elif member.in_place or member.kind in ("tar.gz", "tar.zst", "zip"):  # read in place, or decompressed as it
         # is read: seekable all the same
         window = streams.FileWindow(member.archive, member.offset, member.size) if member.in_place else \
             _compressed_window(member)
+        if member.kind == "zip":
+            window = (CrcCheckedInPlace if member.in_place else CrcChecked)(window, member.size, member.packed[2])
     else:
         return open_bytes(_read_whole(member))
     try:
@@ -360,6 +366,8 @@ def reporting_failure(stream, window):
                 # not "too short" (a member damaged or cut after its header)
                 raise AudioError(window.failure)
             stream.warning = f"{window.failure}: tagged the {frames / stream.rate:.1f} s before it"
+        elif (problem := getattr(window, "damage", lambda: None)()) is not None:
+            stream.warning = f"{problem}; {stream.warning}" if stream.warning else problem
 
     stream.map_blocks(checked)
     return stream
@@ -371,26 +379,29 @@ def _compressed_window(member: Member) -> inflate.Window:
         return TAR_STREAMS.window(member)
     if member.packed[0] == zipfile.ZIP_DEFLATED:
         return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
-    return inflate.Window(streams.ZipStream(lambda: _zip_reader(member)), member.size)  # bzip2 or LZMA: read
-    # again from the member's start to seek back
+    return inflate.Window(streams.ZipStream(lambda: _zip_reader(member, checked=False)), member.size)  # bzip2 or
+    # LZMA: read again from the member's start to seek back
 
 
-def _zip_reader(member: Member) -> zipfile.ZipExtFile:
-    """zipfile's reader of one member (its CRC checked at the end), opened at the member's data as listed."""
+def _zip_reader(member: Member, checked: bool = True) -> zipfile.ZipExtFile:
+    """zipfile's reader of one member (its CRC checked at the end, unless not ``checked``: then by the caller),
+    opened at the member's data as listed."""
     info = zipfile.ZipInfo(member.name)
     info.compress_type, info.compress_size, info.CRC = member.packed
     info.file_size = member.size
     file = open(member.archive, "rb")  # noqa: SIM115 -- the reader closes it
     file.seek(member.offset)
-    return zipfile.ZipExtFile(file, "r", info, close_fileobj=True)
+    reader = zipfile.ZipExtFile(file, "r", info, close_fileobj=True)
+    return reader if checked else without_crc_check(reader)
 
 
 def member_sha256(member: Member) -> str:
     """The sha256 of a member's bytes (--hash), read as it is decoded."""
     digest = sha256()
     try:
-        if member.cut is not None:  # not the member's bytes: no hash (the decoder says what it got)
-            raise OSError(member.cut)
+        if member.cut is not None or member.damaged is not None:  # not the member's bytes: no hash (the
+            # decoder says what it got)
+            raise OSError(member.cut or member.damaged)
         if member.data is not None:
             digest.update(member.data)
         elif member.kind in ("tar.gz", "tar.zst"):

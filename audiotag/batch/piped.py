@@ -34,6 +34,7 @@ from ..hashing import CHUNK, sha256
 from . import warc
 from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd,
                        reporting_failure, said_through, sparse_problem, webdataset_key, zip_member_problem)
+from .zipcheck import CrcCheckedReader, without_crc_check
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
@@ -214,8 +215,9 @@ def _zip(binary, wanted) -> Iterator[tuple]:
             if (problem := zip_member_problem(info)) is not None:
                 yield f"-/{info.filename}", Refused(fields), problem
                 continue
-            with archive.open(info) as member:
-                piped = Piped(member, fields)
+            with without_crc_check(archive.open(info)) as member:  # checked as a named zip's members are: a
+                # warning, not an error
+                piped = Piped(CrcCheckedReader(member, info.CRC), fields)
                 yield f"-/{info.filename}", piped, None
                 try:
                     piped.finish()
@@ -225,6 +227,7 @@ def _zip(binary, wanted) -> Iterator[tuple]:
 
 def _seekable(binary) -> bool:
     return getattr(binary, "seekable", lambda: False)()
+
 
 
 class Budget:
@@ -278,7 +281,8 @@ def carried(name: str, piped: "Piped", budget: Budget) -> tuple:
     fields = piped.fields
     size = piped.size if cut and piped.size else len(data)  # a cut member: the size its file has
     member = Member("-", fields.get("member", ""), "warc" if "url" in fields else "tar", 0, size, False,
-                    fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data, cut=cut)
+                    fields.get("key"), fields.get("url"), fields.get("warc_record_id"), data=data, cut=cut,
+                    damaged=piped._reader.damage())
     return member, None
 
 
@@ -341,8 +345,9 @@ class Piped:
         """The member's sha256 (OSError when it could not be read to its end)."""
         with self._lock:
             self._read_rest()
-        if self._error is not None or self._reader.failure is not None:
-            raise OSError(self._reader.failure or self._error)
+        problem = self._reader.failure or self._error or self._reader.damage()
+        if problem is not None:
+            raise OSError(problem)
         return self._reader.digest.hexdigest()
 
     def _read_rest(self) -> None:
@@ -397,3 +402,13 @@ class _Hashing(io.RawIOBase):
 
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)
+
+    def damage(self) -> Optional[str]:
+        """Once the decoder is done: the rest of the member read (and hashed), and why its bytes are not the ones
+        archived (a zip member failing its CRC-32), or None."""
+        try:
+            while self.read(CHUNK):
+                pass
+        except OSError:  # damaged there: said by Piped.finish
+            return None
+        return getattr(self._member, "damage", lambda: None)()

@@ -1,4 +1,4 @@
-"""Archives as inputs: files/s of a WebDataset shard (plain tar, tar.gz, tar.zst) against the same files unpacked.
+"""Archives as inputs: files/s of a WebDataset shard (plain tar, tar.gz, tar.zst; zip) against the same files unpacked.
 
     .venv/bin/python scripts/bench/bench_archives.py [--count 200] [--seconds 10] [--rounds 3] [--keep DIR]
                                                      [-- AUDIOTAG OPTIONS...]
@@ -6,11 +6,12 @@
 The corpus is made at run time from ../shared/audio ($AUDIOTAG_SHARED) with Debian's ffmpeg: ``--count`` clips of
 ``--seconds`` s, excerpts of the shared recordings in turn, encoded in turn as WAV, FLAC, MP3, Ogg Vorbis, M4A (AAC)
 and Opus, each named KEY.EXT beside a small KEY.json sidecar (a WebDataset shard); the same files as shard.tar,
-shard.tar.gz and shard.tar.zst. Each round runs ``audiotag INPUT -o FILE`` on the directory and each archive, in an
-order rotated round by round (the page cache is warm for all: one untimed run of each first); the median files/s and CPU
-time per file of each, and its ratio to the directory's: the median over rounds of each round's ratio (target:
->= 0.95), by wall time and by CPU time (children's user + system: steadier on a loaded machine). Options after
-``--`` go to every run (``--workers 2``...). The machine may be shared: compare the ratios, not the absolute figures.
+shard.tar.gz and shard.tar.zst, and as shard.zip (deflated) and shard-stored.zip. Each round runs ``audiotag INPUT -o
+FILE`` on the directory and each archive, in an order rotated round by round (the page cache is warm for all: one
+untimed run of each first); the median files/s and CPU time per file of each, and its ratio to the directory's: the
+median over rounds of each round's ratio (target: >= 0.95), by wall time and by CPU time (children's user + system:
+steadier on a loaded machine). Options after ``--`` go to every run (``--workers 2``...). The machine may be shared:
+compare the ratios, not the absolute figures.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -61,6 +63,15 @@ def make_shard(top: Path, count: int, seconds: float) -> None:
             for path in files:
                 tar.add(path, path.name)
     write_zst(top)
+    write_zips(top)
+
+
+def write_zips(top: Path) -> None:
+    files = sorted((top / "unpacked").iterdir())
+    for name, method in (("shard.zip", zipfile.ZIP_DEFLATED), ("shard-stored.zip", zipfile.ZIP_STORED)):
+        with zipfile.ZipFile(top / name, "w", method) as archive:
+            for path in files:
+                archive.write(path, path.name)
 
 
 def write_zst(top: Path) -> None:
@@ -97,11 +108,14 @@ def main(argv=None) -> int:
         top = args.keep or Path(scratch) / "corpus"
         if not (top / "shard.tar.gz").is_file():
             make_shard(top, args.count, args.seconds)
-        elif not (top / "shard.tar.zst").is_file():  # a corpus kept from before the tar.zst
+        if not (top / "shard.tar.zst").is_file():  # a corpus kept from before the tar.zst
             write_zst(top)
+        if not (top / "shard.zip").is_file():  # or the zips
+            write_zips(top)
         count = sum(1 for path in (top / "unpacked").iterdir() if path.suffix != ".json")
         targets = {"unpacked": top / "unpacked", "tar": top / "shard.tar", "tar.gz": top / "shard.tar.gz",
-                   "tar.zst": top / "shard.tar.zst"}
+                   "tar.zst": top / "shard.tar.zst", "zip": top / "shard.zip",
+                   "zip stored": top / "shard-stored.zip"}
         times = {name: [] for name in targets}
         out = Path(scratch) / "out.jsonl"
         for target in targets.values():
@@ -122,7 +136,7 @@ def main(argv=None) -> int:
         cpu_ratio = statistics.median(base[1] / value[1] for base, value in zip(times["unpacked"], values))
         missed |= ratio < TARGET
         rounds = " ".join(f"{count / wall:.1f}" for wall in walls)
-        print(f"  {name:8} {count / statistics.median(walls):6.1f} files/s (rounds: {rounds}), "
+        print(f"  {name:10} {count / statistics.median(walls):6.1f} files/s (rounds: {rounds}), "
               f"{statistics.median(cpu for _, cpu in values) / count * 1000:5.1f} CPU ms/file, "
               f"{sizes[name] / 1e6:5.1f} MB; ratio {ratio:.3f}, by CPU time {cpu_ratio:.3f}"
               + ("" if name == "unpacked" else f" (target >= {TARGET})"))
