@@ -1057,6 +1057,34 @@ def test_an_archive_without_audio_is_one_error_and_resume_passes_it_by(cli, tmp_
     assert output.read_bytes() == written
 
 
+def test_an_empty_tar_is_an_empty_archive_on_stdin_and_in_ray_rows(cli, tmp_path):
+    """An empty tar (its end blocks of zeros alone: no "ustar" to tell it by), plain, in gzip or in zstd: named, it
+    was an empty archive; on stdin "not audio" (a tar.gz "gzip-compressed data, not audio: decompress or unpack
+    it first", which audiotag does itself), and an error row in audiotag-ray. Now the named file's words in each.
+    A stream of zeros longer than a tar's record is still no archive."""
+    import pyarrow as pa
+
+    from audiotag import distributed
+
+    empty = io.BytesIO()
+    tarfile.open(fileobj=empty, mode="w").close()
+    plain = empty.getvalue()
+    said = "no audio members in this archive (chosen by their names' extensions)"
+    for suffix, data in ((".tar", plain), (".tar.gz", gzip.compress(plain)), (".tar.zst", zstd.compress(plain)),
+                         (".tar", bytes(1024))):
+        path = tmp_path / f"empty{suffix}"
+        path.write_bytes(data)
+        for source, stdin in ((path, b""), ("-", data)):
+            result = cli(source, "-f", "jsonl", stdin=stdin)
+            assert _records(result.stdout) == [{"path": str(source), "archive": str(source), "error": said}], \
+                (suffix, source, result.stdout)
+        rows = distributed.TagBatch()(pa.table({"path": [str(path)], "bytes": [data]})).to_pylist()
+        assert [distributed.record(row) for row in rows] == [{"path": str(path), "archive": str(path),
+                                                              "error": said}]
+    zeros = cli("-", "-f", "jsonl", stdin=bytes(20 * 1024 + 512))
+    assert _records(zeros.stdout)[0]["error"].startswith("cannot decode: not audio"), zeros.stdout
+
+
 @pytest.mark.parametrize("archive", ["shard.tar.gz", "shard.tar.zst"])
 def test_a_shard_on_stdin_is_tagged_in_watched_workers(cli, shard, unpacked_records, harness, archive):
     """An archive's members on stdin are read whole and carried to the watched workers, as a file's are: the

@@ -32,36 +32,49 @@ from ..decode.pcm import read_exactly
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CUT_MEMBER, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage, is_zstd,
-                       reporting_failure, said_through, sparse_problem, webdataset_key, zip_member_problem)
+from .archives import (CUT_MEMBER, GZIP_MAGIC, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage,
+                       is_zstd, reporting_failure, said_through, sparse_problem, webdataset_key, zip_member_problem)
 from .zipcheck import CrcCheckedReader, without_crc_check
 
 KINDS = ("tar", "warc", "zip")
 CARRIED_BUDGET = 256 << 20  # bytes of stdin's members carried to watched workers at once (a larger one alone)
 HEAD = 512  # a tar header's length: its "ustar" magic is at offset 257
 ZSTD_HEAD = 256 << 10  # a zstd stream's first bytes read to tell what it holds: its first block, whole (<= 128 kB)
+EMPTY_TAR_MAX = 10240  # an empty tar: two blocks of zeros, padded to a record (GNU tar's: 20 blocks)
 
 
 def sniff(binary, kind: Optional[str] = None) -> tuple:
     """(the kind of archive stdin holds, or None for audio; the stream to read stdin from, its first bytes
     replayed). ``kind`` (--archive) is taken as given."""
+    asked = HEAD
     try:
         head = read_exactly(binary, HEAD)
         if is_zstd(head) and kind is None:  # a zstd block gives nothing until it is whole
+            asked = ZSTD_HEAD
             head += read_exactly(binary, ZSTD_HEAD - HEAD)
+        elif head == bytes(HEAD) and kind is None:  # a tar's end blocks: an empty tar, if only zeros follow
+            asked = EMPTY_TAR_MAX + 1
+            head += read_exactly(binary, asked - HEAD)
     except OSError:  # said when stdin is read as the input
         head = b""
-    return kind or kind_of(head), warc.Replay(head, binary)
+    return kind or kind_of(head, ended=len(head) < asked), warc.Replay(head, binary)
 
 
-def kind_of(head: bytes) -> Optional[str]:
-    """"tar", "warc", "zip" or None, from a stream's first bytes (gzip, zstd: their decompressed first bytes)."""
+def kind_of(head: bytes, ended: bool = False) -> Optional[str]:
+    """"tar", "warc", "zip" or None, from a stream's first bytes (gzip, zstd: their decompressed first bytes);
+    ``ended``: the stream ends with them."""
+    if ended and _only_zero_blocks(head):
+        return "tar"  # an empty tar (it was "not audio" on stdin, and an error in audiotag-ray's rows)
     if is_zstd(head):
+        if ended and _only_zero_blocks(_zstd_decompressed(head, EMPTY_TAR_MAX + 1)):
+            return "tar"
         head = _zstd_decompressed(head)
         if not head:  # zstd refused it, or its first bytes lie beyond the head (skippable frames): only a tar is
             # read inside zstd, where what is wrong is said in words
             return "tar"
     else:
+        if ended and head[:2] == GZIP_MAGIC and _only_zero_blocks(warc.decompressed(head, EMPTY_TAR_MAX + 1)):
+            return "tar"
         head = warc.decompressed(head)
     if head.startswith(b"WARC/"):
         return "warc"
@@ -72,16 +85,21 @@ def kind_of(head: bytes) -> Optional[str]:
     return None
 
 
-def _zstd_decompressed(head: bytes) -> bytes:
-    """The first bytes inside a zstd stream (frame after frame: skippable ones give none); b"" if ``head`` holds
-    none of them, or zstd refuses the stream (damaged, or a window too large)."""
+def _only_zero_blocks(data: bytes) -> bool:
+    """Whether ``data`` (a whole stream) is an empty tar: only its end blocks of zeros, padded to a record."""
+    return 2 * HEAD <= len(data) <= EMPTY_TAR_MAX and len(data) % HEAD == 0 and not data.strip(b"\0")
+
+
+def _zstd_decompressed(head: bytes, size: int = HEAD) -> bytes:
+    """The first ``size`` bytes inside a zstd stream (frame after frame: skippable ones give none); b"" if
+    ``head`` holds none of them, or zstd refuses the stream (damaged, or a window too large)."""
     from backports import zstd
 
     found = b""
     try:
-        while head and len(found) < HEAD:
+        while head and len(found) < size:
             decompressor = zstd.ZstdDecompressor()
-            found += decompressor.decompress(head, HEAD - len(found))
+            found += decompressor.decompress(head, size - len(found))
             head = decompressor.unused_data if decompressor.eof else b""
     except zstd.ZstdError:
         return b""

@@ -119,12 +119,13 @@ def _holds_data(trailing: Optional[bytes]) -> bool:
     return trailing is None or bool(trailing.strip())
 
 
-def decompressed(head: bytes) -> bytes:
-    """A stream's first bytes, or what they decompress to when they begin a gzip stream (as far as they go)."""
+def decompressed(head: bytes, size: int = 1024) -> bytes:
+    """A stream's first bytes, or the first ``size`` they decompress to when they begin a gzip stream (as far as
+    they go)."""
     if head[:2] != b"\x1f\x8b":
         return head
     try:
-        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, size)
     except zlib.error:
         return b""
 
