@@ -423,10 +423,13 @@ class _Hashing(io.RawIOBase):
 
     def damage(self) -> Optional[str]:
         """Once the decoder is done: the rest of the member read (and hashed), and why its bytes are not the ones
-        archived (a zip member failing its CRC-32), or None."""
+        archived (a zip member failing its CRC-32, a WARC record cut short), or None."""
         try:
             while self.read(CHUNK):
                 pass
         except OSError:  # damaged there: said by Piped.finish
             return None
+        if self.failure == warc.RECORD_CUT:  # the WARC ends inside the record after where its decoder stopped
+            # (--in-process: tagged as far as it goes, and said, as a record its decoder meets the cut in is)
+            return self.failure
         return getattr(self._member, "damage", lambda: None)()
