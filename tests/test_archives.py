@@ -841,11 +841,22 @@ def test_a_zip_member_whose_crc_or_data_is_bad_is_said_named_piped_and_in_ray_ro
         named[hashed] = _records(result.stdout)
         check(named[hashed], hashed)
     assert named[True][1]["error"].startswith("the archive is damaged inside this member ("), named[True][1]
-    for extra in ([], ["--in-process"], ["--hash"]):
+    for extra in ([], ["--in-process"], ["--hash"], ["--in-process", "--hash"]):  # the last: a traceback, once
         piped = _records(cli("-", *extra, "-f", "jsonl", "-k", 1, stdin=bytes(data)).stdout)
         check(piped, "--hash" in extra)
         assert [r.get("warning") for r in piped[::3]] == [r.get("warning") for r in named[False][::3]]
     assert piped[4]["sha256"] == named[True][4]["sha256"]
+    for source, extra in ((packed, []), ("-", []), ("-", ["--in-process"])):  # decoding stopped early: still said
+        cut = _records(cli(source, "--max-duration", 1, *extra, "-f", "jsonl", "-k", 1, stdin=bytes(data)).stdout)
+        assert [r.get("warning") for r in cut[::3]] == [r.get("warning") for r in named[False][::3]], (source, extra)
+        assert all(r["truncated"] for r in cut if "error" not in r)
+    junk = io.BytesIO()  # a member that fails to decode: its hash is read after zipfile closed it (a traceback, once)
+    with zipfile.ZipFile(junk, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("junk.wav", b"not audio " * 100)
+        archive.writestr("000000.wav", clips["000000.wav"])
+    result = cli("-", "--in-process", "--hash", "-f", "jsonl", "-k", 1, stdin=junk.getvalue())
+    assert b"Traceback" not in result.stderr, result.stderr
+    assert [("sha256" in r, "error" in r) for r in _records(result.stdout)] == [(True, True), (True, False)]
     for hashed in (False, True):
         table = pa.table({"path": [str(packed)], "bytes": [bytes(data)]})
         rows = distributed.TagBatch(TagOptions(hash=hashed))(table).to_pylist()

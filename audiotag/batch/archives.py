@@ -50,7 +50,7 @@ from typing import Iterator, Optional
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, streams, warc
-from .zipcheck import CrcChecked, CrcCheckedInPlace, Damaged, without_crc_check
+from .zipcheck import CrcChecked, CrcCheckedInPlace, CrcCheckedReader, Damaged, without_crc_check
 from .streams import CUT_MEMBER, lzma_errors, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
@@ -350,15 +350,19 @@ def reporting_failure(stream, window):
     damaged there): its decoder meets the end of its data there; the record says why, a warning when audio came
     before, else the error."""
     def checked(blocks):
-        frames = 0
+        frames, whole = 0, False
         try:
             for block in blocks:
                 frames += len(block)
                 yield block
+            whole = True
         except AudioError as error:  # the decoder's words for where its data ended: after the reason
             if window.failure is None:
                 raise
             raise AudioError(f"{window.failure}: {error}") from error
+        finally:
+            if not whole:  # stopped early (--max-duration): damage known without reading on is still said
+                damaged(False)
         if window.failure is not None:
             from ..infer.clip import MIN_CLIP_SAMPLES, frontend
 
@@ -366,7 +370,12 @@ def reporting_failure(stream, window):
                 # not "too short" (a member damaged or cut after its header)
                 raise AudioError(window.failure)
             stream.warning = f"{window.failure}: tagged the {frames / stream.rate:.1f} s before it"
-        elif (problem := getattr(window, "damage", lambda: None)()) is not None:
+        else:
+            damaged(True)
+
+    def damaged(whole: bool) -> None:
+        """The window's damage found once its decoder is done (a zip member failing its CRC-32), said."""
+        if (problem := getattr(window, "damage", lambda whole: None)(whole)) is not None:
             stream.warning = f"{problem}; {stream.warning}" if stream.warning else problem
 
     stream.map_blocks(checked)
@@ -410,8 +419,9 @@ def member_sha256(member: Member) -> str:
             with _reader(member) as reader:
                 while chunk := reader.read(CHUNK):
                     digest.update(chunk)
-                if getattr(reader, "failure", None):  # the archive ends inside it: not its bytes' hash
-                    raise OSError(reader.failure)
+                problem = getattr(reader, "failure", None) or getattr(reader, "damage", lambda: None)()
+                if problem:  # the archive ends inside it, or a zip member fails its CRC: not its bytes' hash
+                    raise OSError(problem)
     except EOFError as error:  # said in the member's record
         raise OSError(CUT_MEMBER) from error
     except (zlib.error, zipfile.BadZipFile) + zstd_errors() + lzma_errors() as error:
@@ -427,8 +437,8 @@ def _reader(member: Member):
     if member.kind == "warc":
         payload, file = warc.open_payload(member.archive, member.offset)
         return streams.Limited(payload, 1 << 62, file)
-    if member.kind == "zip":  # zipfile's reader checks the CRC, a stored member's too
-        return _zip_reader(member)
+    if member.kind == "zip":  # its CRC checked as the decoder's window checks it: one wording
+        return CrcCheckedReader(_zip_reader(member, checked=False), member.packed[2])
     return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: GzipStreams)
 
 

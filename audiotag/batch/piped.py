@@ -377,6 +377,8 @@ class Piped:
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
             self._error = failure_message(error)  # _Hashing: OSErrors
+        else:
+            self._reader.damage()  # known now, while the member's reader is open
         if self._reader.failure == CUT_MEMBER:  # cut inside this member: the archive's reader says so after it
             self._error = TRUNCATED  # (a WARC record cut short: the WARC's records go on, .warc.gz members may)
 
@@ -391,6 +393,7 @@ class _Hashing(io.RawIOBase):
         self._member, self.digest = reader, sha256()
         self._at_end = at_end  # asked once where the bytes end: why they end early, or None
         self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
+        self._damage = _UNKNOWN  # ``damage()``, once known
         self.failure: Optional[str] = None  # why the member's bytes end early (the archive is cut inside it)
 
     def readable(self) -> bool:
@@ -421,15 +424,25 @@ class _Hashing(io.RawIOBase):
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)
 
-    def damage(self) -> Optional[str]:
-        """Once the decoder is done: the rest of the member read (and hashed), and why its bytes are not the ones
-        archived (a zip member failing its CRC-32, a WARC record cut short), or None."""
+    def damage(self, whole: bool = True) -> Optional[str]:  # noqa: ARG002 -- read on all the same
+        """Once the decoder is done: the rest of the member read (and hashed: the stream is read past it anyway,
+        where its decoder stopped early too), and why its bytes are not the ones archived (a zip member failing its
+        CRC-32, a WARC record cut short), or None. Known once read to the end, and kept: the archive's reader
+        closes the member after."""
+        if self._damage is not _UNKNOWN:
+            return self._damage
         try:
             while self.read(CHUNK):
                 pass
         except OSError:  # damaged there: said by Piped.finish
             return None
+        self._damage = None
         if self.failure == warc.RECORD_CUT:  # the WARC ends inside the record after where its decoder stopped
             # (--in-process: tagged as far as it goes, and said, as a record its decoder meets the cut in is)
-            return self.failure
-        return getattr(self._member, "damage", lambda: None)()
+            self._damage = self.failure
+        elif self.failure is None:
+            self._damage = getattr(self._member, "damage", lambda: None)()
+        return self._damage
+
+
+_UNKNOWN = object()  # not known yet

@@ -15,6 +15,7 @@ from typing import Optional
 from ..hashing import CHUNK
 from . import inflate
 
+REST_MAX = 16 << 20
 BAD_CRC = "the archive is damaged inside this member: its bytes fail the zip's CRC-32 check (tagged as they decode)"
 
 
@@ -26,7 +27,7 @@ class Damaged:
     def __init__(self, problem: str):
         self._problem = problem
 
-    def damage(self) -> str:
+    def damage(self, whole: bool = True) -> str:  # noqa: ARG002 -- known before decoding: said however far it went
         return self._problem
 
 
@@ -49,7 +50,11 @@ class CrcCheck:
 class CrcChecked(inflate.PreadFile):
     """A zip member's window (a stored member's in place, a compressed one's decompressed as it is read), its
     bytes checked against the zip's CRC-32 (``CrcCheck``); ``damage()``, once the decoder is done, reads what
-    it skipped or left (a tag after the audio: usually little) and says whether the check failed."""
+    it skipped or left (a tag after the audio: usually little) and says whether the check failed. A compressed
+    member's rest is decompressed for it only up to ``REST_MAX`` or what the decoder read, whichever is more (a
+    small zip can hold a gigabyte of zeros its decoder skips): beyond, it is left unchecked."""
+
+    compressed = True
 
     def __init__(self, window, size: int, expected: int):
         super().__init__()
@@ -64,10 +69,13 @@ class CrcChecked(inflate.PreadFile):
         self._check.see(offset, data)
         return data
 
-    def damage(self) -> Optional[str]:
-        while self._check.checked < self._size and self.failure is None:
-            if not self.pread(CHUNK, self._check.checked):
-                break
+    def damage(self, whole: bool = True) -> Optional[str]:
+        """``whole``: the decoder read to its data's end (not stopped by --max-duration), so the rest is read."""
+        rest = self._size - self._check.checked
+        if whole and not (self.compressed and rest > max(REST_MAX, self._check.checked)):
+            while self._check.checked < self._size and self.failure is None:
+                if not self.pread(CHUNK, self._check.checked):
+                    break
         return self._check.problem(self._size)
 
     def close(self) -> None:
@@ -77,7 +85,9 @@ class CrcChecked(inflate.PreadFile):
 
 class CrcCheckedInPlace(CrcChecked):
     """A stored member's: FFmpeg reads it from the archive's descriptor itself (``FileWindow.file_window``); the
-    check then reads it again after decoding, from the page cache."""
+    check then reads it again after decoding, from the page cache (no bound: its bytes are on the disk)."""
+
+    compressed = False
 
     def file_window(self) -> tuple:
         self._window.seek(self._position)
@@ -98,7 +108,6 @@ class CrcCheckedReader:
 
     def __init__(self, reader, expected: int):
         self._reader, self._check = reader, CrcCheck(expected)
-
         self._ended = False
 
     def read(self, size: int = -1) -> bytes:
@@ -109,3 +118,12 @@ class CrcCheckedReader:
 
     def damage(self) -> Optional[str]:
         return self._check.problem(self._check.checked) if self._ended else None
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *failure) -> None:
+        self.close()
