@@ -863,6 +863,36 @@ def test_a_zip_member_whose_crc_or_data_is_bad_is_said_named_piped_and_in_ray_ro
         check([distributed.record(row) for row in rows], hashed)
 
 
+def test_a_zip_whose_index_places_a_member_before_its_start_is_said(cli, tmp_path):
+    """A zip index whose offsets zipfile reads as negative (Info-ZIP's `zip -fz -fd` writes one, which unzip
+    refuses; here the end record's offset of the index, raised): a traceback on stdin and in audiotag-ray,
+    "invalid argument" named. Now that member's error record, the same in each; the next member is tagged."""
+    import pyarrow as pa
+
+    from audiotag import distributed
+
+    clips = _small_clips(2)
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        for name, data in clips.items():
+            archive.writestr(name, data)
+    data = bytearray(packed.getvalue())
+    end = data.rindex(b"PK\x05\x06")
+    (start,) = struct.unpack("<I", data[end + 16:end + 20])
+    data[end + 16:end + 20] = struct.pack("<I", start + 40)  # every member 40 bytes earlier: the first before 0
+    path = tmp_path / "index.zip"
+    path.write_bytes(bytes(data))
+    said = "the zip's index places this member before the archive's start (a damaged zip64 index)"
+    for source in (path, "-"):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=bytes(data))
+        assert b"Traceback" not in result.stderr, result.stderr
+        records = _records(result.stdout)
+        assert records[0]["error"] == said and records[0]["member"] == "000000.wav", records
+        assert len(records) == 2
+    rows = distributed.TagBatch()(pa.table({"path": [str(path)], "bytes": [bytes(data)]})).to_pylist()
+    assert distributed.record(rows[0])["error"] == said
+
+
 def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):
     """The single-file binary leaves Python's bz2 and lzma modules out: a zip member compressed so is one line
     saying what to do, not "an internal error of audiotag" (what the binary said). Here the package runs with

@@ -192,7 +192,11 @@ class CutHeader(tarfile.ReadError):
 
 
 def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
-    """Why a zip member cannot be read (encrypted, or compressed by a method zipfile lacks), or None."""
+    """Why a zip member cannot be read (encrypted, or compressed by a method zipfile lacks, or placed where it
+    cannot be), or None."""
+    if info.header_offset < 0:  # a zip64 index zipfile reads so (Info-ZIP's `zip -fz -fd`, which unzip refuses):
+        # a traceback on stdin, "invalid argument" named
+        return "the zip's index places this member before the archive's start (a damaged zip64 index)"
     if info.flag_bits & 0x1:
         return "the member is encrypted (audiotag reads no passwords): unpack it and give its path"
     if info.compress_type not in ZIP_METHODS:
