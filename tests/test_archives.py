@@ -863,34 +863,47 @@ def test_a_zip_member_whose_crc_or_data_is_bad_is_said_named_piped_and_in_ray_ro
         check([distributed.record(row) for row in rows], hashed)
 
 
-def test_a_zip_whose_index_places_a_member_before_its_start_is_said(cli, tmp_path):
-    """A zip index whose offsets zipfile reads as negative (Info-ZIP's `zip -fz -fd` writes one, which unzip
-    refuses; here the end record's offset of the index, raised): a traceback on stdin and in audiotag-ray,
-    "invalid argument" named. Now that member's error record, the same in each; the next member is tagged."""
+@pytest.mark.parametrize("where", ["before its start", "past its end", "at another member"])
+def test_a_zip_whose_index_points_a_member_elsewhere_is_that_members_error(cli, tmp_path, where):
+    """A zip index pointing a member where its own header is not: before the archive (zipfile reads Info-ZIP's
+    `zip -fz -fd` so, which unzip refuses: a traceback on stdin and in audiotag-ray, "invalid argument" named),
+    past its end (named: a traceback that ended the whole run), at another member (named: tagged from the other's
+    bytes; piped: the archive's error, the members after it lost). Now that member's error record, the same
+    named, piped and in Ray rows; the members before and after it are tagged."""
     import pyarrow as pa
 
     from audiotag import distributed
 
-    clips = _small_clips(2)
+    clips = _small_clips(3)
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
         for name, data in clips.items():
             archive.writestr(name, data)
     data = bytearray(packed.getvalue())
-    end = data.rindex(b"PK\x05\x06")
-    (start,) = struct.unpack("<I", data[end + 16:end + 20])
-    data[end + 16:end + 20] = struct.pack("<I", start + 40)  # every member 40 bytes earlier: the first before 0
+    if where == "before its start":  # the end record's offset of the index raised: zipfile shifts every member
+        end = data.rindex(b"PK\x05\x06")
+        (start,) = struct.unpack("<I", data[end + 16:end + 20])
+        data[end + 16:end + 20] = struct.pack("<I", start + 40)
+        bad = ["000000.wav"]
+    else:  # the second member's entry in the index
+        entry = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)
+        data[entry + 42:entry + 46] = struct.pack("<I", 0xFFFFFFF0 if where == "past its end" else 0)
+        bad = ["000001.wav"]
     path = tmp_path / "index.zip"
     path.write_bytes(bytes(data))
-    said = "the zip's index places this member before the archive's start (a damaged zip64 index)"
+    said = ("the zip's index places this member before the archive's start (a damaged zip64 index)"
+            if where == "before its start" else "the zip's index points where this member's own header is not "
+                                                 "(a damaged index)")
     for source in (path, "-"):
         result = cli(source, "-f", "jsonl", "-k", 1, stdin=bytes(data))
         assert b"Traceback" not in result.stderr, result.stderr
         records = _records(result.stdout)
-        assert records[0]["error"] == said and records[0]["member"] == "000000.wav", records
-        assert len(records) == 2
+        assert [r["member"] for r in records] == list(clips), records
+        assert [r["member"] for r in records if r.get("error") == said] == bad, records
+        if where != "before its start":  # every member shifted: the others fail their own way
+            assert [r["tags"][0]["label"] for r in records if "error" not in r] == ["Speech", "Speech"]
     rows = distributed.TagBatch()(pa.table({"path": [str(path)], "bytes": [bytes(data)]})).to_pylist()
-    assert distributed.record(rows[0])["error"] == said
+    assert [row["member"] for row in rows if row["error"] == said] == bad
 
 
 def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):

@@ -285,17 +285,32 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
             if info.is_dir() or not wanted(info.filename):
                 continue
             problem = zip_member_problem(info)
-            stored = info.compress_type == zipfile.ZIP_STORED and problem is None
             offset = info.header_offset
             if problem is None:  # the data follow the local header, whose lengths may differ from the central
                 # directory's
-                signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(os.pread(raw.fileno(), 30, offset))
-                if signature != b"PK\x03\x04":
-                    raise zipfile.BadZipFile(f"{info.filename}: bad local header")
-                offset += 30 + name_length + extra_length
+                offset = _zip_data_offset(lambda size, at: os.pread(raw.fileno(), size, at), info)
+                problem = BAD_LOCAL_HEADER if offset is None else None
+            stored = info.compress_type == zipfile.ZIP_STORED and problem is None
             packed = info.compress_type, info.compress_size, info.CRC
             yield f"{path}/{info.filename}", Member(path, info.filename, "zip", offset, info.file_size, stored,
                                                     packed=packed), problem
+
+
+BAD_LOCAL_HEADER = "the zip's index points where this member's own header is not (a damaged index)"
+
+
+def _zip_data_offset(read_at, info: zipfile.ZipInfo) -> Optional[int]:
+    """Where a zip member's data start, past its own (local) header; None where the index points to no header of
+    this member (past the end, into another member: a run ended on a traceback, or tagged another's bytes)."""
+    header = read_at(30, info.header_offset)
+    if len(header) < 30:
+        return None
+    signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(header)
+    name = read_at(name_length, info.header_offset + 30)
+    if signature != b"PK\x03\x04" or name.decode("utf-8" if info.flag_bits & 0x800 else "cp437",
+                                                   errors="replace") != info.orig_filename:  # zipfile's own check
+        return None
+    return info.header_offset + 30 + name_length + extra_length
 
 
 def _warc_members(path: str, every: bool) -> Iterator[tuple]:

@@ -32,8 +32,9 @@ from ..decode.pcm import read_exactly
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
-from .archives import (CUT_MEMBER, GZIP_MAGIC, TRUNCATED, CheckedTarInfo, Member, Refused, cut_short, damage,
-                       is_zstd, reporting_failure, said_through, sparse_problem, webdataset_key, zip_member_problem)
+from .archives import (BAD_LOCAL_HEADER, CUT_MEMBER, GZIP_MAGIC, TRUNCATED, CheckedTarInfo, Member, Refused,
+                       cut_short, damage, is_zstd, reporting_failure, said_through, sparse_problem, webdataset_key,
+                       zip_member_problem)
 from .zipcheck import CrcCheckedReader, without_crc_check
 
 KINDS = ("tar", "warc", "zip")
@@ -233,8 +234,13 @@ def _zip(binary, wanted) -> Iterator[tuple]:
             if (problem := zip_member_problem(info)) is not None:
                 yield f"-/{info.filename}", Refused(fields), problem
                 continue
-            with without_crc_check(archive.open(info)) as member:  # checked as a named zip's members are: a
+            try:
+                opened = without_crc_check(archive.open(info))  # its CRC checked as a named zip's members' is: a
                 # warning, not an error
+            except zipfile.BadZipFile:  # its index points to no header of this member: the others have their own
+                yield f"-/{info.filename}", Refused(fields), BAD_LOCAL_HEADER
+                continue
+            with opened as member:
                 piped = Piped(CrcCheckedReader(member, info.CRC), fields)
                 yield f"-/{info.filename}", piped, None
                 try:
