@@ -863,47 +863,67 @@ def test_a_zip_member_whose_crc_or_data_is_bad_is_said_named_piped_and_in_ray_ro
         check([distributed.record(row) for row in rows], hashed)
 
 
-@pytest.mark.parametrize("where", ["before its start", "past its end", "at another member"])
+@pytest.mark.parametrize("where", ["before its start", "past its end", "at another member", "with another name flag",
+                                   "without a name"])
 def test_a_zip_whose_index_points_a_member_elsewhere_is_that_members_error(cli, tmp_path, where):
     """A zip index pointing a member where its own header is not: before the archive (zipfile reads Info-ZIP's
     `zip -fz -fd` so, which unzip refuses: a traceback on stdin and in audiotag-ray, "invalid argument" named),
     past its end (named: a traceback that ended the whole run), at another member (named: tagged from the other's
-    bytes; piped: the archive's error, the members after it lost). Now that member's error record, the same
-    named, piped and in Ray rows; the members before and after it are tagged."""
+    bytes; piped: the archive's error, the members after it lost); a local header whose name decodes otherwise
+    (named: tagged; piped: an error); a member without a name (a traceback everywhere). Now that member's error
+    record, the same named, piped and in Ray rows; the members before and after it are tagged."""
     import pyarrow as pa
 
     from audiotag import distributed
 
     clips = _small_clips(3)
+    if where == "with another name flag":
+        clips = {"é.wav" if name == "000001.wav" else name: data for name, data in clips.items()}
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
         for name, data in clips.items():
-            archive.writestr(name, data)
+            archive.writestr(zipfile.ZipInfo("") if where == "without a name" and name == "000001.wav" else name,
+                             data)
     data = bytearray(packed.getvalue())
+    names = [("" if where == "without a name" and name == "000001.wav" else name) for name in clips]
+    bad = [names[1]]
+    entry = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)  # the second member's entry in the index
     if where == "before its start":  # the end record's offset of the index raised: zipfile shifts every member
         end = data.rindex(b"PK\x05\x06")
         (start,) = struct.unpack("<I", data[end + 16:end + 20])
         data[end + 16:end + 20] = struct.pack("<I", start + 40)
-        bad = ["000000.wav"]
-    else:  # the second member's entry in the index
-        entry = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)
+        bad = [names[0]]
+    elif where in ("past its end", "at another member"):
         data[entry + 42:entry + 46] = struct.pack("<I", 0xFFFFFFF0 if where == "past its end" else 0)
-        bad = ["000001.wav"]
+    elif where == "with another name flag":  # the UTF-8 flag cleared in the member's own header only
+        (local,) = struct.unpack("<I", data[entry + 42:entry + 46])
+        (flags,) = struct.unpack("<H", data[local + 6:local + 8])
+        data[local + 6:local + 8] = struct.pack("<H", flags & ~0x800)
     path = tmp_path / "index.zip"
     path.write_bytes(bytes(data))
-    said = ("the zip's index places this member before the archive's start (a damaged zip64 index)"
-            if where == "before its start" else "the zip's index points where this member's own header is not "
-                                                 "(a damaged index)")
+    said = {"before its start": "the zip's index places this member outside the archive (a damaged zip64 index)",
+            "without a name": "a member without a name (a damaged zip)"}.get(
+        where, "this member's own header is not where the zip's index says, or does not match it (a damaged zip)")
     for source in (path, "-"):
         result = cli(source, "-f", "jsonl", "-k", 1, stdin=bytes(data))
         assert b"Traceback" not in result.stderr, result.stderr
         records = _records(result.stdout)
-        assert [r["member"] for r in records] == list(clips), records
+        assert [r["member"] for r in records] == names, records
         assert [r["member"] for r in records if r.get("error") == said] == bad, records
         if where != "before its start":  # every member shifted: the others fail their own way
             assert [r["tags"][0]["label"] for r in records if "error" not in r] == ["Speech", "Speech"]
     rows = distributed.TagBatch()(pa.table({"path": [str(path)], "bytes": [bytes(data)]})).to_pylist()
     assert [row["member"] for row in rows if row["error"] == said] == bad
+
+
+def test_a_zip64_offset_past_what_a_file_can_hold_is_refused():
+    """A zip64 index may say 2**64 - 1: pread and seek fail on it with OverflowError (a traceback everywhere)."""
+    from audiotag.batch.archives import zip_member_problem
+
+    info = zipfile.ZipInfo("a.wav")
+    for offset, refused in ((0, False), ((1 << 63) - 1, False), (1 << 63, True), (-1, True)):
+        info.header_offset = offset
+        assert (zip_member_problem(info) is not None) == refused, offset
 
 
 def test_a_build_without_bzip2_or_lzma_says_so_for_such_zip_members(tmp_path):

@@ -58,7 +58,7 @@ GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd frame of metadata, ahead of the data
 ZSTD_WINDOW_MAX = 128  # MB: libzstd's default refusal (a hostile frame could ask for 2 GB); the zstd tool's too
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
-_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra field length (30 bytes)
+_ZIP_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")  # signature, flags, ... name and extra field lengths (30 bytes)
 # A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
 # are smaller). What that holds at once, at most: this times the inputs read ahead of the tagging, about
 # 5 x --jobs + 4 per worker in the watcher and up to 3 x --jobs + 2 more in each worker.
@@ -194,9 +194,11 @@ class CutHeader(tarfile.ReadError):
 def zip_member_problem(info: zipfile.ZipInfo) -> Optional[str]:
     """Why a zip member cannot be read (encrypted, or compressed by a method zipfile lacks, or placed where it
     cannot be), or None."""
-    if info.header_offset < 0:  # a zip64 index zipfile reads so (Info-ZIP's `zip -fz -fd`, which unzip refuses):
-        # a traceback on stdin, "invalid argument" named
-        return "the zip's index places this member before the archive's start (a damaged zip64 index)"
+    if not info.filename:  # zipfile's own is_dir() fails on it: a traceback, the whole run lost
+        return "a member without a name (a damaged zip)"
+    if not 0 <= info.header_offset < 1 << 63:  # a zip64 index zipfile reads so (Info-ZIP's `zip -fz -fd`, which
+        # unzip refuses; a zip64 offset over 2**63): a traceback, or "invalid argument"
+        return "the zip's index places this member outside the archive (a damaged zip64 index)"
     if info.flag_bits & 0x1:
         return "the member is encrypted (audiotag reads no passwords): unpack it and give its path"
     if info.compress_type not in ZIP_METHODS:
@@ -282,7 +284,7 @@ def is_zstd(head: bytes) -> bool:
 def _zip_members(path: str, wanted) -> Iterator[tuple]:
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
-            if info.is_dir() or not wanted(info.filename):
+            if info.filename and (info.is_dir() or not wanted(info.filename)):
                 continue
             problem = zip_member_problem(info)
             offset = info.header_offset
@@ -296,21 +298,24 @@ def _zip_members(path: str, wanted) -> Iterator[tuple]:
                                                     packed=packed), problem
 
 
-BAD_LOCAL_HEADER = "the zip's index points where this member's own header is not (a damaged index)"
+BAD_LOCAL_HEADER = "this member's own header is not where the zip's index says, or does not match it (a damaged zip)"
 
 
 def _zip_data_offset(read_at, info: zipfile.ZipInfo) -> Optional[int]:
-    """Where a zip member's data start, past its own (local) header; None where the index points to no header of
-    this member (past the end, into another member: a run ended on a traceback, or tagged another's bytes)."""
-    header = read_at(30, info.header_offset)
+    """Where a zip member's data start, past its own (local) header; None where that is not a header of this
+    member (the index points past the end, into another member: a run ended on a traceback, or tagged another's
+    bytes), checked as zipfile checks it on stdin: the local name, decoded as its own flags say, is the index's."""
+    expected = len(info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", errors="replace"))
+    header = read_at(30 + expected, info.header_offset)  # one read: the local name is the index's, in the main
     if len(header) < 30:
         return None
-    signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(header)
-    name = read_at(name_length, info.header_offset + 30)
-    if signature != b"PK\x03\x04" or name.decode("utf-8" if info.flag_bits & 0x800 else "cp437",
-                                                   errors="replace") != info.orig_filename:  # zipfile's own check
-        return None
-    return info.header_offset + 30 + name_length + extra_length
+    signature, flags, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(header[:30])
+    name = header[30:30 + name_length] if name_length <= expected else read_at(name_length, info.header_offset + 30)
+    try:
+        same = name.decode("utf-8" if flags & 0x800 else "cp437") == info.orig_filename
+    except UnicodeDecodeError:
+        same = False
+    return info.header_offset + 30 + name_length + extra_length if signature == b"PK\x03\x04" and same else None
 
 
 def _warc_members(path: str, every: bool) -> Iterator[tuple]:

@@ -228,7 +228,7 @@ def _zip(binary, wanted) -> Iterator[tuple]:
         binary = io.BytesIO(data)
     with zipfile.ZipFile(binary) as archive:
         for info in archive.infolist():
-            if info.is_dir() or not wanted(info.filename):
+            if info.filename and (info.is_dir() or not wanted(info.filename)):
                 continue
             fields = {"archive": "-", "member": info.filename}
             if (problem := zip_member_problem(info)) is not None:
@@ -237,7 +237,8 @@ def _zip(binary, wanted) -> Iterator[tuple]:
             try:
                 opened = without_crc_check(archive.open(info))  # its CRC checked as a named zip's members' is: a
                 # warning, not an error
-            except zipfile.BadZipFile:  # its index points to no header of this member: the others have their own
+            except (zipfile.BadZipFile, ValueError, OverflowError):  # its index points to no header of this member
+                # (or one whose name does not decode, or an offset past 2**63): the others have their own
                 yield f"-/{info.filename}", Refused(fields), BAD_LOCAL_HEADER
                 continue
             with opened as member:
@@ -251,7 +252,6 @@ def _zip(binary, wanted) -> Iterator[tuple]:
 
 def _seekable(binary) -> bool:
     return getattr(binary, "seekable", lambda: False)()
-
 
 
 class Budget:
@@ -399,7 +399,7 @@ class _Hashing(io.RawIOBase):
         self._member, self.digest = reader, sha256()
         self._at_end = at_end  # asked once where the bytes end: why they end early, or None
         self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
-        self._damage = _UNKNOWN  # ``damage()``, once known
+        self._known_damage = _UNKNOWN  # ``damage()``, once known
         self.failure: Optional[str] = None  # why the member's bytes end early (the archive is cut inside it)
 
     def readable(self) -> bool:
@@ -435,20 +435,20 @@ class _Hashing(io.RawIOBase):
         where its decoder stopped early too), and why its bytes are not the ones archived (a zip member failing its
         CRC-32, a WARC record cut short), or None. Known once read to the end, and kept: the archive's reader
         closes the member after."""
-        if self._damage is not _UNKNOWN:
-            return self._damage
+        if self._known_damage is not _UNKNOWN:
+            return self._known_damage
         try:
             while self.read(CHUNK):
                 pass
         except OSError:  # damaged there: said by Piped.finish
             return None
-        self._damage = None
+        self._known_damage = None
         if self.failure == warc.RECORD_CUT:  # the WARC ends inside the record after where its decoder stopped
             # (--in-process: tagged as far as it goes, and said, as a record its decoder meets the cut in is)
-            self._damage = self.failure
+            self._known_damage = self.failure
         elif self.failure is None:
-            self._damage = getattr(self._member, "damage", lambda: None)()
-        return self._damage
+            self._known_damage = getattr(self._member, "damage", lambda: None)()
+        return self._known_damage
 
 
 _UNKNOWN = object()  # not known yet
