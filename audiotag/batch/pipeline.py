@@ -20,6 +20,10 @@ from ..infer.results import Outcome
 from ..infer.tagger import TagOptions, Tagger
 from .inputs import Input
 
+# Outcomes done or in work that the consumer has not taken yet (about 11 KB each): a reader that stalls (a full
+# pipe, a paused terminal) stops the run here instead of letting it pile up a whole directory's results.
+OUTCOMES_AHEAD = 1024
+
 
 def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
                 options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
@@ -81,15 +85,16 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
     """Outcomes in input order, ``jobs`` inputs in work at once."""
     batcher = batcher or Batcher(tagger, runners=model_runners(tagger.model, jobs))
     work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
-    ordered = queue.Queue()
+    ordered = queue.Queue(maxsize=OUTCOMES_AHEAD)
     feeder_error = []
     finished = threading.Event()  # every outcome is out
 
-    def put_work(entry) -> bool:
+    def put(into: queue.Queue, entry) -> bool:
         while not finished.is_set():  # the consumer may have stopped early
             try:
-                work.put(entry, timeout=0.1)
-                batcher.wake()
+                into.put(entry, timeout=0.1)
+                if into is work:
+                    batcher.wake()  # a worker may be idle in the model, waiting for work
                 return True
             except queue.Full:
                 continue
@@ -99,8 +104,7 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
         try:
             for item in items:
                 future = Future()
-                ordered.put(future)
-                if not put_work((item, future)):
+                if not (put(ordered, future) and put(work, (item, future))):
                     return
                 if item.streamed:  # a member of an archive on stdin: the archive is read on once it is decoded
                     while not (future.done() or finished.is_set()):
@@ -108,9 +112,9 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
         except BaseException as error:  # e.g. the list of paths became unreadable
             feeder_error.append(error)
         finally:
-            ordered.put(None)
+            put(ordered, None)
             for _ in range(jobs):
-                put_work(None)
+                put(work, None)
 
     def next_entry():
         while not finished.is_set():
