@@ -115,7 +115,9 @@ class TagBatch:
     def streamed_archive_rows(self, path: str) -> list:
         """An archive's rows, its bytes read from ``filesystem`` as they are tagged: a WARC or shard of gigabytes
         is never held whole (a zip is opened as a random-access file: its index comes last)."""
-        is_zip = path.lower().endswith(".zip")  # its index is at its end: read in place, not the zip whole
+        from .batch.archives import kind_by_name
+
+        is_zip = kind_by_name(path) == "zip"  # its index is at its end: read in place, not the zip whole
         try:
             stream = self.filesystem.open_input_file(path) if is_zip else \
                 self.filesystem.open_input_stream(path, compression=None)  # not undone by its name: read as the CLI
@@ -126,7 +128,7 @@ class TagBatch:
             return [self._failed(self.prefix + path, failure_message(error), {"archive": self.prefix + path})]
         with stream:
             stream = _Failing(stream, self.prefix + path)
-            return list(self.archive_rows(self.prefix + path, stream=stream, kind="zip" if is_zip else None))
+            return list(self.archive_rows(self.prefix + path, stream=stream))
 
     def rows(self, path: str, data: bytes) -> list:
         """A file's row, or an archive's (by its name, as the CLI opens one): a row per audio member."""
@@ -145,21 +147,19 @@ class TagBatch:
 
         return self._row(path, load, lambda: hashing.bytes_sha256(data))
 
-    def archive_rows(self, path: str, data: bytes = b"", stream=None, kind: Optional[str] = None):
+    def archive_rows(self, path: str, data: bytes = b"", stream=None):
         """An archive's rows, read from its bytes (or a binary ``stream``) as an archive on the CLI's stdin is
-        (``batch.piped``): its members are named and carry fields as the CLI's records of the same archive; an
-        archive that cannot be read (or be read on) gives a row with its path and the error."""
+        (``batch.piped``), of the kind its name says, as the CLI's named archives: its members are named and carry
+        fields as the CLI's records of the same archive; an archive that cannot be read (or be read on) gives a
+        row with its path and the error."""
         import io
 
         from .batch import piped
+        from .batch.archives import kind_by_name
         from .batch.inputs import is_audio_name
 
-        if kind is None:  # a zstd stream: its first block read to tell what it holds
-            kind, stream = piped.sniff(io.BytesIO(data) if stream is None else stream)
-        if kind is None:
-            yield self._failed(path, "cannot read the archive: not a tar, zip or WARC archive", {"archive": path})
-            return
-        for name, member, error in piped.members(stream, kind, is_audio_name):
+        stream = io.BytesIO(data) if stream is None else stream
+        for name, member, error in piped.members(stream, kind_by_name(path), is_audio_name):
             name = path + name[1:]  # "-/MEMBER" or "-#OFFSET" as the CLI names a member of an archive on stdin
             fields = dict(member.fields, archive=path) if member is not None else None
             if error is not None or member is None:

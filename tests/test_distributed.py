@@ -508,3 +508,30 @@ def test_archives_are_opened_with_open_archives_and_resumed(cluster, tmp_path):
 
     third = tag(address, corpus, "-o", output, "--open-archives")
     assert third.returncode == 0 and "all 3 files are already in" in third.stderr.decode()
+
+
+def test_a_file_named_as_an_archive_is_read_as_its_name_says_as_the_cli_does(tmp_path):
+    """A row for bytes that are not what their archive name says is the CLI's record of the same file: a .zip of
+    zeros is no zip (its bytes were sniffed as an empty tar: "no audio members"), a zip named .tar is no tar."""
+    import pyarrow as pa
+    import pyarrow.fs  # noqa: F401 -- pa.fs
+
+    from audiotag import TagOptions
+
+    tar = _archive_bytes("tar", {"a.wav": (AUDIO / "speech.wav").read_bytes()})
+    files = {"zeros.zip": bytes(4096), "zeros.warc": bytes(4096), "zeros.warc.gz": bytes(4096),
+             "zip.tar": _archive_bytes("zip", {"a.wav": b"RIFF"}), "tar.zip": tar, "tar.warc.gz": tar,
+             "noise.tar.gz": np.random.default_rng(5).bytes(3000)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in files]
+    cli = subprocess.run([sys.executable, "-m", "audiotag", "--format", "json", *paths], capture_output=True,
+                         timeout=RUN_TIMEOUT)
+    expected = [json.loads(line) for line in cli.stdout.decode().splitlines()]
+    assert [rec["path"] for rec in expected] == paths and all("error" in rec for rec in expected), expected
+    batch = distributed.TagBatch(TagOptions())
+    held = batch(pa.table({"path": paths, "bytes": list(files.values())})).to_pylist()
+    streamed = distributed.TagBatch(TagOptions(), filesystem=pa.fs.LocalFileSystem())(
+        pa.table({"path": paths, "bytes": [b""] * len(paths)})).to_pylist()
+    for rows in (held, streamed):
+        assert [distributed.record(row) for row in rows] == expected

@@ -71,6 +71,13 @@ def is_archive_name(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def kind_by_name(name: str) -> str:
+    """"zip", "warc" or "tar" (plain, gzip or zstd: told by its first bytes), as an archive's name says: a named
+    archive is read as what its name says, by every front end (a .zip of zeros is no zip, not an empty tar)."""
+    name = name.lower()
+    return "zip" if name.endswith(".zip") else "warc" if name.endswith(warc.WARC_SUFFIXES) else "tar"
+
+
 @dataclass(frozen=True)
 class Member:
     """Where one member's bytes lie: ``offset`` in the archive file (``in_place``) or in its decompressed stream."""
@@ -109,10 +116,10 @@ def members(path: str, wanted, every: bool = False) -> Iterator[tuple]:
     video record; ``every``: each response and resource record), in archive order: error None, or why that member
     cannot be tagged; an archive that cannot be read (on), or holds nothing to tag, ends with (path, Refused,
     error message)."""
-    is_warc = path.lower().endswith(warc.WARC_SUFFIXES)
-    yield from said_through(path, lambda: _zip_members(path, wanted) if path.lower().endswith(".zip") else
-                            _warc_members(path, every) if is_warc else _tar_members(path, wanted),
-                            is_warc, every)
+    kind = kind_by_name(path)
+    yield from said_through(path, lambda: _zip_members(path, wanted) if kind == "zip" else
+                            _warc_members(path, every) if kind == "warc" else _tar_members(path, wanted),
+                            kind == "warc", every)
 
 
 def said_through(name: str, open_reader, is_warc: bool, every: bool) -> Iterator[tuple]:
