@@ -473,7 +473,8 @@ def test_a_block_decodes_while_another_thread_holds_pythons_lock(fixtures):
 
 def _lets_go_of_pythons_lock(action, times: int = 5) -> bool:
     """Whether ``action()`` lets go of Python's lock, asked ``times`` times: a second thread counts whenever it holds
-    the lock, and a switch interval of 0.2 s gives it the lock in that time only if this thread lets go of it."""
+    the lock, and a switch interval of 1 s gives it the lock in that time only if this thread lets go of it (the
+    actions, run once first to load what they load, take milliseconds: a slow machine has room)."""
     import threading
     import time
 
@@ -483,12 +484,13 @@ def _lets_go_of_pythons_lock(action, times: int = 5) -> bool:
         while not stop.is_set():
             counted[0] += 1
 
+    action()
     interval = sys.getswitchinterval()
     thread = threading.Thread(target=count)
-    sys.setswitchinterval(0.2)
+    sys.setswitchinterval(1)
     try:
         thread.start()
-        time.sleep(0.01)  # the counter runs; this thread takes the lock back after at most 0.2 s, for 0.2 s
+        time.sleep(0.01)  # the counter runs; this thread takes the lock back after at most 1 s, for 1 s
         before = counted[0]
         for _ in range(times):
             action()

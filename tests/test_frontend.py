@@ -119,17 +119,19 @@ def test_the_numpy_filterbank_hands_pythons_lock_over_once_per_block_and_pass(mo
 def test_a_clips_frontend_runs_while_another_thread_holds_pythons_lock():
     """`--jobs` threads scale only if the frontend needs Python's lock rarely. The main thread holds the lock here
     (a busy loop, and no forced switch for 100 s) while a second thread computes a minute's log-mel: it still
-    does most of the work it does alone (the CPU time of a run in this thread first). numpy's version stops
+    does most of the work it does alone (60% of the CPU time of a run in this thread first). numpy's version stops
     after its first calls (about 40% of the work: the pre-emphasis of the whole minute and fresh memory), waiting
     for the lock."""
     import time
 
     samples = np.random.default_rng(1).standard_normal(60 * frontend.SAMPLE_RATE).astype(np.float32)
     frontend.log_mel(samples)  # the library and its arrays loaded first (file reads let go of the lock)
-    before = time.thread_time()
-    frontend.log_mel(samples)
-    alone = time.thread_time() - before
-    grown, mel = cpu_while_the_lock_is_held(lambda: frontend.log_mel(samples), enough=0.7 * alone)
-    assert grown >= 0.7 * alone, (f"the frontend thread ran {grown * 1000:.2f} ms of CPU while this thread held "
+    alone = float("inf")
+    for _ in range(3):  # the least of three: a noisy machine inflates one measure of ~15 ms, and the bar with it
+        before = time.thread_time()
+        frontend.log_mel(samples)
+        alone = min(alone, time.thread_time() - before)
+    grown, mel = cpu_while_the_lock_is_held(lambda: frontend.log_mel(samples), enough=0.6 * alone)
+    assert grown >= 0.6 * alone, (f"the frontend thread ran {grown * 1000:.2f} ms of CPU while this thread held "
                                   f"the lock, of the {alone * 1000:.2f} ms it takes alone")
     assert mel.shape == (128, 6000)

@@ -277,11 +277,13 @@ def test_the_batch_limits_are_the_defaults_of_batch_runs_only(tmp_path, argv, ba
 
 
 def test_timeout_is_an_error_record_and_the_run_goes_on(cli, tmp_path):
-    _long_flac(tmp_path / "a-long.flac", 1800)  # half an hour: far more than 50 ms of work
+    # An hour (seconds of work) against 0.5 s, which the 10 s clip beside it needs a few ms of, on a slow
+    # machine too (0.05 s left a stalled thread little room)
+    _long_flac(tmp_path / "a-long.flac", 3600)
     (tmp_path / "b.wav").write_bytes((AUDIO / "speech.wav").read_bytes())
-    result = cli(tmp_path / "a-long.flac", tmp_path / "b.wav", "--timeout", 0.05)
+    result = cli(tmp_path / "a-long.flac", tmp_path / "b.wav", "--timeout", 0.5)
     records = _records(result.stdout)
-    assert records[0] == {"path": str(tmp_path / "a-long.flac"), "error": "timed out after 0.05 s"}
+    assert records[0] == {"path": str(tmp_path / "a-long.flac"), "error": "timed out after 0.5 s"}
     assert result.returncode == 1 and records[1]["tags"][0]["label"] == "Speech"
 
 

@@ -184,7 +184,8 @@ def test_error_codes(serve, tmp_path):
 
 def test_timeout(serve):
     """504 past --timeout: a trickling upload runs late."""
-    server = serve("--max-pending", "1", "--timeout", "2", "--idle-timeout", "60")
+    # 5 s: the trickle below takes 8 s; the clip posted after it is tagged well within (on a slow machine too)
+    server = serve("--max-pending", "1", "--timeout", "5", "--idle-timeout", "60")
     wav = (AUDIO / "music.wav").read_bytes()
     # A chunked WAV stream whose pieces come slower than --timeout allows, until the server answers.
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=120)
@@ -217,7 +218,9 @@ def test_a_504_cancels_its_work_and_frees_the_worker(serve, hours_of_silence):
     at the next decoded block, so the one worker is free for the next request at once, and the metrics count it
     (before: a job that started late ran on for --timeout + 1 s from its start, unseen, and the clip posted after
     its 504 waited for it past its own --timeout)."""
-    server = serve("--jobs", "1", "--timeout", "4", "--max-duration", "0", "--idle-timeout", "60")
+    # 10 s and 3 s: room for a slow machine to see the second request queued, and to free the worker within
+    # the 3 s the second has waited when the first's 504 comes
+    server = serve("--jobs", "1", "--timeout", "10", "--max-duration", "0", "--idle-timeout", "60")
     answers = {}
 
     def post(name):
@@ -226,7 +229,7 @@ def test_a_504_cancels_its_work_and_frees_the_worker(serve, hours_of_silence):
     first = threading.Thread(target=post, args=("first",))
     first.start()
     _wait_for(lambda: _metric(server, "audiotag_requests_in_work") == 1)
-    time.sleep(1.5)  # the second arrives while the first is tagged: it waits for the worker, its deadline running
+    time.sleep(3)  # the second arrives while the first is tagged: it waits for the worker, its deadline running
     second = threading.Thread(target=post, args=("second",))
     second.start()
     _wait_for(lambda: _metric(server, "audiotag_queue_depth") == 1)
@@ -234,7 +237,7 @@ def test_a_504_cancels_its_work_and_frees_the_worker(serve, hours_of_silence):
     second.join()
     for name in ("first", "second"):
         status, answer = answers[name]
-        assert status == 504 and "--timeout 4 s" in answer[0]["error"], (name, answers[name])
+        assert status == 504 and "--timeout 10 s" in answer[0]["error"], (name, answers[name])
     status, answer = server.post("/tag?name=after", (AUDIO / "speech.wav").read_bytes())
     assert status == 200 and answer[0]["path"] == "after"  # the worker was freed at the 504, not seconds later
     _wait_for(lambda: _metric(server, "audiotag_requests_in_work") == 0)
@@ -352,6 +355,8 @@ def test_metrics_and_health(serve):
     for _ in range(3):
         assert server.post("/tag", (AUDIO / "speech.wav").read_bytes())[0] == 200
     assert server.post("/tag", b"junk")[0] == 422
+    # an answer is counted just after it is sent: the last one may still be on its way to the count
+    _wait_for(lambda: _metric(server, "audiotag_request_duration_seconds_count") == 4)
     _, response, text = server.request("GET", "/metrics")
     assert response.getheader("Content-Type").startswith("text/plain; version=0.0.4")
     values = _parse_metrics(text)
@@ -388,7 +393,13 @@ def test_load_8_clients_100_requests(cli, serve):
             k = (number + i) % len(clips)
             assert status == 200
             assert compare_lines(answer, [dict(expected[str(clips[k])], path=f"{number}-{i}-{k}")]) == []
-    assert _parse_metrics(server.request("GET", "/metrics")[2])['audiotag_requests_total{code="200"}'] == 800
+    # each answer is counted once sent, a /metrics answer too: wait for the last tag's count, then the 800 and
+    # the polls' answers counted so far
+    polls = []
+    _wait_for(lambda: polls.append(1) or _metric(server, "audiotag_request_duration_seconds_count") >= 800)
+    values = _parse_metrics(server.request("GET", "/metrics")[2])
+    assert values["audiotag_request_duration_seconds_count"] == 800
+    assert 800 <= values['audiotag_requests_total{code="200"}'] <= 800 + len(polls)
 
 
 def test_a_slow_upload_does_not_delay_others(serve):
@@ -405,7 +416,7 @@ def test_a_slow_upload_does_not_delay_others(serve):
 
 
 def test_sigterm_answers_requests_in_flight(serve):
-    server = serve("--idle-timeout", "120")
+    server = serve("--idle-timeout", "120", "--drain-timeout", "60")  # a slow machine tags the three in time
     wav = (AUDIO / "typing.wav").read_bytes()
     uploads = [_start_upload(server.port, wav, 1000 * (i + 1), name=f"inflight{i}") for i in range(3)]
     _wait_for(lambda: _metric(server, "audiotag_requests_in_progress") == 3)

@@ -18,8 +18,6 @@ from . import inflate
 CUT_MEMBER = "the archive ends inside this member (truncated)"
 
 
-
-
 def zstd_reader(source):
     """A zstd stream's decompressed bytes (a path or a binary file object), read forward."""
     from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
