@@ -664,3 +664,44 @@ def test_jobs_default_to_the_cores_the_process_may_use(tmp_path):
     (v2 / "pods" / "cpu.max").write_text("150000 100000\n")
     (v2 / "pods" / "pod1" / "cpu.max").write_text("max 100000\n")
     assert _cgroup_quota(str(v2), "/pods/pod1") == 1.5 and _cgroup_quota(str(v2), "/") is None
+
+
+def test_the_watcher_holds_a_bounded_number_of_inputs_and_carried_bytes_ahead():
+    """The worker may run up to 1,024 inputs past a slow one, but the watcher holds those it has read (for a rerun
+    after a crash): their carried bytes (a tar.gz member's, up to 2 MB each) stay under the bound, a larger input
+    alone, and a stop frees a feeder that waits for room."""
+    from audiotag.batch import supervisor
+
+    def carrying(size):
+        return types.SimpleNamespace(member=types.SimpleNamespace(data=bytes(size)))
+
+    ahead = supervisor._Ahead(carried=10)
+    first, second = carrying(6), carrying(6)
+    ahead.take(first)
+    ahead.take(carrying(0))  # names carry nothing
+    late = threading.Thread(target=ahead.take, args=(second,), daemon=True)
+    late.start()
+    late.join(0.5)
+    assert late.is_alive()  # 6 + 6 > 10: it waits for room
+    ahead.give_back(first)
+    late.join(30)
+    assert not late.is_alive()
+    alone = supervisor._Ahead(carried=10)
+    alone.take(carrying(50))  # larger than the bound, and nothing else held: taken
+    stopped = threading.Thread(target=alone.take, args=(carrying(1),), daemon=True)
+    stopped.start()
+    stopped.join(0.5)
+    assert stopped.is_alive()
+    alone.stop()
+    stopped.join(30)
+    assert not stopped.is_alive()
+    counted = supervisor._Ahead(carried=10)
+    for _ in range(supervisor.OUTCOMES_AHEAD):
+        counted.take(object())
+    full = threading.Thread(target=counted.take, args=(object(),), daemon=True)
+    full.start()
+    full.join(0.5)
+    assert full.is_alive()  # at most OUTCOMES_AHEAD inputs, whatever they carry
+    counted.give_back(object())
+    full.join(30)
+    assert not full.is_alive()

@@ -60,8 +60,9 @@ ZSTD_WINDOW_MAX = 128  # MB: libzstd's default refusal (a hostile frame could as
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")  # signature, flags, ... name and extra field lengths (30 bytes)
 # A tar.gz member up to this size is carried, bytes and all, from the listing to the worker (most crawled clips
-# are smaller). What that holds at once, at most: this times the inputs read ahead of the tagging, about
-# 5 x --jobs + 4 per worker in the watcher and up to 3 x --jobs + 2 more in each worker.
+# are smaller). What that holds at once, at most, per worker: in the watcher 64 MB or this times 3 x --jobs + 2,
+# the more (supervisor.CARRIED_AHEAD; 2 x --jobs + 2 more waiting for their turn with --workers), and this times
+# 3 x --jobs in the worker.
 SPARSE_MAX = 64 << 20  # a sparse member's size with its holes: an hour of 8 kHz WAV, minutes of CD audio
 CARRIED_MAX = 2 << 20  # 10 s of 48 kHz stereo 16-bit WAV; an MP3 or M4A clip of minutes
 ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # zipfile reads

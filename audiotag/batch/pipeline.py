@@ -28,10 +28,13 @@ OUTCOMES_AHEAD = 1024
 
 
 def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger: Tagger, batcher: Batcher,
-                options: TagOptions, on_segment=None) -> Callable[[], Outcome]:
+                options: TagOptions, on_segment=None, on_finished: Callable[[], None] = lambda: None
+                ) -> Callable[[], Outcome]:
     """Decode one input and submit its windows; returns ``outcome()``, which waits for the model's last results
-    and gives the Outcome. Every failure becomes an error message, never an exception."""
+    and gives the Outcome; ``on_finished()`` is called once it would not wait. Every failure becomes an error
+    message, never an exception."""
     if item.error:
+        on_finished()
         return lambda: Outcome(item.name, error=item.error, fields=item.fields)
     stream = None
 
@@ -39,7 +42,7 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
         nonlocal stream
         stream = open_input(item.name) if item.member is None else open_input.open_member(item.member)
         callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
-        return submit_stream(stream, tagger, batcher, options, callback)
+        return submit_stream(stream, tagger, batcher, options, callback, on_finished)
 
     try:
         submitted = _or_failure(item.name, submit)
@@ -48,6 +51,7 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
             stream.close()
     if isinstance(submitted, Outcome):
         submitted.fields = item.fields
+        on_finished()
         return lambda: submitted
     finish, timings = submitted
     # The stream is decoded: keep only what the record needs. A finished input may wait behind a slow one to be
@@ -83,8 +87,10 @@ def _or_failure(name: str, work: Callable):
 
 
 def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagger: Tagger, options: TagOptions,
-        jobs: int, on_segment=None, batcher: Optional[Batcher] = None) -> Iterator[Outcome]:
-    """Outcomes in input order, ``jobs`` inputs in work at once."""
+        jobs: int, on_segment=None, batcher: Optional[Batcher] = None,
+        on_finished: Callable[[int], None] = lambda index: None) -> Iterator[Outcome]:
+    """Outcomes in input order, ``jobs`` inputs in work at once; ``on_finished(k)`` says, in whatever order, that
+    the outcome of the k-th input (from 0) is ready, perhaps behind a slower one before it."""
     batcher = batcher or Batcher(tagger, runners=model_runners(tagger.model, jobs))
     work = queue.Queue(maxsize=2 * jobs)  # bounded: reading far ahead of the workers only costs memory
     ordered = queue.Queue(maxsize=OUTCOMES_AHEAD)
@@ -104,9 +110,9 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
 
     def feed() -> None:
         try:
-            for item in items:
+            for index, item in enumerate(items):
                 future = Future()
-                if not (put(ordered, future) and put(work, (item, future))):
+                if not (put(ordered, future) and put(work, (index, item, future))):
                     return
                 if item.streamed:  # a member of an archive on stdin: the archive is read on once it is decoded
                     while not (future.done() or finished.is_set()):
@@ -131,9 +137,10 @@ def run(items: Iterable[Input], open_input: Callable[[str], decode.Stream], tagg
         # A worker moves on once an input's windows are submitted: this thread waits for their results, in
         # order, so no worker idles while the model finishes an input's last window.
         while (entry := next_entry()) is not None:
-            item, future = entry
+            index, item, future = entry
             try:
-                future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment))
+                future.set_result(start_input(item, open_input, tagger, batcher, options, on_segment,
+                                              lambda k=index: on_finished(k)))
             except BaseException as error:  # a bug, not bad input: surface it in the main thread
                 future.set_exception(error)
         batcher.idle_until(finished.is_set)  # no input left: run the model for the others until the end

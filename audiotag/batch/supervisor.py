@@ -3,9 +3,10 @@
 libsndfile, mpg123, libFLAC (and any other decoder) parse bytes nobody vetted; a native crash there (SIGSEGV,
 SIGBUS, SIGABRT...) or an out-of-memory kill would end a run of weeks. So the supervisor (this process: it walks,
 reads lists, writes the records) sends inputs to a worker process running the ordinary ``pipeline.run``, and
-gets their outcomes back in order. It knows which inputs are in flight: when the worker dies it starts a new one
-and reruns those inputs one at a time, so the one that kills a worker alone is the culprit (its record:
-"decoder crashed (SIGSEGV)") and the innocent ones that were beside it are tagged. A worker that stops answering
+gets their outcomes back in order. It knows which inputs are in flight, and which of them the worker has
+finished (their outcomes wait behind a slower input's: the worker is sent more meanwhile): when the worker dies it
+starts a new one and reruns the unfinished ones one at a time, so the one that kills a worker alone is the
+culprit (its record: "decoder crashed (SIGSEGV)"), and the innocent ones that were beside it are tagged. A worker that stops answering
 (a decoder looping in native code, beyond the cooperative ``--timeout``) is killed and handled the same way.
 
 Why a worker process and not a process per input: one long-lived worker keeps the model loaded and batches
@@ -33,6 +34,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Optional
 
 WORKER_FLAG = "--_supervised-worker"  # argv[1] of a worker; not a user option
+OUTCOMES_AHEAD = 1024  # inputs read and not yet recorded: as far as the worker runs past a slow input (its
+# pipeline's own bound is the same)
+CARRIED_AHEAD = 64 << 20  # bytes those inputs carry (tar.gz members, up to 2 MB each), at least 3 x --jobs + 2 such
 _LENGTH = struct.Struct("<Q")
 _SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGKILL", "SIGTERM", "SIGSYS", "SIGTRAP")
 
@@ -82,8 +86,10 @@ class Supervisor:
         self._generation = 0
         self._ready = False
         self._kill_reason = None  # why the supervisor killed the current worker (hung)
-        # Enough inputs in the worker to keep its decoders and batches full, few enough to rerun after a crash.
+        # Enough unfinished inputs in the worker to keep its decoders and batches full, few enough to rerun one at
+        # a time after a crash; finished ones (their outcomes behind a slower input's) are rerun together.
         self._window = 3 * config.jobs + 2
+        self._sent = 0  # inputs sent to the current worker: the worker's index of the next one
         self.info = None  # the first worker's model: {"labels": count, "providers": [...], "label_problem"}
         self._start_worker(process)
 
@@ -113,27 +119,35 @@ class Supervisor:
     def outcomes(self, items: Iterable) -> Iterator:
         from ..infer.results import Outcome
 
-        slots = threading.Semaphore(self._window)  # the feeder reads no further ahead than the window
+        slots = _Ahead(max(CARRIED_AHEAD, self._window * (2 << 20)))  # the feeder reads no further ahead of the
+        # records than this
         stop = threading.Event()
         threading.Thread(target=self._feed, args=(items, slots, stop), name="audiotag-supervisor-feed",
                          daemon=True).start()
         waiting = collections.deque()  # read, not yet sent
-        in_flight = collections.deque()  # sent to the current worker, no outcome yet, oldest first
-        suspects = collections.deque()  # in flight when a worker died: rerun one at a time
+        in_flight = collections.deque()  # (the worker's index, input, suspect) sent, no outcome yet, oldest first
+        finished = set()  # indexes in flight whose outcome is ready in the worker, behind a slower input's
+        rerun = collections.deque()  # (input, suspect) in flight when a worker died, in order, before the rest:
+        # each suspect alone in its worker, the finished ones (innocent) together
         ended = False
         last_progress = time.monotonic()
+
+        def send(item, suspect: bool = False) -> None:
+            nonlocal last_progress
+            if not in_flight:
+                last_progress = time.monotonic()
+            self._send(item)
+            in_flight.append((self._sent - 1, item, suspect))
+
+        def room() -> bool:
+            return len(in_flight) - len(finished) < self._window and not (in_flight and in_flight[-1][2])
+
         try:
-            while waiting or in_flight or suspects or not ended:
-                if suspects and not in_flight:
-                    in_flight.append(suspects.popleft())
-                    self._send(in_flight[-1])
-                    last_progress = time.monotonic()
-                elif not suspects:
-                    if waiting and not in_flight:
-                        last_progress = time.monotonic()
-                    while waiting:
-                        in_flight.append(waiting.popleft())
-                        self._send(in_flight[-1])
+            while waiting or in_flight or rerun or not ended:
+                while rerun and room() and not (rerun[0][1] and in_flight):
+                    send(*rerun.popleft())
+                while not rerun and waiting and room():
+                    send(waiting.popleft())
                 event = self._next_event(in_flight, last_progress)
                 kind = event[0]
                 if kind == "item":
@@ -155,10 +169,13 @@ class Supervisor:
                     elif message[0] == "segment":
                         if self._on_segment is not None:
                             self._on_segment(*message[1:])
+                    elif message[0] == "finished":  # not progress for the watchdog: a hung input stays hung
+                        finished.add(message[1])
                     elif message[0] == "outcome":
-                        in_flight.popleft()
+                        index, item, _ = in_flight.popleft()
+                        finished.discard(index)
                         last_progress = time.monotonic()
-                        slots.release()
+                        slots.give_back(item)
                         yield message[1]
                 elif kind == "exit":
                     returncode = event[2]
@@ -169,25 +186,28 @@ class Supervisor:
                         continue  # died between inputs: the next input starts a new one
                     if not was_ready:
                         raise WorkerError(f"the worker process could not start ({reason})")
-                    if len(in_flight) == 1:  # alone in the worker: the culprit
-                        item = in_flight.popleft()
-                        slots.release()
+                    unfinished = [index for index, _, _ in in_flight if index not in finished]
+                    if len(in_flight) == 1 or len(unfinished) == 1 and in_flight[0][0] == unfinished[0]:
+                        item = in_flight.popleft()[1]  # alone in the worker, or the only one unfinished: the culprit
+                        slots.give_back(item)
                         yield Outcome(item.name, error=reason, fields=getattr(item, "fields", None))
-                    else:  # which one? each alone, in order, before anything newer
-                        suspects.extendleft(reversed(in_flight))
-                        in_flight.clear()
+                    # which one? each unfinished one alone, in order, before anything newer (all of them if none
+                    # was: something else killed the worker); the finished ones again, together
+                    rerun.extendleft(reversed([(item, not unfinished or index not in finished)
+                                               for index, item, _ in in_flight]))
+                    in_flight.clear()
+                    finished.clear()
             self._finish_worker()
         finally:
             stop.set()
-            for _ in range(self._window):
-                slots.release()  # a feeder waiting for a slot sees the stop
+            slots.stop()  # a feeder waiting for room sees the stop
             self.close()  # interrupted, or the consumer stopped early
 
     def _feed(self, items, slots, stop) -> None:
         error = None
         try:
             for item in items:
-                slots.acquire()
+                slots.take(item)
                 if stop.is_set():
                     return
                 self._events.put(("item", item))
@@ -208,9 +228,11 @@ class Supervisor:
         if self._worker is None:
             self._start_worker()
         self._outbox.put(item)
+        self._sent += 1
 
     def _start_worker(self, worker: Optional[subprocess.Popen] = None) -> None:
         self._generation += 1
+        self._sent = 0
         self._ready = False
         self._kill_reason = None
         worker = worker or spawn()
@@ -245,6 +267,39 @@ class Supervisor:
             self._worker.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             pass  # killed below
+
+
+class _Ahead:
+    """Inputs read and not yet recorded: at most OUTCOMES_AHEAD, carrying at most ``carried`` bytes (a larger
+    input alone), so that the worker may run far past a slow input without the watcher holding a shard's bytes."""
+
+    def __init__(self, carried: int):
+        self._condition = threading.Condition()
+        self._limit, self._count, self._bytes, self._stopped = carried, 0, 0, False
+
+    def take(self, item) -> None:
+        size = _carried(item)
+        with self._condition:
+            self._condition.wait_for(lambda: self._stopped or self._count < OUTCOMES_AHEAD and (
+                not self._bytes or self._bytes + size <= self._limit))
+            self._count += 1
+            self._bytes += size
+
+    def give_back(self, item) -> None:
+        with self._condition:
+            self._count -= 1
+            self._bytes -= _carried(item)
+            self._condition.notify_all()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+
+
+def _carried(item) -> int:
+    data = getattr(getattr(item, "member", None), "data", None)
+    return len(data) if data is not None else 0
 
 
 class Pool:
@@ -400,7 +455,8 @@ def worker_main() -> int:
 
     on_segment = (lambda name, segment: send(("segment", name, segment))) if config.segments else None
     try:
-        for outcome in pipeline.run(inputs(), config.opener, tagger, config.options, config.jobs, on_segment):
+        for outcome in pipeline.run(inputs(), config.opener, tagger, config.options, config.jobs, on_segment,
+                                    on_finished=lambda index: send(("finished", index))):
             if not config.arrays and outcome.prediction is not None:
                 outcome.prediction = replace(outcome.prediction, logits=None, embedding=None)
             send(("outcome", outcome))

@@ -145,9 +145,11 @@ class Batcher:
 
 
 def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
-                  on_segment: Optional[Callable[[Segment], None]] = None) -> tuple:
+                  on_segment: Optional[Callable[[Segment], None]] = None,
+                  on_finished: Optional[Callable[[], None]] = None) -> tuple:
     """Decode an open stream and submit its windows; returns (finish, timings): ``finish()`` waits for the
     results still in the model and gives the Prediction, so the caller may start on something else first.
+    ``on_finished()`` is called once ``finish()`` would not wait (in whichever thread took the last result in).
     Memory stays flat with length.
 
     Each window's result is taken in as soon as the model has it (in whichever thread ran it), not when the next
@@ -160,11 +162,13 @@ def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
     in_flight = collections.deque()  # one Event per window not yet taken in
     finished_segments = {}  # window number -> Segment, held until the windows before it are out
     next_segment = 0
+    untaken = 0  # windows submitted and not yet taken in
+    submitted = False  # every window is submitted: the last one taken in finishes the stream
     # "model": this thread's time in submit, running the model (for this input or others) or waiting for it
     timings = {"decode": 0.0, "frontend": 0.0, "model": 0.0}
 
     def take_in(layout: int, number: int, start: int, length: int, done: threading.Event, future: Future) -> None:
-        nonlocal next_segment
+        nonlocal next_segment, untaken
         try:
             with lock:
                 if layout != CLIP_LAYOUT:  # a short window of --events: no segment of its own
@@ -180,6 +184,11 @@ def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
             failures.append(error)
         finally:
             done.set()
+            with lock:
+                untaken -= 1
+                last = submitted and not untaken
+            if last and on_finished is not None:
+                on_finished()
 
     clock = time.perf_counter()
     numbers = collections.Counter()  # windows so far, per layout
@@ -192,6 +201,8 @@ def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
         clock = time.perf_counter()
         timings["frontend"] += clock - now
         done = threading.Event()
+        with lock:
+            untaken += 1
         future = batcher.submit(mel)  # may run the model, on this window and others waiting
         future.add_done_callback(
             lambda f, k=layout, i=number, s=start, n=len(samples), d=done: take_in(k, i, s, n, d, f))
@@ -204,6 +215,11 @@ def submit_stream(stream: Stream, tagger, batcher: Batcher, options: TagOptions,
         timings["model"] += now - clock
         clock = now
     timings["decode"] += time.perf_counter() - clock
+    with lock:
+        submitted = True
+        last = not untaken
+    if last and on_finished is not None:
+        on_finished()
 
     def finish() -> Prediction:
         for done in in_flight:
