@@ -6,8 +6,9 @@ reads lists, writes the records) sends inputs to a worker process running the or
 gets their outcomes back in order. It knows which inputs are in flight, and which of them the worker has
 finished (their outcomes wait behind a slower input's: the worker is sent more meanwhile): when the worker dies it
 starts a new one and reruns the unfinished ones one at a time, so the one that kills a worker alone is the
-culprit (its record: "decoder crashed (SIGSEGV)"), and the innocent ones that were beside it are tagged. A worker that stops answering
-(a decoder looping in native code, beyond the cooperative ``--timeout``) is killed and handled the same way.
+culprit (its record: "decoder crashed (SIGSEGV)"), and the innocent ones that were beside it are tagged. A worker
+that stops answering (a decoder looping in native code, beyond the cooperative ``--timeout``) is killed and
+handled the same way.
 
 Why a worker process and not a process per input: one long-lived worker keeps the model loaded and batches
 windows across inputs, so supervision costs only the pickling of each input and outcome (``scripts/bench/bench.py``).
