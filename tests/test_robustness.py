@@ -189,10 +189,7 @@ def test_a_long_input_first_does_not_hold_the_others_back(cli, tmp_path):
     until its record is out (the others' outcomes wait, finished, behind it). Segments are written as each window
     is done, so they show it: inputs far past those the long one came with have theirs before its last one (before,
     none did: on a 32-core server, 31 cores idled through every long download)."""
-    data, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="int16")
-    (tmp_path / "corpus").mkdir()
-    soundfile.write(str(tmp_path / "corpus" / "a-long.flac"), np.tile(data, 120), rate)  # 20 minutes
-    paths = _corpus(tmp_path / "corpus", [f"b{i:02d}.wav" for i in range(40)])
+    paths = _long_first_corpus(tmp_path / "corpus")
     result = cli(tmp_path / "corpus", "--jobs", 2, "--segments", "-f", "jsonl", "-k", 1)
     assert result.returncode == 0, result.stderr
     lines = _records(result.stdout)
@@ -206,6 +203,53 @@ def test_a_long_input_first_does_not_hold_the_others_back(cli, tmp_path):
     past_the_window = paths[3 * 2 + 2:]
     early = sum(started[path] < long_ends for path in past_the_window)  # 32 of 32 here; 0 before
     assert early >= 10, (long_ends, started)
+
+
+def _long_first_corpus(directory, clips: int = 40) -> list:
+    """20 minutes of FLAC, then ten-second clips (their paths)."""
+    data, rate = soundfile.read(str(AUDIO / "music.wav"), dtype="int16")
+    directory.mkdir()
+    soundfile.write(str(directory / "a-long.flac"), np.tile(data, 120), rate)
+    return _corpus(directory, [f"b{i:02d}.wav" for i in range(clips)])
+
+
+def _descendants(pid: int) -> list:
+    """Every process under ``pid`` (the frozen binary's bootloader runs its program as a child)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(child) for child in children.read().split()]
+                found += kids
+                todo += kids
+        except FileNotFoundError:  # it ended meanwhile
+            pass
+    return found
+
+
+def test_a_worker_killed_from_outside_blames_nobody_who_had_not_crashed_alone(cli, tmp_path):
+    """An out-of-memory kill (or an admin's kill -9) of the worker while a long input is tagged and the clips after
+    it are finished: the long one is not the culprit for being the one unfinished (a review's find: it was said
+    "worker killed"); it is rerun alone and tagged, and so is everything else."""
+    paths = _long_first_corpus(tmp_path / "corpus", clips=8)
+    process = cli.popen(tmp_path / "corpus", "--jobs", 2, "--segments", "-f", "jsonl", "-k", 1)
+    from conftest import readline_within
+
+    try:
+        while json.loads(readline_within(process.stdout))["path"] != paths[-1]:
+            pass  # the last clip's window is done, the long one is still in work
+        time.sleep(0.2)  # and the clip's decoder closed: the long one is the only input unfinished
+        worker = next(pid for pid in _descendants(process.pid)
+                      if b"--_supervised-worker" in open(f"/proc/{pid}/cmdline", "rb").read())
+        os.kill(worker, signal.SIGKILL)
+        rest, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    records = [record for record in _records(rest) if "start" not in record]
+    assert process.returncode == 0 and all("error" not in record for record in records), records
+    assert records[-1]["path"] == paths[-1]
 
 
 def test_a_hung_decoder_is_killed_and_the_run_goes_on(cli, tmp_path, crash_library):

@@ -37,12 +37,23 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
         on_finished()
         return lambda: Outcome(item.name, error=item.error, fields=item.fields)
     stream = None
+    # Finished once its last window is taken in and its decoder is closed (a watched worker may crash in a
+    # decoder's teardown too: an input said finished is never a suspect)
+    untold = [2]
+    lock = threading.Lock()
+
+    def one_done() -> None:
+        with lock:
+            untold[0] -= 1
+            last = not untold[0]
+        if last:
+            on_finished()
 
     def submit():
         nonlocal stream
         stream = open_input(item.name) if item.member is None else open_input.open_member(item.member)
         callback = None if on_segment is None else (lambda segment: on_segment(item.name, segment))
-        return submit_stream(stream, tagger, batcher, options, callback, on_finished)
+        return submit_stream(stream, tagger, batcher, options, callback, one_done)
 
     try:
         submitted = _or_failure(item.name, submit)
@@ -53,6 +64,7 @@ def start_input(item: Input, open_input: Callable[[str], decode.Stream], tagger:
         submitted.fields = item.fields
         on_finished()
         return lambda: submitted
+    one_done()
     finish, timings = submitted
     # The stream is decoded: keep only what the record needs. A finished input may wait behind a slow one to be
     # written, and its item (a tar.gz member's bytes) or its decoder must not wait with it.

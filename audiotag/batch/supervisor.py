@@ -171,7 +171,8 @@ class Supervisor:
                         if self._on_segment is not None:
                             self._on_segment(*message[1:])
                     elif message[0] == "finished":  # not progress for the watchdog: a hung input stays hung
-                        finished.add(message[1])
+                        if in_flight and message[1] >= in_flight[0][0]:  # not one whose outcome came first
+                            finished.add(message[1])
                     elif message[0] == "outcome":
                         index, item, _ = in_flight.popleft()
                         finished.discard(index)
@@ -187,13 +188,14 @@ class Supervisor:
                         continue  # died between inputs: the next input starts a new one
                     if not was_ready:
                         raise WorkerError(f"the worker process could not start ({reason})")
-                    unfinished = [index for index, _, _ in in_flight if index not in finished]
-                    if len(in_flight) == 1 or len(unfinished) == 1 and in_flight[0][0] == unfinished[0]:
-                        item = in_flight.popleft()[1]  # alone in the worker, or the only one unfinished: the culprit
+                    if len(in_flight) == 1:  # alone in the worker: the culprit
+                        item = in_flight.popleft()[1]
                         slots.give_back(item)
                         yield Outcome(item.name, error=reason, fields=getattr(item, "fields", None))
                     # which one? each unfinished one alone, in order, before anything newer (all of them if none
-                    # was: something else killed the worker); the finished ones again, together
+                    # was: something else killed the worker), even a lone one (an out-of-memory kill may have
+                    # been meant for the whole worker); the finished ones again, together
+                    unfinished = [index for index, _, _ in in_flight if index not in finished]
                     rerun.extendleft(reversed([(item, not unfinished or index not in finished)
                                                for index, item, _ in in_flight]))
                     in_flight.clear()
