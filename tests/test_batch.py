@@ -495,14 +495,20 @@ def _threads_end():
         time.sleep(0.05)
 
 
-def test_closing_the_outcomes_early_stops_the_workers(tagger, corpus):
-    """A consumer that stops reading (an exception in the caller) must not leave threads tagging the rest."""
+def _counting_opener() -> tuple:
+    """(the names opened so far, an open_input that adds to them)."""
     opened = []
 
     def open_input(name):
         opened.append(name)
         return decode.open_file(name)
 
+    return opened, open_input
+
+
+def test_closing_the_outcomes_early_stops_the_workers(tagger, corpus):
+    """A consumer that stops reading (an exception in the caller) must not leave threads tagging the rest."""
+    opened, open_input = _counting_opener()
     items = list(inputs.expand([str(corpus)])) * 100
     outcomes = pipeline.run(items, open_input, tagger, TagOptions(), jobs=2)
     next(outcomes)
@@ -515,12 +521,7 @@ def test_closing_the_outcomes_early_stops_the_workers(tagger, corpus):
 def test_a_stalled_consumer_holds_the_run_back(tagger, corpus, monkeypatch):
     """Outcomes nobody takes yet (stdout blocked by a slow reader) are bounded, not a whole directory's."""
     monkeypatch.setattr(pipeline, "OUTCOMES_AHEAD", 8)
-    opened = []
-
-    def open_input(name):
-        opened.append(name)
-        return decode.open_file(name)
-
+    opened, open_input = _counting_opener()
     items = list(inputs.expand([str(corpus)])) * 10
     outcomes = pipeline.run(items, open_input, tagger, TagOptions(), jobs=2)
     assert next(outcomes).error is None
