@@ -23,7 +23,7 @@ from .inputs import Input
 # Outcomes done or in work that the consumer has not taken yet (a ten-second clip's about 11 KB; a 20-minute
 # file's 31 KB, 235 KB with --events): a reader that stalls (a full pipe, a paused terminal) stops the run here
 # instead of letting it pile up a whole directory's results. A slow input at the head holds the others back only
-# once this many after it are done (a watched run's worker: 3 x --jobs + 2).
+# once this many after it are done (the watcher sends a worker no more: ``supervisor.OUTCOMES_AHEAD``).
 OUTCOMES_AHEAD = 1024
 
 
