@@ -120,10 +120,10 @@ class Supervisor:
     def outcomes(self, items: Iterable) -> Iterator:
         from ..infer.results import Outcome
 
-        slots = _Ahead(max(CARRIED_AHEAD, self._window * (2 << 20)))  # the feeder reads no further ahead of the
+        ahead = _Ahead(max(CARRIED_AHEAD, self._window * (2 << 20)))  # the feeder reads no further ahead of the
         # records than this
         stop = threading.Event()
-        threading.Thread(target=self._feed, args=(items, slots, stop), name="audiotag-supervisor-feed",
+        threading.Thread(target=self._feed, args=(items, ahead, stop), name="audiotag-supervisor-feed",
                          daemon=True).start()
         waiting = collections.deque()  # read, not yet sent
         in_flight = collections.deque()  # (the worker's index, input, suspect) sent, no outcome yet, oldest first
@@ -177,7 +177,7 @@ class Supervisor:
                         index, item, _ = in_flight.popleft()
                         finished.discard(index)
                         last_progress = time.monotonic()
-                        slots.give_back(item)
+                        ahead.give_back(item)
                         yield message[1]
                 elif kind == "exit":
                     returncode = event[2]
@@ -190,7 +190,7 @@ class Supervisor:
                         raise WorkerError(f"the worker process could not start ({reason})")
                     if len(in_flight) == 1:  # alone in the worker: the culprit
                         item = in_flight.popleft()[1]
-                        slots.give_back(item)
+                        ahead.give_back(item)
                         yield Outcome(item.name, error=reason, fields=getattr(item, "fields", None))
                     # which one? each unfinished one alone, in order, before anything newer (all of them if none
                     # was: something else killed the worker), even a lone one (an out-of-memory kill may have
@@ -203,14 +203,14 @@ class Supervisor:
             self._finish_worker()
         finally:
             stop.set()
-            slots.stop()  # a feeder waiting for room sees the stop
+            ahead.stop()  # a feeder waiting for room sees the stop
             self.close()  # interrupted, or the consumer stopped early
 
-    def _feed(self, items, slots, stop) -> None:
+    def _feed(self, items, ahead: "_Ahead", stop) -> None:
         error = None
         try:
             for item in items:
-                slots.take(item)
+                ahead.take(item)
                 if stop.is_set():
                     return
                 self._events.put(("item", item))
