@@ -158,7 +158,8 @@ def test_json_identical_one_clip_per_run(binary, cache, tmp_path, clip):
 
 def test_archives_of_every_kind_identical_to_package(binary, cache, tmp_path):
     """What archives need beyond the decoders is bundled: tarfile and zlib, backports.zstd's extension (.tar.zst,
-    also sniffed on stdin), zipfile, warcio (WARC.gz): the binary's records are the package's, byte for byte."""
+    also sniffed on stdin), zipfile, warcio (WARC.gz), gzip (a WARC gzipped whole): the binary's records are the
+    package's, byte for byte."""
     import io
     import tarfile
     import zipfile
@@ -184,7 +185,10 @@ def test_archives_of_every_kind_identical_to_package(binary, cache, tmp_path):
             head = StatusAndHeaders("200 OK", [("Content-Type", "application/octet-stream")], protocol="HTTP/1.1")
             writer.write_record(writer.create_warc_record(f"https://example.org/{member}", "response",
                                                           payload=io.BytesIO(data), http_headers=head))
-    archives = ["clips.tar", "clips.tar.gz", "clips.tar.zst", "clips.zip", "crawl.warc.gz"]
+    import gzip  # a WARC gzipped whole: read through gzip's own reader
+
+    (tmp_path / "whole.warc.gz").write_bytes(gzip.compress(gzip.decompress((tmp_path / "crawl.warc.gz").read_bytes())))
+    archives = ["clips.tar", "clips.tar.gz", "clips.tar.zst", "clips.zip", "crawl.warc.gz", "whole.warc.gz"]
     expected = ok(run_package(tmp_path, "--format", "json", "--hash", *archives))
     assert len(expected.splitlines()) == 2 * len(archives) and b'"error"' not in expected
     assert ok(run_binary(binary, tmp_path, "--format", "json", "--hash", *archives, cache=cache)) == expected

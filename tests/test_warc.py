@@ -416,3 +416,69 @@ def test_csv_rows_carry_the_records_archive_fields_and_resume(cli, crawl, tmp_pa
     assert cli(speech, "-f", "csv", "-k", 1, "-o", plain).returncode == 0
     refused = cli(warc, speech, "-f", "csv", "-k", 1, "-o", plain, "--resume")
     assert refused.returncode == 2 and b"archive columns" in refused.stderr and b"Traceback" not in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def long_crawl(crawl) -> Path:
+    """long.warc: a WAV response, then a 40 s WAV response (2.6 MB: over what a listing carries to a worker), then
+    a FLAC resource record."""
+    top = crawl["top"]
+    long_wav = top / "long.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(AUDIO / "speech.wav"), "-c", "copy",
+                    str(long_wav)], check=True)
+    with open(top / "long.warc", "wb") as file:
+        writer = WARCWriter(file, gzip=False)
+        for url, path in (("http://example.org/a.wav", AUDIO / "music.wav"), ("http://example.org/long.wav", long_wav)):
+            writer.write_record(writer.create_warc_record(
+                url, "response", payload=io.BytesIO(path.read_bytes()),
+                http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1")))
+        flac = io.BytesIO((top / "files" / "music.flac").read_bytes())
+        writer.write_record(writer.create_warc_record("urn:example:music.flac", "resource", payload=flac,
+                                                      warc_content_type="audio/flac"))
+    return top / "long.warc"
+
+
+@pytest.mark.parametrize("name", ["long.warc.gz", "long.warc.zst", "zstd-named.warc"])
+def test_a_warc_compressed_whole_gives_the_plain_warcs_records(cli, long_crawl, tmp_path, name):
+    """``gzip crawl.warc`` (one gzip stream, not a member per record) gave its first record, then "a damaged record";
+    a zstd-compressed WARC was refused when named, read on stdin. Now each gives the plain WARC's records, named by
+    their offsets in the decompressed bytes (the plain file's), hashes too: named (the 2.6 MB record entered by a
+    worker decompressing up to it, the others carried from the listing), piped, and cut inside its last record."""
+    plain = long_crawl.read_bytes()
+    packed = gzip.compress(plain) if name.endswith(".gz") else \
+        subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True, check=True).stdout
+    (tmp_path / name).write_bytes(packed)
+    expected = _records(cli(long_crawl, "--hash", "-f", "jsonl").stdout)
+    assert len(expected) == 3 and all("error" not in r for r in expected)
+    named = cli(tmp_path / name, "--hash", "-f", "jsonl")
+    piped = cli("-", "--hash", "-f", "jsonl", stdin=packed)
+    for result, archive in ((named, str(tmp_path / name)), (piped, "-")):
+        assert result.returncode == 0, result.stderr
+        records = _records(result.stdout)
+        assert [r["path"] for r in records] == [r["path"].replace(str(long_crawl), archive) for r in expected]
+        for mine, theirs in zip(records, expected):
+            assert differences({**mine, "path": "", "archive": ""}, {**theirs, "path": "", "archive": ""}, 1e-6) == []
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(packed[:len(packed) - 200_000])
+    records = _records(cli(cut, "--hash", "-f", "jsonl").stdout)
+    assert [r.get("error") for r in records] == [None, None, TRUNCATED]
+
+
+def test_a_warc_gzipped_whole_after_its_first_record_is_one_error_that_says_what_reads_it(cli, crawl, tmp_path):
+    """Its first record has a gzip member of its own, the rest one more: the error says so and how to read it,
+    and what it says reads it."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    data = (crawl["top"] / "crawl.warc.gz").read_bytes()
+    iterator = ArchiveIterator(io.BytesIO(data))
+    next(iter(iterator)).raw_stream.read()
+    second = next(iter(iterator)) and iterator.offset
+    mixed = tmp_path / "mixed.warc.gz"
+    mixed.write_bytes(data[:second] + gzip.compress(gzip.decompress(data[second:])))
+    result = cli(mixed, "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    assert _records(result.stdout) == [{"path": str(mixed), "archive": str(mixed), "error": (
+        f"cannot read the archive: the gzip member at offset {second} holds more than one record (gzipped whole, "
+        "not a record at a time): read the WARC decompressed (zcat FILE | audiotag - --archive warc)")}]
+    zcat = cli("-", "--archive", "warc", "-f", "jsonl", "-k", 1, stdin=gzip.decompress(mixed.read_bytes()))
+    assert zcat.returncode == 0 and [r["url"] for r in _records(zcat.stdout)] == list(crawl["urls"])

@@ -51,11 +51,10 @@ from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, streams, warc
 from .zipcheck import CrcChecked, CrcCheckedInPlace, CrcCheckedReader, Damaged, without_crc_check
-from .streams import CUT_MEMBER, lzma_errors, zstd_errors, zstd_reader
+from .streams import CUT_MEMBER, is_zstd, lzma_errors, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
-GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd frame of metadata, ahead of the data
+GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_WINDOW_MAX = 128  # MB: libzstd's default refusal (a hostile frame could ask for 2 GB); the zstd tool's too
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.[^/]*$")  # WebDataset's key: the path up to the file name's first dot
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")  # signature, flags, ... name and extra field lengths (30 bytes)
@@ -85,7 +84,7 @@ class Member:
 
     archive: str
     name: str
-    kind: str  # "tar", "tar.gz", "tar.zst", "zip" or "warc"
+    kind: str  # "tar", "tar.gz", "tar.zst", "zip" or "warc" (compressed whole: not ``in_place``)
     offset: int
     size: int  # a WARC record's: not known before it is read (0)
     in_place: bool
@@ -284,11 +283,6 @@ def _tar_kind(path: str) -> str:
     return "tar.gz" if head.startswith(GZIP_MAGIC) else "tar.zst" if is_zstd(head) else "tar"
 
 
-def is_zstd(head: bytes) -> bool:
-    """A zstd stream's first bytes: a frame's magic, or a skippable frame's (metadata some writers put first)."""
-    return head.startswith(ZSTD_MAGIC) or ZSTD_SKIPPABLE.match(head) is not None
-
-
 def _zip_members(path: str, wanted) -> Iterator[tuple]:
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
@@ -327,12 +321,19 @@ def _zip_data_offset(read_at, info: zipfile.ZipInfo) -> Optional[int]:
 
 
 def _warc_members(path: str, every: bool) -> Iterator[tuple]:
+    """A WARC's records: entered at their offset in the file (``in_place``), or, in a WARC compressed whole, at
+    their offset in its decompressed bytes, reached by decompressing up to there: so a record of up to
+    CARRIED_MAX is kept as the listing passes it and travels with its input, as a small tar.gz member does."""
+    from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder
+
     with open(path, "rb") as file:
-        for found in warc.records(file, every, read_first=True):
-            member = Member(path, found.url, "warc", found.offset, 0, False, url=found.url,
-                            record_id=found.record_id)
-            yield f"{path}#{found.offset}", member, \
-                warc.RECORD_CUT if found.truncated else None
+        for found in warc.records(file, every):
+            data = read_exactly(found.payload, CARRIED_MAX + 1) if found.in_stream else None
+            truncated = found.ends_inside()
+            member = Member(path, found.url, "warc", found.offset, 0, not found.in_stream, url=found.url,
+                            record_id=found.record_id,
+                            data=data if data is not None and len(data) <= CARRIED_MAX and not truncated else None)
+            yield f"{path}#{found.offset}", member, warc.RECORD_CUT if truncated else None
 
 
 def open_member(member: Member):
@@ -343,13 +344,13 @@ def open_member(member: Member):
         # one the WARC ends inside is an error there, as the named file's)
         return open_stdin(io.BytesIO(member.data))
     if member.kind == "warc":
-        payload, file = warc.open_payload(member.archive, member.offset)
+        payload, close = _warc_payload(member)
         try:
             stream = open_stdin(payload)
         except BaseException:
-            file.close()
+            close()
             raise
-        stream.add_closer(file.close)
+        stream.add_closer(close)
         return stream
     if member.data is not None and member.cut is not None and member.size > len(member.data):  # cut short on
         # stdin: what came, in a window of the member's size ending at the cut, as the named file's window ends
@@ -465,10 +466,24 @@ def member_sha256(member: Member) -> str:
     return digest.hexdigest()
 
 
+def _warc_payload(member: Member) -> tuple:
+    """(a WARC record's payload stream, what closes it): entered at its offset in the file, or in the
+    decompressed bytes of a WARC compressed whole (a stream kept for the records after it)."""
+    if member.in_place:
+        payload, file = warc.open_payload(member.archive, member.offset)
+        return payload, file.close
+    key, stream = TAR_STREAMS.take(member)  # at the record's start: warcio reads on past its end
+    try:
+        return warc.payload_here(stream, member.offset), lambda: TAR_STREAMS.give_back(key, stream)
+    except BaseException:
+        stream.close()
+        raise
+
+
 def _reader(member: Member):
     if member.kind == "warc":
-        payload, file = warc.open_payload(member.archive, member.offset)
-        return streams.Limited(payload, 1 << 62, file)
+        payload, close = _warc_payload(member)
+        return streams.Limited(payload, 1 << 62, close)
     if member.kind == "zip":  # its CRC checked as the decoder's window checks it: one wording
         return CrcCheckedReader(_zip_reader(member, checked=False), member.packed[2])
     return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: GzipStreams)
@@ -496,4 +511,5 @@ def _read_whole(member: Member) -> bytes:
     return data
 
 
-TAR_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives
+TAR_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives, and WARCs
+# compressed whole

@@ -1,6 +1,7 @@
 """The files a member is read through, and the decompressing streams under them (``archives`` lists members;
 this module opens their bytes). ``FileWindow``: a plain tar's or stored zip member's bytes where they lie;
-``GzipStreams``: streams on a .tar.gz or .tar.zst kept open between members, entered in archive order;
+``GzipStreams``: streams on a .tar.gz, a .tar.zst or a WARC compressed whole kept open between members, entered in
+archive order;
 ``RestartingStream``: a reader whose decompressor cannot be copied (zstd's, bzip2's, LZMA's), for
 ``inflate.Window``, its checkpoints positions reached again from its start; ``Held``: a member's bytes in memory
 cut short on stdin, as a window of its declared size.
@@ -8,6 +9,7 @@ cut short on stdin, as a window of its declared size.
 
 import io
 import os
+import re
 import sys
 import threading
 import zipfile
@@ -16,6 +18,13 @@ from ..hashing import CHUNK
 from . import inflate
 
 CUT_MEMBER = "the archive ends inside this member (truncated)"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd frame of metadata, ahead of the data
+
+
+def is_zstd(head: bytes) -> bool:
+    """A zstd stream's first bytes: a frame's magic, or a skippable frame's (metadata some writers put first)."""
+    return head.startswith(ZSTD_MAGIC) or ZSTD_SKIPPABLE.match(head) is not None
 
 
 def zstd_reader(source):
@@ -55,7 +64,8 @@ class Held(inflate.PreadFile):
 
 
 class GzipStreams:
-    """Decompressing streams on tar.gz archives (``inflate.Inflater``), kept open between members. A tar.gz can
+    """Decompressing streams on tar.gz archives (``inflate.Inflater``; zstd's: ``ZstdStream``; a WARC compressed
+    whole, its records as members), kept open between members. A tar.gz can
     only be entered at its start; members are asked for in archive order, so each one continues a stream where
     an earlier member ended (a new stream from the start for each member made a shard of N members cost N/2 times
     its decompression). At most ``KEEP`` are kept: ``--jobs`` threads ask at once, a little out of order. A
@@ -69,7 +79,7 @@ class GzipStreams:
 
     def read(self, member, consume) -> None:
         """Hand the member's bytes to ``consume`` chunk by chunk (EOFError where the archive ends first)."""
-        key, stream = self._take(member)
+        key, stream = self.take(member)
         try:
             left = member.size
             while left and (chunk := stream.read(min(CHUNK, left))):
@@ -80,15 +90,15 @@ class GzipStreams:
         except BaseException:
             stream.close()
             raise
-        self._give_back(key, stream)
+        self.give_back(key, stream)
 
     def window(self, member) -> inflate.Window:
         """The member as a seekable file, decompressed as it is read; its stream comes back here when it closes."""
-        key, stream = self._take(member)
-        return inflate.Window(stream, member.size, on_close=lambda used: self._give_back(key, used))
+        key, stream = self.take(member)
+        return inflate.Window(stream, member.size, on_close=lambda used: self.give_back(key, used))
 
-    def _take(self, member) -> tuple:
-        """(the archive's identity, a stream at the member's start)."""
+    def take(self, member) -> tuple:
+        """(the archive's identity, a stream at the member's start), to give back when done."""
         status = os.stat(member.archive)
         key = (member.archive, status.st_ino, status.st_mtime_ns)  # a shard replaced on disk is a new one
         with self._lock:
@@ -96,7 +106,7 @@ class GzipStreams:
                       if known == key and stream.position <= member.offset]
             stream = self._idle.pop(max(behind)[1])[1] if behind else None
         if stream is None:
-            stream = inflate.Inflater(member.archive) if member.kind == "tar.gz" else ZstdStream(member.archive)
+            stream = inflate.Inflater(member.archive) if _gzipped(member) else ZstdStream(member.archive)
         try:
             while stream.position < member.offset:  # forward: decompresses only the gap
                 if not stream.read(min(member.offset - stream.position, 4 * inflate.CHUNK)):
@@ -106,11 +116,19 @@ class GzipStreams:
             raise
         return key, stream
 
-    def _give_back(self, key: tuple, stream: inflate.Inflater) -> None:
+    def give_back(self, key: tuple, stream: inflate.Inflater) -> None:
         with self._lock:
             self._idle.append((key, stream))
             while len(self._idle) > self.KEEP:
                 self._idle.pop(0)[1].close()
+
+
+def _gzipped(member) -> bool:
+    """Whether a member's archive is gzip's (a .tar.gz; a WARC gzipped whole), not zstd's."""
+    if member.kind != "warc":
+        return member.kind == "tar.gz"
+    with open(member.archive, "rb") as file:
+        return file.read(2) == b"\x1f\x8b"
 
 
 class RestartingStream:
@@ -190,11 +208,11 @@ class ZipStream(RestartingStream):
 
 
 class Limited(io.RawIOBase):
-    """The first ``size`` bytes of a stream (a tar.gz member, once its stream is at the member)."""
+    """The first ``size`` bytes of a stream; ``close()`` calls ``close``, which closes what is under it."""
 
-    def __init__(self, stream, size: int, closes=None):
+    def __init__(self, stream, size: int, close):
         super().__init__()
-        self._stream, self._left, self._closes = stream, size, closes or stream
+        self._stream, self._left, self._close = stream, size, close
 
     def readable(self) -> bool:
         return True
@@ -206,7 +224,7 @@ class Limited(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        self._closes.close()
+        self._close()
         super().close()
 
 

@@ -6,23 +6,29 @@ other type, by sniffing the payload's first bytes as a file's are (``decode.snif
 warcinfo and revisit records, HTML and images are skipped without a word. The payload is what the server sent with
 its HTTP chunked transfer encoding and its gzip/deflate/brotli content encoding undone (warcio's
 ``content_stream``): the bytes a browser would save. A ``.warc.gz`` is a series of gzip members, one per record,
-so a record is entered at its offset in the file, as a plain ``.warc``'s.
+so a record is entered at its offset in the file, as a plain ``.warc``'s. A WARC compressed whole (``gzip
+crawl.warc``: one gzip stream, told by its first member going on past its first record; or zstd) can only be
+entered at its start: its records' offsets are counted in its decompressed bytes (``Record.in_stream``).
 """
 
 import collections
 import io
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..hashing import CHUNK
+from .streams import is_zstd, zstd_reader
 
-WARC_SUFFIXES = (".warc", ".warc.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst")
 TAGGED_TYPES = ("response", "resource")
 RECORD_CUT = "the WARC ends inside this record (truncated)"
 SNIFFED = 8192  # payload bytes read to tell audio and video from the rest, when the Content-Type does not
 MEDIA_TYPES = ("audio/", "video/", "application/ogg")
 PLAYLISTS = ("audio/x-mpegurl", "audio/mpegurl", "audio/x-scpls", "video/x-ms-asx")  # text: sniffed, so skipped
+WHOLE_CHECKED = 16 << 20  # a .warc.gz's first record, decompressed, read to tell whether its gzip member ends there
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
 
 
 def read_errors() -> tuple:
@@ -43,6 +49,7 @@ class Record:
     record_id: str
     payload: object
     truncated: bool = False  # the WARC ends inside it (known once it was read to its end)
+    in_stream: bool = False  # ``offset`` counts the decompressed bytes of a WARC compressed whole, not the file's
     warcio_record: object = field(default=None, repr=False)
 
     def ends_inside(self) -> bool:
@@ -56,30 +63,44 @@ class Damaged(Exception):
     """A WARC that cannot be read on: not a WARC, a record's header damaged, or the file cut short."""
 
 
-def records(binary, every: bool = False, read_first: bool = False) -> Iterator[Record]:
+def records(binary, every: bool = False) -> Iterator[Record]:
     """The records of a WARC stream to tag (``every``: each response and resource record), in file order;
-    ``binary`` is read from the WARC's start.
+    ``binary`` is read from the WARC's start (plain, gzipped a record at a time or whole, or in zstd).
 
-    ``read_first``: each is read to its end before it is given (its payload then spent), so a record the file
-    ends inside comes with ``truncated``; else its payload is read by the caller before it asks for the next, and
-    a record cut short raises Damaged after it, unless the caller asked it (``ends_inside``). A skipped record cut
-    short, a damaged header, or a stream that is not a WARC raise Damaged.
+    A record's payload is read by the caller before it asks for the next, and a record cut short raises Damaged
+    after it, unless the caller asked it (``ends_inside``). A skipped record cut short, a damaged header, or a
+    stream that is not a WARC raise Damaged.
     """
     from warcio.archiveiterator import ArchiveIterator
 
     from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder (nor numpy)
 
     start = read_exactly(binary, 512)
+    in_stream = is_zstd(start)
+    if in_stream:
+        binary = _Unpacked(zstd_reader(Replay(start, binary)))
+        start = read_exactly(binary, 512)
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
+    if start[:2] == b"\x1f\x8b":
+        whole, binary = _gzipped_whole(Replay(start, binary))
+        in_stream = in_stream or whole
+        if whole:
+            import gzip
+
+            binary = _Unpacked(gzip.GzipFile(fileobj=binary, mode="rb"))
+        start = read_exactly(binary, 512)
     stream = Replay(start, binary, keep_tail=True)
     iterator = ArchiveIterator(stream)  # read as a stream: offsets counted from the start
     records = iter(iterator)
+    offset = 0  # where the last record began
     while True:
         try:
             record = next(records, None)
         except Exception as error:  # warcio's parser fails on a damaged header in ways it does not type (a
             # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
+            if "non-chunked gzip" in str(error):  # warcio's offset is of no use here
+                raise Damaged(f"the gzip member at offset {offset} {MIXED_GZIP}") from error
             detail = f"its gzip data are damaged ({error})" if isinstance(error, zlib.error) else \
                 "its header cannot be read"  # warcio's own words quote the bytes (hostile, or NULs)
             raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
@@ -95,14 +116,63 @@ def records(binary, every: bool = False, read_first: bool = False) -> Iterator[R
             if every or is_media(_content_type(record), head):
                 found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
                                record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload),
-                               warcio_record=record)
-                if read_first:
-                    found.ends_inside()
+                               in_stream=in_stream, warcio_record=record)
                 yield found
                 if found.truncated:  # said by it (records may follow: a .warc.gz record's own gzip member ended)
                     continue
         if _read_to_end(record):
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
+
+
+MIXED_GZIP = "holds more than one record (gzipped whole, not a record at a time): read the WARC decompressed \
+(zcat FILE | audiotag - --archive warc)"
+
+
+def _gzipped_whole(binary) -> tuple:
+    """(whether a gzipped WARC is one gzip stream, not a gzip member per record as WARC writers write it; the
+    stream, what was read replayed). Told by its first member: one that goes on past its first record's
+    Content-Length is the whole file's. A first record over WHOLE_CHECKED is taken for a member of its own (if
+    it is not, warcio says so at the next record: MIXED_GZIP)."""
+    decompressor, read, found = zlib.decompressobj(zlib.MAX_WBITS | 16), [], bytearray()
+    end, whole = None, False
+    while not decompressor.eof and len(found) <= WHOLE_CHECKED and (chunk := binary.read(CHUNK)):
+        read.append(chunk)
+        try:
+            found += decompressor.decompress(chunk, WHOLE_CHECKED + 1 - len(found))
+        except zlib.error:  # said by warcio, reading it as WARC writers write it
+            break
+        if end is None and (header := found.find(b"\r\n\r\n")) >= 0:
+            length = _CONTENT_LENGTH.search(found, 0, header + 2)
+            if length is None:
+                break
+            end = header + 4 + int(length.group(1))
+        if end is not None and found[end:].lstrip(b"\r\n"):
+            whole = True
+            break
+    return whole, Replay(b"".join(read), binary)
+
+
+class _Unpacked(io.RawIOBase):
+    """The bytes of a WARC compressed whole (gzip's or zstd's reader), read a block at a time; where the file is
+    cut, they end, as a plain WARC's do there (the record it ends inside is said to be cut)."""
+
+    def __init__(self, file):
+        super().__init__()
+        self._file, self._cut = file, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._cut:
+            return 0
+        try:
+            data = self._file.read1(len(buffer))
+        except EOFError:
+            self._cut = True
+            return 0
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
 
 
 def _holds_data(trailing: Optional[bytes]) -> bool:
@@ -157,18 +227,23 @@ def is_media(content_type: str, head: bytes) -> bool:
 
 def open_payload(path: str, offset: int):
     """(the payload stream of the record at ``offset`` of a WARC file, the file to close after it)."""
-    from warcio.archiveiterator import ArchiveIterator
-
-    file = open(path, "rb")
+    file = open(path, "rb")  # noqa: SIM115 -- the caller closes it
     try:
         file.seek(offset)
-        record = next(iter(ArchiveIterator(file)), None)
-        if record is None:
-            raise EOFError(f"no WARC record at offset {offset}")
-        return Replay(b"", record.content_stream()), file
+        return payload_here(file, offset), file
     except BaseException:
         file.close()
         raise
+
+
+def payload_here(binary, offset: int) -> "Replay":
+    """The payload stream of the record ``binary`` begins with (``offset``: its name, for the error)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    record = next(iter(ArchiveIterator(binary)), None)
+    if record is None:
+        raise EOFError(f"no WARC record at offset {offset}")
+    return Replay(b"", record.content_stream())
 
 
 class Replay(io.RawIOBase):

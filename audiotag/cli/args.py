@@ -16,8 +16,8 @@ inputs:
            audio stream (the video is never decoded). libsndfile decodes what it can, FFmpeg the rest.
   DIR      every audio or video file below it (by extension, case-insensitive; --all-files: every regular file),
            in sorted order
-  ARCHIVE  a .tar, .tar.gz/.tgz, .tar.zst (a WebDataset shard), .zip, .warc or .warc.gz: its audio members are tagged
-           where they lie, as ARCHIVE/MEMBER (a WARC's audio and video responses: ARCHIVE#OFFSET, with the
+  ARCHIVE  a .tar, .tar.gz/.tgz, .tar.zst (a WebDataset shard), .zip, .warc, .warc.gz or .warc.zst: its audio members
+           are tagged where they lie, as ARCHIVE/MEMBER (a WARC's audio and video responses: ARCHIVE#OFFSET, with the
            record's "url" and "warc_record_id"); in a DIR only with --open-archives
   -        any of those on stdin (curl URL | audiotag -): WAV and most containers are decoded as they arrive;
            FLAC, Ogg, MP4/MOV/3GP and CAF (whose index may come last) are held in memory, up to 1024 MB;
