@@ -2,6 +2,7 @@
 that hold MPEG audio (MPEG-TS) or look like it (ADTS AAC). Inputs are made from a real clip with ffmpeg; layer I,
 which ffmpeg cannot encode, from frame headers built by hand."""
 
+import io
 import subprocess
 
 import numpy as np
@@ -110,6 +111,23 @@ def test_the_search_stops_at_its_limit(encoded):
     np.testing.assert_array_equal(behind.samples, clean)
     with pytest.raises(decode.AudioError):
         decode.open_bytes(_junk(270_000, syncs=False) + data).read()
+
+
+def test_headerless_samples_are_not_taken_for_mpeg_audio():
+    """Real recordings without their WAV header: a sync word near the end of the bytes searched, whose frame
+    ran past them, passed for a run of frames, and 0.1 s of "MP1" was tagged. Now AHEAD more bytes are read, so
+    the run is checked whole, and each is one "not audio" error, named and on stdin."""
+    clips = sorted((AUDIO / "extra").glob("*.wav")) + [AUDIO / "typing.wav"]
+    near_the_end = 0
+    for clip in clips:
+        samples = clip.read_bytes()[1000:]  # past the header: PCM samples only
+        head = samples[:sniff.SEARCHED + sniff.AHEAD]
+        near_the_end += sniff.mpeg_audio_start(head[:sniff.SEARCHED]) is not None  # what was searched before
+        assert sniff.mpeg_audio_start(head) is None, clip.name
+        for opened in (lambda: decode.open_bytes(samples), lambda: decode.open_stdin(io.BytesIO(samples))):
+            with pytest.raises(decode.AudioError, match="not audio"):
+                opened().read()
+    assert near_the_end >= 2  # the clips that showed it
 
 
 def test_mpeg_ts_is_a_container_not_an_mp3(encoded):

@@ -169,7 +169,7 @@ def _second_decoder(refused: AudioError, file, closer) -> Stream:
     if not refused.known and sniff.packed(head):  # before the MP3 search: zstd keeps an MP3's frames as they are
         raise AudioError(not_audio(head)) from None
     if not sniff.is_container(head):
-        head += file.read(sniff.SEARCHED - len(head))
+        head += read_exactly(file, sniff.SEARCHED + sniff.AHEAD - len(head))
     start = None if sniff.is_container(head) else sniff.mpeg_audio_start(head)
     if start:
         try:
@@ -222,7 +222,7 @@ def open_stdin(binary, raw_format: Optional[str] = None, rate: Optional[int] = N
     if head.startswith(b"ID3"):  # MP3 (its tag may hold a large cover): libsndfile decodes it, as the file
         return open_bytes(_read_whole(head, binary, "an MP3 stream"))
     if not sniff.is_container(head):
-        head += read_exactly(binary, sniff.SEARCHED - len(head))
+        head += read_exactly(binary, sniff.SEARCHED + sniff.AHEAD - len(head))
         if sniff.packed(head):  # before the MP3 search: zstd keeps an MP3's frames as they are
             raise AudioError(not_audio(head))
         if not sniff.is_container(head) and sniff.mpeg_audio_start(head) is not None:  # MP3, behind junk or not

@@ -13,6 +13,9 @@ from typing import Optional
 
 SEARCHED = 1 << 18  # bytes searched for the first frame: headers and junk seen in crawls are a few kB
 RUN = 4  # frames in a row, same version, layer and rate: a sync word in junk is 1 in 2,000 bytes, four are none
+FRAME_MAX = 2881  # the longest MPEG audio frame (MPEG-2 layer II, 160 kbit/s at 8 kHz, padded)
+AHEAD = RUN * FRAME_MAX  # read past SEARCHED: a run that starts near its end is checked whole (one frame whose
+# length ran past what was read passed for a run: 0.1 s of samples in a headerless WAV was tagged as MP1)
 
 # kbit/s by (version is MPEG-1, layer) for bitrate indexes 1..14; MPEG-2/2.5 share one table per layer kind
 _BITRATES = {
@@ -26,9 +29,11 @@ _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 
 
 
 def mpeg_audio_start(head: bytes) -> Optional[int]:
-    """The offset of the first of RUN consecutive MPEG audio frames in ``head``, or None."""
+    """The offset of the first of RUN consecutive MPEG audio frames that begins in ``head``'s first SEARCHED
+    bytes, or None. A shorter run counts where it reaches ``head``'s end: a file of two frames (read SEARCHED +
+    AHEAD bytes of a longer file, so that a run beginning in the first SEARCHED lies in them whole)."""
     position = head.find(b"\xff")
-    while 0 <= position < len(head) - 4:
+    while 0 <= position < min(len(head), SEARCHED) - 4:
         if _run_at(head, position):
             return position
         position = head.find(b"\xff", position + 1)
