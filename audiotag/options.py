@@ -288,9 +288,9 @@ ENGINE_OPTIONS = {
                                       "first path (implies --hash; with -o FILE, and across --resume)")),
     "open_archives": (("--open-archives",), dict(action="store_true",
                                                  help="in directories, also open archives (.tar, .tar.gz, "
-                                                      ".tgz, .tar.zst, .zip, .warc, .warc.gz) and tag their audio "
-                                                      "members (an "
-                                                      "archive named as an input or in a list is always opened)")),
+                                                      ".tgz, .tar.zst, .zip, .warc, .warc.gz, .warc.zst) and tag "
+                                                      "their audio members (an archive named as an input or in a "
+                                                      "list is always opened)")),
     "timeout": (("--timeout",), dict(type=number(float, 0), metavar="SEC",
                                      help="give up on an input after SEC seconds: its record is an error, the run "
                                           "goes on (default 300 in batch runs, else no limit; 0 = no limit)")),

@@ -438,15 +438,46 @@ def long_crawl(crawl) -> Path:
     return top / "long.warc"
 
 
-@pytest.mark.parametrize("name", ["long.warc.gz", "long.warc.zst", "zstd-named.warc"])
+def _record_offsets(plain: bytes) -> list:
+    """Where each record of a plain WARC begins, and its end."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    iterator, offsets = ArchiveIterator(io.BytesIO(plain)), []
+    for record in iterator:
+        offsets.append(iterator.offset)
+        record.raw_stream.read()
+    return offsets + [len(plain)]
+
+
+def _compressed(plain: bytes, name: str) -> bytes:
+    """A WARC compressed whole as ``name`` says: gzip's one stream; zstd's (``dictionary``: IIPC's .warc.zst, a
+    dictionary in a skippable frame, then a frame per record made with it); ``bgzf``: gzip members of 64 kB, as
+    bgzip writes them (a record spans several)."""
+    from backports import zstd
+
+    if "bgzf" in name:
+        return b"".join(gzip.compress(plain[i:i + 65280]) for i in range(0, len(plain), 65280))
+    if name.endswith(".gz"):
+        return gzip.compress(plain)
+    if "dictionary" not in name:
+        return subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True, check=True).stdout
+    offsets = _record_offsets(plain)
+    records = [plain[a:b] for a, b in zip(offsets, offsets[1:])]
+    dictionary = zstd.train_dict([r[i:i + 2000] for r in records for i in range(0, 40_000, 2000)], 8192)
+    return (0x184D2A5D).to_bytes(4, "little") + len(dictionary.dict_content).to_bytes(4, "little") + \
+        dictionary.dict_content + b"".join(zstd.compress(r, zstd_dict=dictionary) for r in records)
+
+
+@pytest.mark.parametrize("name", ["long.warc.gz", "long.warc.zst", "zstd-named.warc", "dictionary.warc.zst",
+                                  "bgzf.warc.gz"])
 def test_a_warc_compressed_whole_gives_the_plain_warcs_records(cli, long_crawl, tmp_path, name):
     """``gzip crawl.warc`` (one gzip stream, not a member per record) gave its first record, then "a damaged record";
-    a zstd-compressed WARC was refused when named, read on stdin. Now each gives the plain WARC's records, named by
-    their offsets in the decompressed bytes (the plain file's), hashes too: named (the 2.6 MB record entered by a
-    worker decompressing up to it, the others carried from the listing), piped, and cut inside its last record."""
+    a zstd-compressed WARC was refused when named, read on stdin; one with a dictionary (IIPC's .warc.zst) refused
+    everywhere. Now each gives the plain WARC's records, named by their offsets in the decompressed bytes (the
+    plain file's), hashes too: named (the 2.6 MB record entered by a worker decompressing up to it, the others
+    carried from the listing), piped, and cut inside its last record."""
     plain = long_crawl.read_bytes()
-    packed = gzip.compress(plain) if name.endswith(".gz") else \
-        subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True, check=True).stdout
+    packed = _compressed(plain, name)
     (tmp_path / name).write_bytes(packed)
     expected = _records(cli(long_crawl, "--hash", "-f", "jsonl").stdout)
     assert len(expected) == 3 and all("error" not in r for r in expected)
@@ -482,3 +513,51 @@ def test_a_warc_gzipped_whole_after_its_first_record_is_one_error_that_says_what
         "not a record at a time): read the WARC decompressed (zcat FILE | audiotag - --archive warc)")}]
     zcat = cli("-", "--archive", "warc", "-f", "jsonl", "-k", 1, stdin=gzip.decompress(mixed.read_bytes()))
     assert zcat.returncode == 0 and [r["url"] for r in _records(zcat.stdout)] == list(crawl["urls"])
+
+
+@pytest.mark.parametrize("name", ["cut.warc.gz", "cut.warc.zst"])
+def test_a_warc_compressed_whole_cut_between_records_is_said(cli, long_crawl, tmp_path, name):
+    """Its data end after a whole record, its compressed stream's end lost (a download cut short): the records
+    before are tagged, then the archive's error says it is cut; before, the run ended clean, the records after
+    the cut lost without a word."""
+    plain = long_crawl.read_bytes()
+    packed = _compressed(plain[:_record_offsets(plain)[2]], name)[:-8 if name.endswith(".gz") else -4]  # no trailer
+    for source, stdin in ((tmp_path / name, b""), ("-", packed)):
+        (tmp_path / name).write_bytes(packed)
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        records = _records(result.stdout)
+        assert [r["url"] for r in records[:2]] == ["http://example.org/a.wav", "http://example.org/long.wav"]
+        assert "error" not in records[0] and "error" not in records[1]
+        assert records[2:] == [{"path": str(source), "archive": str(source),
+                                "error": "cannot read the archive: it is cut short (truncated)"}]
+
+
+def test_damage_inside_a_warc_gzipped_whole_is_that_records_error_named_and_piped(cli, long_crawl, tmp_path):
+    """A byte changed inside the second record's compressed data: named, the listing lost that record (the archive's
+    error alone); now it has its own error, as on stdin, and the archive's error follows."""
+    import zlib
+
+    plain = long_crawl.read_bytes()
+    offsets, whole = _record_offsets(plain), gzip.compress(plain, 1)
+
+    def damaged_at(position: int):
+        """The stream with one byte changed there, if zlib then fails inside the second record."""
+        packed = bytearray(whole)
+        packed[position] ^= 0xFF
+        decompressor, given = zlib.decompressobj(31), 0
+        try:
+            for at in range(0, len(packed), 1024):
+                given += len(decompressor.decompress(bytes(packed[at:at + 1024])))
+        except zlib.error:
+            return bytes(packed) if offsets[1] < given < offsets[2] else None
+        return None
+
+    packed = next(p for p in map(damaged_at, range(len(whole) // 2, len(whole), 997)) if p is not None)
+    (tmp_path / "damaged.warc.gz").write_bytes(packed)
+    named = _records(cli(tmp_path / "damaged.warc.gz", "-f", "jsonl", "-k", 1).stdout)
+    piped = _records(cli("-", "-f", "jsonl", "-k", 1, stdin=packed).stdout)
+    second = [r for r in named if r.get("url") == "http://example.org/long.wav"]
+    assert second and second[0]["error"].startswith("the archive is damaged: "), named
+    assert [r for r in piped if r.get("url") == "http://example.org/long.wav"][0]["error"] == second[0]["error"]
+    assert named[-1]["error"].startswith("cannot read the archive: ") and "url" not in named[-1]

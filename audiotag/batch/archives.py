@@ -1,5 +1,5 @@
 """Archives as inputs: tar files (plain, gzip- or zstd-compressed; WebDataset shards are tar files), zip files and
-WARC files (plain or .warc.gz: ``warc``), read where they lie: a member is never written to disk.
+WARC files (plain, .warc.gz or .warc.zst: ``warc``), read where they lie: a member is never written to disk.
 
 A member is tagged as a file is. Its input's name is ``ARCHIVE/MEMBER`` (``shards/000001.tar/000123.flac``): unique
 in a run, and what ``--resume`` matches; its record adds "archive", "member" and, for a tar member, "key" (the
@@ -26,14 +26,17 @@ end of its data at that point: the audio before it is tagged, with a warning tha
 bytes fail its CRC-32 is tagged as they decode, with a warning (``zipcheck``).
 
 A WARC record's input is named ``ARCHIVE#OFFSET`` (``crawl.warc.gz#48213``): OFFSET is where the record starts in
-the file (in a .warc.gz, where its gzip member starts), so the name is unique and stable, and it is what
-``--resume`` matches (a URL is not: a crawl may fetch one twice). Its record adds "archive", "url" (the
-WARC-Target-URI) and "warc_record_id" (the WARC-Record-ID). A worker enters the WARC at that offset; the payload
+the file (in a .warc.gz, where its gzip member starts; in a WARC compressed whole, gzip's one stream or zstd's,
+where it starts in the decompressed bytes), so the name is unique and stable, and it is what ``--resume`` matches
+(a URL is not: a crawl may fetch one twice). Its record adds "archive", "url" (the WARC-Target-URI) and
+"warc_record_id" (the WARC-Record-ID). A worker enters the WARC at that offset (one compressed whole: a record of
+up to CARRIED_MAX travels from the listing, a larger one is reached as a tar.gz's member is); the payload
 goes to the decoder as stdin does (``decode.open_stdin``: a WAV and the containers FFmpeg reads as a stream are
 streamed; FLAC, Ogg, MP3, MP4 and CAF are held whole, up to the stdin limit). A WARC that ends inside a record
 (a crawl cut short): the records before are tagged, that record is one error, "the WARC ends inside this record
-(truncated)"; a WARC damaged elsewhere ends with one error naming the offset. Listing a WARC's records reads it
-once (a .warc.gz is decompressed once, in the process that walks the inputs); a worker then reads only its records.
+(truncated)"; a WARC damaged elsewhere ends with one error naming the offset (a record its compressed data are
+damaged inside is that record's error first). Listing a WARC's records reads it once (a .warc.gz is decompressed
+once, in the process that walks the inputs); a worker then reads only its records.
 """
 
 import importlib.util
@@ -51,7 +54,7 @@ from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, streams, warc
 from .zipcheck import CrcChecked, CrcCheckedInPlace, CrcCheckedReader, Damaged, without_crc_check
-from .streams import CUT_MEMBER, is_zstd, lzma_errors, zstd_errors, zstd_reader
+from .streams import CUT_MEMBER, TRUNCATED, is_zstd, lzma_errors, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
 GZIP_MAGIC = b"\x1f\x8b"
@@ -156,7 +159,6 @@ class Refused:
         self.fields = fields
 
 
-TRUNCATED = "it is cut short (truncated)"
 def cut_short(error: Exception) -> bool:
     """Whether ``error`` is a reader meeting the end of a cut archive (gzip's and zstd's EOFError, tarfile's
     "unexpected end of data"), not damage inside it."""
@@ -224,9 +226,9 @@ _ZIP_MODULES = {zipfile.ZIP_BZIP2: ("bz2", "bzip2"), zipfile.ZIP_LZMA: ("lzma", 
 def _tar_members(path: str, wanted) -> Iterator[tuple]:
     kind = _tar_kind(path)
     compressed = kind != "tar"
-    source = {"tar.gz": dict(name=path, mode="r:gz"), "tar": dict(name=path, mode="r:"),
-              "tar.zst": dict(fileobj=zstd_reader(path), mode="r:")}[kind]  # zstd: Python 3.11's tarfile lacks it
-    with tarfile.open(**source, tarinfo=CheckedTarInfo) as tar:
+    with open(path, "rb") as raw, tarfile.open(fileobj=zstd_reader(raw) if kind == "tar.zst" else raw,  # zstd:
+                                               mode="r:gz" if kind == "tar.gz" else "r:",  # 3.11's tarfile lacks it
+                                               tarinfo=CheckedTarInfo) as tar:
         while (info := tar.next()) is not None:
             tar.members = []  # tarfile keeps every header it read: a shard of a million members would be held
             if not info.isreg() or not wanted(info.name):
@@ -328,12 +330,20 @@ def _warc_members(path: str, every: bool) -> Iterator[tuple]:
 
     with open(path, "rb") as file:
         for found in warc.records(file, every):
-            data = read_exactly(found.payload, CARRIED_MAX + 1) if found.in_stream else None
-            truncated = found.ends_inside()
             member = Member(path, found.url, "warc", found.offset, 0, not found.in_stream, url=found.url,
-                            record_id=found.record_id,
-                            data=data if data is not None and len(data) <= CARRIED_MAX and not truncated else None)
-            yield f"{path}#{found.offset}", member, warc.RECORD_CUT if truncated else None
+                            record_id=found.record_id)
+            try:
+                data = read_exactly(found.payload, CARRIED_MAX + 1) if found.in_stream else None
+                truncated = found.ends_inside()
+            except Exception as error:  # its compressed data are damaged: said by its record, as on stdin, then
+                problem = damage(error)  # by the archive's, where the WARC's reader meets the damage again
+                if problem is None:
+                    raise
+                yield f"{path}#{found.offset}", member, failure_message(OSError(f"the archive is damaged: {problem}"))
+                continue
+            carried = data is not None and len(data) <= CARRIED_MAX and not truncated
+            yield f"{path}#{found.offset}", replace(member, data=data if carried else None), \
+                warc.RECORD_CUT if truncated else None
 
 
 def open_member(member: Member):
@@ -418,7 +428,7 @@ def reporting_failure(stream, window):
 def _compressed_window(member: Member) -> inflate.Window:
     """A tar.gz, tar.zst or compressed zip member as a seekable file, decompressed as it is read."""
     if member.kind in ("tar.gz", "tar.zst"):
-        return TAR_STREAMS.window(member)
+        return COMPRESSED_STREAMS.window(member)
     if member.packed[0] == zipfile.ZIP_DEFLATED:
         return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
     return inflate.Window(streams.ZipStream(lambda: _zip_reader(member, checked=False)), member.size)  # bzip2 or
@@ -447,7 +457,7 @@ def member_sha256(member: Member) -> str:
         if member.data is not None:
             digest.update(member.data)
         elif member.kind in ("tar.gz", "tar.zst"):
-            TAR_STREAMS.read(member, digest.update)
+            COMPRESSED_STREAMS.read(member, digest.update)
         else:
             with _reader(member) as reader:
                 while chunk := reader.read(CHUNK):
@@ -472,9 +482,9 @@ def _warc_payload(member: Member) -> tuple:
     if member.in_place:
         payload, file = warc.open_payload(member.archive, member.offset)
         return payload, file.close
-    key, stream = TAR_STREAMS.take(member)  # at the record's start: warcio reads on past its end
+    key, stream = COMPRESSED_STREAMS.take(member)  # at the record's start: warcio reads on past its end
     try:
-        return warc.payload_here(stream, member.offset), lambda: TAR_STREAMS.give_back(key, stream)
+        return warc.payload_here(stream, member.offset), lambda: COMPRESSED_STREAMS.give_back(key, stream)
     except BaseException:
         stream.close()
         raise
@@ -483,7 +493,7 @@ def _warc_payload(member: Member) -> tuple:
 def _reader(member: Member):
     if member.kind == "warc":
         payload, close = _warc_payload(member)
-        return streams.Limited(payload, 1 << 62, close)
+        return streams.Closing(payload, close)
     if member.kind == "zip":  # its CRC checked as the decoder's window checks it: one wording
         return CrcCheckedReader(_zip_reader(member, checked=False), member.packed[2])
     return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: GzipStreams)
@@ -498,7 +508,7 @@ def _read_whole(member: Member) -> bytes:
     try:
         if member.kind == "tar.zst":
             data = bytearray()
-            TAR_STREAMS.read(member, data.extend)
+            COMPRESSED_STREAMS.read(member, data.extend)
             return bytes(data)
         with _reader(member) as reader:
             data = reader.read(member.size)
@@ -511,5 +521,5 @@ def _read_whole(member: Member) -> bytes:
     return data
 
 
-TAR_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives, and WARCs
+COMPRESSED_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives, and WARCs
 # compressed whole

@@ -35,6 +35,7 @@ from . import warc
 from .archives import (BAD_LOCAL_HEADER, CUT_MEMBER, GZIP_MAGIC, TRUNCATED, CheckedTarInfo, Member, Refused,
                        cut_short, damage, is_zstd, reporting_failure, said_through, sparse_problem, webdataset_key,
                        zip_member_problem)
+from .streams import DICTIONARY_FRAME, DICTIONARY_MAX, ByBlock, Replay, zstd_errors, zstd_reader
 from .zipcheck import CrcCheckedReader, without_crc_check
 
 KINDS = ("tar", "warc", "zip")
@@ -51,14 +52,14 @@ def sniff(binary, kind: Optional[str] = None) -> tuple:
     try:
         head = read_exactly(binary, HEAD)
         if is_zstd(head) and kind is None:  # a zstd block gives nothing until it is whole
-            asked = ZSTD_HEAD
-            head += read_exactly(binary, ZSTD_HEAD - HEAD)
+            asked = ZSTD_HEAD + _dictionary_size(head)
+            head += read_exactly(binary, asked - HEAD)
         elif head == bytes(HEAD) and kind is None:  # a tar's end blocks: an empty tar, if only zeros follow
             asked = EMPTY_TAR_MAX + 1
             head += read_exactly(binary, asked - HEAD)
     except OSError:  # said when stdin is read as the input
         head = b""
-    return kind or kind_of(head, ended=len(head) < asked), warc.Replay(head, binary)
+    return kind or kind_of(head, ended=len(head) < asked), Replay(head, binary)
 
 
 def kind_of(head: bytes, ended: bool = False) -> Optional[str]:
@@ -91,19 +92,24 @@ def _only_zero_blocks(data: bytes) -> bool:
     return 2 * HEAD <= len(data) <= EMPTY_TAR_MAX and len(data) % HEAD == 0 and not data.strip(b"\0")
 
 
-def _zstd_decompressed(head: bytes, size: int = HEAD) -> bytes:
-    """The first ``size`` bytes inside a zstd stream (frame after frame: skippable ones give none); b"" if
-    ``head`` holds none of them, or zstd refuses the stream (damaged, or a window too large)."""
-    from backports import zstd
+def _dictionary_size(head: bytes) -> int:
+    """The bytes of the dictionary frame a zstd stream begins with (a .warc.zst's), up to DICTIONARY_MAX; else 0."""
+    if not head.startswith(DICTIONARY_FRAME):
+        return 0
+    return min(int.from_bytes(head[4:8], "little"), DICTIONARY_MAX) + 8
 
+
+def _zstd_decompressed(head: bytes, size: int = HEAD) -> bytes:
+    """The first ``size`` bytes inside a zstd stream (frame after frame: skippable ones give none; its dictionary
+    applied), as far as ``head`` goes; b"" if it holds none of them, or zstd refuses the stream (damaged, or a
+    window too large)."""
     found = b""
     try:
-        while head and len(found) < size:
-            decompressor = zstd.ZstdDecompressor()
-            found += decompressor.decompress(head, size - len(found))
-            head = decompressor.unused_data if decompressor.eof else b""
-    except zstd.ZstdError:
-        return b""
+        reader = zstd_reader(io.BytesIO(head))
+        while len(found) < size and (piece := reader.read1(size - len(found))):
+            found += piece
+    except (EOFError,) + zstd_errors():  # the head ends inside a frame: what came before it
+        pass
     return found
 
 
@@ -128,51 +134,18 @@ def _warc(binary, every: bool) -> Iterator[tuple]:
 
 
 def _undone(binary, kind: str):
-    """The stream, decompressed if it is zstd, or a tar in gzip (Python 3.11's tarfile reads gzip, bzip2 and xz
-    itself, not zstd, and its stream mode never checks gzip's CRC: damage was tagged without a word; warcio reads
-    gzip, and checks it)."""
+    """The stream, decompressed if it is a tar or zip in zstd, or a tar in gzip (Python 3.11's tarfile reads gzip,
+    bzip2 and xz itself, not zstd, and its stream mode never checks gzip's CRC: damage was tagged without a word;
+    a WARC's reader undoes gzip and zstd itself)."""
     head = read_exactly(binary, 4)
-    binary = warc.Replay(head, binary)
-    if is_zstd(head):
-        from backports import zstd
-
-        return _ByBlock(zstd.ZstdFile(binary))
+    binary = Replay(head, binary)
+    if is_zstd(head) and kind != "warc":  # a WARC's reader undoes zstd itself, as it does the named file's
+        return ByBlock(zstd_reader(binary))
     if kind == "tar" and head.startswith(b"\x1f\x8b"):
         import gzip
 
-        return _ByBlock(gzip.GzipFile(fileobj=binary, mode="rb"))
+        return ByBlock(gzip.GzipFile(fileobj=binary, mode="rb"))
     return binary
-
-
-class _ByBlock(io.RawIOBase):
-    """A zstd or gzip stream read a block at a time (read1). Where it is cut, one read gives the end of the data and the
-    next ones the EOFError: tarfile's stream drops the bytes it gathered when a read raises, and a member the
-    archive is cut inside could not be tagged from what came."""
-
-    def __init__(self, file):
-        super().__init__()
-        self._file, self._cut, self._given = file, None, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._cut is not None:
-            raise self._cut
-        try:
-            data = self._file.read1(len(buffer))
-        except EOFError as error:
-            if not self._given:  # nothing came: an end here would read as an empty archive
-                raise
-            self._cut = error
-            return 0
-        self._given += len(data)
-        memoryview(buffer).cast("B")[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
 
 
 def _tar(binary, wanted) -> Iterator[tuple]:
@@ -190,7 +163,7 @@ def _tar(binary, wanted) -> Iterator[tuple]:
             piped = Piped(reader, {"archive": "-", "member": info.name, "key": webdataset_key(info.name)}, info.size)
             yield f"-/{info.name}", piped, None
             piped.finish()
-    while isinstance(binary, _ByBlock) and binary.read(CHUNK):  # gzip and zstd check their data at their end,
+    while isinstance(binary, ByBlock) and binary.read(CHUNK):  # gzip and zstd check their data at their end,
         pass  # past the tar's (a plain tar's stream is left where the tar ends, as before)
 
 

@@ -1,25 +1,31 @@
 """The files a member is read through, and the decompressing streams under them (``archives`` lists members;
 this module opens their bytes). ``FileWindow``: a plain tar's or stored zip member's bytes where they lie;
 ``GzipStreams``: streams on a .tar.gz, a .tar.zst or a WARC compressed whole kept open between members, entered in
-archive order;
+archive order; ``ByBlock``: a compressed stream read forward, its cut said; ``Replay``: a stream whose first bytes
+were read already;
 ``RestartingStream``: a reader whose decompressor cannot be copied (zstd's, bzip2's, LZMA's), for
 ``inflate.Window``, its checkpoints positions reached again from its start; ``Held``: a member's bytes in memory
 cut short on stdin, as a window of its declared size.
 """
 
+import collections
 import io
 import os
 import re
 import sys
 import threading
 import zipfile
+from typing import Optional
 
 from ..hashing import CHUNK
 from . import inflate
 
 CUT_MEMBER = "the archive ends inside this member (truncated)"
+TRUNCATED = "it is cut short (truncated)"  # an archive
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a zstd frame of metadata, ahead of the data
+DICTIONARY_FRAME, DICTIONARY_MAGIC = b"\x5d\x2a\x4d\x18", b"\x37\xa4\x30\xec"
+DICTIONARY_MAX = 16 << 20  # a .warc.zst's dictionaries are of about 100 kB to a few MB
 
 
 def is_zstd(head: bytes) -> bool:
@@ -27,11 +33,37 @@ def is_zstd(head: bytes) -> bool:
     return head.startswith(ZSTD_MAGIC) or ZSTD_SKIPPABLE.match(head) is not None
 
 
-def zstd_reader(source):
-    """A zstd stream's decompressed bytes (a path or a binary file object), read forward."""
-    from backports import zstd  # Python 3.14's compression.zstd; here: only a .tar.zst needs it
+def zstd_reader(binary):
+    """A zstd stream's decompressed bytes (``binary``: a binary file object at its start), read forward. A
+    dictionary kept in the stream's first frame (IIPC's .warc.zst: a skippable frame of magic 0x184D2A5D holding
+    a zstd dictionary, itself maybe compressed) is the one its frames are decompressed with."""
+    from backports import zstd  # Python 3.14's compression.zstd; here: only zstd inputs need it
 
-    return zstd.ZstdFile(source)
+    head = _read_exactly(binary, 8)
+    if head[:4] != DICTIONARY_FRAME or len(head) < 8:
+        if binary.seekable():  # kept seekable: tarfile seeks past a .tar.zst's members
+            binary.seek(-len(head), io.SEEK_CUR)
+            return zstd.ZstdFile(binary)
+        return zstd.ZstdFile(Replay(head, binary))
+    size = int.from_bytes(head[4:], "little")
+    if size > DICTIONARY_MAX:
+        raise zstd.ZstdError(f"its dictionary frame is {size >> 20} MB, over {DICTIONARY_MAX >> 20} MB")
+    content = _read_exactly(binary, size)
+    if is_zstd(content):  # compressed: bounded, as a hostile frame could be a bomb
+        decompressor = zstd.ZstdDecompressor()
+        content = decompressor.decompress(content, DICTIONARY_MAX + 1)
+        if len(content) > DICTIONARY_MAX or not decompressor.eof:
+            raise zstd.ZstdError(f"its dictionary is over {DICTIONARY_MAX >> 20} MB")
+    dictionary = zstd.ZstdDict(content) if content.startswith(DICTIONARY_MAGIC) else None  # else metadata: skipped
+    return zstd.ZstdFile(binary, zstd_dict=dictionary)
+
+
+def _read_exactly(binary, size: int) -> bytes:
+    pieces = []
+    while size > 0 and (piece := binary.read(size)):
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
 
 
 def lzma_errors() -> tuple:
@@ -44,6 +76,87 @@ def zstd_errors() -> tuple:
     from backports import zstd
 
     return (zstd.ZstdError,)
+
+
+class ByBlock(io.RawIOBase):
+    """A zstd or gzip stream read a block at a time (read1). Where it is cut, one read gives the end of the data
+    (``cut``: the EOFError) and the next ones the EOFError, or, ``quiet``, the end again: tarfile's stream drops
+    the bytes it gathered when a read raises, so a member the archive is cut inside could not be tagged from what
+    came; warcio takes an end for the end, and the WARC's reader says the cut. Damaged data raise, now and on
+    each read after (``failure``)."""
+
+    def __init__(self, file, quiet: bool = False):
+        super().__init__()
+        self._file, self._quiet, self._given = file, quiet, 0
+        self.cut = self.failure = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.failure is not None:
+            raise self.failure
+        if self.cut is not None:
+            if self._quiet:
+                return 0
+            raise self.cut
+        try:
+            data = self._file.read1(len(buffer))
+        except EOFError as error:
+            if not self._given:  # nothing came: an end here would read as an empty archive
+                raise
+            self.cut = error
+            return 0
+        except Exception as error:
+            self.failure = error
+            raise
+        self._given += len(data)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class Replay(io.RawIOBase):
+    """A stream whose first bytes were read already (``head``): they are read again, then the rest."""
+
+    def __init__(self, head: bytes, rest, keep_tail: bool = False):
+        super().__init__()
+        self._head, self._rest = memoryview(head), rest
+        self.given = 0  # bytes read from it
+        # ``keep_tail``: the last reads' bytes (a WARC's own stream, read by warcio 16 kB at a time: what follows
+        # its last record). Not a payload's: a decoder reads one whole, and would hold it twice.
+        self._last = collections.deque(maxlen=4 if keep_tail else 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count], self._head = self._head[:count], self._head[count:]
+            self._kept(bytes(view[:count]))
+            return count
+        data = self._rest.read(len(view))
+        view[:len(data)] = data
+        self._kept(data)
+        return len(data)
+
+    def _kept(self, data: bytes) -> None:
+        self.given += len(data)
+        if data:
+            self._last.append(data)
+
+    def tail(self, size: int) -> Optional[bytes]:
+        """The last ``size`` bytes read, or None if more than the last reads held."""
+        kept = b"".join(self._last)
+        return kept[len(kept) - size:] if size <= len(kept) else None
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
 
 
 class Held(inflate.PreadFile):
@@ -207,20 +320,20 @@ class ZipStream(RestartingStream):
         self.errors = (EOFError, OSError, zipfile.BadZipFile) + lzma_errors()  # bz2: OSError; lzma: loaded now
 
 
-class Limited(io.RawIOBase):
-    """The first ``size`` bytes of a stream; ``close()`` calls ``close``, which closes what is under it."""
+class Closing(io.RawIOBase):
+    """A stream read through; ``close()`` calls ``close``, which closes what is under it (a WARC record's
+    payload: its file, or the decompressing stream it was read from, given back)."""
 
-    def __init__(self, stream, size: int, close):
+    def __init__(self, stream, close):
         super().__init__()
-        self._stream, self._left, self._close = stream, size, close
+        self._stream, self._close = stream, close
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._stream.read(min(len(buffer), self._left))
+        data = self._stream.read(len(buffer))
         memoryview(buffer).cast("B")[:len(data)] = data
-        self._left -= len(data)
         return len(data)
 
     def close(self) -> None:

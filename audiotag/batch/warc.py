@@ -11,15 +11,13 @@ crawl.warc``: one gzip stream, told by its first member going on past its first 
 entered at its start: its records' offsets are counted in its decompressed bytes (``Record.in_stream``).
 """
 
-import collections
-import io
 import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..hashing import CHUNK
-from .streams import is_zstd, zstd_reader
+from .streams import TRUNCATED, ByBlock, Replay, is_zstd, zstd_reader
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst")
 TAGGED_TYPES = ("response", "resource")
@@ -75,31 +73,22 @@ def records(binary, every: bool = False) -> Iterator[Record]:
 
     from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder (nor numpy)
 
-    start = read_exactly(binary, 512)
-    in_stream = is_zstd(start)
-    if in_stream:
-        binary = _Unpacked(zstd_reader(Replay(start, binary)))
-        start = read_exactly(binary, 512)
+    stream, unpacked = _opened(binary)
+    start = read_exactly(stream, 512)
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
-    if start[:2] == b"\x1f\x8b":
-        whole, binary = _gzipped_whole(Replay(start, binary))
-        in_stream = in_stream or whole
-        if whole:
-            import gzip
-
-            binary = _Unpacked(gzip.GzipFile(fileobj=binary, mode="rb"))
-        start = read_exactly(binary, 512)
-    stream = Replay(start, binary, keep_tail=True)
+    stream = Replay(start, stream, keep_tail=True)
     iterator = ArchiveIterator(stream)  # read as a stream: offsets counted from the start
     records = iter(iterator)
-    offset = 0  # where the last record began
+    offset, cut_inside = 0, False  # where the last record began; whether the WARC ends inside it
     while True:
         try:
             record = next(records, None)
         except Exception as error:  # warcio's parser fails on a damaged header in ways it does not type (a
             # header cut short: AttributeError): whatever it raises here is about the bytes at this offset
-            if "non-chunked gzip" in str(error):  # warcio's offset is of no use here
+            if unpacked is not None and unpacked.failure is not None:
+                raise _damaged_past(offset, unpacked.failure) from error
+            if "non-chunked gzip" in str(error):  # warcio's words for a gzip member that goes on past its record
                 raise Damaged(f"the gzip member at offset {offset} {MIXED_GZIP}") from error
             detail = f"its gzip data are damaged ({error})" if isinstance(error, zlib.error) else \
                 "its header cannot be read"  # warcio's own words quote the bytes (hostile, or NULs)
@@ -108,6 +97,8 @@ def records(binary, every: bool = False) -> Iterator[Record]:
             # ends there without a word)
             if stream.given > iterator.offset and _holds_data(stream.tail(stream.given - iterator.offset)):
                 raise Damaged(f"it ends inside the record at offset {iterator.offset} (truncated)")
+            if unpacked is not None and unpacked.cut is not None and not cut_inside:  # cut between records, or
+                raise Damaged(TRUNCATED)  # in the compressed data's end marker: no record says it
             return
         offset = iterator.offset  # where this record begins (known once the one before was read to its end)
         if record.rec_type in TAGGED_TYPES:
@@ -116,11 +107,18 @@ def records(binary, every: bool = False) -> Iterator[Record]:
             if every or is_media(_content_type(record), head):
                 found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
                                record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload),
-                               in_stream=in_stream, warcio_record=record)
+                               in_stream=unpacked is not None, warcio_record=record)
                 yield found
+                cut_inside = found.truncated
                 if found.truncated:  # said by it (records may follow: a .warc.gz record's own gzip member ended)
                     continue
-        if _read_to_end(record):
+        try:
+            cut = _read_to_end(record)
+        except Exception as error:
+            if unpacked is None or unpacked.failure is None:
+                raise
+            raise _damaged_past(offset, unpacked.failure) from error
+        if cut:
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
 
@@ -128,15 +126,45 @@ MIXED_GZIP = "holds more than one record (gzipped whole, not a record at a time)
 (zcat FILE | audiotag - --archive warc)"
 
 
+def _opened(binary) -> tuple:
+    """(the WARC's bytes as warcio is to read them, the ByBlock that decompresses them or None). A WARC in zstd,
+    or gzipped whole, is decompressed here: its records' offsets count decompressed bytes. A .warc.gz of a gzip
+    member per record is left to warcio: its offsets are the file's, where a worker enters it."""
+    from ..decode.pcm import read_exactly
+
+    start = read_exactly(binary, 512)
+    binary = Replay(start, binary)
+    if is_zstd(start):
+        unpacked = ByBlock(zstd_reader(binary), quiet=True)
+    elif start[:2] == b"\x1f\x8b":
+        whole, binary = _gzipped_whole(binary)
+        if not whole:
+            return binary, None
+        import gzip
+
+        unpacked = ByBlock(gzip.GzipFile(fileobj=binary, mode="rb"), quiet=True)
+    else:
+        return binary, None
+    return unpacked, unpacked
+
+
+def _damaged_past(offset: int, error: Exception) -> Damaged:
+    """The compressed data of a WARC compressed whole are damaged (or end in bytes that are not of them), somewhere
+    after where the record at ``offset`` began."""
+    return Damaged(f"its compressed data are damaged past offset {offset} ({str(error).strip() or 'damaged'})")
+
+
 def _gzipped_whole(binary) -> tuple:
-    """(whether a gzipped WARC is one gzip stream, not a gzip member per record as WARC writers write it; the
-    stream, what was read replayed). Told by its first member: one that goes on past its first record's
-    Content-Length is the whole file's. A first record over WHOLE_CHECKED is taken for a member of its own (if
-    it is not, warcio says so at the next record: MIXED_GZIP)."""
+    """(whether a gzipped WARC is gzipped whole, not a gzip member per record as WARC writers write it; the
+    stream, what was read replayed). Told by its first gzip member: one that goes on past its first record's
+    Content-Length, or ends inside it (BGZF's members of 64 kB), is not the record's own. Up to WHOLE_CHECKED
+    bytes are looked at, decompressed or not; a first record longer is taken for one with a member of its own
+    (if it is not, warcio says so at the next record: MIXED_GZIP)."""
     decompressor, read, found = zlib.decompressobj(zlib.MAX_WBITS | 16), [], bytearray()
-    end, whole = None, False
-    while not decompressor.eof and len(found) <= WHOLE_CHECKED and (chunk := binary.read(CHUNK)):
+    end, whole, taken = None, False, 0
+    while not decompressor.eof and max(len(found), taken) <= WHOLE_CHECKED and (chunk := binary.read(CHUNK)):
         read.append(chunk)
+        taken += len(chunk)
         try:
             found += decompressor.decompress(chunk, WHOLE_CHECKED + 1 - len(found))
         except zlib.error:  # said by warcio, reading it as WARC writers write it
@@ -149,30 +177,9 @@ def _gzipped_whole(binary) -> tuple:
         if end is not None and found[end:].lstrip(b"\r\n"):
             whole = True
             break
+    if decompressor.eof and (end is None or len(found) < end):  # the member ended inside the first record
+        whole = True
     return whole, Replay(b"".join(read), binary)
-
-
-class _Unpacked(io.RawIOBase):
-    """The bytes of a WARC compressed whole (gzip's or zstd's reader), read a block at a time; where the file is
-    cut, they end, as a plain WARC's do there (the record it ends inside is said to be cut)."""
-
-    def __init__(self, file):
-        super().__init__()
-        self._file, self._cut = file, False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._cut:
-            return 0
-        try:
-            data = self._file.read1(len(buffer))
-        except EOFError:
-            self._cut = True
-            return 0
-        memoryview(buffer).cast("B")[:len(data)] = data
-        return len(data)
 
 
 def _holds_data(trailing: Optional[bytes]) -> bool:
@@ -244,43 +251,3 @@ def payload_here(binary, offset: int) -> "Replay":
     if record is None:
         raise EOFError(f"no WARC record at offset {offset}")
     return Replay(b"", record.content_stream())
-
-
-class Replay(io.RawIOBase):
-    """A stream whose first bytes were read already (``head``): they are read again, then the rest."""
-
-    def __init__(self, head: bytes, rest, keep_tail: bool = False):
-        super().__init__()
-        self._head, self._rest = memoryview(head), rest
-        self.given = 0  # bytes read from it
-        # ``keep_tail``: the last reads' bytes (a WARC's own stream, read by warcio 16 kB at a time: what follows
-        # its last record). Not a payload's: a decoder reads one whole, and would hold it twice.
-        self._last = collections.deque(maxlen=4 if keep_tail else 0)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            count = min(len(view), len(self._head))
-            view[:count], self._head = self._head[:count], self._head[count:]
-            self._kept(bytes(view[:count]))
-            return count
-        data = self._rest.read(len(view))
-        view[:len(data)] = data
-        self._kept(data)
-        return len(data)
-
-    def _kept(self, data: bytes) -> None:
-        self.given += len(data)
-        if data:
-            self._last.append(data)
-
-    def tail(self, size: int) -> Optional[bytes]:
-        """The last ``size`` bytes read, or None if more than the last reads held."""
-        kept = b"".join(self._last)
-        return kept[len(kept) - size:] if size <= len(kept) else None
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)

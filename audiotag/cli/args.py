@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-v", "--verbose", action="store_true", help="say which execution provider runs, and timings")
     raw = parser.add_argument_group("stdin: raw samples or an archive")
     raw.add_argument("--archive", choices=("tar", "warc", "zip"),
-                     help="stdin carries an archive: tag its members as they arrive (tar, tar.gz, tar.zst, WARC and "
-                          "WARC.gz: read as a stream, each member whole for a watched worker; zip: read whole "
-                          "first, up to 1024 MB). Default: told by its first bytes")
+                     help="stdin carries an archive: tag its members as they arrive (tar, tar.gz, tar.zst, WARC, "
+                          "WARC.gz and WARC.zst: read as a stream, each member whole for a watched worker; zip: "
+                          "read whole first, up to 1024 MB). Default: told by its first bytes")
     raw.add_argument("--raw", choices=tuple(RAW_FORMATS), help="stdin carries headerless little-endian samples")
     raw.add_argument("--rate", type=number(int, 1), metavar="HZ",
                      help="sample rate of --raw input (required with --raw)")
