@@ -130,7 +130,10 @@ def _warc(binary, every: bool) -> Iterator[tuple]:
         piped = Piped(found.payload, {"archive": "-", "url": found.url, "warc_record_id": found.record_id},
                       warc_record=found)
         yield f"-#{found.offset}", piped, None
-        piped.finish()
+        try:
+            piped.finish()
+        except OSError:  # its data are damaged: said by its record, and by the WARC's reader next, with where
+            pass
 
 
 def _undone(binary, kind: str):

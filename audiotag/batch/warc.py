@@ -69,7 +69,6 @@ def records(binary, every: bool = False) -> Iterator[Record]:
     after it, unless the caller asked it (``ends_inside``). A skipped record cut short, a damaged header, or a
     stream that is not a WARC raise Damaged.
     """
-    from warcio.archiveiterator import ArchiveIterator
 
     from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder (nor numpy)
 
@@ -78,7 +77,7 @@ def records(binary, every: bool = False) -> Iterator[Record]:
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
     stream = Replay(start, stream, keep_tail=True)
-    iterator = ArchiveIterator(stream)  # read as a stream: offsets counted from the start
+    iterator = _iterator(stream)  # read as a stream: offsets counted from the start
     records = iter(iterator)
     offset, cut_inside = 0, False  # where the last record began; whether the WARC ends inside it
     while True:
@@ -114,10 +113,12 @@ def records(binary, every: bool = False) -> Iterator[Record]:
                     continue
         try:
             cut = _read_to_end(record)
-        except Exception as error:
-            if unpacked is None or unpacked.failure is None:
-                raise
-            raise _damaged_past(offset, unpacked.failure) from error
+        except Exception as error:  # the compressed data are damaged inside the record (said by it, if tagged)
+            if unpacked is not None and unpacked.failure is not None:
+                raise _damaged_past(offset, unpacked.failure) from error
+            if isinstance(error, zlib.error):
+                raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged ({error})") from error
+            raise
         if cut:
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
@@ -167,7 +168,8 @@ def _gzipped_whole(binary) -> tuple:
         taken += len(chunk)
         try:
             found += decompressor.decompress(chunk, WHOLE_CHECKED + 1 - len(found))
-        except zlib.error:  # said by warcio, reading it as WARC writers write it
+        except zlib.error:  # damaged in its first record: read through gzip's reader, which says so there
+            whole = True
             break
         if end is None and (header := found.find(b"\r\n\r\n")) >= 0:
             length = _CONTENT_LENGTH.search(found, 0, header + 2)
@@ -180,6 +182,32 @@ def _gzipped_whole(binary) -> tuple:
     if decompressor.eof and (end is None or len(found) < end):  # the member ended inside the first record
         whole = True
     return whole, Replay(b"".join(read), binary)
+
+
+def _iterator(binary):
+    """warcio's iterator on a WARC, its reader raising where gzip data are damaged: warcio's own wrote zlib's error
+    on stderr once per block read (hundreds of lines) and read on as if the data ended there, so the record was
+    said cut and those after it were lost without a word."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.bufferedreaders import DecompressingBufferedReader
+
+    class Strict(DecompressingBufferedReader):
+        failure = None  # raised again on each read after: the data are not read on past damage
+
+        def _decompress(self, data):
+            if self.failure is not None:
+                raise self.failure
+            if self.decompressor and data and self.num_block_read:  # inside a gzip member (its first block: as
+                try:  # warcio, which takes it for plain data if it fails)
+                    return self.decompressor.decompress(data)
+                except zlib.error as error:
+                    self.failure = error
+                    raise
+            return super()._decompress(data)
+
+    iterator = ArchiveIterator(binary)
+    iterator.reader = Strict(iterator.fh, block_size=iterator.reader.block_size)
+    return iterator
 
 
 def _holds_data(trailing: Optional[bytes]) -> bool:
@@ -245,9 +273,8 @@ def open_payload(path: str, offset: int):
 
 def payload_here(binary, offset: int) -> "Replay":
     """The payload stream of the record ``binary`` begins with (``offset``: its name, for the error)."""
-    from warcio.archiveiterator import ArchiveIterator
 
-    record = next(iter(ArchiveIterator(binary)), None)
+    record = next(iter(_iterator(binary)), None)
     if record is None:
         raise EOFError(f"no WARC record at offset {offset}")
     return Replay(b"", record.content_stream())
