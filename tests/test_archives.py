@@ -691,6 +691,40 @@ def test_a_tar_gz_whose_crc_fails_is_said_damaged_named_piped_and_in_ray_rows(cl
                                                             "error": named[-1]["error"]}
 
 
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.zst"])
+def test_a_compressed_tar_cut_in_its_end_marker_is_said_on_stdin_as_named(cli, tmp_path, kind):
+    """Its last 4 bytes lost (gzip's length, zstd's checksum): named, the archive's error said it was cut; on
+    stdin the run ended clean."""
+    plain = _tar_bytes(_small_clips(2))
+    packed = (gzip.compress(plain, mtime=0) if kind == "tar.gz" else zstd.compress(plain))[:-4]
+    (tmp_path / f"cut.{kind}").write_bytes(packed)
+    named = _records(cli(tmp_path / f"cut.{kind}", "-f", "jsonl", "-k", 1).stdout)
+    piped = cli("-", "-f", "jsonl", "-k", 1, stdin=packed)
+    assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
+    assert named[-1]["error"] == "cannot read the archive: it is cut short (truncated)" and len(named) == 3
+    assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": named[-1]["error"]}
+
+
+def test_a_zstd_frame_that_only_looks_like_a_dictionary_is_passed_by(cli, tmp_path):
+    """A first skippable frame of the dictionary's magic (IIPC's .warc.zst keeps its dictionary so) whose content
+    is no usable dictionary (too short; an id of 0): zstd passes such a frame by, and so does audiotag (it ended
+    the whole run on a traceback, the other inputs' records lost, and audiotag-ray's rows raised)."""
+    from audiotag import distributed
+
+    frames = zstd.compress(_tar_bytes(_small_clips(2)))
+    for name, content in (("short", b"\x37\xa4\x30\xec"), ("id0", b"\x37\xa4\x30\xec" + bytes(4) + bytes(300))):
+        data = (0x184D2A5D).to_bytes(4, "little") + len(content).to_bytes(4, "little") + content + frames
+        archive = tmp_path / f"{name}.tar.zst"
+        archive.write_bytes(data)
+        result = cli(AUDIO / "speech.wav", archive, "-f", "jsonl", "-k", 1)
+        assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+        assert len(_records(result.stdout)) == 3
+        piped = cli("-", "-f", "jsonl", "-k", 1, stdin=data)
+        assert piped.returncode == 0 and len(_records(piped.stdout)) == 2, piped.stderr
+        rows = distributed.TagBatch().rows(str(archive), data)
+        assert len(rows) == 2 and not any(distributed.record(row).get("error") for row in rows)
+
+
 @pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg (scripts/build/install_test_tools.sh)")
 def test_a_member_cut_short_gives_one_record_named_piped_and_compressed(cli, tmp_path):
     """Each decoder meets a member the archive is cut inside the same way, named or piped, plain or compressed:

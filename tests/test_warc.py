@@ -576,3 +576,22 @@ def test_damage_inside_a_records_gzip_data_is_its_error_named_and_piped(cli, lon
     assert records[2]["error"].startswith("cannot read the archive: ") and str(offsets[1] if not start else start) \
         in records[2]["error"]
     assert [(r.get("url"), r.get("error")) for r in theirs] == [(r.get("url"), r.get("error")) for r in records]
+
+
+def test_a_warc_gzipped_whole_whose_crc_fails_tags_each_record_and_says_so(cli, long_crawl, tmp_path):
+    """Its CRC-32 fails at the end (a byte changed where zlib does not notice): the damaged bytes could be in any
+    record, so each is tagged as it came and the archive's error says the check failed; the last record, intact,
+    was failed with "the archive is damaged"."""
+    plain = long_crawl.read_bytes()
+    packed = bytearray(gzip.compress(plain))
+    packed[-8] ^= 0xFF  # the CRC-32 in gzip's trailer
+    (tmp_path / "crc.warc.gz").write_bytes(packed)
+    for source, stdin in ((tmp_path / "crc.warc.gz", b""), ("-", bytes(packed))):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        records = _records(result.stdout)
+        assert [r.get("url") for r in records] == ["http://example.org/a.wav", "http://example.org/long.wav",
+                                                   "urn:example:music.flac", None]
+        assert not any("error" in r for r in records[:3])
+        assert records[3]["error"].startswith("cannot read the archive: its compressed data fail their check at "
+                                              "their end (CRC check failed"), records[3]

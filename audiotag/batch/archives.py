@@ -496,7 +496,7 @@ def _reader(member: Member):
         return streams.Closing(payload, close)
     if member.kind == "zip":  # its CRC checked as the decoder's window checks it: one wording
         return CrcCheckedReader(_zip_reader(member, checked=False), member.packed[2])
-    return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: GzipStreams)
+    return streams.FileWindow(member.archive, member.offset, member.size)  # a tar's (a tar.gz's: CompressedStreams)
 
 
 def _read_whole(member: Member) -> bytes:
@@ -521,5 +521,5 @@ def _read_whole(member: Member) -> bytes:
     return data
 
 
-COMPRESSED_STREAMS = streams.GzipStreams()  # shared by the members of .tar.gz and .tar.zst archives, and WARCs
+COMPRESSED_STREAMS = streams.CompressedStreams()  # shared by the members of .tar.gz and .tar.zst archives, and WARCs
 # compressed whole

@@ -132,8 +132,8 @@ def _warc(binary, every: bool) -> Iterator[tuple]:
         yield f"-#{found.offset}", piped, None
         try:
             piped.finish()
-        except OSError:  # its data are damaged: said by its record, and by the WARC's reader next, with where
-            pass
+        except OSError:  # its data are damaged: said by its record; the WARC's reader raises again at its next
+            pass  # read (warc._iterator's reader, ByBlock: each keeps its failure), saying where
 
 
 def _undone(binary, kind: str):
@@ -168,6 +168,8 @@ def _tar(binary, wanted) -> Iterator[tuple]:
             piped.finish()
     while isinstance(binary, ByBlock) and binary.read(CHUNK):  # gzip and zstd check their data at their end,
         pass  # past the tar's (a plain tar's stream is left where the tar ends, as before)
+    if isinstance(binary, ByBlock) and binary.cut is not None:  # cut in their end marker: as the named file says
+        raise binary.cut
 
 
 class _TarMember(io.RawIOBase):

@@ -1,6 +1,6 @@
 """The files a member is read through, and the decompressing streams under them (``archives`` lists members;
 this module opens their bytes). ``FileWindow``: a plain tar's or stored zip member's bytes where they lie;
-``GzipStreams``: streams on a .tar.gz, a .tar.zst or a WARC compressed whole kept open between members, entered in
+``CompressedStreams``: streams on a .tar.gz, a .tar.zst or a WARC compressed whole kept open between members, entered in
 archive order; ``ByBlock``: a compressed stream read forward, its cut said; ``Replay``: a stream whose first bytes
 were read already;
 ``RestartingStream``: a reader whose decompressor cannot be copied (zstd's, bzip2's, LZMA's), for
@@ -41,7 +41,7 @@ def zstd_reader(binary):
 
     head = _read_exactly(binary, 8)
     if head[:4] != DICTIONARY_FRAME or len(head) < 8:
-        if binary.seekable():  # kept seekable: tarfile seeks past a .tar.zst's members
+        if binary.seekable():  # kept seekable (Replay is not): tarfile seeks past a .tar.zst's members
             binary.seek(-len(head), io.SEEK_CUR)
             return zstd.ZstdFile(binary)
         return zstd.ZstdFile(Replay(head, binary))
@@ -54,8 +54,13 @@ def zstd_reader(binary):
         content = decompressor.decompress(content, DICTIONARY_MAX + 1)
         if len(content) > DICTIONARY_MAX or not decompressor.eof:
             raise zstd.ZstdError(f"its dictionary is over {DICTIONARY_MAX >> 20} MB")
-    dictionary = zstd.ZstdDict(content) if content.startswith(DICTIONARY_MAGIC) else None  # else metadata: skipped
-    return zstd.ZstdFile(binary, zstd_dict=dictionary)
+    dictionary = None  # not a dictionary (metadata): skipped, as zstd skips such frames
+    if content.startswith(DICTIONARY_MAGIC):
+        try:
+            dictionary = zstd.ZstdDict(content)
+        except (ValueError, zstd.ZstdError):  # too short, or an id of 0: no dictionary the frames could use
+            pass
+    return zstd.ZstdFile(binary, zstd_dict=dictionary)  # the frames after it (seekable or not: read forward)
 
 
 def _read_exactly(binary, size: int) -> bytes:
@@ -78,6 +83,14 @@ def zstd_errors() -> tuple:
     return (zstd.ZstdError,)
 
 
+def failed_check(error: Exception) -> bool:
+    """Whether a decompressor's error is its data failing the check at their end (gzip's CRC or length, zstd's
+    checksum), not data it cannot decompress."""
+    text = str(error).lower()
+    return ("crc check failed" in text or "incorrect length" in text) if isinstance(error, OSError) else \
+        isinstance(error, zstd_errors()) and "checksum" in text
+
+
 class ByBlock(io.RawIOBase):
     """A zstd or gzip stream read a block at a time (read1). Where it is cut, one read gives the end of the data
     (``cut``: the EOFError) and the next ones the EOFError, or, ``quiet``, the end again: tarfile's stream drops
@@ -89,6 +102,8 @@ class ByBlock(io.RawIOBase):
         super().__init__()
         self._file, self._quiet, self._given = file, quiet, 0
         self.cut = self.failure = None
+        self.unchecked = None  # ``quiet``: the data came whole, and failed the check at their end (gzip's CRC,
+        # zstd's checksum): the bytes given before may be damaged anywhere, so they end there, and this says why
 
     def readable(self) -> bool:
         return True
@@ -96,7 +111,7 @@ class ByBlock(io.RawIOBase):
     def readinto(self, buffer) -> int:
         if self.failure is not None:
             raise self.failure
-        if self.cut is not None:
+        if self.cut is not None or self.unchecked is not None:
             if self._quiet:
                 return 0
             raise self.cut
@@ -108,6 +123,9 @@ class ByBlock(io.RawIOBase):
             self.cut = error
             return 0
         except Exception as error:
+            if self._quiet and failed_check(error):
+                self.unchecked = error
+                return 0
             self.failure = error
             raise
         self._given += len(data)
@@ -176,7 +194,7 @@ class Held(inflate.PreadFile):
         return data
 
 
-class GzipStreams:
+class CompressedStreams:
     """Decompressing streams on tar.gz archives (``inflate.Inflater``; zstd's: ``ZstdStream``; a WARC compressed
     whole, its records as members), kept open between members. A tar.gz can
     only be entered at its start; members are asked for in archive order, so each one continues a stream where
@@ -246,7 +264,7 @@ def _gzipped(member) -> bool:
 
 class RestartingStream:
     """Decompressed bytes read forward from a reader that cannot be copied (zstd's, bzip2's, LZMA's), as
-    ``GzipStreams`` reads an ``inflate.Inflater``; for ``inflate.Window``, a checkpoint is a position, restored by
+    ``CompressedStreams`` reads an ``inflate.Inflater``; for ``inflate.Window``, a checkpoint is a position, restored by
     opening the reader again (``_open``) and decompressing forward to it."""
 
     restarts = True

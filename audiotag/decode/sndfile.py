@@ -266,7 +266,10 @@ def _sndfile_source(file, path) -> tuple:
         if path is not None and not _iso_or_matroska(read_at(0, 12)) and _resource_fork_beside(os.fspath(path)):
             return os.fspath(path), "SD2"
         raise Refused(NOT_AUDIO, known=False)
-    if guess == "bare mpeg":
+    if guess == "bare mpeg":  # libsndfile's test passes one header's worth of bytes, common in quiet PCM: a run
+        # of frames from the start is asked (headerless PCM was tagged as 0.02-0.08 s of MP1)
+        if sniff.mpeg_audio_start(read_at(0, sniff.AHEAD)) != 0:
+            raise Refused(NOT_AUDIO, known=False)
         return sniff.Prefixed(file), "MPEG"
     # A regular file is read through its descriptor: a Python file object would call back into Python (and take
     # the GIL) for every 4 kB read.

@@ -30,7 +30,7 @@ _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 
 
 def mpeg_audio_start(head: bytes) -> Optional[int]:
     """The offset of the first of RUN consecutive MPEG audio frames that begins in ``head``'s first SEARCHED
-    bytes, or None. A shorter run counts where it reaches ``head``'s end: a file of two frames (read SEARCHED +
+    bytes, or None. A shorter run counts where it ends with ``head``: a file of two frames (read SEARCHED +
     AHEAD bytes of a longer file, so that a run beginning in the first SEARCHED lies in them whole)."""
     position = head.find(b"\xff")
     while 0 <= position < min(len(head), SEARCHED) - 4:
@@ -45,7 +45,7 @@ def _run_at(head: bytes, position: int) -> bool:
     for _ in range(RUN):
         header = head[position:position + 4]
         if len(header) < 4:
-            return first is not None and position >= len(head)  # the run reaches the end of what was read
+            return first is not None and position == len(head)  # the run ends where what was read ends
         length, kind = _frame(header)
         if not length or (first is not None and kind != first):
             return False
