@@ -595,3 +595,17 @@ def test_a_warc_gzipped_whole_whose_crc_fails_tags_each_record_and_says_so(cli, 
         assert not any("error" in r for r in records[:3])
         assert records[3]["error"].startswith("cannot read the archive: its compressed data fail their check at "
                                               "their end (CRC check failed"), records[3]
+
+
+def test_a_record_whose_content_length_falls_short_is_tagged_without_warcios_warning(cli, long_crawl, tmp_path):
+    """A Content-Length 2 bytes short of the record's end: warcio wrote a four-line WARNING on stderr, a line
+    that is no input's; the record is tagged from what its length says, as before."""
+    plain = long_crawl.read_bytes()
+    end = _record_offsets(plain)[1]
+    header = re.search(rb"Content-Length: (\d+)", plain)
+    shorter = plain[:header.start(1)] + str(int(header.group(1)) - 2).encode() + plain[header.end(1):]
+    (tmp_path / "short.warc").write_bytes(shorter)
+    assert len(shorter) == len(plain) and end > header.end(1)
+    result = cli(tmp_path / "short.warc", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 0 and b"WARNING" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and len(_records(result.stdout)) == 3
