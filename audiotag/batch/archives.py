@@ -54,7 +54,7 @@ from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import inflate, streams, warc
 from .zipcheck import CrcChecked, CrcCheckedInPlace, CrcCheckedReader, Damaged, without_crc_check
-from .streams import CUT_MEMBER, TRUNCATED, is_zstd, lzma_errors, zstd_errors, zstd_reader
+from .streams import CUT_MEMBER, TRUNCATED, is_zstd, lzma_errors, read_exactly, zstd_errors, zstd_reader
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip") + warc.WARC_SUFFIXES
 GZIP_MAGIC = b"\x1f\x8b"
@@ -326,8 +326,6 @@ def _warc_members(path: str, every: bool) -> Iterator[tuple]:
     """A WARC's records: entered at their offset in the file (``in_place``), or, in a WARC compressed whole, at
     their offset in its decompressed bytes, reached by decompressing up to there: so a record of up to
     CARRIED_MAX is kept as the listing passes it and travels with its input, as a small tar.gz member does."""
-    from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder
-
     with open(path, "rb") as file:
         for found in warc.records(file, every):
             member = Member(path, found.url, "warc", found.offset, 0, not found.in_stream, url=found.url,

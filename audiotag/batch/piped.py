@@ -28,14 +28,13 @@ import zipfile
 from typing import Iterator, Optional
 
 from ..decode import STDIN_MEMORY_LIMIT, Stream, open_stdin
-from ..decode.pcm import read_exactly
 from ..errors import AudioError, failure_message
 from ..hashing import CHUNK, sha256
 from . import warc
 from .archives import (BAD_LOCAL_HEADER, CUT_MEMBER, GZIP_MAGIC, TRUNCATED, CheckedTarInfo, Member, Refused,
                        cut_short, damage, is_zstd, reporting_failure, said_through, sparse_problem, webdataset_key,
                        zip_member_problem)
-from .streams import DICTIONARY_FRAME, DICTIONARY_MAX, ByBlock, Replay, zstd_errors, zstd_reader
+from .streams import DICTIONARY_FRAME, DICTIONARY_MAX, ByBlock, Replay, read_exactly, zstd_errors, zstd_reader
 from .zipcheck import CrcCheckedReader, without_crc_check
 
 KINDS = ("tar", "warc", "zip")

@@ -39,7 +39,7 @@ def zstd_reader(binary):
     a zstd dictionary, itself maybe compressed) is the one its frames are decompressed with."""
     from backports import zstd  # Python 3.14's compression.zstd; here: only zstd inputs need it
 
-    head = _read_exactly(binary, 8)
+    head = read_exactly(binary, 8)
     if head[:4] != DICTIONARY_FRAME or len(head) < 8:
         if binary.seekable():  # kept seekable (Replay is not): tarfile seeks past a .tar.zst's members
             binary.seek(-len(head), io.SEEK_CUR)
@@ -48,7 +48,7 @@ def zstd_reader(binary):
     size = int.from_bytes(head[4:], "little")
     if size > DICTIONARY_MAX:
         raise zstd.ZstdError(f"its dictionary frame is {size >> 20} MB, over {DICTIONARY_MAX >> 20} MB")
-    content = _read_exactly(binary, size)
+    content = read_exactly(binary, size)
     if is_zstd(content):  # compressed: bounded, as a hostile frame could be a bomb
         decompressor = zstd.ZstdDecompressor()
         content = decompressor.decompress(content, DICTIONARY_MAX + 1)
@@ -63,7 +63,9 @@ def zstd_reader(binary):
     return zstd.ZstdFile(binary, zstd_dict=dictionary)  # the frames after it (seekable or not: read forward)
 
 
-def _read_exactly(binary, size: int) -> bytes:
+def read_exactly(binary, size: int) -> bytes:
+    """Up to ``size`` bytes: fewer only at the stream's end (``decode.pcm.read_exactly``, which loads numpy with
+    the decoders: the watcher lists archives without them)."""
     pieces = []
     while size > 0 and (piece := binary.read(size)):
         pieces.append(piece)

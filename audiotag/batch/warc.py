@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..hashing import CHUNK
-from .streams import TRUNCATED, ByBlock, Replay, is_zstd, zstd_reader
+from .streams import TRUNCATED, ByBlock, Replay, is_zstd, read_exactly, zstd_reader
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst")
 TAGGED_TYPES = ("response", "resource")
@@ -70,8 +70,6 @@ def records(binary, every: bool = False) -> Iterator[Record]:
     after it, unless the caller asked it (``ends_inside``). A skipped record cut short, a damaged header, or a
     stream that is not a WARC raise Damaged.
     """
-
-    from ..decode.pcm import read_exactly  # here: a supervisor that lists no WARC loads no decoder (nor numpy)
 
     stream, unpacked = _opened(binary)
     start = read_exactly(stream, 512)
@@ -137,8 +135,6 @@ def _opened(binary) -> tuple:
     """(the WARC's bytes as warcio is to read them, the ByBlock that decompresses them or None). A WARC in zstd,
     or gzipped whole, is decompressed here: its records' offsets count decompressed bytes. A .warc.gz of a gzip
     member per record is left to warcio: its offsets are the file's, where a worker enters it."""
-    from ..decode.pcm import read_exactly
-
     start = read_exactly(binary, 512)
     binary = Replay(start, binary)
     if is_zstd(start):
