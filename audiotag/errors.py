@@ -24,13 +24,19 @@ def failure_message(error: Exception) -> str:
     if isinstance(error, ValueError):  # AudioError and the options' own checks
         return str(error)
     if isinstance(error, OSError):  # the system's words: "no such file or directory", "permission denied"
-        return (error.strerror or str(error) or "an error of the operating system").lower()
+        return _first_lowered(error.strerror or str(error) or "an error of the operating system")
     if isinstance(error, MemoryError):
         return "out of memory"
     # A bug met on this input, not a fault of the input: said so, the error's own text kept as a detail (never
     # its class name, which tells a user nothing).
     detail = str(error).strip()
     return "an internal error of audiotag (please report it, with this input)" + (f": {detail}" if detail else "")
+
+
+def _first_lowered(text: str) -> str:
+    """A sentence's first word in lower case, to follow a colon ("Permission denied"), not an acronym ("CRC") nor
+    what was quoted after it (zlib's "Error -3 while decompressing data", a file's name)."""
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
 def one_line(text: str) -> str:

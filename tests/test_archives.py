@@ -684,7 +684,7 @@ def test_a_tar_gz_whose_crc_fails_is_said_damaged_named_piped_and_in_ray_rows(cl
     piped = cli("-", "-f", "jsonl", "-k", 1, stdin=bytes(packed))
     assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
     records = _records(piped.stdout)
-    assert len(records) == len(named) == 3 and named[-1]["error"].startswith("cannot read the archive: crc check")
+    assert len(records) == len(named) == 3 and named[-1]["error"].startswith("cannot read the archive: CRC check")
     assert records[-1] == {"path": "-", "archive": "-", "error": named[-1]["error"]}
     rows = distributed.TagBatch()(pa.table({"path": [str(bad)], "bytes": [bytes(packed)]})).to_pylist()
     assert [distributed.record(row) for row in rows][-1] == {"path": str(bad), "archive": str(bad),

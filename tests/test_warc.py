@@ -538,7 +538,8 @@ def test_damage_inside_a_records_gzip_data_is_its_error_named_and_piped(cli, lon
     """A byte changed inside the second record's compressed data. Gzipped whole: named, the listing lost that
     record (the archive's error alone). A member per record: warcio wrote zlib's error on stderr once per block
     (hundreds of lines), called the record cut and lost the records after it without a word. Now, in both, the
-    record has its own error and the archive's error says where, named and piped alike, in a few lines."""
+    record has its own error and the archive's error says where, named and piped alike, in a few lines; a member
+    per record is read on from the next member (the FLAC record after the damage is tagged)."""
     import zlib
 
     plain = long_crawl.read_bytes()
@@ -571,11 +572,61 @@ def test_damage_inside_a_records_gzip_data_is_its_error_named_and_piped(cli, lon
     piped = cli("-", "-f", "jsonl", "-k", 1, stdin=packed)
     assert len(named.stderr.splitlines()) == 3 and b"Traceback" not in named.stderr, named.stderr[:2000]
     records, theirs = _records(named.stdout), _records(piped.stdout)
-    assert [r.get("url") for r in records] == ["http://example.org/a.wav", "http://example.org/long.wav", None]
+    read_on = ["urn:example:music.flac"] if start else []
+    assert [r.get("url") for r in records] == ["http://example.org/a.wav", "http://example.org/long.wav", *read_on,
+                                               None]
     assert records[1]["error"].startswith("the archive is damaged: ")
-    assert records[2]["error"].startswith("cannot read the archive: ") and str(offsets[1] if not start else start) \
-        in records[2]["error"]
+    assert records[-1]["error"].startswith("cannot read the archive: ") and str(offsets[1] if not start else start) \
+        in records[-1]["error"]
+    if start:  # read on from the third record's member
+        assert "error" not in records[2] and records[2]["tags"][0]["label"] == "Music", records[2]
+        assert records[-1]["error"].endswith(f"(the records after it were read on from offset "
+                                             f"{len(whole) - len(members[2])})"), records[-1]
     assert [(r.get("url"), r.get("error")) for r in theirs] == [(r.get("url"), r.get("error")) for r in records]
+
+
+@pytest.mark.parametrize("damage", ["crc", "header", "two"])
+def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, unpacked, tmp_path, damage):
+    """A .warc.gz (a gzip member per record) with a member damaged: "crc", the CRC-32 of the speech WAV response's
+    member (every byte decodes; zlib fails at the member's end); "header", a byte of its WARC header; "two", both
+    that and the MP3 response's header. The WARC ended there: the records after were lost (exit 1, one error).
+    Now the damaged record alone is lost (its error, or the archive's error naming its offset), the records after
+    it are read on from the next member and equal the intact WARC's, named and piped alike."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    intact = (crawl["top"] / "crawl.warc.gz").read_bytes()
+    iterator, members = ArchiveIterator(io.BytesIO(intact)), {}
+    for record in iterator:
+        members[record.rec_headers.get_header("WARC-Target-URI"), record.rec_type] = iterator.offset
+        record.raw_stream.read()
+    speech = members["http://example.org/speech.wav", "response"]
+    after = min(offset for offset in members.values() if offset > speech)
+    packed = bytearray(intact)
+    if damage == "crc":
+        packed[after - 8] ^= 0xFF  # the CRC-32 in the member's gzip trailer
+    else:
+        packed[speech + 12] ^= 0xFF  # the deflate data's first bytes: the WARC header
+    if damage == "two":
+        packed[members["http://example.org/cry", "response"] + 12] ^= 0xFF
+    (tmp_path / "damaged.warc.gz").write_bytes(packed)
+    expected = _records(cli(crawl["top"] / "crawl.warc.gz", "-f", "jsonl").stdout)
+    lost = {"http://example.org/speech.wav"} | ({"http://example.org/cry"} if damage == "two" else set())
+    for source, stdin in ((tmp_path / "damaged.warc.gz", b""), ("-", bytes(packed))):
+        result = cli(source, "-f", "jsonl", stdin=stdin)
+        assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+        records = _records(result.stdout)
+        kept = [r for r in records if r.get("url") not in lost and r.get("url")]
+        assert [r["path"].split("#")[1] for r in kept] == [r["path"].split("#")[1] for r in expected
+                                                            if r["url"] not in lost]
+        for ours, theirs in zip(kept, (r for r in expected if r["url"] not in lost)):
+            assert not differences({k: v for k, v in ours.items() if k not in ("path", "archive")},
+                                   {k: v for k, v in theirs.items() if k not in ("path", "archive")}, 1e-6)
+        said = records[-1]["error"]
+        assert said.startswith(f"cannot read the archive: a damaged record at offset {speech}: ") and \
+            said.endswith(f"(the records after it were read on from offset {after})" +
+                          ("; 2 damaged places in all" if damage == "two" else "")), said
+        assert [r.get("error", "").startswith("the archive is damaged: ") for r in records[:-1]] == \
+            [r.get("url") in lost and damage == "crc" for r in records[:-1]]
 
 
 def test_a_warc_gzipped_whole_whose_crc_fails_tags_each_record_and_says_so(cli, long_crawl, tmp_path):

@@ -146,9 +146,10 @@ class Replay(io.RawIOBase):
         super().__init__()
         self._head, self._rest = memoryview(head), rest
         self.given = 0  # bytes read from it
+        self.base = 0  # where its first byte lies in the file (a WARC read on past damage: warc.records)
         # ``keep_tail``: the last reads' bytes (a WARC's own stream, read by warcio 16 kB at a time: what follows
         # its last record). Not a payload's: a decoder reads one whole, and would hold it twice.
-        self._last = collections.deque(maxlen=4 if keep_tail else 0)
+        self._last = collections.deque(maxlen=8 if keep_tail else 0)
 
     def readable(self) -> bool:
         return True
@@ -172,8 +173,12 @@ class Replay(io.RawIOBase):
 
     def tail(self, size: int) -> Optional[bytes]:
         """The last ``size`` bytes read, or None if more than the last reads held."""
-        kept = b"".join(self._last)
+        kept = self.kept()
         return kept[len(kept) - size:] if size <= len(kept) else None
+
+    def kept(self) -> bytes:
+        """The bytes of the last reads (``keep_tail``), up to the last byte read."""
+        return b"".join(self._last)
 
     def read1(self, size: int = -1) -> bytes:
         return self.read(size)

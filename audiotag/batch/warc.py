@@ -59,7 +59,12 @@ class Record:
 
 
 class Damaged(Exception):
-    """A WARC that cannot be read on: not a WARC, a record's header damaged, or the file cut short."""
+    """A WARC that cannot be read on: not a WARC, a record's header damaged, or the file cut short (``at``: the
+    offset of a record whose gzip data or header are damaged, where a .warc.gz may be read on past it)."""
+
+    def __init__(self, message: str, at: Optional[int] = None):
+        super().__init__(message)
+        self.at = at
 
 
 def records(binary, every: bool = False) -> Iterator[Record]:
@@ -68,7 +73,9 @@ def records(binary, every: bool = False) -> Iterator[Record]:
 
     A record's payload is read by the caller before it asks for the next, and a record cut short raises Damaged
     after it, unless the caller asked it (``ends_inside``). A skipped record cut short, a damaged header, or a
-    stream that is not a WARC raise Damaged.
+    stream that is not a WARC raise Damaged. In a .warc.gz of a gzip member per record, damaged gzip data end
+    only their record: the records are read on from the next member that begins one, and Damaged, raised after
+    the last, says where (a bad sector in a crawl of weeks loses one record, not those after it).
     """
 
     stream, unpacked = _opened(binary)
@@ -76,9 +83,35 @@ def records(binary, every: bool = False) -> Iterator[Record]:
     if not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
     stream = Replay(start, stream, keep_tail=True)
-    iterator = _iterator(stream)  # read as a stream: offsets counted from the start
+    per_record = unpacked is None and start[:2] == b"\x1f\x8b"
+    first, damages = None, 0  # the first damage read past (its words, where the records went on), how many
+    while True:
+        try:
+            yield from _records_from(stream, every, unpacked)
+            break
+        except Damaged as error:
+            resumed = _next_record_member(stream, error.at) if per_record and error.at is not None else None
+            if resumed is None:
+                if first is not None:
+                    raise Damaged(f"{error}, and {_read_on(first, damages)}") from error
+                raise
+            stream, damages = resumed, damages + 1
+            first = first or (str(error), stream.base)
+    if first is not None:
+        raise Damaged(_read_on(first, damages))
+
+
+def _read_on(first: tuple, count: int) -> str:
+    """Words for the damage records were read on past: the first's, and how many more."""
+    said = f"{first[0]} (the records after it were read on from offset {first[1]})"
+    return said if count == 1 else f"{said}; {count} damaged places in all"
+
+
+def _records_from(stream: "Replay", every: bool, unpacked) -> Iterator[Record]:
+    """``records``' work, from where ``stream`` begins (``stream.base``: its offset in the file)."""
+    iterator, base = _iterator(stream), stream.base  # read as a stream: offsets counted from its start
     following = iter(iterator)
-    offset, cut_inside = 0, False  # where the last record began; whether the WARC ends inside it
+    offset, cut_inside = base, False  # where the last record began; whether the WARC ends inside it
     while True:
         try:
             record = next(following, None)
@@ -90,41 +123,81 @@ def records(binary, every: bool = False) -> Iterator[Record]:
                 raise Damaged(f"the gzip member at offset {offset} {MIXED_GZIP}") from error
             detail = f"its gzip data are damaged ({error})" if isinstance(error, zlib.error) else \
                 "its header cannot be read"  # warcio's own words quote the bytes (hostile, or NULs)
-            raise Damaged(f"a damaged record at offset {iterator.offset}: {detail}") from error
+            raise Damaged(f"a damaged record at offset {base + iterator.offset}: {detail}",
+                          at=base + iterator.offset) from error
         if record is None:  # the end; bytes after the last whole record are one cut inside its header (warcio
             # ends there without a word)
             if stream.given > iterator.offset and _holds_data(stream.tail(stream.given - iterator.offset)):
-                raise Damaged(f"it ends inside the record at offset {iterator.offset} (truncated)")
+                raise Damaged(f"it ends inside the record at offset {base + iterator.offset} (truncated)")
             if unpacked is not None and unpacked.unchecked is not None:  # which record holds the damage is not
                 raise Damaged(f"its compressed data fail their check at their end ({unpacked.unchecked}): the "
                               f"records before may hold damaged bytes")  # known: each was tagged as it came
             if unpacked is not None and unpacked.cut is not None and not cut_inside:  # cut between records, or
                 raise Damaged(TRUNCATED)  # in the compressed data's end marker: no record says it
             return
-        offset = iterator.offset  # where this record begins (known once the one before was read to its end)
-        if record.rec_type in TAGGED_TYPES:
-            payload = record.content_stream()
-            head = read_exactly(payload, SNIFFED)
-            if every or is_media(_content_type(record), head):
-                found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
-                               record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload),
-                               in_stream=unpacked is not None, warcio_record=record)
-                yield found
-                cut_inside = found.truncated
-                if found.truncated:  # said by it (records may follow: a .warc.gz record's own gzip member ended)
-                    continue
+        offset = base + iterator.offset  # where this record begins (known once the one before was read to its end)
         try:
+            if record.rec_type in TAGGED_TYPES:
+                payload = record.content_stream()
+                head = read_exactly(payload, SNIFFED)
+                if every or is_media(_content_type(record), head):
+                    found = Record(offset, record.rec_headers.get_header("WARC-Target-URI") or "",
+                                   record.rec_headers.get_header("WARC-Record-ID") or "", Replay(head, payload),
+                                   in_stream=unpacked is not None, warcio_record=record)
+                    yield found
+                    cut_inside = found.truncated
+                    if found.truncated:  # said by it (records may follow: a .warc.gz record's own gzip member
+                        continue  # ended)
             cut = _read_to_end(record)
         except Exception as error:  # the compressed data are damaged inside the record (said by it, if tagged)
             if unpacked is not None and unpacked.failure is not None:
                 raise _damaged_past(offset, unpacked.failure) from error
             if isinstance(error, zlib.error):
-                raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged ({error})") from error
+                raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged ({error})",
+                              at=offset) from error
             raise
         if iterator.reader.failure is not None:  # met while its payload was read (the file read to its end then)
-            raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged ({iterator.reader.failure})")
+            raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged "
+                          f"({iterator.reader.failure})", at=offset)
         if cut:
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
+
+
+GZIP_MEMBER = b"\x1f\x8b\x08"  # a gzip member's first bytes (deflate: the only method gzip has)
+MEMBER_CHECKED = 4096  # a candidate member's bytes decompressed to see a WARC record begin
+
+
+def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
+    """A stream at the first gzip member past offset ``after`` that begins a WARC record (``base``: its offset),
+    read on from ``stream`` (the bytes it read last kept: warcio reads ahead); None if the stream ends first."""
+    kept = stream.kept()
+    start = stream.base + stream.given - len(kept)  # the offset of kept's first byte
+    if start <= after:
+        kept, start = kept[after + 1 - start:], after + 1
+    buffer, ended = bytearray(kept), False
+    while True:
+        index = buffer.find(GZIP_MEMBER)
+        while index >= 0 and (ended or len(buffer) - index >= MEMBER_CHECKED):
+            if _begins_record(bytes(buffer[index:index + MEMBER_CHECKED])):
+                found = Replay(bytes(buffer[index:]), stream, keep_tail=True)
+                found.base = start + index
+                return found
+            index = buffer.find(GZIP_MEMBER, index + 1)
+        if ended:
+            return None
+        keep = index if index >= 0 else max(0, len(buffer) - len(GZIP_MEMBER) + 1)  # a magic the read cut in two
+        del buffer[:keep]
+        start += keep
+        more = stream.read(CHUNK)
+        buffer += more
+        ended = not more
+
+
+def _begins_record(data: bytes) -> bool:
+    try:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(data, 8).startswith(b"WARC/")
+    except zlib.error:
+        return False
 
 
 MIXED_GZIP = "holds more than one record (gzipped whole, not a record at a time): read the WARC decompressed \
