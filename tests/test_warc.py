@@ -585,13 +585,15 @@ def test_damage_inside_a_records_gzip_data_is_its_error_named_and_piped(cli, lon
     assert [(r.get("url"), r.get("error")) for r in theirs] == [(r.get("url"), r.get("error")) for r in records]
 
 
-@pytest.mark.parametrize("damage", ["crc", "header", "two"])
-def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, unpacked, tmp_path, damage):
+@pytest.mark.parametrize("damage", ["crc", "header", "two", "first", "first crc"])
+def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, tmp_path, damage):
     """A .warc.gz (a gzip member per record) with a member damaged: "crc", the CRC-32 of the speech WAV response's
     member (every byte decodes; zlib fails at the member's end); "header", a byte of its WARC header; "two", both
-    that and the MP3 response's header. The WARC ended there: the records after were lost (exit 1, one error).
-    Now the damaged record alone is lost (its error, or the archive's error naming its offset), the records after
-    it are read on from the next member and equal the intact WARC's, named and piped alike."""
+    that and the MP3 response's header; "first" and "first crc", the same in the first member (the warcinfo
+    record's). The WARC ended there: the records after were lost (exit 1, one error; "first crc" was taken for a
+    WARC gzipped whole). Now the damaged record alone is lost (its error, or the archive's error naming its
+    offset), the records after it are read on from the next member and equal the intact WARC's, named and piped
+    (``--archive warc``: a damaged first member is not known for a WARC by its bytes) alike."""
     from warcio.archiveiterator import ArchiveIterator
 
     intact = (crawl["top"] / "crawl.warc.gz").read_bytes()
@@ -599,20 +601,21 @@ def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, unpack
     for record in iterator:
         members[record.rec_headers.get_header("WARC-Target-URI"), record.rec_type] = iterator.offset
         record.raw_stream.read()
-    speech = members["http://example.org/speech.wav", "response"]
-    after = min(offset for offset in members.values() if offset > speech)
+    damaged = 0 if damage.startswith("first") else members["http://example.org/speech.wav", "response"]
+    after = min(offset for offset in members.values() if offset > damaged)
     packed = bytearray(intact)
-    if damage == "crc":
+    if damage.endswith("crc"):
         packed[after - 8] ^= 0xFF  # the CRC-32 in the member's gzip trailer
     else:
-        packed[speech + 12] ^= 0xFF  # the deflate data's first bytes: the WARC header
+        packed[damaged + 12] ^= 0xFF  # the deflate data's first bytes: the WARC header
     if damage == "two":
         packed[members["http://example.org/cry", "response"] + 12] ^= 0xFF
     (tmp_path / "damaged.warc.gz").write_bytes(packed)
     expected = _records(cli(crawl["top"] / "crawl.warc.gz", "-f", "jsonl").stdout)
-    lost = {"http://example.org/speech.wav"} | ({"http://example.org/cry"} if damage == "two" else set())
+    lost = set() if damage.startswith("first") else \
+        {"http://example.org/speech.wav"} | ({"http://example.org/cry"} if damage == "two" else set())
     for source, stdin in ((tmp_path / "damaged.warc.gz", b""), ("-", bytes(packed))):
-        result = cli(source, "-f", "jsonl", stdin=stdin)
+        result = cli(source, *(("--archive", "warc") if stdin else ()), "-f", "jsonl", stdin=stdin)
         assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
         records = _records(result.stdout)
         kept = [r for r in records if r.get("url") not in lost and r.get("url")]
@@ -622,7 +625,7 @@ def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, unpack
             assert not differences({k: v for k, v in ours.items() if k not in ("path", "archive")},
                                    {k: v for k, v in theirs.items() if k not in ("path", "archive")}, 1e-6)
         said = records[-1]["error"]
-        assert said.startswith(f"cannot read the archive: a damaged record at offset {speech}: ") and \
+        assert said.startswith(f"cannot read the archive: a damaged record at offset {damaged}: ") and \
             said.endswith(f"(the records after it were read on from offset {after})" +
                           ("; 2 damaged places in all" if damage == "two" else "")), said
         assert [r.get("error", "").startswith("the archive is damaged: ") for r in records[:-1]] == \

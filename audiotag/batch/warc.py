@@ -80,13 +80,18 @@ def records(binary, every: bool = False) -> Iterator[Record]:
 
     stream, unpacked = _opened(binary)
     start = read_exactly(stream, 512)
-    if not decompressed(start).startswith(b"WARC/"):
+    per_record = unpacked is None and start[:2] == b"\x1f\x8b"
+    damaged_first = per_record and _damaged_gzip(start)  # the first record's member: read on from the next one
+    if not damaged_first and not decompressed(start).startswith(b"WARC/"):
         raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
     stream = Replay(start, stream, keep_tail=True)
-    per_record = unpacked is None and start[:2] == b"\x1f\x8b"
     first, damages = None, 0  # the first damage read past (its words, where the records went on), how many
     while True:
         try:
+            if damaged_first:
+                damaged_first = False
+                raise Damaged(f"a damaged record at offset 0: its gzip data are damaged ({_damaged_gzip(start)})",
+                              at=0)
             yield from _records_from(stream, every, unpacked)
             break
         except Damaged as error:
@@ -170,12 +175,13 @@ MEMBER_CHECKED = 4096  # a candidate member's bytes decompressed to see a WARC r
 def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
     """A stream at the first gzip member past offset ``after`` that begins a WARC record (``base``: its offset),
     read on from ``stream`` (the bytes it read last kept: warcio reads ahead); None if the stream ends first."""
-    kept = stream.kept()
-    start = stream.base + stream.given - len(kept)  # the offset of kept's first byte
-    if start <= after:
-        kept, start = kept[after + 1 - start:], after + 1
-    buffer, ended = bytearray(kept), False
+    buffer = bytearray(stream.kept())
+    start, ended = stream.base + stream.given - len(buffer), False  # the offset of the buffer's first byte
     while True:
+        if start <= after:  # bytes up to the damaged member's first are passed by
+            dropped = min(len(buffer), after + 1 - start)
+            del buffer[:dropped]
+            start += dropped
         index = buffer.find(GZIP_MEMBER)
         while index >= 0 and (ended or len(buffer) - index >= MEMBER_CHECKED):
             if _begins_record(bytes(buffer[index:index + MEMBER_CHECKED])):
@@ -243,9 +249,8 @@ def _gzipped_whole(binary) -> tuple:
         taken += len(chunk)
         try:
             found += decompressor.decompress(chunk, WHOLE_CHECKED + 1 - len(found))
-        except zlib.error:  # damaged in its first record: read through gzip's reader, which says so there
-            whole = True
-            break
+        except zlib.error:  # damaged: taken for a member per record (the records read on past a damaged member;
+            break  # gzipped whole, none is found, and the damage is said)
         if end is None and (header := found.find(b"\r\n\r\n")) >= 0:
             length = _CONTENT_LENGTH.search(found, 0, header + 2)
             if length is None:
@@ -306,6 +311,15 @@ def _holds_data(trailing: Optional[bytes]) -> bool:
             return True
         trailing = decompressor.unused_data
     return trailing is None or bool(trailing.strip())
+
+
+def _damaged_gzip(head: bytes) -> Optional[zlib.error]:
+    """zlib's error if a gzip stream's first bytes are damaged (those of the first record's member)."""
+    try:
+        zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
+    except zlib.error as error:
+        return error
+    return None
 
 
 def decompressed(head: bytes, size: int = 1024) -> bytes:
