@@ -316,6 +316,20 @@ def test_line_ends_or_empty_gzip_members_after_the_last_record_are_no_cut(cli, c
         assert [(r["url"], r["tags"]) for r in _records(result.stdout)] == [(r["url"], r["tags"]) for r in clean]
 
 
+def test_empty_gzip_members_before_the_first_record_are_passed_by_on_stdin(cli, crawl, tmp_path):
+    """A .warc.gz that begins with empty gzip members (as some writers begin one) was read when named, and on stdin
+    refused as "gzip-compressed data, not audio": its first bytes did not decompress to a WARC record."""
+    clean = _records(cli(crawl["top"] / "crawl.warc.gz", "-f", "jsonl", "-k", 1).stdout)
+    begun = tmp_path / "begun.warc.gz"
+    begun.write_bytes(gzip.compress(b"") * 2 + (crawl["top"] / "crawl.warc.gz").read_bytes())
+    named = cli(begun, "-f", "jsonl", "-k", 1)
+    piped = cli("-", "-f", "jsonl", "-k", 1, stdin=begun.read_bytes())
+    assert named.returncode == piped.returncode == 0 and b"Traceback" not in piped.stderr, piped.stderr
+    assert [(r["url"], r["tags"]) for r in _records(piped.stdout)] == [(r["url"], r["tags"]) for r in clean]
+    assert [r["path"].split("#")[1] for r in _records(piped.stdout)] == \
+        [r["path"].split("#")[1] for r in _records(named.stdout)]
+
+
 def test_records_after_a_truncated_record_in_a_warc_gz_are_tagged(cli, crawl, tmp_path):
     """A .warc.gz record whose gzip member ends before its Content-Length does: that record is one error, and the
     records after it are read (they were dropped without a word). With --in-process on stdin it is tagged as far

@@ -173,6 +173,8 @@ def damage(error: Exception) -> Optional[str]:
         return failure_message(error)
     if cut_short(error):
         return TRUNCATED
+    if isinstance(error, tarfile.ReadError) and str(error) == "empty file":  # in the words of an empty WARC or file
+        return "empty: no data"
     if isinstance(error, zstd_errors()) and "too much memory" in str(error):
         return f"its zstd frames need a window over {ZSTD_WINDOW_MAX} MB (compressed with --long above 27), which " \
                f"audiotag refuses: recompress it with a smaller window (zstd -d --long=31 -c FILE | zstd -o NEW)"

@@ -324,13 +324,17 @@ def _damaged_gzip(head: bytes) -> Optional[zlib.error]:
 
 def decompressed(head: bytes, size: int = 1024) -> bytes:
     """A stream's first bytes, or the first ``size`` they decompress to when they begin a gzip stream (as far as
-    they go)."""
-    if head[:2] != b"\x1f\x8b":
-        return head
+    they go; empty gzip members first, as some writers begin a .warc.gz, passed by)."""
     try:
-        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, size)
+        while head[:2] == b"\x1f\x8b":
+            decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            found = decompressor.decompress(head, size)
+            if found or not decompressor.eof:
+                return found
+            head = decompressor.unused_data
     except zlib.error:
         return b""
+    return head
 
 
 def _read_to_end(record) -> bool:
