@@ -184,7 +184,7 @@ def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
             start += dropped
         index = buffer.find(GZIP_MEMBER)
         while index >= 0 and (ended or len(buffer) - index >= MEMBER_CHECKED):
-            if _begins_record(bytes(buffer[index:index + MEMBER_CHECKED])):
+            if _begins_record(buffer, index):
                 found = Replay(bytes(buffer[index:]), stream, keep_tail=True)
                 found.base = start + index
                 return found
@@ -199,11 +199,15 @@ def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
         ended = not more
 
 
-def _begins_record(data: bytes) -> bool:
-    try:
-        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(data, 8).startswith(b"WARC/")
-    except zlib.error:
-        return False
+def _begins_record(buffer: bytearray, index: int) -> bool:
+    """Whether the gzip member at ``index`` begins with a WARC record (a hostile stream of gzip magics: each
+    looked at without a copy)."""
+    with memoryview(buffer) as view:
+        try:
+            found = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(view[index:index + MEMBER_CHECKED], 8)
+        except zlib.error:
+            return False
+    return found.startswith(b"WARC/")
 
 
 MIXED_GZIP = "holds more than one record (gzipped whole, not a record at a time): read the WARC decompressed \
