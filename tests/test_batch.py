@@ -706,3 +706,104 @@ def test_the_watcher_holds_a_bounded_number_of_inputs_and_carried_bytes_ahead():
     counted.give_back(object())
     full.join(30)
     assert not full.is_alive()
+
+
+@pytest.fixture(scope="module")
+def archives_tree(tmp_path_factory):
+    """A folder of archives, as a crawler's disk holds them: two .warc.gz (one with a damaged member), a .tar.gz
+    of 8 WAV members (small: carried with their listing), a zip, a WAV and a folder with another .warc.gz."""
+    import tarfile
+    import zipfile
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    root = tmp_path_factory.mktemp("archives")
+    clips = [AUDIO / "music.wav", AUDIO / "speech.wav", AUDIO / "typing.wav"]
+
+    def warc(path, count):
+        with open(path, "wb") as file:
+            writer = WARCWriter(file, gzip=True)
+            for index in range(count):
+                writer.write_record(writer.create_warc_record(
+                    f"http://example.org/{index}.wav", "response",
+                    payload=io.BytesIO(clips[index % 3].read_bytes()[:200_000]),
+                    http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1")))
+
+    warc(root / "a.warc.gz", 5)
+    warc(root / "b.warc.gz", 4)
+    damaged = bytearray((root / "b.warc.gz").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (root / "b.warc.gz").write_bytes(damaged)
+    with tarfile.open(root / "c.tar.gz", "w:gz") as tar:
+        for index in range(8):
+            tar.add(clips[index % 3], f"{index:06d}.wav")
+    with zipfile.ZipFile(root / "d.zip", "w") as packed:
+        for index in range(3):
+            packed.write(clips[index], f"{index}.wav")
+    shutil.copyfile(clips[0], root / "e.wav")
+    (root / "f").mkdir()
+    warc(root / "f" / "g.warc.gz", 3)
+    return root
+
+
+def _listing(items) -> list:
+    return [(item.name, item.error, getattr(item.member, "offset", None), getattr(item.member, "data", None))
+            for item in items]
+
+
+def test_archives_listed_at_once_give_their_members_in_walk_order(archives_tree, monkeypatch):
+    """Listing a .warc.gz or .tar.gz decompresses it whole on one core: with ``listers`` > 1 (``--jobs`` over 8
+    per lister) the walk runs ahead and several archives are listed at once. The inputs, their order, their errors
+    and their carried bytes are those of one listing at a time; the members an archive listed ahead holds, and
+    their bytes, stay within the bounds (one member always passes); a bug in a listing is raised where the inputs
+    are taken; inputs no longer taken stop the threads."""
+    one = _listing(inputs.expand([str(archives_tree)], open_archives=True))
+    assert len(one) == 5 + 4 + 1 + 8 + 3 + 1 + 3 + 1 - 1  # b: its damaged record lost, the archive's error row
+    assert any(error and error.startswith("cannot read the archive") for _, error, *_ in one)
+    assert sum(data is not None for *_, data in one) >= 8  # the tar.gz's members, carried
+    for listers in (2, 3, 8):
+        assert _listing(inputs.expand([str(archives_tree)], open_archives=True, listers=listers)) == one
+
+    held = []  # the most entries and carried bytes each _Held was seen holding
+
+    class Watched(inputs._Held):
+        def put(self, entry, stopped):
+            placed = super().put(entry, stopped)
+            held.append((self._count, self._size, len(self._entries), self._held))
+            return placed
+
+    monkeypatch.setattr(inputs, "_Held", Watched)
+    monkeypatch.setattr(inputs, "MEMBERS_AHEAD", 2)
+    monkeypatch.setattr(inputs, "BYTES_AHEAD", 1)
+    taken = inputs.expand([str(archives_tree)], open_archives=True, listers=3)
+    assert _listing(item for item in taken if not time.sleep(0.01)) == one  # taken slowly: the listings wait
+    assert held and all(count <= 2 for limit, size, count, _ in held if limit == 2)
+    assert all(bytes_held <= 1 or count == 1 for limit, size, count, bytes_held in held if size == 1)
+
+    def failing(path, all_files=False):
+        if path.endswith("d.zip"):
+            raise RuntimeError("a bug met while listing")
+        return real(path, all_files)
+
+    real = inputs.archive_members
+    monkeypatch.setattr(inputs, "archive_members", failing)
+    with pytest.raises(RuntimeError, match="a bug met while listing"):
+        list(inputs.expand([str(archives_tree)], open_archives=True, listers=2))
+    before = threading.active_count()
+    early = inputs.expand([str(archives_tree)], open_archives=True, listers=3)
+    next(early)
+    early.close()
+    deadline = time.monotonic() + 30
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_jobs_that_list_archives_at_once_give_the_same_records(cli, archives_tree):
+    """--jobs 16 lists two archives at once (one per 8 jobs), --jobs 2 one at a time: the same records, in the
+    same order, the damaged archive's error in its place."""
+    one = cli("--jobs", 2, "--open-archives", "-k", 2, "-f", "jsonl", archives_tree)
+    many = cli("--jobs", 16, "--open-archives", "-k", 2, "-f", "jsonl", archives_tree)
+    assert one.returncode == many.returncode == 1 and b"Traceback" not in many.stderr, many.stderr
+    assert many.stdout == one.stdout and len(one.stdout.splitlines()) == 25

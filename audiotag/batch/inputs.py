@@ -4,8 +4,10 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 (unreadable directories, symlink loops) become inputs carrying an error, reported like any bad file.
 """
 
+import collections
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, TextIO
 
@@ -82,13 +84,160 @@ def is_audio_name(name: str) -> bool:
 
 
 def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False,
-           stdin_archive: Optional[tuple] = None, carry=None) -> Iterator[Input]:
+           stdin_archive: Optional[tuple] = None, carry=None, listers: int = 1) -> Iterator[Input]:
     """Operands as given: "-" and files are inputs themselves, an archive (by its name: ``archives``) yields its
     audio members, directories yield their audio files (every regular file with ``all_files``; archives in them
     are opened with ``open_archives``, else they are files as any other). ``stdin_archive``: (kind, stream) when
     stdin holds an archive (``piped.sniff``): "-" yields its members, read whole and carried to a watched worker
     within ``carry``, a ``piped.Budget`` (``piped.carried``), else read as they arrive by the decoder in this
-    process."""
+    process. ``listers``: archives listed at once (``listed``; stdin's archive is read as it comes, in order)."""
+    items = _sources(operands, all_files, open_archives, stdin_archive, carry)
+    return listed(items, listers if stdin_archive is None else 1)
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """An archive met in the operands or a walk: its members take its place (``listed``)."""
+
+    path: str
+    all_files: bool
+
+
+LISTED_AHEAD = 256  # inputs and archives the walk may run ahead of the one being tagged (``listed``)
+MEMBERS_AHEAD = 4096  # members an archive listed ahead may hold, not yet taken (in place: ~200 bytes each)
+BYTES_AHEAD = 16 << 20  # and the bytes of its small members carried with them (at least one member's)
+
+
+def listed(items: Iterable, listers: int = 1) -> Iterator[Input]:
+    """``items`` with each archive among them replaced by its members, in order. Listing a .warc.gz, .tar.gz or
+    WARC compressed whole decompresses all of it, on one core (about 400 records/s): on a server with many cores
+    one listing at a time would leave most of them idle. With ``listers`` > 1, the walk runs ahead in a thread and
+    up to that many archives are listed at once, each in its own thread (zlib and zstd release the GIL), their
+    members held until the inputs before them are taken."""
+    if listers <= 1:
+        for item in items:
+            yield from archive_members(item.path, item.all_files) if isinstance(item, _Archive) else (item,)
+        return
+    ahead = _Ahead(items, listers)
+    try:
+        while (entry := ahead.next_entry()) is not None:
+            if isinstance(entry, _Listing):
+                try:
+                    yield from entry.members()
+                finally:
+                    ahead.slots.release()
+            else:
+                yield entry
+    finally:
+        ahead.stop()
+
+
+class _Ahead:
+    """The walk, in a thread, run ahead of what is taken: inputs, and archives being listed (``_Listing``)."""
+
+    def __init__(self, items: Iterable, listers: int):
+        self.slots = threading.BoundedSemaphore(listers)  # archives listed and not yet taken whole
+        self._entries, self._stopped = _Held(LISTED_AHEAD), threading.Event()
+        threading.Thread(target=self._walk, args=(items,), name="audiotag-walk", daemon=True).start()
+
+    def _walk(self, items: Iterable) -> None:
+        try:
+            for item in items:
+                if isinstance(item, _Archive):
+                    while not self.slots.acquire(timeout=0.1):
+                        if self._stopped.is_set():
+                            return
+                    item = _Listing(item, self._stopped)
+                if not self._entries.put(item, self._stopped):
+                    return
+            self._entries.put(None, self._stopped)
+        except BaseException as error:  # a bug: raised where the inputs are taken
+            self._entries.put(_Failed(error), self._stopped)
+
+    def next_entry(self):
+        return self._entries.get()
+
+    def stop(self) -> None:
+        """No more is taken: the threads end at their next input (not waited for: a listing may be inside a long
+        stretch of a WARC that holds no audio)."""
+        self._stopped.set()
+
+
+class _Listing:
+    """An archive's members, listed in a thread of their own."""
+
+    def __init__(self, archive: _Archive, stopped: threading.Event):
+        self._archive, self._stopped = archive, stopped
+        self._members = _Held(MEMBERS_AHEAD, BYTES_AHEAD)
+        threading.Thread(target=self._list, name="audiotag-list", daemon=True).start()
+
+    def _list(self) -> None:
+        found = iter(())
+        try:
+            found = archive_members(self._archive.path, self._archive.all_files)
+            for item in found:
+                if not self._members.put(item, self._stopped):
+                    return
+            self._members.put(None, self._stopped)
+        except BaseException as error:  # a bug: raised where its members are taken
+            self._members.put(_Failed(error), self._stopped)
+        finally:
+            getattr(found, "close", lambda: None)()
+
+    def members(self) -> Iterator[Input]:
+        while (item := self._members.get()) is not None:
+            yield item
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class _Held:
+    """Entries passed from a thread in order, at most ``count`` of them and ``size`` bytes carried with them (a
+    small member of a .tar.gz travels with its bytes: ``archives.Member.data``)."""
+
+    def __init__(self, count: int, size: int = 0):
+        self._count, self._size = count, size
+        self._entries: collections.deque = collections.deque()
+        self._held = 0
+        self._changed = threading.Condition()
+
+    def put(self, entry, stopped: threading.Event) -> bool:
+        """Put ``entry``, waiting for room (one entry always fits); False once the run stopped taking inputs."""
+        size = _carried(entry)
+        with self._changed:
+            while self._entries and (len(self._entries) >= self._count or self._held + size > self._size > 0):
+                if stopped.is_set():
+                    return False
+                self._changed.wait(0.1)
+            self._entries.append(entry)
+            self._held += size
+            self._changed.notify_all()
+        return True
+
+    def get(self):
+        """The next entry (waiting for it); a thread's failure is raised here."""
+        with self._changed:
+            while not self._entries:
+                self._changed.wait()
+            entry = self._entries.popleft()
+            self._held -= _carried(entry)
+            self._changed.notify_all()
+        if isinstance(entry, _Failed):
+            raise entry.error
+        return entry
+
+
+def _carried(entry) -> int:
+    data = getattr(getattr(entry, "member", None), "data", None)
+    return len(data) if isinstance(data, (bytes, bytearray)) else 0
+
+
+def _sources(operands: Iterable[str], all_files: bool, open_archives: bool, stdin_archive: Optional[tuple],
+             carry) -> Iterator:
+    """``expand``'s inputs, an archive standing for its members (``_Archive``)."""
     for operand in operands:
         if operand == "-" and stdin_archive is not None:
             wanted = (lambda name: True) if all_files else is_audio_name
@@ -99,7 +248,7 @@ def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool
                     member, error = piped.carried(name, member, carry)
                 yield Input(name, error=error, member=member)
         elif operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
-            yield from archive_members(operand, all_files)
+            yield _Archive(operand, all_files)
         elif operand != "-" and os.path.isdir(operand):
             found = False
             for item in walk(operand, all_files, open_archives):
@@ -118,9 +267,9 @@ def archive_members(path: str, all_files: bool = False) -> Iterator[Input]:
         yield Input(name, error=error, member=member)
 
 
-def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iterator[Input]:
-    """Audio files (``all_files``: every file) below ``top``, sorted by name at every level; follows symlinks,
-    reports loops.
+def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iterator:
+    """Audio files (``all_files``: every file) below ``top``, sorted by name at every level, as inputs; follows
+    symlinks, reports loops; ``open_archives``: an archive as an ``_Archive``.
 
     A link back to a directory above it (a loop) is reported. A directory reached again through another link is
     walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of
@@ -151,7 +300,7 @@ def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iter
             if opened is not None:
                 stack.append(opened)
         elif open_archives and is_file and archives.is_archive_name(entry.name):
-            yield from archive_members(entry.path, all_files)
+            yield _Archive(entry.path, all_files)
         elif all_files or is_audio_name(entry.name):
             if entry.is_symlink() and not os.path.exists(entry.path):
                 yield Input(entry.path, error="broken symlink")

@@ -14,6 +14,9 @@ from ..options import TagOptions, tag_options
 from .args import batch_mode, supervised
 from .streams import silence_stdout
 
+JOBS_PER_LISTER = 8  # a record costs its listing ~2.5 ms and its tagging ~20 ms: one lister keeps 8 jobs busy
+
+
 def run(args) -> int:
     if args.threads is None:
         args.threads = 1 if batch_mode(args) else 0
@@ -134,7 +137,8 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
 
         budget = piped.Budget()
     recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget), listed)
+    listers = max(1, args.jobs * args.workers // JOBS_PER_LISTER)  # archives listed at once (inputs.listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget, listers), listed)
     items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
     if options.hash:
