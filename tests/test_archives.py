@@ -1202,7 +1202,8 @@ def test_an_empty_tar_is_an_empty_archive_on_stdin_and_in_ray_rows(cli, tmp_path
                                                               "error": said}]
     zeros = cli("-", "-f", "jsonl", stdin=bytes(20 * 1024 + 512))
     assert _records(zeros.stdout)[0]["error"].startswith("cannot decode: not audio"), zeros.stdout
-    for suffix, data in ((".tar", b""), (".tar.zst", zstd.compress(b"")), (".warc.zst", zstd.compress(b""))):
+    for suffix, data in ((".tar", b""), (".tar.zst", zstd.compress(b"")), (".warc.zst", zstd.compress(b"")),
+                         (".zip", b"")):
         path = tmp_path / f"nothing{suffix}"  # no bytes at all: said as an empty WARC or file is (tarfile's
         path.write_bytes(data)  # "empty file" before, where a WARC says "empty: no data")
         for source, stdin in ((path, b""), ("-", data)):

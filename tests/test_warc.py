@@ -599,7 +599,7 @@ def test_damage_inside_a_records_gzip_data_is_its_error_named_and_piped(cli, lon
     assert [(r.get("url"), r.get("error")) for r in theirs] == [(r.get("url"), r.get("error")) for r in records]
 
 
-@pytest.mark.parametrize("damage", ["crc", "header", "two", "first", "first crc"])
+@pytest.mark.parametrize("damage", ["crc", "header", "two", "first", "first crc", "first magic"])
 def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, tmp_path, damage):
     """A .warc.gz (a gzip member per record) with a member damaged: "crc", the CRC-32 of the speech WAV response's
     member (every byte decodes; zlib fails at the member's end); "header", a byte of its WARC header; "two", both
@@ -607,7 +607,8 @@ def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, tmp_pa
     record's). The WARC ended there: the records after were lost (exit 1, one error; "first crc" was taken for a
     WARC gzipped whole). Now the damaged record alone is lost (its error, or the archive's error naming its
     offset), the records after it are read on from the next member and equal the intact WARC's, named and piped
-    (``--archive warc``: a damaged first member is not known for a WARC by its bytes) alike."""
+    (``--archive warc``: a damaged first member is not known for a WARC by its bytes) alike. ("first magic": the
+    file's first byte changed, and it was "not a WARC file".)"""
     from warcio.archiveiterator import ArchiveIterator
 
     intact = (crawl["top"] / "crawl.warc.gz").read_bytes()
@@ -620,6 +621,8 @@ def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, tmp_pa
     packed = bytearray(intact)
     if damage.endswith("crc"):
         packed[after - 8] ^= 0xFF  # the CRC-32 in the member's gzip trailer
+    elif damage == "first magic":
+        packed[0] ^= 0xFF  # not even gzip's: a WARC by its name only
     else:
         packed[damaged + 12] ^= 0xFF  # the deflate data's first bytes: the WARC header
     if damage == "two":
@@ -644,6 +647,80 @@ def test_a_damaged_member_of_a_warc_gz_loses_its_record_alone(cli, crawl, tmp_pa
                           ("; 2 damaged places in all" if damage == "two" else "")), said
         assert [r.get("error", "").startswith("the archive is damaged: ") for r in records[:-1]] == \
             [r.get("url") in lost and damage == "crc" for r in records[:-1]]
+
+
+def test_many_damaged_members_are_read_past_in_bounded_memory(cli, tmp_path):
+    """600 damaged members (every other one's CRC-32 changed) before a WAV response: each reading on wrapped the
+    stream read before in one more layer, and past about 490 the run ended in a RecursionError (--resume met it
+    again each time). Now the WAV is tagged and the archive's error counts the damaged places."""
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=True)
+    members = []
+    for index in range(1200):
+        start = buffer.tell()
+        writer.write_record(writer.create_warc_record(f"http://example.org/{index}", "request",
+                                                      payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
+        members.append((start, buffer.tell()))
+    writer.write_record(writer.create_warc_record(
+        "http://example.org/speech.wav", "response", payload=io.BytesIO((AUDIO / "speech.wav").read_bytes()),
+        http_headers=StatusAndHeaders("200 OK", [("Content-Type", "audio/wav")], protocol="HTTP/1.1")))
+    packed = bytearray(buffer.getvalue())
+    for start, end in members[1::2]:
+        packed[end - 8] ^= 0xFF
+    (tmp_path / "many.warc.gz").write_bytes(packed)
+    result = cli(tmp_path / "many.warc.gz", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr[-2000:]
+    records = _records(result.stdout)
+    assert [r.get("url") for r in records] == ["http://example.org/speech.wav", None]
+    assert records[0]["tags"][0]["label"] == "Speech"
+    assert records[1]["error"].endswith("; 600 damaged places in all"), records[1]
+
+
+def test_a_member_whose_crc_fails_is_read_past_at_its_end_not_inside_it(cli, tmp_path):
+    """A response whose payload holds a crawled .warc.gz (a gzip member that begins a WARC record, kept as it is
+    in the record's deflate data: random bytes around it do not compress), its member's CRC-32 changed: reading
+    on looked for the next record from the damaged member's start, found the crawled one inside the payload, and
+    tagged it as a record of this WARC. A member whose data inflate whole is read past at its end."""
+    import random
+    import wave
+    import zlib
+
+    def record_bytes(url, body, content_type):
+        buffer = io.BytesIO()
+        writer = WARCWriter(buffer, gzip=False)
+        writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=
+                                                      StatusAndHeaders("200 OK", [("Content-Type", content_type)],
+                                                                       protocol="HTTP/1.1")))
+        return buffer.getvalue()
+
+    noise = random.Random(3)
+    with wave.open(str(AUDIO / "typing.wav")) as source, io.BytesIO() as short:
+        with wave.open(short, "wb") as clip:  # a tenth of a second: within one of deflate's stored blocks
+            clip.setparams(source.getparams())
+            clip.writeframes(source.readframes(source.getframerate() // 10))
+        inner = gzip.compress(record_bytes("http://inner.example/typing.wav", short.getvalue(), "audio/wav"),
+                              mtime=0)
+    for before in range(1000, 60000, 700):
+        blob = record_bytes("http://example.org/blob.bin", noise.randbytes(before) + inner + noise.randbytes(50_000),
+                            "application/octet-stream")
+        member = bytearray(gzip.compress(blob, 6, mtime=0))
+        if member.find(inner) >= 0:  # the crawled member lies in the deflate data as it is
+            break
+    assert member.find(inner) >= 0
+    assert zlib.decompress(bytes(inner), 31).startswith(b"WARC/")
+    first = gzip.compress(record_bytes("http://example.org/music.wav", (AUDIO / "music.wav").read_bytes(),
+                                       "audio/wav"), mtime=0)
+    last = gzip.compress(record_bytes("http://example.org/speech.wav", (AUDIO / "speech.wav").read_bytes(),
+                                      "audio/wav"), mtime=0)
+    member[-8] ^= 0xFF  # its CRC-32
+    (tmp_path / "nested.warc.gz").write_bytes(first + member + last)
+    for source, stdin in ((tmp_path / "nested.warc.gz", b""), ("-", first + member + last)):
+        result = cli(source, "-f", "jsonl", "-k", 1, stdin=stdin)
+        records = _records(result.stdout)
+        assert [r.get("url") for r in records] == ["http://example.org/music.wav", "http://example.org/speech.wav",
+                                                   None], records
+        assert records[-1]["error"].endswith(f"(the records after it were read on from offset "
+                                             f"{len(first) + len(member)})"), records[-1]
 
 
 def test_a_warc_gzipped_whole_whose_crc_fails_tags_each_record_and_says_so(cli, long_crawl, tmp_path):

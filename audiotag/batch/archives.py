@@ -288,6 +288,8 @@ def _tar_kind(path: str) -> str:
 
 
 def _zip_members(path: str, wanted) -> Iterator[tuple]:
+    if os.path.getsize(path) == 0:  # zipfile's words, "File is not a zip file", for what an empty tar or WARC says
+        raise zipfile.BadZipFile("empty: no data")
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
             if info.filename and (info.is_dir() or not wanted(info.filename)):

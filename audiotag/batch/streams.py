@@ -176,6 +176,11 @@ class Replay(io.RawIOBase):
         kept = self.kept()
         return kept[len(kept) - size:] if size <= len(kept) else None
 
+    def replayed_from(self, data: bytes) -> "Replay":
+        """A stream of ``data``, then what this one has not given yet: read from what is under it, not through it
+        (a WARC read on past damage after damage would nest a Replay each time)."""
+        return Replay(data + bytes(self._head), self._rest, keep_tail=self._last.maxlen > 0)
+
     def kept(self) -> bytes:
         """The bytes of the last reads (``keep_tail``), up to the last byte read."""
         return b"".join(self._last)

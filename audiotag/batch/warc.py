@@ -12,6 +12,8 @@ entered at its start: its records' offsets are counted in its decompressed bytes
 """
 
 import functools
+import io
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -78,32 +80,115 @@ def records(binary, every: bool = False) -> Iterator[Record]:
     the last, says where (a bad sector in a crawl of weeks loses one record, not those after it).
     """
 
+    read_at = _reader_at(binary)  # a named file's bytes at an offset (None: a stream, read once)
     stream, unpacked = _opened(binary)
     start = read_exactly(stream, 512)
     per_record = unpacked is None and start[:2] == b"\x1f\x8b"
-    damaged_first = per_record and _damaged_gzip(start)  # the first record's member: read on from the next one
-    if not damaged_first and not decompressed(start).startswith(b"WARC/"):
-        raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
     stream = Replay(start, stream, keep_tail=True)
     first, damages = None, 0  # the first damage read past (its words, where the records went on), how many
+    damaged_first = None  # its first member's gzip data damaged: read on from the next member that begins a record
+    if not decompressed(start).startswith(b"WARC/"):  # not a WARC, or its first member damaged (a bad first
+        damage = _damaged_gzip(start)  # sector): read on from the first gzip member that begins a record, if any
+        if unpacked is not None or not start:
+            raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
+        if damage is not None:
+            damaged_first = Damaged(f"a damaged record at offset 0: its gzip data are damaged ({damage})", at=0)
+        else:  # not gzip's bytes at all, or a first member whose header is longer than those looked at
+            stream = _next_record_member(stream, -1)
+            if stream is None:
+                raise Damaged("not a WARC file (it does not begin with a WARC record)")
+            if stream.base:
+                first, damages = ("a damaged record at offset 0: its first bytes are not a WARC record's",
+                                  stream.base), 1
+        per_record = True
     while True:
         try:
-            if damaged_first:
-                damaged_first = False
-                raise Damaged(f"a damaged record at offset 0: its gzip data are damaged ({_damaged_gzip(start)})",
-                              at=0)
+            if damaged_first is not None:
+                damage, damaged_first = damaged_first, None
+                raise damage
             yield from _records_from(stream, every, unpacked)
             break
         except Damaged as error:
-            resumed = _next_record_member(stream, error.at) if per_record and error.at is not None else None
+            resumed = None
+            if per_record and error.at is not None:
+                after = error.at
+                if _failed_check(error):  # zlib inflated the member to its end: read on after it (a gzip member
+                    # stored in its payload, a crawled .warc.gz, is not one of this WARC's)
+                    reader = read_at or (_kept_reader(stream) if stream.given else lambda at, size: start[at:at + size])
+                    end = _member_end(reader, error.at)
+                    after = error.at if end is None else end - 1
+                resumed = _next_record_member(stream, after)
             if resumed is None:
                 if first is not None:
-                    raise Damaged(f"{error}, and {_read_on(first, damages)}") from error
+                    raise Damaged(f"{_read_on(first, damages)}; then {error}") from error
                 raise
             stream, damages = resumed, damages + 1
             first = first or (str(error), stream.base)
     if first is not None:
         raise Damaged(_read_on(first, damages))
+
+
+def _failed_check(error: Exception) -> bool:
+    """Whether zlib's error is a member's CRC or length failing at its end (its deflate data whole)."""
+    return "incorrect data check" in str(error) or "incorrect length check" in str(error)
+
+
+def _reader_at(binary):
+    """``read_at(offset, size)`` on a named file's bytes (os.pread: its position untouched), or None."""
+    try:
+        if isinstance(binary, io.BufferedReader) and binary.seekable() and binary.tell() == 0:
+            descriptor = binary.fileno()
+            return lambda offset, size: os.pread(descriptor, size, offset)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _kept_reader(stream: "Replay"):
+    """``read_at`` on the bytes a stream read last (a piped WARC's, which cannot be read again)."""
+    kept = stream.kept()
+    start = stream.base + stream.given - len(kept)
+    return lambda offset, size: kept[offset - start:offset - start + size] if offset >= start else b""
+
+
+def _member_end(read_at, offset: int) -> Optional[int]:
+    """Where the gzip member at ``offset`` ends, its deflate data inflated to their end (unchecked: a member whose
+    CRC or length fails ends there all the same); None where they cannot be read."""
+    header = _gzip_header_size(read_at(offset, GZIP_HEADER_MAX))
+    if header is None:
+        return None
+    inflater, position = zlib.decompressobj(-zlib.MAX_WBITS), offset + header
+    try:
+        while data := read_at(position, CHUNK):
+            pending = data
+            while pending:
+                inflater.decompress(pending, CHUNK)  # output bounded: a bomb is passed through, not held
+                if inflater.eof:
+                    return position + len(data) - len(inflater.unused_data) + 8  # its CRC-32 and length after
+                pending = inflater.unconsumed_tail
+            position += len(data)
+    except zlib.error:
+        pass
+    return None
+
+
+GZIP_HEADER_MAX = 70_000  # a gzip header's bytes: 10, an extra field of up to 64 kB, a name and a comment
+
+
+def _gzip_header_size(head: bytes) -> Optional[int]:
+    if len(head) < 10 or head[:3] != GZIP_MEMBER:
+        return None
+    flags, size = head[3], 10
+    if flags & 4:  # FEXTRA
+        size += 2 + int.from_bytes(head[10:12], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = head.find(b"\0", size)
+            if end < 0:
+                return None
+            size = end + 1
+    size += 2 if flags & 2 else 0  # FHCRC
+    return size if size <= len(head) else None
 
 
 def _read_on(first: tuple, count: int) -> str:
@@ -170,13 +255,16 @@ def _records_from(stream: "Replay", every: bool, unpacked) -> Iterator[Record]:
 
 GZIP_MEMBER = b"\x1f\x8b\x08"  # a gzip member's first bytes (deflate: the only method gzip has)
 MEMBER_CHECKED = 4096  # a candidate member's bytes decompressed to see a WARC record begin
+MEMBERS_TRIED = 100_000  # candidates that begin no record, past which a damaged WARC is not read on
 
 
 def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
     """A stream at the first gzip member past offset ``after`` that begins a WARC record (``base``: its offset),
-    read on from ``stream`` (the bytes it read last kept: warcio reads ahead); None if the stream ends first."""
+    read on from ``stream`` (the bytes it read last kept: warcio reads ahead); None if the stream ends first, or
+    after MEMBERS_TRIED members that begin none."""
     buffer = bytearray(stream.kept())
     start, ended = stream.base + stream.given - len(buffer), False  # the offset of the buffer's first byte
+    tried = 0
     while True:
         if start <= after:  # bytes up to the damaged member's first are passed by
             dropped = min(len(buffer), after + 1 - start)
@@ -185,9 +273,12 @@ def _next_record_member(stream: "Replay", after: int) -> Optional["Replay"]:
         index = buffer.find(GZIP_MEMBER)
         while index >= 0 and (ended or len(buffer) - index >= MEMBER_CHECKED):
             if _begins_record(buffer, index):
-                found = Replay(bytes(buffer[index:]), stream, keep_tail=True)
+                found = stream.replayed_from(bytes(buffer[index:]))  # not nested in it: damage after damage
                 found.base = start + index
                 return found
+            tried += 1
+            if tried > MEMBERS_TRIED:  # a hostile stream of gzip magics: ~3 us each
+                return None
             index = buffer.find(GZIP_MEMBER, index + 1)
         if ended:
             return None
@@ -292,8 +383,8 @@ def _strict_reader():
         def _decompress(self, data):
             if self.failure is not None:
                 raise self.failure
-            if self.decompressor and data and self.num_block_read:  # inside a gzip member (its first block: as
-                try:  # warcio, which takes it for plain data if it fails)
+            if self.decompressor and data and (self.num_block_read or data[:2] == b"\x1f\x8b"):  # gzip's data
+                try:  # (warcio takes a first block that fails for plain data: a plain WARC's, or damaged gzip's)
                     return self.decompressor.decompress(data)
                 except zlib.error as error:
                     self.failure = error
@@ -319,6 +410,8 @@ def _holds_data(trailing: Optional[bytes]) -> bool:
 
 def _damaged_gzip(head: bytes) -> Optional[zlib.error]:
     """zlib's error if a gzip stream's first bytes are damaged (those of the first record's member)."""
+    if head[:2] != b"\x1f\x8b":
+        return None
     try:
         zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, 1024)
     except zlib.error as error:
