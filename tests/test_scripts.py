@@ -99,6 +99,11 @@ def test_bench_archives(tmp_path):
         assert line in out, out
 
 
+def test_bench_listing(tmp_path):
+    code, out = run_script("bench/bench_listing.py", "--count", 6, "--seconds", 1, "--shards", 2, "--rounds", 1)
+    assert code == 0 and "two at once" in out and "one core tags" in out and "cores busy" in out, out
+
+
 def test_bench_content(tmp_path):
     code, out = run_script("bench/bench_content.py", "--contents", 20000, "--count", 4, "--rounds", 1, "--keep",
                            tmp_path / "corpus")
