@@ -762,8 +762,20 @@ def test_archives_listed_at_once_give_their_members_in_walk_order(archives_tree,
     assert len(one) == 5 + 4 + 1 + 8 + 3 + 1 + 3 + 1 - 1  # b: its damaged record lost, the archive's error row
     assert any(error and error.startswith("cannot read the archive") for _, error, *_ in one)
     assert sum(data is not None for *_, data in one) >= 8  # the tar.gz's members, carried
+    walks = []  # the walks run ahead in a thread
+
+    class Spied(inputs._Ahead):
+        def __init__(self, *arguments):
+            walks.append(self)
+            super().__init__(*arguments)
+
+    monkeypatch.setattr(inputs, "_Ahead", Spied)
     for listers in (2, 3, 8):
         assert _listing(inputs.expand([str(archives_tree)], open_archives=True, listers=listers)) == one
+        paths = "".join(f"{path}\n" for path in sorted(archives_tree.rglob("*.*")))  # --files-from's list
+        assert _listing(inputs.read_list(io.StringIO(paths), listers=listers)) == \
+            _listing(inputs.read_list(io.StringIO(paths)))
+    assert len(walks) == 6
 
     held = []  # the most entries and carried bytes each _Held was seen holding
 
@@ -807,3 +819,7 @@ def test_jobs_that_list_archives_at_once_give_the_same_records(cli, archives_tre
     many = cli("--jobs", 16, "--open-archives", "-k", 2, "-f", "jsonl", archives_tree)
     assert one.returncode == many.returncode == 1 and b"Traceback" not in many.stderr, many.stderr
     assert many.stdout == one.stdout and len(one.stdout.splitlines()) == 25
+    listed = "".join(f"{path}\n" for path in sorted(archives_tree.rglob("*.*")))  # a crawler's list, on stdin
+    piped = cli("--jobs", 16, "--files-from", "-", "-k", 2, "-f", "jsonl", stdin=listed.encode())
+    assert piped.stdout == cli("--jobs", 1, "--files-from", "-", "-k", 2, "-f", "jsonl", stdin=listed.encode()).stdout
+    assert len(piped.stdout.splitlines()) == 25, piped.stderr

@@ -330,10 +330,15 @@ def _enter(directory: str, ancestors: dict, walked: set):
     return iter(entries)
 
 
-def read_list(lines: TextIO, name: str = "-", all_files: bool = False, open_archives: bool = False) \
-        -> Iterator[Input]:
+def read_list(lines: TextIO, name: str = "-", all_files: bool = False, open_archives: bool = False,
+              listers: int = 1) -> Iterator[Input]:
     """Paths one per line (blank lines skipped); each line is taken as soon as it arrives. A list that cannot be
-    read on (an I/O error) ends there, reported as an input that failed, named after the list."""
+    read on (an I/O error) ends there, reported as an input that failed, named after the list. ``listers``:
+    archives listed at once (``listed``)."""
+    return listed(_read_paths(lines, name, all_files, open_archives), listers)
+
+
+def _read_paths(lines: TextIO, name: str, all_files: bool, open_archives: bool) -> Iterator:
     while True:
         try:
             line = lines.readline()
@@ -344,7 +349,7 @@ def read_list(lines: TextIO, name: str = "-", all_files: bool = False, open_arch
             return
         path = line.rstrip("\r\n")
         if path.strip():
-            yield from expand([path], all_files, open_archives)
+            yield from _sources([path], all_files, open_archives, None, None)
 
 
 def _identity(directory: str):

@@ -101,7 +101,9 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives) if args.files_from else ()
+    listers = max(1, args.jobs * args.workers // JOBS_PER_LISTER)  # archives listed at once (inputs.listed)
+    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives, listers) \
+        if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -137,7 +139,6 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
 
         budget = piped.Budget()
     recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
-    listers = max(1, args.jobs * args.workers // JOBS_PER_LISTER)  # archives listed at once (inputs.listed)
     items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget, listers), listed)
     items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
@@ -275,14 +276,14 @@ def _may_tag_members(args) -> bool:
         any(operand != "-" and is_archive_name(operand) and os.path.isfile(operand) for operand in args.inputs)
 
 
-def _list_source(name, inputs, all_files, open_archives=False):
+def _list_source(name, inputs, all_files, open_archives=False, listers=1):
     if name == "-":
-        return inputs.read_list(sys.stdin, all_files=all_files, open_archives=open_archives)
+        return inputs.read_list(sys.stdin, all_files=all_files, open_archives=open_archives, listers=listers)
     try:
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
-    return inputs.read_list(handle, name, all_files, open_archives)
+    return inputs.read_list(handle, name, all_files, open_archives, listers)
 
 
 def _chain(*iterables):
