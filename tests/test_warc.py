@@ -754,3 +754,23 @@ def test_a_record_whose_content_length_falls_short_is_tagged_without_warcios_war
     result = cli(tmp_path / "short.warc", "-f", "jsonl", "-k", 1)
     assert result.returncode == 0 and b"WARNING" not in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1 and len(_records(result.stdout)) == 3
+
+
+def test_bytes_without_a_line_end_after_a_record_are_read_in_bounded_memory(crawl):
+    """20 MB without a line end after the last record (junk, or a hostile header line): warcio read it as one
+    line, grown by concatenation (60 MB took 60 s and 420 MB). A line is cut at 1 MB: the header cannot be read,
+    said as before, in a few MB."""
+    import tracemalloc
+
+    from audiotag.batch import warc
+
+    data = (crawl["top"] / "crawl.warc").read_bytes() + b"x" * 20_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(warc.Damaged, match=r"a damaged record at offset \d+: its header cannot be read"):
+            for record in warc.records(io.BytesIO(data)):
+                record.payload.read()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16_000_000, peak

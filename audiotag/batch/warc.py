@@ -28,6 +28,7 @@ RECORD_CUT = "the WARC ends inside this record (truncated)"
 SNIFFED = 8192  # payload bytes read to tell audio and video from the rest, when the Content-Type does not
 MEDIA_TYPES = ("audio/", "video/", "application/ogg")
 PLAYLISTS = ("audio/x-mpegurl", "audio/mpegurl", "audio/x-scpls", "video/x-ms-asx")  # text: sniffed, so skipped
+LINE_MAX = 1 << 20  # a WARC or HTTP header line, or a chunk's size line, longer than this is not one
 WHOLE_CHECKED = 16 << 20  # a .warc.gz's first record, decompressed, read to tell whether its gzip member ends there
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
 
@@ -379,6 +380,11 @@ def _strict_reader():
 
     class Strict(DecompressingBufferedReader):
         failure = None  # raised again on each read after: the data are not read on past damage
+
+        def readline(self, length=None):
+            """A line of at most LINE_MAX bytes: warcio reads a line whole, growing it by concatenation (60 MB of
+            bytes without a line end after a record took 60 s and 420 MB)."""
+            return super().readline(LINE_MAX if length is None or not 0 <= length <= LINE_MAX else length)
 
         def _decompress(self, data):
             if self.failure is not None:
