@@ -103,9 +103,15 @@ class _Archive:
     all_files: bool
 
 
+JOBS_PER_LISTER = 8  # a member costs its listing 1-2.5 ms of CPU, its tagging 15-30 ms: a lister keeps 8 jobs busy
 LISTED_AHEAD = 256  # inputs and archives the walk may run ahead of the one being tagged (``listed``)
 MEMBERS_AHEAD = 4096  # members an archive listed ahead may hold, not yet taken (in place: ~200 bytes each)
 BYTES_AHEAD = 16 << 20  # and the bytes of its small members carried with them (at least one member's)
+
+
+def listers_for(jobs: int) -> int:
+    """How many archives to list at once for ``jobs`` tagging threads in all (``listed``)."""
+    return max(1, jobs // JOBS_PER_LISTER)
 
 
 def listed(items: Iterable, listers: int = 1) -> Iterator[Input]:

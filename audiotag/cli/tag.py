@@ -14,8 +14,6 @@ from ..options import TagOptions, tag_options
 from .args import batch_mode, supervised
 from .streams import silence_stdout
 
-JOBS_PER_LISTER = 8  # a record costs its listing ~2.5 ms and its tagging ~20 ms: one lister keeps 8 jobs busy
-
 
 def run(args) -> int:
     if args.threads is None:
@@ -101,7 +99,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listers = max(1, args.jobs * args.workers // JOBS_PER_LISTER)  # archives listed at once (inputs.listed)
+    listers = inputs.listers_for(args.jobs * args.workers)  # archives listed at once
     listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives, listers) \
         if args.files_from else ()
     try:
