@@ -596,6 +596,24 @@ def test_the_progress_bar_knows_the_total_and_a_single_input_has_none(cli, corpu
     assert single.returncode == 0 and "file/s" not in single.stderr.decode() and "%" not in single.stderr.decode()
 
 
+def test_the_progress_bars_count_does_not_decompress_archives_a_second_time(cli, archives_tree, tmp_path,
+                                                                            monkeypatch):
+    """The bar's total came from a second walk that listed every archive again: a .warc.gz or .tar.gz decompressed
+    whole a second time beside the tagging (a run in tmux has a bar). A plain tar's or zip's members are counted
+    (their headers, their index); with a compressed archive the bar has no total."""
+    import tarfile
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copyfile(archives_tree / "d.zip", plain / "d.zip")
+    with tarfile.open(plain / "e.tar", "w") as tar:
+        tar.add(AUDIO / "speech.wav", "speech.wav")
+    bar = cli("--progress", "--open-archives", "-o", os.devnull, plain).stderr.decode().replace("\r", "\n")
+    assert "4/4" in bar and "100%" in bar, bar
+    bar = cli("--progress", "--open-archives", "-o", os.devnull, archives_tree).stderr.decode().replace("\r", "\n")
+    assert "25/" not in bar and "%" not in bar and "25file" in bar.replace(" ", ""), bar
+
+
 def test_the_command_line_starts_openblas_without_its_thread_pool():
     """audiotag runs its own worker threads, so OpenBLAS's pool (a thread per core, spinning at start) only costs
     CPU: the command line asks for one thread before numpy loads. Loading it loaded numpy first, so the setting

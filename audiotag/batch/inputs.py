@@ -96,11 +96,16 @@ def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool
 
 
 @dataclass(frozen=True)
-class _Archive:
+class Archive:
     """An archive met in the operands or a walk: its members take its place (``listed``)."""
 
     path: str
     all_files: bool
+
+    @property
+    def cheap_to_list(self) -> bool:
+        """Whether its members are found without decompressing it whole: a plain tar's headers, a zip's index."""
+        return self.path.lower().endswith((".tar", ".zip"))
 
 
 JOBS_PER_LISTER = 8  # a member costs its listing 1-2.5 ms of CPU, its tagging 15-30 ms: a lister keeps 8 jobs busy
@@ -119,10 +124,13 @@ def listed(items: Iterable, listers: int = 1) -> Iterator[Input]:
     WARC compressed whole decompresses all of it, on one core (about 400 records/s): on a server with many cores
     one listing at a time would leave most of them idle. With ``listers`` > 1, the walk runs ahead in a thread and
     up to that many archives are listed at once, each in its own thread (zlib and zstd release the GIL), their
-    members held until the inputs before them are taken."""
+    members held until the inputs before them are taken. ``listers`` 0: each archive is left as an ``Archive``."""
+    if listers == 0:
+        yield from items
+        return
     if listers <= 1:
         for item in items:
-            yield from archive_members(item.path, item.all_files) if isinstance(item, _Archive) else (item,)
+            yield from archive_members(item.path, item.all_files) if isinstance(item, Archive) else (item,)
         return
     ahead = _Ahead(items, listers)
     try:
@@ -149,7 +157,7 @@ class _Ahead:
     def _walk(self, items: Iterable) -> None:
         try:
             for item in items:
-                if isinstance(item, _Archive):
+                if isinstance(item, Archive):
                     while not self.slots.acquire(timeout=0.1):
                         if self._stopped.is_set():
                             return
@@ -172,7 +180,7 @@ class _Ahead:
 class _Listing:
     """An archive's members, listed in a thread of their own."""
 
-    def __init__(self, archive: _Archive, stopped: threading.Event):
+    def __init__(self, archive: Archive, stopped: threading.Event):
         self._archive, self._stopped = archive, stopped
         self._members = _Held(MEMBERS_AHEAD, BYTES_AHEAD)
         threading.Thread(target=self._list, name="audiotag-list", daemon=True).start()
@@ -243,7 +251,7 @@ def _carried(entry) -> int:
 
 def _sources(operands: Iterable[str], all_files: bool, open_archives: bool, stdin_archive: Optional[tuple],
              carry) -> Iterator:
-    """``expand``'s inputs, an archive standing for its members (``_Archive``)."""
+    """``expand``'s inputs, an archive standing for its members (``Archive``)."""
     for operand in operands:
         if operand == "-" and stdin_archive is not None:
             wanted = (lambda name: True) if all_files else is_audio_name
@@ -254,7 +262,7 @@ def _sources(operands: Iterable[str], all_files: bool, open_archives: bool, stdi
                     member, error = piped.carried(name, member, carry)
                 yield Input(name, error=error, member=member)
         elif operand != "-" and archives.is_archive_name(operand) and os.path.isfile(operand):
-            yield _Archive(operand, all_files)
+            yield Archive(operand, all_files)
         elif operand != "-" and os.path.isdir(operand):
             found = False
             for item in walk(operand, all_files, open_archives):
@@ -275,7 +283,7 @@ def archive_members(path: str, all_files: bool = False) -> Iterator[Input]:
 
 def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iterator:
     """Audio files (``all_files``: every file) below ``top``, sorted by name at every level, as inputs; follows
-    symlinks, reports loops; ``open_archives``: an archive as an ``_Archive``.
+    symlinks, reports loops; ``open_archives``: an archive as an ``Archive``.
 
     A link back to a directory above it (a loop) is reported. A directory reached again through another link is
     walked once, under the first name in walk order, as ``du`` counts it: walking every name could tag a tree of
@@ -306,7 +314,7 @@ def walk(top: str, all_files: bool = False, open_archives: bool = False) -> Iter
             if opened is not None:
                 stack.append(opened)
         elif open_archives and is_file and archives.is_archive_name(entry.name):
-            yield _Archive(entry.path, all_files)
+            yield Archive(entry.path, all_files)
         elif all_files or is_audio_name(entry.name):
             if entry.is_symlink() and not os.path.exists(entry.path):
                 yield Input(entry.path, error="broken symlink")

@@ -251,10 +251,19 @@ def _count_in_background(args, inputs, done) -> list:
 
     def count():
         try:
-            found = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives),
-                           _list_source(args.files_from, inputs, args.all_files, args.open_archives)
+            found = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, listers=0),
+                           _list_source(args.files_from, inputs, args.all_files, args.open_archives, 0)
                            if args.files_from else ())
-            total.append(sum(1 for item in found if item.name not in done))
+            counted = 0
+            for item in found:
+                if isinstance(item, inputs.Archive):
+                    if not item.cheap_to_list:  # a .warc.gz, .tar.gz...: counting would decompress it all a
+                        return  # second time, beside the tagging (a run in tmux has a bar): no total
+                    counted += sum(1 for member in inputs.archive_members(item.path, item.all_files)
+                                   if member.name not in done)
+                elif item.name not in done:
+                    counted += 1
+            total.append(counted)
         except (OSError, SystemExit, ValueError):
             pass  # the run itself reports what cannot be read; the bar just shows no total
 
