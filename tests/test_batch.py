@@ -596,8 +596,7 @@ def test_the_progress_bar_knows_the_total_and_a_single_input_has_none(cli, corpu
     assert single.returncode == 0 and "file/s" not in single.stderr.decode() and "%" not in single.stderr.decode()
 
 
-def test_the_progress_bars_count_does_not_decompress_archives_a_second_time(cli, archives_tree, tmp_path,
-                                                                            monkeypatch):
+def test_the_progress_bars_count_does_not_decompress_archives_a_second_time(cli, archives_tree, tmp_path):
     """The bar's total came from a second walk that listed every archive again: a .warc.gz or .tar.gz decompressed
     whole a second time beside the tagging (a run in tmux has a bar). A plain tar's or zip's members are counted
     (their headers, their index); with a compressed archive the bar has no total."""
@@ -763,81 +762,3 @@ def archives_tree(tmp_path_factory):
     (root / "f").mkdir()
     warc(root / "f" / "g.warc.gz", 3)
     return root
-
-
-def _listing(items) -> list:
-    return [(item.name, item.error, getattr(item.member, "offset", None), getattr(item.member, "data", None))
-            for item in items]
-
-
-def test_archives_listed_at_once_give_their_members_in_walk_order(archives_tree, monkeypatch):
-    """Listing a .warc.gz or .tar.gz decompresses it whole on one core: with ``listers`` > 1 (``--jobs`` over 8
-    per lister) the walk runs ahead and several archives are listed at once. The inputs, their order, their errors
-    and their carried bytes are those of one listing at a time; the members an archive listed ahead holds, and
-    their bytes, stay within the bounds (one member always passes); a bug in a listing is raised where the inputs
-    are taken; inputs no longer taken stop the threads."""
-    one = _listing(inputs.expand([str(archives_tree)], open_archives=True))
-    assert len(one) == 5 + 4 + 1 + 8 + 3 + 1 + 3 + 1 - 1  # b: its damaged record lost, the archive's error row
-    assert any(error and error.startswith("cannot read the archive") for _, error, *_ in one)
-    assert sum(data is not None for *_, data in one) >= 8  # the tar.gz's members, carried
-    walks = []  # the walks run ahead in a thread
-
-    class Spied(inputs._Ahead):
-        def __init__(self, *arguments):
-            walks.append(self)
-            super().__init__(*arguments)
-
-    monkeypatch.setattr(inputs, "_Ahead", Spied)
-    for listers in (2, 3, 8):
-        assert _listing(inputs.expand([str(archives_tree)], open_archives=True, listers=listers)) == one
-        paths = "".join(f"{path}\n" for path in sorted(archives_tree.rglob("*.*")))  # --files-from's list
-        assert _listing(inputs.read_list(io.StringIO(paths), listers=listers)) == \
-            _listing(inputs.read_list(io.StringIO(paths)))
-    assert len(walks) == 6
-
-    held = []  # the most entries and carried bytes each _Held was seen holding
-
-    class Watched(inputs._Held):
-        def put(self, entry, stopped):
-            placed = super().put(entry, stopped)
-            held.append((self._count, self._size, len(self._entries), self._held))
-            return placed
-
-    monkeypatch.setattr(inputs, "_Held", Watched)
-    monkeypatch.setattr(inputs, "MEMBERS_AHEAD", 2)
-    monkeypatch.setattr(inputs, "BYTES_AHEAD", 1)
-    taken = inputs.expand([str(archives_tree)], open_archives=True, listers=3)
-    assert _listing(item for item in taken if not time.sleep(0.01)) == one  # taken slowly: the listings wait
-    assert held and all(count <= 2 for limit, size, count, _ in held if limit == 2)
-    assert all(bytes_held <= 1 or count == 1 for limit, size, count, bytes_held in held if size == 1)
-
-    def failing(path, all_files=False):
-        if path.endswith("d.zip"):
-            raise RuntimeError("a bug met while listing")
-        return real(path, all_files)
-
-    real = inputs.archive_members
-    monkeypatch.setattr(inputs, "archive_members", failing)
-    with pytest.raises(RuntimeError, match="a bug met while listing"):
-        list(inputs.expand([str(archives_tree)], open_archives=True, listers=2))
-    before = threading.active_count()
-    early = inputs.expand([str(archives_tree)], open_archives=True, listers=3)
-    next(early)
-    early.close()
-    deadline = time.monotonic() + 30
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() <= before
-
-
-def test_jobs_that_list_archives_at_once_give_the_same_records(cli, archives_tree):
-    """--jobs 16 lists two archives at once (one per 8 jobs), --jobs 2 one at a time: the same records, in the
-    same order, the damaged archive's error in its place."""
-    one = cli("--jobs", 2, "--open-archives", "-k", 2, "-f", "jsonl", archives_tree)
-    many = cli("--jobs", 16, "--open-archives", "-k", 2, "-f", "jsonl", archives_tree)
-    assert one.returncode == many.returncode == 1 and b"Traceback" not in many.stderr, many.stderr
-    assert many.stdout == one.stdout and len(one.stdout.splitlines()) == 25
-    listed = "".join(f"{path}\n" for path in sorted(archives_tree.rglob("*.*")))  # a crawler's list, on stdin
-    piped = cli("--jobs", 16, "--files-from", "-", "-k", 2, "-f", "jsonl", stdin=listed.encode())
-    assert piped.stdout == cli("--jobs", 1, "--files-from", "-", "-k", 2, "-f", "jsonl", stdin=listed.encode()).stdout
-    assert len(piped.stdout.splitlines()) == 25, piped.stderr

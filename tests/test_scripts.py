@@ -101,7 +101,7 @@ def test_bench_archives(tmp_path):
 
 def test_bench_listing(tmp_path):
     code, out = run_script("bench/bench_listing.py", "--count", 6, "--seconds", 1, "--shards", 2, "--rounds", 1)
-    assert code == 0 and "two at once" in out and "one core tags" in out and "cores busy" in out, out
+    assert code == 0 and "two in threads" in out and "one core tags" in out and "cores busy" in out, out
 
 
 def test_bench_content(tmp_path):

@@ -4,10 +4,8 @@ Everything is lazy, so tagging starts before a directory walk or a piped list ha
 (unreadable directories, symlink loops) become inputs carrying an error, reported like any bad file.
 """
 
-import collections
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, TextIO
 
@@ -84,15 +82,15 @@ def is_audio_name(name: str) -> bool:
 
 
 def expand(operands: Iterable[str], all_files: bool = False, open_archives: bool = False,
-           stdin_archive: Optional[tuple] = None, carry=None, listers: int = 1) -> Iterator[Input]:
+           stdin_archive: Optional[tuple] = None, carry=None, list_archives: bool = True) -> Iterator:
     """Operands as given: "-" and files are inputs themselves, an archive (by its name: ``archives``) yields its
     audio members, directories yield their audio files (every regular file with ``all_files``; archives in them
     are opened with ``open_archives``, else they are files as any other). ``stdin_archive``: (kind, stream) when
     stdin holds an archive (``piped.sniff``): "-" yields its members, read whole and carried to a watched worker
     within ``carry``, a ``piped.Budget`` (``piped.carried``), else read as they arrive by the decoder in this
-    process. ``listers``: archives listed at once (``listed``; stdin's archive is read as it comes, in order)."""
+    process. ``list_archives`` False: each named archive is an ``Archive``, not its members (counted apart)."""
     items = _sources(operands, all_files, open_archives, stdin_archive, carry)
-    return listed(items, listers if stdin_archive is None else 1)
+    return listed(items) if list_archives else items
 
 
 @dataclass(frozen=True)
@@ -108,145 +106,12 @@ class Archive:
         return self.path.lower().endswith((".tar", ".zip"))
 
 
-JOBS_PER_LISTER = 8  # a member costs its listing 1-2.5 ms of CPU, its tagging 15-30 ms: a lister keeps 8 jobs busy
-LISTED_AHEAD = 256  # inputs and archives the walk may run ahead of the one being tagged (``listed``)
-MEMBERS_AHEAD = 4096  # members an archive listed ahead may hold, not yet taken (in place: ~200 bytes each)
-BYTES_AHEAD = 16 << 20  # and the bytes of its small members carried with them (at least one member's)
-
-
-def listers_for(jobs: int) -> int:
-    """How many archives to list at once for ``jobs`` tagging threads in all (``listed``)."""
-    return max(1, jobs // JOBS_PER_LISTER)
-
-
-def listed(items: Iterable, listers: int = 1) -> Iterator[Input]:
-    """``items`` with each archive among them replaced by its members, in order. Listing a .warc.gz, .tar.gz or
-    WARC compressed whole decompresses all of it, on one core (about 400 records/s): on a server with many cores
-    one listing at a time would leave most of them idle. With ``listers`` > 1, the walk runs ahead in a thread and
-    up to that many archives are listed at once, each in its own thread (zlib and zstd release the GIL), their
-    members held until the inputs before them are taken. ``listers`` 0: each archive is left as an ``Archive``."""
-    if listers == 0:
-        yield from items
-        return
-    if listers <= 1:
-        for item in items:
-            yield from archive_members(item.path, item.all_files) if isinstance(item, Archive) else (item,)
-        return
-    ahead = _Ahead(items, listers)
-    try:
-        while (entry := ahead.next_entry()) is not None:
-            if isinstance(entry, _Listing):
-                try:
-                    yield from entry.members()
-                finally:
-                    ahead.slots.release()
-            else:
-                yield entry
-    finally:
-        ahead.stop()
-
-
-class _Ahead:
-    """The walk, in a thread, run ahead of what is taken: inputs, and archives being listed (``_Listing``)."""
-
-    def __init__(self, items: Iterable, listers: int):
-        self.slots = threading.BoundedSemaphore(listers)  # archives listed and not yet taken whole
-        self._entries, self._stopped = _Held(LISTED_AHEAD), threading.Event()
-        threading.Thread(target=self._walk, args=(items,), name="audiotag-walk", daemon=True).start()
-
-    def _walk(self, items: Iterable) -> None:
-        try:
-            for item in items:
-                if isinstance(item, Archive):
-                    while not self.slots.acquire(timeout=0.1):
-                        if self._stopped.is_set():
-                            return
-                    item = _Listing(item, self._stopped)
-                if not self._entries.put(item, self._stopped):
-                    return
-            self._entries.put(None, self._stopped)
-        except BaseException as error:  # a bug: raised where the inputs are taken
-            self._entries.put(_Failed(error), self._stopped)
-
-    def next_entry(self):
-        return self._entries.get()
-
-    def stop(self) -> None:
-        """No more is taken: the threads end at their next input (not waited for: a listing may be inside a long
-        stretch of a WARC that holds no audio)."""
-        self._stopped.set()
-
-
-class _Listing:
-    """An archive's members, listed in a thread of their own."""
-
-    def __init__(self, archive: Archive, stopped: threading.Event):
-        self._archive, self._stopped = archive, stopped
-        self._members = _Held(MEMBERS_AHEAD, BYTES_AHEAD)
-        threading.Thread(target=self._list, name="audiotag-list", daemon=True).start()
-
-    def _list(self) -> None:
-        found = iter(())
-        try:
-            found = archive_members(self._archive.path, self._archive.all_files)
-            for item in found:
-                if not self._members.put(item, self._stopped):
-                    return
-            self._members.put(None, self._stopped)
-        except BaseException as error:  # a bug: raised where its members are taken
-            self._members.put(_Failed(error), self._stopped)
-        finally:
-            getattr(found, "close", lambda: None)()
-
-    def members(self) -> Iterator[Input]:
-        while (item := self._members.get()) is not None:
-            yield item
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-class _Held:
-    """Entries passed from a thread in order, at most ``count`` of them and ``size`` bytes carried with them (a
-    small member of a .tar.gz travels with its bytes: ``archives.Member.data``)."""
-
-    def __init__(self, count: int, size: int = 0):
-        self._count, self._size = count, size
-        self._entries: collections.deque = collections.deque()
-        self._held = 0
-        self._changed = threading.Condition()
-
-    def put(self, entry, stopped: threading.Event) -> bool:
-        """Put ``entry``, waiting for room (one entry always fits); False once the run stopped taking inputs."""
-        size = _carried(entry)
-        with self._changed:
-            while self._entries and (len(self._entries) >= self._count or self._held + size > self._size > 0):
-                if stopped.is_set():
-                    return False
-                self._changed.wait(0.1)
-            self._entries.append(entry)
-            self._held += size
-            self._changed.notify_all()
-        return True
-
-    def get(self):
-        """The next entry (waiting for it); a thread's failure is raised here."""
-        with self._changed:
-            while not self._entries:
-                self._changed.wait()
-            entry = self._entries.popleft()
-            self._held -= _carried(entry)
-            self._changed.notify_all()
-        if isinstance(entry, _Failed):
-            raise entry.error
-        return entry
-
-
-def _carried(entry) -> int:
-    data = getattr(getattr(entry, "member", None), "data", None)
-    return len(data) if isinstance(data, (bytes, bytearray)) else 0
+def listed(items: Iterable) -> Iterator[Input]:
+    """``items`` with each archive among them replaced by its members, in order. (An archive is listed in this
+    thread: threads listing several at once were measured slower on a crawl's small records, whose listing is
+    mostly Python's work under its lock, not zlib's.)"""
+    for item in items:
+        yield from archive_members(item.path, item.all_files) if isinstance(item, Archive) else (item,)
 
 
 def _sources(operands: Iterable[str], all_files: bool, open_archives: bool, stdin_archive: Optional[tuple],
@@ -345,11 +210,12 @@ def _enter(directory: str, ancestors: dict, walked: set):
 
 
 def read_list(lines: TextIO, name: str = "-", all_files: bool = False, open_archives: bool = False,
-              listers: int = 1) -> Iterator[Input]:
+              list_archives: bool = True) -> Iterator:
     """Paths one per line (blank lines skipped); each line is taken as soon as it arrives. A list that cannot be
-    read on (an I/O error) ends there, reported as an input that failed, named after the list. ``listers``:
-    archives listed at once (``listed``)."""
-    return listed(_read_paths(lines, name, all_files, open_archives), listers)
+    read on (an I/O error) ends there, reported as an input that failed, named after the list. ``list_archives``:
+    as ``expand``'s."""
+    items = _read_paths(lines, name, all_files, open_archives)
+    return listed(items) if list_archives else items
 
 
 def _read_paths(lines: TextIO, name: str, all_files: bool, open_archives: bool) -> Iterator:

@@ -123,8 +123,7 @@ def tag_many(paths: Iterable[str], options: TagOptions = TagOptions(), *, jobs: 
         from ..infer.tagger import Tagger
 
         tagger = Tagger(model, providers=providers, threads=threads)
-    items = inputs.expand((os.fspath(path) for path in paths), all_files, open_archives,
-                          listers=inputs.listers_for(jobs * workers))
+    items = inputs.expand((os.fspath(path) for path in paths), all_files, open_archives)
     contents = None
     if options.hash:  # files hashed before they are tagged
         from . import content

@@ -99,9 +99,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listers = inputs.listers_for(args.jobs * args.workers)  # archives listed at once
-    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives, listers) \
-        if args.files_from else ()
+    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives) if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -137,7 +135,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
 
         budget = piped.Budget()
     recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget, listers), listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget), listed)
     items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
     if options.hash:
@@ -251,8 +249,8 @@ def _count_in_background(args, inputs, done) -> list:
 
     def count():
         try:
-            found = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, listers=0),
-                           _list_source(args.files_from, inputs, args.all_files, args.open_archives, 0)
+            found = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, list_archives=False),
+                           _list_source(args.files_from, inputs, args.all_files, args.open_archives, False)
                            if args.files_from else ())
             counted = 0
             for item in found:
@@ -283,14 +281,15 @@ def _may_tag_members(args) -> bool:
         any(operand != "-" and is_archive_name(operand) and os.path.isfile(operand) for operand in args.inputs)
 
 
-def _list_source(name, inputs, all_files, open_archives=False, listers=1):
+def _list_source(name, inputs, all_files, open_archives=False, list_archives=True):
     if name == "-":
-        return inputs.read_list(sys.stdin, all_files=all_files, open_archives=open_archives, listers=listers)
+        return inputs.read_list(sys.stdin, all_files=all_files, open_archives=open_archives,
+                                list_archives=list_archives)
     try:
         handle = open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise SystemExit(_usage_exit(f"--files-from {name}: {failure_message(error)}"))
-    return inputs.read_list(handle, name, all_files, open_archives, listers)
+    return inputs.read_list(handle, name, all_files, open_archives, list_archives)
 
 
 def _chain(*iterables):
