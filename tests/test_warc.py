@@ -318,7 +318,8 @@ def test_line_ends_or_empty_gzip_members_after_the_last_record_are_no_cut(cli, c
 
 def test_empty_gzip_members_before_the_first_record_are_passed_by_on_stdin(cli, crawl, tmp_path):
     """A .warc.gz that begins with empty gzip members (as some writers begin one) was read when named, and on stdin
-    refused as "gzip-compressed data, not audio": its first bytes did not decompress to a WARC record."""
+    refused as "gzip-compressed data, not audio": its first bytes did not decompress to a WARC record. Damaged
+    after them, it is read on past the damage, named and piped."""
     clean = _records(cli(crawl["top"] / "crawl.warc.gz", "-f", "jsonl", "-k", 1).stdout)
     begun = tmp_path / "begun.warc.gz"
     begun.write_bytes(gzip.compress(b"") * 2 + (crawl["top"] / "crawl.warc.gz").read_bytes())
@@ -328,6 +329,23 @@ def test_empty_gzip_members_before_the_first_record_are_passed_by_on_stdin(cli, 
     assert [(r["url"], r["tags"]) for r in _records(piped.stdout)] == [(r["url"], r["tags"]) for r in clean]
     assert [r["path"].split("#")[1] for r in _records(piped.stdout)] == \
         [r["path"].split("#")[1] for r in _records(named.stdout)]
+    # Damaged after them (the speech response's CRC-32): named, it was taken for a WARC gzipped whole (an empty
+    # first member ends before its first record) and the records after the damage were lost.
+    from warcio.archiveiterator import ArchiveIterator
+
+    iterator, ends = ArchiveIterator(io.BytesIO(begun.read_bytes())), {}
+    for record in iterator:
+        ends[record.rec_headers.get_header("WARC-Target-URI"), record.rec_type] = iterator.offset
+        record.raw_stream.read()
+    damaged = bytearray(begun.read_bytes())
+    speech = ends["http://example.org/speech.wav", "response"]
+    damaged[min(offset for offset in ends.values() if offset > speech) - 8] ^= 0xFF
+    begun.write_bytes(damaged)
+    for source, stdin in ((begun, b""), ("-", bytes(damaged))):
+        records = _records(cli(source, "-f", "jsonl", "-k", 1, stdin=stdin).stdout)
+        assert [r.get("url") for r in records] == [r["url"] for r in clean] + [None], records
+        assert "error" in records[[r["url"] for r in clean].index("http://example.org/speech.wav")]
+        assert "(the records after it were read on from offset" in records[-1]["error"], records[-1]
 
 
 def test_records_after_a_truncated_record_in_a_warc_gz_are_tagged(cli, crawl, tmp_path):

@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import zipfile
+import zlib
 from typing import Optional
 
 from ..hashing import CHUNK
@@ -86,9 +87,11 @@ def zstd_errors() -> tuple:
 
 
 def failed_check(error: Exception) -> bool:
-    """Whether a decompressor's error is its data failing the check at their end (gzip's CRC or length, zstd's
-    checksum), not data it cannot decompress."""
+    """Whether a decompressor's error is its data failing the check at their end (gzip's CRC or length, in the
+    gzip module's words or zlib's; zstd's checksum), not data it cannot decompress."""
     text = str(error).lower()
+    if isinstance(error, zlib.error):
+        return "incorrect data check" in text or "incorrect length check" in text
     return ("crc check failed" in text or "incorrect length" in text) if isinstance(error, OSError) else \
         isinstance(error, zstd_errors()) and "checksum" in text
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from ..hashing import CHUNK
-from .streams import TRUNCATED, ByBlock, Replay, is_zstd, read_exactly, zstd_reader
+from .streams import TRUNCATED, ByBlock, Replay, failed_check, is_zstd, read_exactly, zstd_reader
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst")
 TAGGED_TYPES = ("response", "resource")
@@ -94,6 +94,7 @@ def records(binary, every: bool = False) -> Iterator[Record]:
             raise Damaged("not a WARC file (it does not begin with a WARC record)" if start else "empty: no data")
         if damage is not None:
             damaged_first = Damaged(f"a damaged record at offset 0: its gzip data are damaged ({damage})", at=0)
+            damaged_first.__cause__ = damage
         else:  # not gzip's bytes at all, or a first member whose header is longer than those looked at
             stream = _next_record_member(stream, -1)
             if stream is None:
@@ -113,8 +114,8 @@ def records(binary, every: bool = False) -> Iterator[Record]:
             resumed = None
             if per_record and error.at is not None:
                 after = error.at
-                if _failed_check(error):  # zlib inflated the member to its end: read on after it (a gzip member
-                    # stored in its payload, a crawled .warc.gz, is not one of this WARC's)
+                if failed_check(error.__cause__):  # zlib inflated the member to its end: read on after it (a member
+                    # of gzip stored in its payload, a crawled .warc.gz, is not one of this WARC's)
                     reader = read_at or (_kept_reader(stream) if stream.given else lambda at, size: start[at:at + size])
                     end = _member_end(reader, error.at)
                     after = error.at if end is None else end - 1
@@ -127,11 +128,6 @@ def records(binary, every: bool = False) -> Iterator[Record]:
             first = first or (str(error), stream.base)
     if first is not None:
         raise Damaged(_read_on(first, damages))
-
-
-def _failed_check(error: Exception) -> bool:
-    """Whether zlib's error is a member's CRC or length failing at its end (its deflate data whole)."""
-    return "incorrect data check" in str(error) or "incorrect length check" in str(error)
 
 
 def _reader_at(binary):
@@ -249,7 +245,7 @@ def _records_from(stream: "Replay", every: bool, unpacked) -> Iterator[Record]:
             raise
         if iterator.reader.failure is not None:  # met while its payload was read (the file read to its end then)
             raise Damaged(f"a damaged record at offset {offset}: its gzip data are damaged "
-                          f"({iterator.reader.failure})", at=offset)
+                          f"({iterator.reader.failure})", at=offset) from iterator.reader.failure
         if cut:
             raise Damaged(f"it ends inside the record at offset {offset} (truncated)")
 
@@ -345,6 +341,9 @@ def _gzipped_whole(binary) -> tuple:
         taken += len(chunk)
         try:
             found += decompressor.decompress(chunk, WHOLE_CHECKED + 1 - len(found))
+            while decompressor.eof and not found:  # an empty member first (some writers begin a file so): the
+                rest, decompressor = decompressor.unused_data, zlib.decompressobj(zlib.MAX_WBITS | 16)  # next one
+                found += decompressor.decompress(rest, WHOLE_CHECKED + 1)  # is the first record's
         except zlib.error:  # damaged: taken for a member per record (the records read on past a damaged member;
             break  # gzipped whole, none is found, and the damage is said)
         if end is None and (header := found.find(b"\r\n\r\n")) >= 0:
