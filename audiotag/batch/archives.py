@@ -9,8 +9,9 @@ WebDataset's JSON sidecars are skipped without being read.
 
 A member carries where its bytes lie (``Member``), so whichever process tags it, a watched worker after a crash
 too, opens the archive again at that member: a plain tar's member or a stored zip member is read in place (a
-seekable window on the archive, streamed to the decoder as a file is). A deflated zip member, and a tar.gz member
-too large to carry (below), is decompressed as its decoder reads it: a seekable file all the same
+seekable window on the archive, streamed to the decoder as a file is). A deflated zip member of up to CARRIED_MAX
+is decompressed whole into memory in one call; a larger one, and a tar.gz member too large to carry (below), is
+decompressed as its decoder reads it: a seekable file all the same
 (``inflate.Window``: a seek back resumes from a checkpoint), so its record is its file's and memory stays
 bounded, whatever its size. A tar.gz can only be read from its start, and listing it decompresses it all: so a
 member of up to ``CARRIED_MAX`` is kept as the listing passes it and travels with its input (``Member.data``) to
@@ -370,6 +371,8 @@ def open_member(member: Member):
     elif member.data is not None:
         stream = open_bytes(member.data)
         return reporting_failure(stream, Damaged(member.damaged)) if member.damaged else stream
+    elif (data := _small_deflated(member)) is not None:
+        return open_bytes(data)
     elif member.in_place or member.kind in ("tar.gz", "tar.zst", "zip"):  # read in place, or decompressed as it
         # is read: seekable all the same
         window = streams.FileWindow(member.archive, member.offset, member.size) if member.in_place else \
@@ -435,6 +438,23 @@ def _compressed_window(member: Member) -> inflate.Window:
         return inflate.Window(inflate.Inflater(member.archive, member.offset, inflate.DEFLATE), member.size)
     return inflate.Window(streams.ZipStream(lambda: _zip_reader(member, checked=False)), member.size)  # bzip2 or
     # LZMA: read again from the member's start to seek back
+
+
+def _small_deflated(member: Member) -> Optional[bytes]:
+    """A deflated zip member of up to CARRIED_MAX, decompressed whole in one call and its CRC-32 checked; None for
+    any other member, or where its data fail (the window reads it again, and says why as it does for a large one).
+    Decoding bytes in memory costs less than a window read piecemeal through Python: a zip of 200 10 s clips
+    (WAV, FLAC, MP3, Vorbis, AAC, Opus) is tagged in 0.97 of the time and CPU (farm-bench, 8 pairs)."""
+    if member.kind != "zip" or member.size > CARRIED_MAX or member.packed[0] != zipfile.ZIP_DEFLATED:
+        return None
+    inflater = inflate.Inflater(member.archive, member.offset, inflate.DEFLATE)
+    try:
+        data = inflater.read(member.size)
+    except inflater.errors:
+        return None
+    finally:
+        inflater.close()
+    return data if len(data) == member.size and zlib.crc32(data) == member.packed[2] else None
 
 
 def _zip_reader(member: Member, checked: bool = True) -> zipfile.ZipExtFile:
