@@ -598,7 +598,10 @@ def test_a_compressed_members_damage_is_its_records_warning(cli, long_members, t
     assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
     last = _records(result.stdout)[-1]
     assert last["path"] == str(tmp_path / "flipped.tar.gz")
-    assert last["error"].lower().startswith("cannot read the archive: crc check failed"), last
+    assert last["error"].startswith("cannot read the archive: its compressed data fail their check (CRC check "
+                                    "failed "), last
+    assert last["error"].endswith("): the members before it may hold damaged bytes (tagged as they decoded), and "
+                                  "any after it could not be read"), last
 
 
 def test_a_plain_tars_member_cut_short_is_tagged_up_to_the_cut(cli, tmp_path):
@@ -684,7 +687,8 @@ def test_a_tar_gz_whose_crc_fails_is_said_damaged_named_piped_and_in_ray_rows(cl
     piped = cli("-", "-f", "jsonl", "-k", 1, stdin=bytes(packed))
     assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
     records = _records(piped.stdout)
-    assert len(records) == len(named) == 3 and named[-1]["error"].startswith("cannot read the archive: CRC check")
+    assert len(records) == len(named) == 3
+    assert named[-1]["error"].startswith("cannot read the archive: its compressed data fail their check (CRC check")
     assert records[-1] == {"path": "-", "archive": "-", "error": named[-1]["error"]}
     rows = distributed.TagBatch()(pa.table({"path": [str(bad)], "bytes": [bytes(packed)]})).to_pylist()
     assert [distributed.record(row) for row in rows][-1] == {"path": str(bad), "archive": str(bad),
@@ -703,6 +707,28 @@ def test_a_compressed_tar_cut_in_its_end_marker_is_said_on_stdin_as_named(cli, t
     assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
     assert named[-1]["error"] == "cannot read the archive: it is cut short (truncated)" and len(named) == 3
     assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": named[-1]["error"]}
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.zst"])
+def test_a_compressed_tar_failing_its_check_says_so_in_one_wording_named_and_piped(cli, tmp_path, kind):
+    """gzip's CRC or zstd's checksum fails at the data's end: the archive's error says what that means for the
+    records (gzip's "CRC check failed 0x5467 != 0x5468" alone did not), named and on stdin alike (on stdin it read
+    "the archive is damaged: " twice: a member's words wrapped in the archive's)."""
+    plain = _tar_bytes(_small_clips(2))
+    packed = bytearray(gzip.compress(plain, mtime=0) if kind == "tar.gz" else
+                       zstd.compress(plain, options={zstd.CompressionParameter.checksum_flag: 1}))  # as zstd's CLI
+    packed[-8 if kind == "tar.gz" else -2] ^= 0x01  # in gzip's CRC-32, in zstd's checksum
+    (tmp_path / f"bad.{kind}").write_bytes(packed)
+    named = _records(cli(tmp_path / f"bad.{kind}", "-f", "jsonl", "-k", 1).stdout)
+    piped = cli("-", "-f", "jsonl", "-k", 1, stdin=bytes(packed))
+    assert piped.returncode == 1 and b"Traceback" not in piped.stderr, piped.stderr
+    error = named[-1]["error"]
+    assert error.startswith("cannot read the archive: its compressed data fail their check (" +
+                            ("CRC check failed 0x" if kind == "tar.gz" else "Unable to decompress Zstandard data: "
+                             "Restored data doesn't match checksum")), error
+    assert error.endswith("): the members before it may hold damaged bytes (tagged as they decoded), and any "
+                          "after it could not be read"), error
+    assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": error}
 
 
 def test_a_zstd_frame_that_only_looks_like_a_dictionary_is_passed_by(cli, tmp_path):

@@ -135,7 +135,8 @@ def said_through(name: str, open_reader, is_warc: bool, every: bool) -> Iterator
         for found, item in enumerate(open_reader(), 1):
             yield item
     except Exception as error:
-        problem = damage(error)
+        cause = error.__cause__ if isinstance(error, OSError) else None  # a member's read error on stdin (piped):
+        problem = (cause is not None and damage(cause)) or damage(error)  # the archive's reader's words
         if problem is None:
             raise
         yield name, Refused({"archive": name}), f"cannot read the archive: {problem}"
@@ -170,6 +171,10 @@ def cut_short(error: Exception) -> bool:
 def damage(error: Exception) -> Optional[str]:
     """Why an archive cannot be read, in its reader's words (tarfile's, zipfile's, zlib's, warcio's: not "an
     internal error"); None for anything else (a bug: raised on)."""
+    if streams.failed_check(error):  # gzip's "CRC check failed 0x5467 != 0x5468" alone said nothing to act on
+        said = failure_message(error) if isinstance(error, OSError) else str(error).strip()
+        return f"its compressed data fail their check ({said}): the members before it may hold " \
+               f"damaged bytes (tagged as they decoded), and any after it could not be read"
     if isinstance(error, OSError):
         return failure_message(error)
     if cut_short(error):

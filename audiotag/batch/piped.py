@@ -315,6 +315,7 @@ class Piped:
         self._lock = threading.Lock()
         self._done = False
         self._error: Optional[str] = None
+        self._cause: Optional[Exception] = None
 
     def open(self) -> Stream:
         """The decoder on the member's bytes; an archive cut inside it: what came is tagged, as the file's is."""
@@ -340,7 +341,7 @@ class Piped:
         with self._lock:
             self._read_rest()
         if self._error is not None:
-            raise OSError(self._error)
+            raise OSError(self._error) from self._cause
 
     def hexdigest(self) -> str:
         """The member's sha256 (OSError when it could not be read to its end)."""
@@ -360,6 +361,7 @@ class Piped:
                 pass
         except Exception as error:  # the archive's own errors (tarfile, zlib, warcio): said by the archive's reader
             self._error = failure_message(error)  # _Hashing: OSErrors
+            self._cause = error.__cause__ or error  # the archive's reader's own: what the archive's record says
         else:
             self._reader.damage()  # known now, while the member's reader is open
         if self._reader.failure == CUT_MEMBER:  # cut inside this member: the archive's reader says so after it
@@ -376,6 +378,7 @@ class _Hashing(io.RawIOBase):
         self._member, self.digest = reader, sha256()
         self._at_end = at_end  # asked once where the bytes end: why they end early, or None
         self._damaged: Optional[str] = None  # the first read that failed: the stream is not read again after it
+        self._damage_cause: Optional[Exception] = None
         self._known_damage = _UNKNOWN  # ``damage()``, once known
         self.failure: Optional[str] = None  # why the member's bytes end early (the archive is cut inside it)
 
@@ -384,7 +387,7 @@ class _Hashing(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         if self._damaged is not None:
-            raise OSError(self._damaged)
+            raise OSError(self._damaged) from self._damage_cause
         if self.failure is not None:
             return 0
         try:
@@ -396,7 +399,7 @@ class _Hashing(io.RawIOBase):
             if cut_short(error):
                 self.failure = CUT_MEMBER
                 return 0
-            self._damaged = f"the archive is damaged: {problem}"
+            self._damaged, self._damage_cause = f"the archive is damaged: {problem}", error
             raise OSError(self._damaged) from error
         if not data and self._at_end is not None:
             self.failure, self._at_end = self._at_end(), None

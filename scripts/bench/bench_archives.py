@@ -10,8 +10,9 @@ shard.tar.gz and shard.tar.zst, and as shard.zip (deflated) and shard-stored.zip
 FILE`` on the directory and each archive, in an order rotated round by round (the page cache is warm for all: one
 untimed run of each first); the median files/s and CPU time per file of each, and its ratio to the directory's: the
 median over rounds of each round's ratio (target: >= 0.95), by wall time and by CPU time (children's user + system:
-steadier on a loaded machine). Options after ``--`` go to every run (``--workers 2``...). The machine may be shared:
-compare the ratios, not the absolute figures.
+steadier on a loaded machine). Then the CPU that decompressing each compressed archive alone takes, and the ratio
+by CPU time it leaves at best: work the unpacked files never do. Options after ``--`` go to every run
+(``--workers 2``...). The machine may be shared: compare the ratios, not the absolute figures.
 """
 
 import argparse
@@ -80,6 +81,34 @@ def write_zst(top: Path) -> None:
     (top / "shard.tar.zst").write_bytes(zstd.compress((top / "shard.tar").read_bytes()))
 
 
+def decompression_seconds(top: Path) -> dict:
+    """CPU seconds (best of 3, this process) that decompressing each compressed archive alone takes: work the
+    unpacked files never do, so a bound on its ratio by CPU time."""
+    import gzip
+
+    from backports import zstd
+
+    def read_all(file) -> None:
+        while file.read(1 << 18):
+            pass
+
+    def zip_members() -> None:
+        with zipfile.ZipFile(top / "shard.zip") as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    read_all(member)
+
+    readers = {"tar.gz": lambda: read_all(gzip.open(top / "shard.tar.gz")),
+               "tar.zst": lambda: read_all(zstd.open(top / "shard.tar.zst")), "zip": zip_members}
+    best = {}
+    for name, read in readers.items():
+        for _ in range(3):
+            started = time.process_time()
+            read()
+            best[name] = min(best.get(name, float("inf")), time.process_time() - started)
+    return best
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the runs ended so far, their workers included
     return usage.ru_utime + usage.ru_stime
@@ -126,6 +155,7 @@ def main(argv=None) -> int:
                 times[name].append(run(targets[name], out, args.options))
         sizes = {name: sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
                  for name, path in targets.items()}
+        decompressing = decompression_seconds(top)
     print(f"{count} audio members (+{count} JSON sidecars), {args.seconds:g} s each, options {args.options or '-'}, "
           f"{args.rounds} rounds, load {os.getloadavg()[0]:.1f}:")
     missed = False
@@ -140,6 +170,10 @@ def main(argv=None) -> int:
               f"{statistics.median(cpu for _, cpu in values) / count * 1000:5.1f} CPU ms/file, "
               f"{sizes[name] / 1e6:5.1f} MB; ratio {ratio:.3f}, by CPU time {cpu_ratio:.3f}"
               + ("" if name == "unpacked" else f" (target >= {TARGET})"))
+    unpacked_cpu = statistics.median(cpu for _, cpu in times["unpacked"])
+    for name, seconds in decompressing.items():
+        print(f"  {name:10} decompressing it alone: {seconds / count * 1000:.2f} CPU ms/file, so at best "
+              f"{unpacked_cpu / (unpacked_cpu + seconds):.3f} by CPU time")
     return 1 if missed else 0
 
 
