@@ -6,11 +6,14 @@ path. Fixtures are built here with warcio's own writer from ../shared/audio and 
 import gzip
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -792,3 +795,47 @@ def test_bytes_without_a_line_end_after_a_record_are_read_in_bounded_memory(craw
     finally:
         tracemalloc.stop()
     assert peak < 16_000_000, peak
+
+
+def test_warcs_listed_by_lister_processes_give_the_records_of_one_listing(cli, crawl):
+    """On a server of 16 cores or more (here AUDIOTAG_LISTERS=2) WARC files are listed by lister processes ahead
+    of their turn (one listing in the watcher keeps only 8-10 cores busy): the records are those of one listing,
+    in the same order: .warc.gz and plain, cut short (its error after its records), a file and a tar between."""
+    top = crawl["top"]
+    operands = [top / "crawl.warc.gz", AUDIO / "speech.wav", top / "cut.warc", top / "shard.tar", top / "crawl.warc",
+                top / "cut.warc.gz"]
+    runs = {count: cli(*operands, "-f", "jsonl", "-k", 1, "-v", env={"AUDIOTAG_LISTERS": str(count)})
+            for count in (0, 2)}
+    for count, run in runs.items():
+        assert run.returncode == 1 and b"Traceback" not in run.stderr, run.stderr
+        assert (b"WARC files listed ahead by up to 2 lister processes" in run.stderr) == (count == 2), run.stderr
+    records = _records(runs[2].stdout)
+    assert records == _records(runs[0].stdout)
+    sources = [record.get("archive", record["path"]) for record in records]
+    assert [(source, sources.count(source)) for source in dict.fromkeys(sources)] == \
+        [(str(operand), count) for operand, count in zip(operands, (6, 1, 6, 4, 6, 6))]
+    assert [record["path"] for record in records if "error" in record] == \
+        [records[12]["path"], records[-1]["path"]]  # the last records of the two cut WARC files
+    assert records[-1]["error"] == records[12]["error"] == "the WARC ends inside this record (truncated)"
+
+
+def test_a_lister_process_that_dies_ends_its_warc_with_an_error_and_the_next_is_listed(crawl):
+    """A lister killed (out of memory, say) before it found anything: its WARC is one error record that says so,
+    the inputs after it are not lost, and the next WARC is listed whole by a lister started anew."""
+    from audiotag.batch import inputs, listers
+
+    path, after = str(crawl["top"] / "crawl.warc.gz"), str(crawl["top"] / "crawl.warc")
+    pool = listers._Pool(1)
+    try:
+        lister = pool._free_lister()
+        os.kill(lister.process.pid, signal.SIGSTOP)  # it takes the WARC, and never answers
+        threading.Timer(0.5, lister.process.kill).start()
+        found = list(pool.listed(iter([inputs.Archive(path, False), inputs.Input(str(AUDIO / "speech.wav")),
+                                       inputs.Archive(after, False)])))
+    finally:
+        pool.close()
+    assert [(item.name, item.error) for item in found[:2]] == [
+        (path, "cannot read the archive: its listing process ended (SIGKILL: out of memory?)"),
+        (str(AUDIO / "speech.wav"), None)]
+    assert [item.name for item in found[2:]] == [item.name for item in inputs.archive_members(after)]
+    assert len(found) > 2 + 1 and lister not in pool._listers

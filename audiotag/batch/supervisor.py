@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Optional
 
 WORKER_FLAG = "--_supervised-worker"  # argv[1] of a worker; not a user option
+LISTER_FLAG = "--_archive-lister"  # argv[1] of a lister (``listers``); not a user option
 OUTCOMES_AHEAD = 1024  # inputs read and not yet recorded: as far as the worker runs past a slow input (its
 # pipeline's own bound is the same)
 CARRIED_AHEAD = 64 << 20  # bytes those inputs carry (tar.gz members, up to 2 MB each), at least 3 x --jobs + 2 such
@@ -388,8 +389,8 @@ def spawn() -> subprocess.Popen:
         raise WorkerError(f"cannot start the worker process: {error.strerror or error}") from error
 
 
-def worker_command() -> list:
-    """How to start a worker: this same program, installed package or frozen binary."""
+def worker_command(flag: str = WORKER_FLAG) -> list:
+    """How to start a worker (or, ``flag``, a lister): this same program, installed package or frozen binary."""
     if getattr(sys, "frozen", False):
         # The frozen program runs through the loader bundled next to it (see scripts/launcher.c): the server's own
         # loader and C library may be too old for the bundle, so the worker starts the same way.
@@ -397,13 +398,13 @@ def worker_command() -> list:
         program = os.path.join(os.path.dirname(bundle), "audiotag")
         loader = os.path.join(bundle, "ld-linux-x86-64.so.2")
         if os.path.exists(loader):
-            return [loader, "--library-path", bundle, "--argv0", program, program, WORKER_FLAG]
-        return [sys.executable, WORKER_FLAG]
+            return [loader, "--library-path", bundle, "--argv0", program, program, flag]
+        return [sys.executable, flag]
     # Not "-m audiotag": that finds the package from the working directory first, so a folder named audiotag
     # there (another checkout, a user's project) would be the worker. The worker imports this very package.
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds audiotag/
     start = f"import sys; sys.path[0] = {home!r}; from audiotag.cli import main; sys.exit(main())"
-    return [sys.executable, "-c", start, WORKER_FLAG]
+    return [sys.executable, "-c", start, flag]
 
 
 def worker_environment() -> dict:

@@ -14,7 +14,7 @@ import sys
 # A worker process inherits it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from ..batch.supervisor import WORKER_FLAG  # standard library only, as --help needs
+from ..batch.supervisor import LISTER_FLAG, WORKER_FLAG  # standard library only, as --help needs
 from ..errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_TERMINATED
 from .args import build_parser, check_arguments, supervised
 from .streams import make_std_streams_safe, quiet_native_stderr, silence_stdout
@@ -30,6 +30,10 @@ def main(argv=None) -> int:
         from ..batch import supervisor
 
         return _finish(supervisor.worker_main())
+    if arguments[:1] == [LISTER_FLAG]:
+        from ..batch import listers
+
+        return _finish(listers.lister_main())
     make_std_streams_safe()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the HTTP front end (a file named "serve" is ./serve)

@@ -91,7 +91,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     records; with --hash each input is hashed first, and with --dedup a content seen before is not tagged again
     (``batch.content``). The model's label count is asked only when needed: a worker may still be starting."""
     from .. import records
-    from ..batch import inputs, writer as results
+    from ..batch import inputs, listers, writer as results
     from ..batch.embeddings import save_embedding
 
     in_batch = batch_mode(args)
@@ -99,7 +99,8 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives) if args.files_from else ()
+    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives, list_archives=False) \
+        if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -135,7 +136,12 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
 
         budget = piped.Budget()
     recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget), listed)
+    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget,
+                                 list_archives=False), listed)
+    lister_count = listers.lister_count(args.jobs * (args.workers if supervised(args) else 1))
+    said = (lambda: _warn(f"WARC files listed ahead by up to {lister_count} lister processes")) if args.verbose \
+        else None
+    items = listers.listed(items, lister_count, on_start=said)
     items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
     if options.hash:
