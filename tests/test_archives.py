@@ -731,6 +731,27 @@ def test_a_compressed_tar_failing_its_check_says_so_in_one_wording_named_and_pip
     assert _records(piped.stdout)[-1] == {"path": "-", "archive": "-", "error": error}
 
 
+def test_a_member_in_a_tar_zst_frame_failing_its_checksum_has_its_record(cli, tmp_path):
+    """A .tar.zst of two zstd frames, the first's checksum changed: its member (read whole by the listing, to
+    carry it) was lost without a record, and the archive's error blamed the frame after ("Unknown frame
+    descriptor"). Now the member is tagged by its worker, and the archive's error says the check failed."""
+    clips = _small_clips(2)
+    plain = _tar_bytes(clips)
+    split = 512 + -(-len(clips["000000.wav"]) // 512) * 512  # the first member's header and data
+    checked = {zstd.CompressionParameter.checksum_flag: 1}
+    first = bytearray(zstd.compress(plain[:split], options=checked))
+    first[-1] ^= 0x01
+    (tmp_path / "frames.tar.zst").write_bytes(bytes(first) + zstd.compress(plain[split:], options=checked))
+    result = cli(tmp_path / "frames.tar.zst", "-f", "jsonl", "-k", 1)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    records = _records(result.stdout)
+    assert [record.get("member") for record in records] == ["000000.wav", None], records
+    assert records[0]["duration"] == 2.0 and "error" not in records[0], records[0]
+    assert records[1]["error"] == "cannot read the archive: its compressed data fail their check (Unable to " \
+        "decompress Zstandard data: Restored data doesn't match checksum): the members before it may hold damaged " \
+        "bytes (tagged as they decoded), and any after it could not be read"
+
+
 def test_a_zstd_frame_that_only_looks_like_a_dictionary_is_passed_by(cli, tmp_path):
     """A first skippable frame of the dictionary's magic (IIPC's .warc.zst keeps its dictionary so) whose content
     is no usable dictionary (too short; an id of 0): zstd passes such a frame by, and so does audiotag (it ended

@@ -136,9 +136,14 @@ def said_through(name: str, open_reader, is_warc: bool, every: bool) -> Iterator
             yield item
     except Exception as error:
         cause = error.__cause__ if isinstance(error, OSError) else None  # a member's read error on stdin (piped):
-        problem = (cause is not None and damage(cause)) or damage(error)  # the archive's reader's words
+        if cause is not None and damage(cause) is not None:  # the archive's reader's words, not the member's
+            error = cause
+        problem = damage(error)
         if problem is None:
             raise
+        if streams.failed_check(error):  # gzip's "CRC check failed 0x5467 != 0x5468" alone said nothing to act on
+            problem = f"its compressed data fail their check ({problem}): the members before it may hold damaged " \
+                      f"bytes (tagged as they decoded), and any after it could not be read"
         yield name, Refused({"archive": name}), f"cannot read the archive: {problem}"
     else:
         if not found:
@@ -171,10 +176,6 @@ def cut_short(error: Exception) -> bool:
 def damage(error: Exception) -> Optional[str]:
     """Why an archive cannot be read, in its reader's words (tarfile's, zipfile's, zlib's, warcio's: not "an
     internal error"); None for anything else (a bug: raised on)."""
-    if streams.failed_check(error):  # gzip's "CRC check failed 0x5467 != 0x5468" alone said nothing to act on
-        said = failure_message(error) if isinstance(error, OSError) else str(error).strip()
-        return f"its compressed data fail their check ({said}): the members before it may hold " \
-               f"damaged bytes (tagged as they decoded), and any after it could not be read"
     if isinstance(error, OSError):
         return failure_message(error)
     if cut_short(error):
@@ -246,7 +247,10 @@ def _tar_members(path: str, wanted) -> Iterator[tuple]:
             if info.issparse():  # its bytes are not where they lie: tarfile puts the holes back
                 yield (f"{path}/{info.name}", *_sparse(tar, info, member))
             else:
-                yield f"{path}/{info.name}", replace(member, data=_carried(tar, info) if compressed else None), None
+                data, failed = _carried(tar, info) if compressed else (None, None)
+                yield f"{path}/{info.name}", replace(member, data=data), None
+                if failed is not None:  # the archive's error, after this member (its worker reads it again,
+                    raise failed  # and says what it meets there)
         while compressed and tar.fileobj.read(CHUNK):  # to gzip's end, where it checks its CRC: damage that
             pass  # zlib passed (in a stored block) is said, not left unseen after the tar's last header
 
@@ -269,16 +273,16 @@ def sparse_problem(info: tarfile.TarInfo) -> Optional[str]:
             f"{info.size >> 20} MB with its holes, over {SPARSE_MAX >> 20} MB: unpack it and give its path")
 
 
-def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> Optional[bytes]:
-    """A small tar.gz member's bytes, read as the listing passes it (the listing decompresses them anyway); None for
-    a large one, or one the archive ends inside (its worker says so)."""
+def _carried(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple:
+    """(a small tar.gz or tar.zst member's bytes, read as the listing passes it (the listing decompresses them
+    anyway), or None for a large one; the error that stopped reading it, or None)."""
     if info.size > CARRIED_MAX:
-        return None
+        return None, None
     try:
         data = tar.extractfile(info).read()
-    except (EOFError, zlib.error, tarfile.TarError, OSError):
-        return None  # the listing's next header fails too: the archive's error follows this member
-    return data if len(data) == info.size else None
+    except (EOFError, zlib.error, tarfile.TarError, OSError) + zstd_errors() as error:
+        return None, error
+    return (data, None) if len(data) == info.size else (None, None)
 
 
 def webdataset_key(name: str) -> str:

@@ -151,7 +151,7 @@ def sndfile_format(head: bytes, size: Optional[int] = None) -> Optional[str]:
     for a marker it refuses, None when no marker decides (ID3 tags and MPEG audio are not markers here)."""
     if len(head) < 12:
         return None
-    for marks, name in _SNDFILE_BY_HEAD.get(head[:4], ()):
+    for marks, name in _SNDFILE_BY_HEAD.get(bytes(head[:4]), ()):  # bytes: a bytearray's slice is no key
         if all(head[at:at + len(mark)] == mark for at, mark in marks):
             return name
     if (head[0] == 0x64 and head[1] == 0xA3 and not head[2] & 0xF8 and not head[3]) or \
