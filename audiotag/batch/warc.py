@@ -217,8 +217,9 @@ def _records_from(stream: "Replay", every: bool, unpacked) -> Iterator[Record]:
             if stream.given > iterator.offset and _holds_data(stream.tail(stream.given - iterator.offset)):
                 raise Damaged(f"it ends inside the record at offset {base + iterator.offset} (truncated)")
             if unpacked is not None and unpacked.unchecked is not None:  # which record holds the damage is not
-                raise Damaged(f"its compressed data fail their check at their end ({unpacked.unchecked}): the "
-                              f"records before may hold damaged bytes")  # known: each was tagged as it came
+                raise Damaged(f"its compressed data fail their check ({unpacked.unchecked}): the records before "
+                              f"it may hold damaged bytes (tagged as they decoded), and any after it could not be "
+                              f"read")  # known: each was tagged as it came (the words of a tar's: ``archives``)
             if unpacked is not None and unpacked.cut is not None and not cut_inside:  # cut between records, or
                 raise Damaged(TRUNCATED)  # in the compressed data's end marker: no record says it
             return
