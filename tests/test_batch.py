@@ -125,9 +125,12 @@ def test_files_from_a_list_file(cli, corpus, tmp_path):
     assert [r["path"] for r in records_of(result.stdout.decode())] == files
 
 
-def test_files_from_stdin_starts_before_the_list_ends(cli, corpus):
+@pytest.mark.parametrize("listers", ["0", "2"])
+def test_files_from_stdin_starts_before_the_list_ends(cli, corpus, listers):
+    """With lister processes too (AUDIOTAG_LISTERS=2: a large server): a list is never read ahead of its turn
+    (reading ahead for WARC files to hand out waited for the crawler's next line before tagging this one)."""
     files = audio_files(corpus)
-    process = cli.popen("--files-from", "-", "--format", "jsonl")
+    process = cli.popen("--files-from", "-", "--format", "jsonl", env={"AUDIOTAG_LISTERS": listers})
     try:
         process.stdin.write((files[0] + "\n").encode())
         process.stdin.flush()

@@ -823,6 +823,19 @@ def test_warcs_listed_by_lister_processes_give_the_records_of_one_listing(cli, c
     assert records[-1]["error"] == records[12]["error"] == "the WARC ends inside this record (truncated)"
 
 
+@pytest.mark.parametrize("mode", [(), ("--in-process",)])
+def test_an_archive_on_stdin_is_never_read_ahead_for_lister_processes(cli, crawl, mode):
+    """Members of stdin's archive are read as they arrive, each tagged before the next is read (in-process), or
+    carried to the worker within a budget: reading ahead for WARC files to hand out would have read past members
+    not yet tagged. Its records with AUDIOTAG_LISTERS=2 are those without."""
+    for name in ("shard.tar", "crawl.warc.gz"):
+        data = (crawl["top"] / name).read_bytes()
+        runs = [cli("-", "-f", "jsonl", "-k", 1, *mode, stdin=data, env={"AUDIOTAG_LISTERS": count})
+                for count in ("0", "2")]
+        assert runs[0].returncode == runs[1].returncode == 0, runs[1].stderr
+        assert _records(runs[1].stdout) == _records(runs[0].stdout) and len(_records(runs[0].stdout)) >= 4
+
+
 def test_a_lister_process_that_dies_ends_its_warc_with_an_error_and_the_next_is_listed(crawl):
     """A lister killed (out of memory, say) before it found anything: its WARC is one error record that says so,
     the inputs after it are not lost, and the next WARC is listed whole by a lister started anew."""

@@ -7,6 +7,9 @@ server the workers would wait for it. So there, ``Listers`` hands the WARC files
 a few lister processes (this same program, started as the watched worker is), each listing one WARC at a time
 while the watcher takes the members of the one before: the members still come in input order, a WARC's after the
 one before it. Tars and zips are listed in the watcher as before (their listing is zlib's work, or an index).
+Only the command line's operands (and the directories they walk) are read ahead looking for WARC files: never a
+list (``--files-from -`` may wait for a crawler's next line) nor an archive on stdin (its members are read as they
+arrive, each tagged or carried before the next is read).
 
 What a lister finds waits for its turn in the watcher, up to ``AHEAD_BYTES`` per WARC (members are small: a
 record's offset and names; a WARC compressed whole carries records of up to 2 MB, as the watcher's own listing

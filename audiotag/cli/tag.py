@@ -99,8 +99,7 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
     if problem:
         return _usage_exit(f"--{problem[0]}: {problem[1]}")
     # A bad LIST must not touch -o: it is opened first.
-    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives, list_archives=False) \
-        if args.files_from else ()
+    listed = _list_source(args.files_from, inputs, args.all_files, args.open_archives) if args.files_from else ()
     try:
         # With --threshold a record has any number of rows: a last table record is tagged again, whole or not.
         rows = None if args.threshold > 0 else (lambda: min(args.top_k, engine.labels()))
@@ -136,12 +135,15 @@ def _write_outcomes(args, engine, writers: list, lock, options, stdin) -> int:
 
         budget = piped.Budget()
     recorded = budget.give_back if budget is not None else lambda name: None  # a member's bytes held no more
-    items = _chain(inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget,
-                                 list_archives=False), listed)
-    lister_count = listers.lister_count(args.jobs * (args.workers if supervised(args) else 1))
+    # WARC files among the operands may be listed ahead of their turn (``listers``): never a list (--files-from -
+    # may wait for a crawler's next line, which reading ahead would wait for too) nor stdin's archive (its members
+    # are read as they arrive, each tagged before the next is read).
+    lister_count = 0 if archive is not None else \
+        listers.lister_count(args.jobs * (args.workers if supervised(args) else 1))
     said = (lambda: _warn(f"WARC files listed ahead by up to {lister_count} lister processes")) if args.verbose \
         else None
-    items = listers.listed(items, lister_count, on_start=said)
+    operands = inputs.expand(args.inputs, args.all_files, args.open_archives, archive, budget, list_archives=False)
+    items = _chain(listers.listed(operands, lister_count, on_start=said), listed)
     items = (item for item in items if item.name not in done or recorded(item.name))
     contents = None
     if options.hash:
