@@ -3,6 +3,7 @@ bytes in files are, with their URL and record id; HTML and other records are ski
 error; --resume works inside a WARC; a tar, zip or WARC piped in gives the records of the same archive named as a
 path. Fixtures are built here with warcio's own writer from ../shared/audio and files ffmpeg makes from them."""
 
+import contextlib
 import gzip
 import io
 import json
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -856,3 +858,47 @@ def test_a_lister_process_that_dies_ends_its_warc_with_an_error_and_the_next_is_
         (str(AUDIO / "speech.wav"), None)]
     assert [item.name for item in found[2:]] == [item.name for item in inputs.archive_members(after)]
     assert len(found) > 2 + 1 and lister not in pool._listers
+
+
+def test_lister_processes_end_with_the_watcher(cli, tmp_path):
+    """A watcher that ends without closing its listers (killed, or os._exit after Ctrl-C or a closed pipe): a
+    lister listing a WARC without audio writes nothing for seconds, and so went on to its end (minutes on a real
+    crawl's WARC). Each now exits within about half a second of its watcher."""
+    record = ("WARC/1.0\r\nWARC-Type: resource\r\nWARC-Target-URI: http://example.org/{0}.txt\r\n"
+              "WARC-Record-ID: <urn:uuid:{0:08d}-0000-0000-0000-000000000000>\r\nContent-Type: text/plain\r\n"
+              "Content-Length: 5\r\n\r\nhello\r\n\r\n")
+    (tmp_path / "text.warc").write_text("".join(record.format(index) for index in range(250_000)))  # 5 s of
+    # listing
+    process = cli.popen(tmp_path / "text.warc", tmp_path / "text.warc", env={"AUDIOTAG_LISTERS": "2"})
+
+    def listers() -> list:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and b"--_archive-lister" in (entry / "cmdline").read_bytes() and \
+                        f"PPid:\t{process.pid}\n" in (entry / "status").read_text():
+                    found.append(int(entry.name))
+            except OSError:  # ended meanwhile
+                pass
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while not (started := listers()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started, "no lister started"
+        time.sleep(0.5)  # listing
+        process.kill()
+        process.wait()
+        left = started
+        deadline = time.monotonic() + 2.5  # a lister looks for its watcher every 0.5 s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in started if Path(f"/proc/{pid}").exists() and
+                    "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]
+        assert not left, f"listers still running 2.5 s after their watcher was killed: {left}"
+    finally:
+        process.kill()
+        for pid in locals().get("started") or []:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -32,8 +32,10 @@ from . import archives, inputs, supervisor, warc
 CORES_PER_LISTING = 8  # a crawl's WARC: one listing keeps 8-10 cores tagging
 AHEAD_BYTES = 64 << 20  # found and not yet taken, per WARC
 WINDOW = 4096  # inputs read ahead of the one being taken, looking for WARC files to hand out
-BATCH = 64  # members a lister sends at once (or what it found in BATCH_SECONDS)
+BATCH = 64  # members a lister sends at once (or what it found in BATCH_SECONDS, or BATCH_BYTES of carried records)
 BATCH_SECONDS = 0.05
+BATCH_BYTES = 1 << 20
+PARENT_CHECK_SECONDS = 0.5
 
 
 def lister_count(tagging_cores: int) -> int:
@@ -122,6 +124,9 @@ class _Lister:
         try:
             supervisor._write(self.process.stdin, (listing.archive.path, listing.archive.all_files))
         except (BrokenPipeError, OSError, ValueError):
+            self.busy = False
+            with self._given:
+                self._listings.clear()
             return False
         return True
 
@@ -175,7 +180,8 @@ class _Pool:
         self._listers: list = []
 
     def _free_lister(self) -> Optional[_Lister]:
-        self._listers = [lister for lister in self._listers if lister.alive or lister.busy]
+        self._listers = [lister for lister in self._listers if lister.alive]  # a dead one's listing is ended
+        # by its reading thread
         for lister in self._listers:
             if not lister.busy and lister.alive:
                 return lister
@@ -244,16 +250,18 @@ def lister_main() -> int:
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # as the worker's: a C library's prints must not enter the channel
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True, name="parent").start()
     try:
         while (request := supervisor._read(requests)) is not None:
             path, all_files = request
-            batch, sent = [], time.monotonic()
+            batch, sent, size = [], time.monotonic(), 0
             try:
                 for item in inputs.archive_members(path, all_files):
                     batch.append(item)
-                    if len(batch) >= BATCH or time.monotonic() - sent > BATCH_SECONDS:
+                    size += len(getattr(item.member, "data", None) or b"")
+                    if len(batch) >= BATCH or size >= BATCH_BYTES or time.monotonic() - sent > BATCH_SECONDS:
                         supervisor._write(replies, ("items", batch))
-                        batch, sent = [], time.monotonic()
+                        batch, sent, size = [], time.monotonic(), 0
             except Exception as error:  # a bug: the watcher says it, with the archive's name
                 supervisor._write(replies, ("items", batch))
                 supervisor._write(replies, ("failed", f"an internal error of audiotag (please report it, with "
@@ -264,3 +272,11 @@ def lister_main() -> int:
     except BrokenPipeError:
         return 141
     return 0
+
+
+def _end_with_parent(parent: int) -> None:
+    """Exit once the watcher is gone: it may end without closing its listers (Ctrl-C, a closed pipe: os._exit),
+    and a lister finds out only when it next writes, which on a WARC without audio may be minutes away."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
