@@ -108,7 +108,9 @@ class _Lister:
     """A lister process and the thread that reads what it sends into each of its listings in turn."""
 
     def __init__(self):
-        self.process = subprocess.Popen(supervisor.worker_command(supervisor.LISTER_FLAG), stdin=subprocess.PIPE,
+        command = [*supervisor.worker_command(supervisor.LISTER_FLAG), str(os.getpid())]  # the watcher: it ends
+        # with it (a frozen binary's lister may have a parent process of its own in between)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=supervisor.worker_environment(), close_fds=True)
         self.busy = False
         self._listings = collections.deque()  # handed out, in order: the one being read first
@@ -243,14 +245,15 @@ def _read_sized(stream) -> tuple:
     return pickle.loads(data), size
 
 
-def lister_main() -> int:
-    """A lister's main: (path, all_files) requests on stdin; for each, batches of its inputs, then its end."""
+def lister_main(watcher: int) -> int:
+    """A lister's main: (path, all_files) requests on stdin; for each, batches of its inputs, then its end. It
+    exits once the ``watcher`` process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the watcher decides, and closes or kills this lister
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # as the worker's: a C library's prints must not enter the channel
-    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True, name="parent").start()
+    threading.Thread(target=_end_with_watcher, args=(watcher,), daemon=True, name="watcher").start()
     try:
         while (request := supervisor._read(requests)) is not None:
             path, all_files = request
@@ -274,9 +277,24 @@ def lister_main() -> int:
     return 0
 
 
-def _end_with_parent(parent: int) -> None:
+def _end_with_watcher(watcher: int) -> None:
     """Exit once the watcher is gone: it may end without closing its listers (Ctrl-C, a closed pipe: os._exit),
-    and a lister finds out only when it next writes, which on a WARC without audio may be minutes away."""
-    while os.getppid() == parent:
+    and a lister finds out only when it next writes, which on a WARC without audio may be minutes away. (Its
+    pid, not the parent's: one that died while this lister started was gone before it could be looked at.)"""
+    while _alive(watcher):
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: the pid was taken again
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie waiting for its parent is gone
+    except (OSError, IndexError):  # no /proc (not Linux): alive, as far as kill tells
+        return True

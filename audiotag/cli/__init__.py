@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     if arguments[:1] == [LISTER_FLAG]:
         from ..batch import listers
 
-        return _finish(listers.lister_main())
+        return _finish(listers.lister_main(int(arguments[1])))
     make_std_streams_safe()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the HTTP front end (a file named "serve" is ./serve)
