@@ -124,7 +124,7 @@ class _Lister:
             self._given.notify_all()
         self.busy = True
         try:
-            supervisor._write(self.process.stdin, (listing.archive.path, listing.archive.all_files))
+            supervisor.write_message(self.process.stdin, (listing.archive.path, listing.archive.all_files))
         except (BrokenPipeError, OSError, ValueError):
             self.busy = False
             with self._given:
@@ -136,7 +136,7 @@ class _Lister:
         stream = self.process.stdout
         while True:
             try:
-                message, size = _read_sized(stream)
+                message, size = supervisor.read_sized(stream)
             except (EOFError, OSError, ValueError):
                 message = None
             if message is None:
@@ -231,20 +231,6 @@ class _Pool:
             lister.close()
 
 
-def _read_sized(stream) -> tuple:
-    """``supervisor._read``'s message and its size in bytes, or (None, 0) at the end."""
-    head = stream.read(supervisor._LENGTH.size)
-    if len(head) < supervisor._LENGTH.size:
-        return None, 0
-    (size,) = supervisor._LENGTH.unpack(head)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("torn message")
-    import pickle
-
-    return pickle.loads(data), size
-
-
 def lister_main(watcher: int) -> int:
     """A lister's main: (path, all_files) requests on stdin; for each, batches of its inputs, then its end. It
     exits once the ``watcher`` process is gone."""
@@ -255,7 +241,7 @@ def lister_main(watcher: int) -> int:
     os.dup2(2, 1)  # as the worker's: a C library's prints must not enter the channel
     threading.Thread(target=_end_with_watcher, args=(watcher,), daemon=True, name="watcher").start()
     try:
-        while (request := supervisor._read(requests)) is not None:
+        while (request := supervisor.read_message(requests)) is not None:
             path, all_files = request
             batch, sent, size = [], time.monotonic(), 0
             try:
@@ -263,15 +249,15 @@ def lister_main(watcher: int) -> int:
                     batch.append(item)
                     size += len(getattr(item.member, "data", None) or b"")
                     if len(batch) >= BATCH or size >= BATCH_BYTES or time.monotonic() - sent > BATCH_SECONDS:
-                        supervisor._write(replies, ("items", batch))
+                        supervisor.write_message(replies, ("items", batch))
                         batch, sent, size = [], time.monotonic(), 0
             except Exception as error:  # a bug: the watcher says it, with the archive's name
-                supervisor._write(replies, ("items", batch))
-                supervisor._write(replies, ("failed", f"an internal error of audiotag (please report it, with "
+                supervisor.write_message(replies, ("items", batch))
+                supervisor.write_message(replies, ("failed", f"an internal error of audiotag (please report it, with "
                                                       f"this input): {type(error).__name__}: {error}"))
                 continue
-            supervisor._write(replies, ("items", batch))
-            supervisor._write(replies, ("end",))
+            supervisor.write_message(replies, ("items", batch))
+            supervisor.write_message(replies, ("end",))
     except BrokenPipeError:
         return 141
     return 0

@@ -252,7 +252,7 @@ class Supervisor:
 
     def _read(self, worker, generation, outbox) -> None:
         try:
-            while (message := _read(worker.stdout)) is not None:
+            while (message := read_message(worker.stdout)) is not None:
                 self._events.put(("msg", generation, message))
         except (OSError, EOFError, pickle.UnpicklingError, ValueError):
             pass  # a torn message from a dying worker: its exit follows
@@ -434,13 +434,13 @@ def worker_main() -> int:
 
     def send(message) -> None:
         with lock:
-            _write(replies, message)
+            write_message(replies, message)
 
     from ..infer.model import ModelError  # before the config arrives: this start-up overlaps the supervisor's
     from ..infer.tagger import Tagger
     from . import pipeline
 
-    config = _read(requests)
+    config = read_message(requests)
     if config is None:
         return 0  # the supervisor ended before it needed a worker
 
@@ -454,7 +454,7 @@ def worker_main() -> int:
                     "providers": tagger.model.providers}))
 
     def inputs():
-        while (item := _read(requests)) is not None:
+        while (item := read_message(requests)) is not None:
             yield item
 
     on_segment = (lambda name, segment: send(("segment", name, segment))) if config.segments else None
@@ -480,7 +480,7 @@ def _write_all(worker: subprocess.Popen, outbox: queue.SimpleQueue) -> None:
     while (message := outbox.get()) is not _END:
         if not broken:
             try:
-                _write(stream, message)
+                write_message(stream, message)
             except (BrokenPipeError, OSError, ValueError):
                 broken = True
             except BaseException:  # e.g. MemoryError: a worker left waiting for input would hang the run
@@ -490,20 +490,26 @@ def _write_all(worker: subprocess.Popen, outbox: queue.SimpleQueue) -> None:
         stream.close()
 
 
-def _write(stream, message) -> None:
+def write_message(stream, message) -> None:
+    """A length-prefixed pickle: the channel to a worker or a lister (``listers``), both ways."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_LENGTH.pack(len(data)))  # apart: joined, a carried member's bytes would be copied once more
     stream.write(data)
     stream.flush()
 
 
-def _read(stream):
+def read_message(stream):
     """The next message, or None at the end of the stream."""
+    return read_sized(stream)[0]
+
+
+def read_sized(stream) -> tuple:
+    """(The next message, its size in bytes), or (None, 0) at the end of the stream."""
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
-        return None
+        return None, 0
     (size,) = _LENGTH.unpack(head)
     data = stream.read(size)
     if len(data) < size:
         raise EOFError("torn message")
-    return pickle.loads(data)
+    return pickle.loads(data), size
